@@ -1,0 +1,132 @@
+//! The stored grant of a connection and the pure decisions made about it.
+
+use time::{Duration, OffsetDateTime};
+
+use super::{ConnectionId, IntegrationName, Secret};
+
+/// The tokens of one grant. Only ever stored sealed (see `crypto`).
+#[derive(Debug, Clone)]
+pub struct TokenSet {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+}
+
+/// Whether a grant can still be refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionStatus {
+    Active,
+    /// The vendor answered `invalid_grant`: only a new consent restores it.
+    ReauthorizationRequired,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::ReauthorizationRequired => "reauthorization_required",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "reauthorization_required" => Some(Self::ReauthorizationRequired),
+            _ => None,
+        }
+    }
+}
+
+/// One connection: a consented grant of one integration.
+#[derive(Debug, Clone)]
+pub struct ConnectionRecord {
+    pub integration: IntegrationName,
+    pub connection: ConnectionId,
+    pub status: ConnectionStatus,
+    pub tokens: TokenSet,
+    pub token_type: String,
+    pub scope: String,
+    pub expires_at: OffsetDateTime,
+    pub created_at: OffsetDateTime,
+    pub refreshed_at: OffsetDateTime,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<OffsetDateTime>,
+    /// A refresh in progress somewhere holds the row until this instant.
+    pub lease_until: Option<OffsetDateTime>,
+    pub lease_owner: Option<String>,
+}
+
+impl ConnectionRecord {
+    /// Seconds of validity left at `now` (never negative).
+    pub fn expires_in(&self, now: OffsetDateTime) -> i64 {
+        (self.expires_at - now).whole_seconds().max(0)
+    }
+
+    /// True when the access token expires within `margin` of `now`.
+    pub fn is_due(&self, now: OffsetDateTime, margin: Duration) -> bool {
+        self.expires_at - now <= margin
+    }
+
+    /// True when another refresher holds a lease that has not lapsed.
+    pub fn is_leased(&self, now: OffsetDateTime) -> bool {
+        matches!(self.lease_until, Some(until) if until > now)
+    }
+}
+
+/// An authorization started at `/api/auth/start` and not yet completed.
+#[derive(Debug, Clone)]
+pub struct PendingAuthorization {
+    pub integration: IntegrationName,
+    pub connection: ConnectionId,
+    pub pkce_verifier: Secret,
+    /// SHA-256 (base64url) of the browser-binding cookie value.
+    pub binding_hash: String,
+    pub expires_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(expires_at: OffsetDateTime) -> ConnectionRecord {
+        ConnectionRecord {
+            integration: IntegrationName::parse("demo").unwrap(),
+            connection: ConnectionId::parse("c1").unwrap(),
+            status: ConnectionStatus::Active,
+            tokens: TokenSet {
+                access_token: Secret::new("a"),
+                refresh_token: None,
+            },
+            token_type: "Bearer".into(),
+            scope: String::new(),
+            expires_at,
+            created_at: expires_at,
+            refreshed_at: expires_at,
+            last_error: None,
+            last_error_at: None,
+            lease_until: None,
+            lease_owner: None,
+        }
+    }
+
+    #[test]
+    fn due_when_expiry_is_within_the_margin() {
+        let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let r = record(now + Duration::seconds(100));
+        assert!(r.is_due(now, Duration::seconds(100)));
+        assert!(r.is_due(now, Duration::seconds(900)));
+        assert!(!r.is_due(now, Duration::seconds(99)));
+        assert_eq!(r.expires_in(now), 100);
+        assert_eq!(r.expires_in(now + Duration::seconds(500)), 0);
+    }
+
+    #[test]
+    fn status_round_trips() {
+        for s in [
+            ConnectionStatus::Active,
+            ConnectionStatus::ReauthorizationRequired,
+        ] {
+            assert_eq!(ConnectionStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(ConnectionStatus::parse("x"), None);
+    }
+}

@@ -1,0 +1,26 @@
+use oauth_broker::settings::Settings;
+use oauth_broker::startup::Application;
+use oauth_broker::telemetry;
+
+#[actix_web::main]
+async fn main() -> std::process::ExitCode {
+    telemetry::init();
+    let settings = match Settings::load(&|k| std::env::var(k).ok()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let app = match Application::build(settings).await {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => fail(&format!("server stopped: {e}")),
+    }
+}
+
+fn fail(message: &str) -> std::process::ExitCode {
+    tracing::error!(error = message, "cannot start");
+    eprintln!("oauth-broker cannot start: {message}");
+    std::process::ExitCode::FAILURE
+}

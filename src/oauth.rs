@@ -1,0 +1,313 @@
+//! The OAuth 2.0 client side: the authorization request (RFC 6749 §4.1.1 with
+//! PKCE S256, RFC 7636), the code exchange (§4.1.3) and refresh (§6), with
+//! vendor errors kept apart from transport and parse failures (§5.2).
+//!
+//! The authorization URL, state and PKCE pair come from the `oauth2` crate.
+//! Token-endpoint calls are made here with the shared reqwest client rather
+//! than through `oauth2`'s typed client, because vendors bend the token
+//! response (`expires_in` as a string, form-encoded bodies, errors with HTTP
+//! 200) in ways a strict typed parser turns into lost grants.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::domain::Secret;
+use crate::settings::{ClientAuth, Integration};
+
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An authorization request ready to send the person to.
+#[derive(Debug)]
+pub struct AuthorizationRequest {
+    pub url: Url,
+    pub state: Secret,
+    /// Empty when the integration disabled PKCE.
+    pub pkce_verifier: Secret,
+}
+
+pub fn authorization_request(
+    integration: &Integration,
+    redirect_uri: &Url,
+) -> AuthorizationRequest {
+    let client = oauth2::basic::BasicClient::new(ClientId::new(integration.client_id.clone()))
+        .set_auth_uri(AuthUrl::from_url(integration.authorization_url.clone()))
+        .set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()));
+    let mut req = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(integration.scopes.iter().cloned().map(Scope::new));
+    let mut verifier = Secret::new(String::new());
+    if integration.pkce {
+        let (challenge, v) = PkceCodeChallenge::new_random_sha256();
+        verifier = Secret::new(v.into_secret());
+        req = req.set_pkce_challenge(challenge);
+    }
+    for (k, v) in &integration.authorization_params {
+        req = req.add_extra_param(k.as_str(), v.as_str());
+    }
+    let (url, state) = req.url();
+    AuthorizationRequest {
+        url,
+        state: Secret::new(state.into_secret()),
+        pkce_verifier: verifier,
+    }
+}
+
+/// What the token endpoint gave back.
+#[derive(Debug)]
+pub struct TokenResponse {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    pub token_type: String,
+    pub expires_in: Option<i64>,
+    pub scope: Option<String>,
+}
+
+/// Why a token request failed. None of the variants carries a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// The vendor answered with an OAuth error (RFC 6749 §5.2), whatever the status.
+    #[error("the provider answered {error}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Rejected {
+        status: u16,
+        error: String,
+        description: Option<String>,
+    },
+    /// 5xx or 429 without an OAuth error body.
+    #[error("the provider answered HTTP {status}")]
+    Server { status: u16 },
+    /// Connecting, sending or reading timed out or failed.
+    #[error("the provider could not be reached: {0}")]
+    Transport(String),
+    /// A success status with a body that is not a token response.
+    #[error("the provider's answer was not a token response: {0}")]
+    InvalidResponse(String),
+}
+
+impl TokenError {
+    /// The OAuth error code when the vendor gave one.
+    pub fn oauth_error(&self) -> Option<&str> {
+        match self {
+            Self::Rejected { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// `invalid_grant`: the grant is dead and only a new consent restores it.
+    pub fn is_dead_grant(&self) -> bool {
+        self.oauth_error() == Some("invalid_grant")
+    }
+}
+
+pub async fn exchange_code(
+    http: &reqwest::Client,
+    integration: &Integration,
+    code: &Secret,
+    pkce_verifier: &Secret,
+    redirect_uri: &Url,
+) -> Result<TokenResponse, TokenError> {
+    let mut form: Vec<(&str, &str)> = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.expose()),
+        ("redirect_uri", redirect_uri.as_str()),
+    ];
+    if !pkce_verifier.is_empty() {
+        form.push(("code_verifier", pkce_verifier.expose()));
+    }
+    token_request(http, integration, form).await
+}
+
+/// Refreshes a grant. No `scope` is sent, so the grant never widens (§6).
+pub async fn refresh(
+    http: &reqwest::Client,
+    integration: &Integration,
+    refresh_token: &Secret,
+) -> Result<TokenResponse, TokenError> {
+    let form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose()),
+    ];
+    token_request(http, integration, form).await
+}
+
+fn form_encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn token_request(
+    http: &reqwest::Client,
+    integration: &Integration,
+    mut form: Vec<(&str, &str)>,
+) -> Result<TokenResponse, TokenError> {
+    for (k, v) in &integration.token_params {
+        form.push((k.as_str(), v.as_str()));
+    }
+    let mut req = http
+        .post(integration.token_url.clone())
+        .timeout(TOKEN_TIMEOUT)
+        .header(reqwest::header::ACCEPT, "application/json");
+    match integration.client_auth {
+        ClientAuth::Basic => {
+            // RFC 6749 §2.3.1: form-urlencode each part before base64.
+            let creds = format!(
+                "{}:{}",
+                form_encode(&integration.client_id),
+                form_encode(integration.client_secret.expose())
+            );
+            req = req.header(
+                reqwest::header::AUTHORIZATION,
+                format!("Basic {}", STANDARD.encode(creds)),
+            );
+        }
+        ClientAuth::Post => {
+            form.push(("client_id", integration.client_id.as_str()));
+            form.push(("client_secret", integration.client_secret.expose()));
+        }
+    }
+    let resp = req
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| TokenError::Transport(transport_reason(&e)))?;
+    let status = resp.status().as_u16();
+    let is_form = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.starts_with("application/x-www-form-urlencoded") || v.starts_with("text/plain")
+        });
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| TokenError::Transport(transport_reason(&e)))?;
+    parse_token_response(status, is_form, &body)
+}
+
+/// Describes a reqwest failure without its URL's query or any body.
+fn transport_reason(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        "request failed".into()
+    }
+}
+
+fn parse_token_response(
+    status: u16,
+    is_form: bool,
+    body: &[u8],
+) -> Result<TokenResponse, TokenError> {
+    let map: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Some(m),
+        _ if is_form || !body.starts_with(b"{") => {
+            let pairs: Map<String, Value> = form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                .collect();
+            (pairs.contains_key("access_token") || pairs.contains_key("error")).then_some(pairs)
+        }
+        _ => None,
+    };
+    let text =
+        |m: &Map<String, Value>, k: &str| m.get(k).and_then(Value::as_str).map(str::to_owned);
+    if let Some(m) = &map {
+        if let Some(error) = text(m, "error").filter(|e| !e.is_empty()) {
+            return Err(TokenError::Rejected {
+                status,
+                error: sanitize(&error, 64),
+                description: text(m, "error_description").map(|d| sanitize(&d, 300)),
+            });
+        }
+    }
+    if status == 429 || status >= 500 {
+        return Err(TokenError::Server { status });
+    }
+    let Some(m) = map else {
+        return Err(TokenError::InvalidResponse(format!(
+            "HTTP {status}, body is not a JSON object"
+        )));
+    };
+    if !(200..300).contains(&status) {
+        return Err(TokenError::InvalidResponse(format!(
+            "HTTP {status} without an OAuth error"
+        )));
+    }
+    let access_token = text(&m, "access_token")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| TokenError::InvalidResponse("no access_token".into()))?;
+    let expires_in = match m.get("expires_in") {
+        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    };
+    Ok(TokenResponse {
+        access_token: Secret::new(access_token),
+        refresh_token: text(&m, "refresh_token")
+            .filter(|t| !t.is_empty())
+            .map(Secret::new),
+        token_type: text(&m, "token_type").unwrap_or_else(|| "Bearer".into()),
+        expires_in,
+        scope: text(&m, "scope"),
+    })
+}
+
+/// Vendor-supplied text is kept short and printable before it is stored,
+/// logged or shown (HTML escaping happens at rendering).
+pub fn sanitize(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_standard_and_bent_token_responses() {
+        let r = parse_token_response(200, false, br#"{"access_token":"a","token_type":"bearer","expires_in":"3600","refresh_token":"r","scope":"x y"}"#).unwrap();
+        assert_eq!(r.access_token.expose(), "a");
+        assert_eq!(r.refresh_token.unwrap().expose(), "r");
+        assert_eq!(r.expires_in, Some(3600));
+        let r = parse_token_response(200, true, b"access_token=a&token_type=bearer&scope=repo")
+            .unwrap();
+        assert_eq!(r.access_token.expose(), "a");
+        assert!(r.refresh_token.is_none() && r.expires_in.is_none());
+    }
+
+    #[test]
+    fn classifies_errors() {
+        let e = parse_token_response(
+            400,
+            false,
+            br#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#,
+        )
+        .unwrap_err();
+        assert!(e.is_dead_grant());
+        let e =
+            parse_token_response(200, false, br#"{"error":"bad_verification_code"}"#).unwrap_err();
+        assert_eq!(e.oauth_error(), Some("bad_verification_code"));
+        assert!(matches!(
+            parse_token_response(503, false, b"<html>"),
+            Err(TokenError::Server { status: 503 })
+        ));
+        assert!(matches!(
+            parse_token_response(200, false, b"{\"token_type\":\"x\"}"),
+            Err(TokenError::InvalidResponse(_))
+        ));
+        assert!(matches!(
+            parse_token_response(200, false, b"<html>"),
+            Err(TokenError::InvalidResponse(_))
+        ));
+    }
+
+    #[test]
+    fn errors_never_carry_the_token() {
+        let e = parse_token_response(200, false, br#"{"refresh_token":"SECRET123"}"#).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("SECRET123"));
+    }
+}

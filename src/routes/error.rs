@@ -1,0 +1,95 @@
+//! The JSON error answer of the API routes: a stable `error` code and a safe
+//! `error_description` (never a cause chain, never a secret). ADF needs a JSON
+//! object body on every answer, errors included.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::refresh::RefreshError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    IntegrationNotFound(String),
+    #[error("{0}")]
+    ConnectionNotFound(String),
+    #[error("the grant is no longer valid; open authorize_url to consent again")]
+    ReauthorizationRequired { authorize_url: String },
+    #[error("{0}")]
+    Upstream(String),
+    #[error("the token store is unavailable; try again shortly")]
+    StoreUnavailable,
+    #[error("no such route")]
+    RouteNotFound,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::IntegrationNotFound(_) => "integration_not_found",
+            Self::ConnectionNotFound(_) => "connection_not_found",
+            Self::ReauthorizationRequired { .. } => "reauthorization_required",
+            Self::Upstream(_) => "upstream_error",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::RouteNotFound => "not_found",
+        }
+    }
+
+    /// Maps an engine failure; `authorize_url` is used for dead grants.
+    pub fn from_refresh(e: RefreshError, authorize_url: String) -> Self {
+        match e {
+            RefreshError::NotFound => {
+                Self::ConnectionNotFound("no connection with this name; consent first".into())
+            }
+            RefreshError::ReauthorizationRequired => {
+                Self::ReauthorizationRequired { authorize_url }
+            }
+            RefreshError::Upstream(err) => {
+                Self::Upstream(format!("refreshing the token failed: {err}"))
+            }
+            RefreshError::Busy => Self::Upstream(
+                "another instance is refreshing this connection; retry shortly".into(),
+            ),
+            RefreshError::Store(err) => {
+                tracing::error!(error = %err, "store failure on the token route");
+                Self::StoreUnavailable
+            }
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::IntegrationNotFound(_) | Self::ConnectionNotFound(_) | Self::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Self::ReauthorizationRequired { .. } => StatusCode::CONFLICT,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = json!({ "error": self.code(), "error_description": self.to_string() });
+        if let Self::ReauthorizationRequired { authorize_url } = self {
+            body["authorize_url"] = json!(authorize_url);
+        }
+        HttpResponse::build(self.status_code())
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(body)
+    }
+}
+
+pub async fn not_found() -> HttpResponse {
+    ApiError::RouteNotFound.error_response()
+}

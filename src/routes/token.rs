@@ -1,0 +1,149 @@
+//! The token route: `GET /api/token/{integration}/{connection}` and
+//! `POST /api/token`. Always a JSON object (ADF's Azure Function activity
+//! requires one), always `Cache-Control: no-store`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use time::Duration;
+
+use super::error::ApiError;
+use super::{query, AppState};
+use crate::domain::{ConnectionId, IntegrationName};
+use crate::refresh::now;
+
+struct TokenRequest {
+    integration: IntegrationName,
+    connection: ConnectionId,
+    min_validity: Option<Duration>,
+    force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostBody {
+    integration: String,
+    #[serde(default)]
+    connection: Option<String>,
+    #[serde(default)]
+    min_validity_secs: Option<u32>,
+    #[serde(default)]
+    force_refresh: Option<bool>,
+}
+
+fn names(integration: &str, connection: &str) -> Result<(IntegrationName, ConnectionId), ApiError> {
+    let i = IntegrationName::parse(integration)
+        .map_err(|e| ApiError::InvalidRequest(format!("integration: {e}")))?;
+    let c = ConnectionId::parse(connection)
+        .map_err(|e| ApiError::InvalidRequest(format!("connection: {e}")))?;
+    Ok((i, c))
+}
+
+fn flag(v: Option<&String>, name: &str) -> Result<bool, ApiError> {
+    match v.map(|s| s.to_ascii_lowercase()).as_deref() {
+        None | Some("false") | Some("0") | Some("") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(_) => Err(ApiError::InvalidRequest(format!(
+            "{name} must be true or false"
+        ))),
+    }
+}
+
+pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.check_key(&req)?;
+    let (integration, connection) = names(
+        req.match_info().get("integration").unwrap_or_default(),
+        req.match_info().get("connection").unwrap_or_default(),
+    )?;
+    let q = query(&req);
+    let min_validity = q
+        .get("min_validity_secs")
+        .map(|v| {
+            v.parse::<u32>()
+                .map(|s| Duration::seconds(i64::from(s)))
+                .map_err(|_| {
+                    ApiError::InvalidRequest(
+                        "min_validity_secs must be a whole number of seconds".into(),
+                    )
+                })
+        })
+        .transpose()?;
+    let force = flag(q.get("force_refresh"), "force_refresh")?;
+    serve(
+        &state,
+        TokenRequest {
+            integration,
+            connection,
+            min_validity,
+            force,
+        },
+    )
+    .await
+}
+
+pub async fn post(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.check_key(&req)?;
+    let b: PostBody = serde_json::from_slice(&body).map_err(|e| {
+        let why = if e.is_syntax() || e.is_eof() {
+            "the body is not valid JSON".to_owned()
+        } else {
+            // serde's data errors name the field and expected type, never echo input values.
+            format!("the body must be a JSON object {{\"integration\": \"...\", \"connection\": \"...\"}}: {}", e.to_string().split(" at line ").next().unwrap_or_default())
+        };
+        ApiError::InvalidRequest(why)
+    })?;
+    let (integration, connection) = names(
+        &b.integration,
+        b.connection.as_deref().unwrap_or(ConnectionId::DEFAULT),
+    )?;
+    serve(
+        &state,
+        TokenRequest {
+            integration,
+            connection,
+            min_validity: b.min_validity_secs.map(|s| Duration::seconds(i64::from(s))),
+            force: b.force_refresh.unwrap_or(false)
+                || flag(query(&req).get("force_refresh"), "force_refresh")?,
+        },
+    )
+    .await
+}
+
+async fn serve(state: &AppState, r: TokenRequest) -> Result<HttpResponse, ApiError> {
+    let integration = state.engine.integration(&r.integration).ok_or_else(|| {
+        ApiError::IntegrationNotFound(format!(
+            "no integration named {:?} is configured",
+            r.integration.as_str()
+        ))
+    })?;
+    let record = state
+        .engine
+        .ensure_fresh(integration, &r.connection, r.min_validity, r.force)
+        .await
+        .map_err(|e| {
+            ApiError::from_refresh(
+                e,
+                state.authorize_link(r.integration.as_str(), &r.connection),
+            )
+        })?;
+    let now = now();
+    let body = json!({
+        "access_token": record.tokens.access_token.expose(),
+        "token_type": record.token_type,
+        "expires_at": record.expires_at.format(&Rfc3339).unwrap_or_default(),
+        "expires_in": record.expires_in(now),
+        "integration": record.integration.as_str(),
+        "connection": record.connection.as_str(),
+        "scope": record.scope,
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"))
+        .json(body))
+}

@@ -1,0 +1,303 @@
+//! The embedded store: SQLite through rusqlite (bundled), with a version
+//! column for conditional writes. WAL mode and a busy timeout let several
+//! broker processes share one database file.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use time::OffsetDateTime;
+
+use super::{Backend, BoxFuture, ConnectionRow, PendingRow, StoreError, Version, Versioned};
+
+pub struct SqliteBackend {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(v: i64) -> Result<OffsetDateTime, rusqlite::Error> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, Box::new(e))
+    })
+}
+
+fn opt_ms(v: Option<i64>) -> Result<Option<OffsetDateTime>, rusqlite::Error> {
+    v.map(from_ms).transpose()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS connections (
+    integration   TEXT NOT NULL,
+    connection    TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    status        TEXT NOT NULL,
+    key_id        TEXT NOT NULL,
+    sealed_tokens TEXT NOT NULL,
+    token_type    TEXT NOT NULL,
+    scope         TEXT NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL,
+    refreshed_at  INTEGER NOT NULL,
+    last_error    TEXT,
+    last_error_at INTEGER,
+    lease_until   INTEGER,
+    lease_owner   TEXT,
+    PRIMARY KEY (integration, connection)
+);
+CREATE INDEX IF NOT EXISTS connections_due ON connections (status, expires_at);
+CREATE TABLE IF NOT EXISTS pending (
+    state_hash      TEXT PRIMARY KEY,
+    integration     TEXT NOT NULL,
+    connection      TEXT NOT NULL,
+    key_id          TEXT NOT NULL,
+    sealed_verifier TEXT NOT NULL,
+    binding_hash    TEXT NOT NULL,
+    expires_at      INTEGER NOT NULL
+);
+";
+
+const CONN_COLUMNS: &str =
+    "integration, connection, version, status, key_id, sealed_tokens, token_type, scope, \
+     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner";
+
+fn read_connection(r: &Row<'_>) -> Result<Versioned<ConnectionRow>, rusqlite::Error> {
+    Ok(Versioned {
+        version: Version(r.get::<_, i64>(2)?.to_string()),
+        value: ConnectionRow {
+            integration: r.get(0)?,
+            connection: r.get(1)?,
+            status: r.get(3)?,
+            key_id: r.get(4)?,
+            sealed_tokens: r.get(5)?,
+            token_type: r.get(6)?,
+            scope: r.get(7)?,
+            expires_at: from_ms(r.get(8)?)?,
+            created_at: from_ms(r.get(9)?)?,
+            refreshed_at: from_ms(r.get(10)?)?,
+            last_error: r.get(11)?,
+            last_error_at: opt_ms(r.get(12)?)?,
+            lease_until: opt_ms(r.get(13)?)?,
+            lease_owner: r.get(14)?,
+        },
+    })
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the database file and its directory.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unavailable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unavailable)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let conn = Arc::clone(&self.conn);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                f(&mut guard)
+            })
+            .await
+            .map_err(unavailable)?
+        })
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn init(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.run(|c| c.execute_batch(SCHEMA).map_err(unavailable))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.run(|c| {
+            c.query_row("SELECT count(*) FROM pending WHERE 0", [], |_| Ok(()))
+                .map_err(unavailable)
+        })
+    }
+
+    fn get_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Versioned<ConnectionRow>>, StoreError>> {
+        let (i, c) = (integration.to_owned(), connection.to_owned());
+        self.run(move |db| {
+            db.prepare_cached(&format!(
+                "SELECT {CONN_COLUMNS} FROM connections WHERE integration = ?1 AND connection = ?2"
+            ))
+            .and_then(|mut s| s.query_row(params![i, c], read_connection).optional())
+            .map_err(unavailable)
+        })
+    }
+
+    fn upsert_connection<'a>(
+        &'a self,
+        row: &'a ConnectionRow,
+    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+        let r = row.clone();
+        self.run(move |db| {
+            db.query_row(
+                "INSERT INTO connections (integration, connection, version, status, key_id, sealed_tokens, token_type, scope,
+                     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                 ON CONFLICT (integration, connection) DO UPDATE SET
+                     version = version + 1, status = excluded.status, key_id = excluded.key_id,
+                     sealed_tokens = excluded.sealed_tokens, token_type = excluded.token_type, scope = excluded.scope,
+                     expires_at = excluded.expires_at, created_at = excluded.created_at,
+                     refreshed_at = excluded.refreshed_at, last_error = excluded.last_error,
+                     last_error_at = excluded.last_error_at, lease_until = excluded.lease_until,
+                     lease_owner = excluded.lease_owner
+                 RETURNING version",
+                params![
+                    r.integration, r.connection, r.status, r.key_id, r.sealed_tokens, r.token_type, r.scope,
+                    ms(r.expires_at), ms(r.created_at), ms(r.refreshed_at), r.last_error,
+                    r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner
+                ],
+                |x| x.get::<_, i64>(0),
+            )
+            .map(|v| Version(v.to_string()))
+            .map_err(unavailable)
+        })
+    }
+
+    fn replace_connection<'a>(
+        &'a self,
+        row: &'a ConnectionRow,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+        let r = row.clone();
+        let expected: Option<i64> = version.0.parse().ok();
+        self.run(move |db| {
+            let Some(expected) = expected else {
+                return Err(StoreError::Conflict);
+            };
+            let updated = db
+                .query_row(
+                    "UPDATE connections SET version = version + 1, status = ?3, key_id = ?4, sealed_tokens = ?5,
+                         token_type = ?6, scope = ?7, expires_at = ?8, created_at = ?9, refreshed_at = ?10,
+                         last_error = ?11, last_error_at = ?12, lease_until = ?13, lease_owner = ?14
+                     WHERE integration = ?1 AND connection = ?2 AND version = ?15
+                     RETURNING version",
+                    params![
+                        r.integration, r.connection, r.status, r.key_id, r.sealed_tokens, r.token_type, r.scope,
+                        ms(r.expires_at), ms(r.created_at), ms(r.refreshed_at), r.last_error,
+                        r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, expected
+                    ],
+                    |x| x.get::<_, i64>(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            match updated {
+                Some(v) => Ok(Version(v.to_string())),
+                None => {
+                    let exists = db
+                        .query_row(
+                            "SELECT 1 FROM connections WHERE integration = ?1 AND connection = ?2",
+                            params![r.integration, r.connection],
+                            |_| Ok(()),
+                        )
+                        .optional()
+                        .map_err(unavailable)?;
+                    Err(if exists.is_some() { StoreError::Conflict } else { StoreError::NotFound })
+                }
+            }
+        })
+    }
+
+    fn list_due(
+        &self,
+        before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
+        self.run(move |db| {
+            let mut s = db
+                .prepare_cached(&format!(
+                    "SELECT {CONN_COLUMNS} FROM connections WHERE status = 'active' AND expires_at < ?1
+                     ORDER BY expires_at"
+                ))
+                .map_err(unavailable)?;
+            let rows = s
+                .query_map(params![ms(before)], read_connection)
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            Ok(rows)
+        })
+    }
+
+    fn insert_pending<'a>(&'a self, row: &'a PendingRow) -> BoxFuture<'a, Result<(), StoreError>> {
+        let r = row.clone();
+        self.run(move |db| {
+            match db.execute(
+                "INSERT INTO pending (state_hash, integration, connection, key_id, sealed_verifier, binding_hash, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![r.state_hash, r.integration, r.connection, r.key_id, r.sealed_verifier, r.binding_hash, ms(r.expires_at)],
+            ) {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Err(StoreError::Conflict)
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    fn take_pending<'a>(
+        &'a self,
+        state_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
+        let h = state_hash.to_owned();
+        self.run(move |db| {
+            db.query_row(
+                "DELETE FROM pending WHERE state_hash = ?1
+                 RETURNING state_hash, integration, connection, key_id, sealed_verifier, binding_hash, expires_at",
+                params![h],
+                |r| {
+                    Ok(PendingRow {
+                        state_hash: r.get(0)?,
+                        integration: r.get(1)?,
+                        connection: r.get(2)?,
+                        key_id: r.get(3)?,
+                        sealed_verifier: r.get(4)?,
+                        binding_hash: r.get(5)?,
+                        expires_at: from_ms(r.get(6)?)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    fn purge_pending(&self, before: OffsetDateTime) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.run(move |db| {
+            db.execute(
+                "DELETE FROM pending WHERE expires_at < ?1",
+                params![ms(before)],
+            )
+            .map(|n| n as u64)
+            .map_err(unavailable)
+        })
+    }
+}

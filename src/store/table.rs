@@ -1,0 +1,409 @@
+//! Azure Table Storage (and Azurite) through azure_data_tables 0.21.
+//!
+//! Layout: one table; a connection is the entity (PartitionKey = integration,
+//! RowKey = connection id); a pending authorization is the entity
+//! (PartitionKey = `~pending`, RowKey = SHA-256 of its state). Names are
+//! limited by `domain::ids` to characters that are safe in keys and URLs.
+//! Writes are conditional on ETags; reads are point reads; the sweep uses a
+//! server-side `$filter`. The HTTP transport is the broker's pooled reqwest
+//! client and retries are bounded explicitly (azure_core's defaults are no
+//! pooling and up to 60 s of retries).
+
+use std::sync::Arc;
+
+use azure_core::error::ErrorKind;
+use azure_core::{ExponentialRetryOptions, RetryOptions, StatusCode, TransportOptions};
+use azure_data_tables::prelude::*;
+use azure_data_tables::{clients::TableServiceClientBuilder, IfMatchCondition};
+use azure_storage::{CloudLocation, ConnectionString};
+use futures::StreamExt;
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{Backend, BoxFuture, ConnectionRow, PendingRow, StoreError, Version, Versioned};
+use crate::domain::Secret;
+
+const PENDING_PARTITION: &str = "~pending";
+
+pub struct TableBackend {
+    table: TableClient,
+}
+
+/// Maps an azure_core error to the store's taxonomy. Only the kind (status
+/// and error code) is kept: never request details.
+fn classify(e: azure_core::Error) -> StoreError {
+    match e.kind() {
+        ErrorKind::HttpResponse { status, .. } if *status == StatusCode::NotFound => {
+            StoreError::NotFound
+        }
+        ErrorKind::HttpResponse { status, .. }
+            if *status == StatusCode::Conflict || *status == StatusCode::PreconditionFailed =>
+        {
+            StoreError::Conflict
+        }
+        ErrorKind::HttpResponse { status, error_code } => StoreError::Unavailable(format!(
+            "Table Storage answered {} {}",
+            u16::from(*status),
+            error_code.as_deref().unwrap_or("")
+        )),
+        other => StoreError::Unavailable(format!("Table Storage request failed ({other:?})")),
+    }
+}
+
+impl TableBackend {
+    /// Builds the client from a connection string (account-key form, with or
+    /// without `TableEndpoint=`, or `UseDevelopmentStorage=true`).
+    pub fn connect(
+        connection_string: &Secret,
+        table: &str,
+        http: reqwest::Client,
+    ) -> Result<Self, String> {
+        let bad = "is not a valid storage connection string: expected \
+                   DefaultEndpointsProtocol=https;AccountName=<name>;AccountKey=<key>[;TableEndpoint=<url>] \
+                   or UseDevelopmentStorage=true";
+        let cs = ConnectionString::new(connection_string.expose()).map_err(|_| bad.to_owned())?;
+        let builder = if cs.use_development_storage == Some(true) {
+            TableServiceClientBuilder::emulator()
+        } else {
+            let account = cs
+                .account_name
+                .ok_or_else(|| format!("{bad} (AccountName is missing)"))?;
+            let credentials = cs
+                .storage_credentials()
+                .map_err(|_| format!("{bad} (AccountKey or SharedAccessSignature is missing)"))?;
+            let location = match (cs.table_endpoint, cs.endpoint_suffix) {
+                (Some(uri), _) => CloudLocation::Custom {
+                    account: account.to_owned(),
+                    uri: uri.trim_end_matches('/').to_owned(),
+                },
+                (None, Some(suffix)) if suffix != "core.windows.net" => CloudLocation::Custom {
+                    account: account.to_owned(),
+                    uri: format!("https://{account}.table.{suffix}"),
+                },
+                _ => CloudLocation::Public {
+                    account: account.to_owned(),
+                },
+            };
+            TableServiceClientBuilder::with_location(location, credentials)
+        };
+        let service = builder
+            .transport(TransportOptions::new(Arc::new(http)))
+            .retry(RetryOptions::exponential(
+                ExponentialRetryOptions::default()
+                    .max_retries(2u32)
+                    .initial_delay(std::time::Duration::from_millis(100))
+                    .max_delay(std::time::Duration::from_millis(800))
+                    .max_total_elapsed(std::time::Duration::from_secs(5)),
+            ))
+            .build();
+        Ok(Self {
+            table: service.table_client(table),
+        })
+    }
+
+    fn entity(&self, pk: &str, rk: &str) -> EntityClient {
+        self.table.partition_key_client(pk).entity_client(rk)
+    }
+}
+
+fn fmt_time(t: OffsetDateTime) -> String {
+    // Millisecond precision: inside Table Storage's 100 ns and identical on every backend.
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let t = t
+        .replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(t);
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn put_time(m: &mut Map<String, Value>, name: &str, t: Option<OffsetDateTime>) {
+    if let Some(t) = t {
+        m.insert(name.to_owned(), Value::String(fmt_time(t)));
+        m.insert(
+            format!("{name}@odata.type"),
+            Value::String("Edm.DateTime".into()),
+        );
+    }
+}
+
+fn put_str(m: &mut Map<String, Value>, name: &str, v: Option<&str>) {
+    if let Some(v) = v {
+        m.insert(name.to_owned(), Value::String(v.to_owned()));
+    }
+}
+
+fn get_str(m: &Map<String, Value>, name: &str) -> Result<String, StoreError> {
+    opt_str(m, name).ok_or_else(|| StoreError::Corrupt(format!("property {name} is missing")))
+}
+
+fn opt_str(m: &Map<String, Value>, name: &str) -> Option<String> {
+    m.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn opt_time(m: &Map<String, Value>, name: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+    m.get(name)
+        .and_then(Value::as_str)
+        .map(|s| {
+            OffsetDateTime::parse(s, &Rfc3339)
+                .map_err(|_| StoreError::Corrupt(format!("property {name} is not a date")))
+        })
+        .transpose()
+}
+
+fn get_time(m: &Map<String, Value>, name: &str) -> Result<OffsetDateTime, StoreError> {
+    opt_time(m, name)?.ok_or_else(|| StoreError::Corrupt(format!("property {name} is missing")))
+}
+
+fn connection_entity(r: &ConnectionRow) -> Map<String, Value> {
+    let mut m = Map::new();
+    put_str(&mut m, "PartitionKey", Some(&r.integration));
+    put_str(&mut m, "RowKey", Some(&r.connection));
+    put_str(&mut m, "Status", Some(&r.status));
+    put_str(&mut m, "KeyId", Some(&r.key_id));
+    put_str(&mut m, "SealedTokens", Some(&r.sealed_tokens));
+    put_str(&mut m, "TokenType", Some(&r.token_type));
+    put_str(&mut m, "Scope", Some(&r.scope));
+    put_time(&mut m, "ExpiresAt", Some(r.expires_at));
+    put_time(&mut m, "CreatedAt", Some(r.created_at));
+    put_time(&mut m, "RefreshedAt", Some(r.refreshed_at));
+    put_str(&mut m, "LastError", r.last_error.as_deref());
+    put_time(&mut m, "LastErrorAt", r.last_error_at);
+    put_time(&mut m, "LeaseUntil", r.lease_until);
+    put_str(&mut m, "LeaseOwner", r.lease_owner.as_deref());
+    m
+}
+
+fn connection_row(m: &Map<String, Value>) -> Result<ConnectionRow, StoreError> {
+    Ok(ConnectionRow {
+        integration: get_str(m, "PartitionKey")?,
+        connection: get_str(m, "RowKey")?,
+        status: get_str(m, "Status")?,
+        key_id: get_str(m, "KeyId")?,
+        sealed_tokens: get_str(m, "SealedTokens")?,
+        token_type: get_str(m, "TokenType")?,
+        scope: opt_str(m, "Scope").unwrap_or_default(),
+        expires_at: get_time(m, "ExpiresAt")?,
+        created_at: get_time(m, "CreatedAt")?,
+        refreshed_at: get_time(m, "RefreshedAt")?,
+        last_error: opt_str(m, "LastError"),
+        last_error_at: opt_time(m, "LastErrorAt")?,
+        lease_until: opt_time(m, "LeaseUntil")?,
+        lease_owner: opt_str(m, "LeaseOwner"),
+    })
+}
+
+fn pending_entity(r: &PendingRow) -> Map<String, Value> {
+    let mut m = Map::new();
+    put_str(&mut m, "PartitionKey", Some(PENDING_PARTITION));
+    put_str(&mut m, "RowKey", Some(&r.state_hash));
+    put_str(&mut m, "Integration", Some(&r.integration));
+    put_str(&mut m, "Connection", Some(&r.connection));
+    put_str(&mut m, "KeyId", Some(&r.key_id));
+    put_str(&mut m, "SealedVerifier", Some(&r.sealed_verifier));
+    put_str(&mut m, "BindingHash", Some(&r.binding_hash));
+    put_time(&mut m, "ExpiresAt", Some(r.expires_at));
+    m
+}
+
+fn pending_row(m: &Map<String, Value>) -> Result<PendingRow, StoreError> {
+    Ok(PendingRow {
+        state_hash: get_str(m, "RowKey")?,
+        integration: get_str(m, "Integration")?,
+        connection: get_str(m, "Connection")?,
+        key_id: get_str(m, "KeyId")?,
+        sealed_verifier: get_str(m, "SealedVerifier")?,
+        binding_hash: get_str(m, "BindingHash")?,
+        expires_at: get_time(m, "ExpiresAt")?,
+    })
+}
+
+fn etag_of(m: &Map<String, Value>) -> Result<Version, StoreError> {
+    opt_str(m, "odata.etag")
+        .map(Version)
+        .ok_or_else(|| StoreError::Corrupt("query result without odata.etag".into()))
+}
+
+/// Only single-quote escaping is needed: the values come from our own alphabet.
+fn odata_datetime(t: OffsetDateTime) -> String {
+    format!("datetime'{}'", fmt_time(t))
+}
+
+impl Backend for TableBackend {
+    fn init(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            match self.table.create().await.map_err(classify) {
+                Ok(_) | Err(StoreError::Conflict) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            match self
+                .entity(PENDING_PARTITION, "ping")
+                .get::<Map<String, Value>>()
+                .await
+                .map_err(classify)
+            {
+                Ok(_) | Err(StoreError::NotFound) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn get_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Versioned<ConnectionRow>>, StoreError>> {
+        Box::pin(async move {
+            match self
+                .entity(integration, connection)
+                .get::<Map<String, Value>>()
+                .await
+                .map_err(classify)
+            {
+                Ok(r) => Ok(Some(Versioned {
+                    value: connection_row(&r.entity)?,
+                    version: Version(r.etag.to_string()),
+                })),
+                Err(StoreError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn upsert_connection<'a>(
+        &'a self,
+        row: &'a ConnectionRow,
+    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+        Box::pin(async move {
+            let e = self.entity(&row.integration, &row.connection);
+            let r = e
+                .insert_or_replace(connection_entity(row))
+                .map_err(classify)?
+                .await
+                .map_err(classify)?;
+            Ok(Version(r.etag.to_string()))
+        })
+    }
+
+    fn replace_connection<'a>(
+        &'a self,
+        row: &'a ConnectionRow,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+        Box::pin(async move {
+            let e = self.entity(&row.integration, &row.connection);
+            let cond = IfMatchCondition::Etag(version.0.clone().into());
+            let r = e
+                .update(connection_entity(row), cond)
+                .map_err(classify)?
+                .await
+                .map_err(classify)?;
+            Ok(Version(r.etag.to_string()))
+        })
+    }
+
+    fn list_due(
+        &self,
+        before: OffsetDateTime,
+    ) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
+        Box::pin(async move {
+            let filter = format!(
+                "Status eq 'active' and ExpiresAt lt {}",
+                odata_datetime(before)
+            );
+            let mut pages = self
+                .table
+                .query()
+                .filter(filter)
+                .into_stream::<Map<String, Value>>();
+            let mut out = Vec::new();
+            while let Some(page) = pages.next().await {
+                for m in page.map_err(classify)?.entities {
+                    match connection_row(&m) {
+                        Ok(value) => out.push(Versioned {
+                            value,
+                            version: etag_of(&m)?,
+                        }),
+                        Err(e) => {
+                            tracing::error!(error = %e, "skipping an unreadable connection entity")
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn insert_pending<'a>(&'a self, row: &'a PendingRow) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.table
+                .insert::<_, Map<String, Value>>(pending_entity(row))
+                .map_err(classify)?
+                .await
+                .map_err(classify)?;
+            Ok(())
+        })
+    }
+
+    fn take_pending<'a>(
+        &'a self,
+        state_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
+        Box::pin(async move {
+            let e = self.entity(PENDING_PARTITION, state_hash);
+            let got = match e.get::<Map<String, Value>>().await.map_err(classify) {
+                Ok(r) => r,
+                Err(StoreError::NotFound) => return Ok(None),
+                Err(err) => return Err(err),
+            };
+            // Deleting at the ETag we read makes the take single-use under races.
+            match e
+                .delete()
+                .if_match(IfMatchCondition::Etag(got.etag))
+                .await
+                .map_err(classify)
+            {
+                Ok(_) => Ok(Some(pending_row(&got.entity)?)),
+                Err(StoreError::NotFound | StoreError::Conflict) => Ok(None),
+                Err(err) => Err(err),
+            }
+        })
+    }
+
+    fn purge_pending(&self, before: OffsetDateTime) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let filter = format!(
+                "PartitionKey eq '{PENDING_PARTITION}' and ExpiresAt lt {}",
+                odata_datetime(before)
+            );
+            let mut pages = self
+                .table
+                .query()
+                .filter(filter)
+                .into_stream::<Map<String, Value>>();
+            let mut purged = 0;
+            while let Some(page) = pages.next().await {
+                for m in page.map_err(classify)?.entities {
+                    let Some(rk) = opt_str(&m, "RowKey") else {
+                        continue;
+                    };
+                    match self
+                        .entity(PENDING_PARTITION, &rk)
+                        .delete()
+                        .await
+                        .map_err(classify)
+                    {
+                        Ok(_) => purged += 1,
+                        Err(StoreError::NotFound) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(purged)
+        })
+    }
+}
