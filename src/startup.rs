@@ -46,7 +46,6 @@ impl Application {
                     .map_err(|e| format!("BROKER_STORAGE {e}"))?,
             ),
         };
-        spawn_init(Arc::clone(&backend));
         if settings.integrations_missing {
             tracing::warn!(
                 path = %settings.integrations_path.display(),
@@ -54,6 +53,7 @@ impl Application {
             );
         }
         let store = Store::new(backend, settings.keys.clone());
+        spawn_init(store.clone());
         let engine = Arc::new(Engine::new(
             store,
             http,
@@ -122,13 +122,14 @@ impl Application {
     }
 }
 
-/// Creates the table in the background, retrying until the store answers, so
-/// that the broker starts (and its health route says 503) during an outage.
-fn spawn_init(backend: Arc<dyn Backend>) {
+/// Creates the table in the background at start, so the first request does not
+/// pay for it; until it succeeds every store call retries it on demand, and the
+/// broker starts (its health route saying 503) during a storage outage.
+fn spawn_init(store: Store) {
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(500);
         loop {
-            match backend.init().await {
+            match store.ready().await {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "store not ready; retrying");

@@ -127,6 +127,9 @@ pub trait Backend: Send + Sync + 'static {
 pub struct Store {
     backend: Arc<dyn Backend>,
     keys: Keyring,
+    /// Set once `init` has succeeded; every operation first makes sure of it,
+    /// so a store that comes up after the broker is used as soon as it answers.
+    ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
 fn aad(integration: &str, connection: &str) -> Vec<u8> {
@@ -142,7 +145,17 @@ struct SealedTokens {
 
 impl Store {
     pub fn new(backend: Arc<dyn Backend>, keys: Keyring) -> Self {
-        Self { backend, keys }
+        Self {
+            backend,
+            keys,
+            ready: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// Creates the table on first use (concurrent callers share one attempt;
+    /// a failed attempt is retried by the next caller).
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        self.ready.get_or_try_init(|| self.backend.init()).await.map(|_| ())
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -150,6 +163,7 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
+        self.ready().await?;
         self.backend.ping().await
     }
 
@@ -158,6 +172,7 @@ impl Store {
         integration: &IntegrationName,
         connection: &ConnectionId,
     ) -> Result<Option<Versioned<ConnectionRecord>>, StoreError> {
+        self.ready().await?;
         match self
             .backend
             .get_connection(integration.as_str(), connection.as_str())
@@ -172,6 +187,7 @@ impl Store {
     }
 
     pub async fn upsert(&self, record: &ConnectionRecord) -> Result<Version, StoreError> {
+        self.ready().await?;
         self.backend.upsert_connection(&self.seal(record)).await
     }
 
@@ -180,6 +196,7 @@ impl Store {
         record: &ConnectionRecord,
         version: &Version,
     ) -> Result<Version, StoreError> {
+        self.ready().await?;
         self.backend
             .replace_connection(&self.seal(record), version)
             .await
@@ -189,6 +206,7 @@ impl Store {
         &self,
         before: OffsetDateTime,
     ) -> Result<Vec<Versioned<ConnectionRecord>>, StoreError> {
+        self.ready().await?;
         let rows = self.backend.list_due(before).await?;
         let mut out = Vec::with_capacity(rows.len());
         for v in rows {
@@ -210,6 +228,7 @@ impl Store {
         state_hash: &str,
         p: &PendingAuthorization,
     ) -> Result<(), StoreError> {
+        self.ready().await?;
         let (key_id, sealed_verifier) = self.keys.seal(
             p.pkce_verifier.expose().as_bytes(),
             &aad("pending", state_hash),
@@ -230,6 +249,7 @@ impl Store {
         &self,
         state_hash: &str,
     ) -> Result<Option<PendingAuthorization>, StoreError> {
+        self.ready().await?;
         let Some(row) = self.backend.take_pending(state_hash).await? else {
             return Ok(None);
         };
@@ -255,6 +275,7 @@ impl Store {
     }
 
     pub async fn purge_pending(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        self.ready().await?;
         self.backend.purge_pending(before).await
     }
 
