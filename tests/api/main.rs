@@ -1,0 +1,17 @@
+//! Black-box tests: the real `oauth-broker` binary, real Azurite, real oidc-provider, called exactly as
+//! the Azure Functions host, ADF and a browser call it. Run them with `scripts/test`, which installs
+//! the Node fixtures; `cargo test --test api` works once `tests/support/node_modules` exists.
+
+mod helpers;
+
+mod api_keys;
+mod auth_start;
+mod bad_input;
+mod encryption_at_rest;
+mod flow;
+mod functions_manifest;
+mod health;
+mod no_secret_in_logs;
+mod reauthorization;
+mod reconsent;
+mod store_contract;

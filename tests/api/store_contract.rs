@@ -1,0 +1,274 @@
+//! One conformance suite for the storage trait, run against both backends:
+//! SQLite (a fresh file) and Table Storage (real Azurite, a fresh table).
+
+use std::sync::Arc;
+
+use oauth_broker::domain::Secret;
+use oauth_broker::startup::http_client;
+use oauth_broker::store::sqlite::SqliteBackend;
+use oauth_broker::store::table::TableBackend;
+use oauth_broker::store::{Backend, ConnectionRow, PendingRow, StoreError, Version};
+use time::{Duration, OffsetDateTime};
+
+use crate::helpers::{fresh_table_name, Azurite};
+
+fn t(secs: i64) -> OffsetDateTime {
+    // Millisecond precision, as every backend stores.
+    OffsetDateTime::from_unix_timestamp(1_900_000_000 + secs).unwrap() + Duration::milliseconds(123)
+}
+
+fn row(
+    integration: &str,
+    connection: &str,
+    status: &str,
+    expires_at: OffsetDateTime,
+) -> ConnectionRow {
+    ConnectionRow {
+        integration: integration.into(),
+        connection: connection.into(),
+        status: status.into(),
+        key_id: "k1".into(),
+        sealed_tokens: "c2VhbGVk".into(),
+        token_type: "Bearer".into(),
+        scope: "openid api:read".into(),
+        expires_at,
+        created_at: t(0),
+        refreshed_at: t(1),
+        last_error: None,
+        last_error_at: None,
+        lease_until: None,
+        lease_owner: None,
+    }
+}
+
+fn pending(hash: &str, expires_at: OffsetDateTime) -> PendingRow {
+    PendingRow {
+        state_hash: hash.into(),
+        integration: "demo".into(),
+        connection: "c1".into(),
+        key_id: "k1".into(),
+        sealed_verifier: "dmVyaWZpZXI".into(),
+        binding_hash: "YmluZGluZw".into(),
+        expires_at,
+    }
+}
+
+async fn conformance(b: Arc<dyn Backend>) {
+    b.init().await.expect("init");
+    b.init().await.expect("init is idempotent");
+    b.ping().await.expect("ping");
+
+    // Point reads and unconditional writes.
+    assert!(
+        b.get_connection("demo", "c1").await.unwrap().is_none(),
+        "missing row reads as None"
+    );
+    let mut r = row("demo", "c1", "active", t(100));
+    r.last_error = Some("the provider answered invalid_grant".into());
+    r.last_error_at = Some(t(50));
+    r.lease_until = Some(t(60));
+    r.lease_owner = Some("abc".into());
+    let v1 = b.upsert_connection(&r).await.unwrap();
+    let got = b
+        .get_connection("demo", "c1")
+        .await
+        .unwrap()
+        .expect("row after upsert");
+    assert_eq!(got.value, r, "every field round-trips");
+    assert_eq!(
+        got.version, v1,
+        "a read returns the version the write returned"
+    );
+
+    // Conditional replace: current version wins, stale version conflicts and changes nothing.
+    let mut r2 = r.clone();
+    r2.scope = "narrower".into();
+    r2.last_error = None;
+    r2.last_error_at = None;
+    let v2 = b.replace_connection(&r2, &v1).await.unwrap();
+    assert_ne!(v1, v2, "a write changes the version");
+    let mut r3 = r2.clone();
+    r3.scope = "stale writer".into();
+    assert!(
+        matches!(
+            b.replace_connection(&r3, &v1).await,
+            Err(StoreError::Conflict)
+        ),
+        "stale version must conflict"
+    );
+    assert_eq!(
+        b.get_connection("demo", "c1").await.unwrap().unwrap().value,
+        r2,
+        "a lost write changes nothing"
+    );
+    let ghost = row("demo", "ghost", "active", t(0));
+    assert!(
+        matches!(
+            b.replace_connection(&ghost, &v2).await,
+            Err(StoreError::NotFound)
+        ),
+        "replace of a missing row"
+    );
+    assert!(
+        b.get_connection("demo", "ghost").await.unwrap().is_none(),
+        "replace never creates"
+    );
+    assert!(
+        b.replace_connection(&r2, &Version("garbage".into()))
+            .await
+            .is_err(),
+        "an unknown version never writes"
+    );
+    assert_eq!(
+        b.get_connection("demo", "c1").await.unwrap().unwrap().value,
+        r2
+    );
+
+    // Of concurrent writers at one version, exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let b = Arc::clone(&b);
+        let (mut w, v) = (r2.clone(), v2.clone());
+        w.lease_owner = Some(format!("writer{i}"));
+        tasks.push(tokio::spawn(
+            async move { b.replace_connection(&w, &v).await },
+        ));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => wins += 1,
+            Err(StoreError::Conflict) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one concurrent conditional write wins");
+
+    // Upsert replaces unconditionally (a new consent).
+    let fresh = row("demo", "c1", "active", t(500));
+    b.upsert_connection(&fresh).await.unwrap();
+    assert_eq!(
+        b.get_connection("demo", "c1").await.unwrap().unwrap().value,
+        fresh
+    );
+
+    // The due query: active rows expiring before the instant, nothing else.
+    b.upsert_connection(&row("demo", "due1", "active", t(10)))
+        .await
+        .unwrap();
+    b.upsert_connection(&row("other", "due2", "active", t(20)))
+        .await
+        .unwrap();
+    b.upsert_connection(&row("demo", "later", "active", t(10_000)))
+        .await
+        .unwrap();
+    b.upsert_connection(&row("demo", "dead", "reauthorization_required", t(5)))
+        .await
+        .unwrap();
+    b.insert_pending(&pending("p-due", t(1))).await.unwrap();
+    let mut due: Vec<String> = b
+        .list_due(t(1_000))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| format!("{}/{}", v.value.integration, v.value.connection))
+        .collect();
+    due.sort();
+    assert_eq!(due, ["demo/c1", "demo/due1", "other/due2"]);
+    let listed = b.list_due(t(15)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let current = b.get_connection("demo", "due1").await.unwrap().unwrap();
+    assert_eq!(
+        listed[0].version, current.version,
+        "listed rows carry usable versions"
+    );
+
+    // Pending authorizations are single use.
+    b.insert_pending(&pending("p1", t(600))).await.unwrap();
+    assert!(matches!(
+        b.insert_pending(&pending("p1", t(600))).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        b.take_pending("p1").await.unwrap(),
+        Some(pending("p1", t(600)))
+    );
+    assert_eq!(
+        b.take_pending("p1").await.unwrap(),
+        None,
+        "a state is used once"
+    );
+    assert_eq!(b.take_pending("never").await.unwrap(), None);
+    b.insert_pending(&pending("race", t(600))).await.unwrap();
+    let takes: Vec<_> = (0..6)
+        .map(|_| {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.take_pending("race").await })
+        })
+        .collect();
+    let mut taken = 0;
+    for task in takes {
+        if task.await.unwrap().unwrap().is_some() {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 1, "exactly one concurrent take succeeds");
+
+    // Purging removes only expired pending rows.
+    b.insert_pending(&pending("p-live", t(600))).await.unwrap();
+    assert_eq!(b.purge_pending(t(100)).await.unwrap(), 1);
+    assert!(b.take_pending("p-live").await.unwrap().is_some());
+    assert_eq!(
+        b.list_due(t(1_000)).await.unwrap().len(),
+        3,
+        "purging touched no connection"
+    );
+}
+
+#[tokio::test]
+async fn the_sqlite_backend_meets_the_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SqliteBackend::open(&dir.path().join("nested/broker.db")).unwrap();
+    conformance(Arc::new(b)).await;
+}
+
+#[tokio::test]
+async fn the_table_storage_backend_meets_the_store_contract_on_azurite() {
+    let azurite = Azurite::start().await;
+    let b = TableBackend::connect(
+        &Secret::new(azurite.connection_string()),
+        &fresh_table_name(),
+        http_client(),
+    )
+    .unwrap();
+    conformance(Arc::new(b)).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_table_store_reports_unavailable_quickly() {
+    let port = crate::helpers::free_port();
+    let cs = crate::helpers::table_connection_string(port);
+    let b = TableBackend::connect(&Secret::new(cs), &fresh_table_name(), http_client()).unwrap();
+    let started = std::time::Instant::now();
+    assert!(matches!(b.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        b.get_connection("demo", "c1").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    // Bounded retries: not azure_core's default of a minute. (A sanity bound, not a timing target.)
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn malformed_connection_strings_are_refused_without_echoing_them() {
+    for bad in [
+        "nonsense",
+        "AccountName=x",
+        "AccountName=x;AccountKey=SECRETKEYVALUE==;Foo",
+    ] {
+        let err = TableBackend::connect(&Secret::new(bad), "t1", http_client())
+            .err()
+            .expect("refused");
+        assert!(!err.contains("SECRETKEYVALUE"), "{err}");
+    }
+}
