@@ -19,8 +19,6 @@ use url::Url;
 use crate::domain::Secret;
 use crate::settings::{ClientAuth, Integration};
 
-const TOKEN_TIMEOUT: Duration = Duration::from_secs(20);
-
 /// An authorization request ready to send the person to.
 #[derive(Debug)]
 pub struct AuthorizationRequest {
@@ -79,7 +77,11 @@ pub enum TokenError {
     },
     /// 5xx or 429 without an OAuth error body.
     #[error("the provider answered HTTP {status}")]
-    Server { status: u16 },
+    Server {
+        status: u16,
+        /// `Retry-After` in seconds, when sent.
+        retry_after: Option<u64>,
+    },
     /// Connecting, sending or reading timed out or failed.
     #[error("the provider could not be reached: {0}")]
     Transport(String),
@@ -101,6 +103,28 @@ impl TokenError {
     pub fn is_dead_grant(&self) -> bool {
         self.oauth_error() == Some("invalid_grant")
     }
+
+    /// `invalid_client` / `unauthorized_client`: the integration's
+    /// configuration is wrong; connections are not to blame (RFC 6749 §5.2).
+    pub fn is_misconfigured(&self) -> bool {
+        matches!(
+            self.oauth_error(),
+            Some("invalid_client" | "unauthorized_client")
+        )
+    }
+
+    /// Worth retrying: 5xx, 429, transport failures, unparsable bodies, and
+    /// OAuth errors that say so (`temporarily_unavailable`, `server_error`, or any with a 5xx/429).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Server { .. } | Self::Transport(_) | Self::InvalidResponse(_) => true,
+            Self::Rejected { status, error, .. } => {
+                *status == 429
+                    || *status >= 500
+                    || matches!(error.as_str(), "temporarily_unavailable" | "server_error")
+            }
+        }
+    }
 }
 
 pub async fn exchange_code(
@@ -109,6 +133,7 @@ pub async fn exchange_code(
     code: &Secret,
     pkce_verifier: &Secret,
     redirect_uri: &Url,
+    timeout: Duration,
 ) -> Result<TokenResponse, TokenError> {
     let mut form: Vec<(&str, &str)> = vec![
         ("grant_type", "authorization_code"),
@@ -118,7 +143,7 @@ pub async fn exchange_code(
     if !pkce_verifier.is_empty() {
         form.push(("code_verifier", pkce_verifier.expose()));
     }
-    token_request(http, integration, form).await
+    token_request(http, integration, form, timeout).await
 }
 
 /// Refreshes a grant. No `scope` is sent, so the grant never widens (§6).
@@ -126,12 +151,13 @@ pub async fn refresh(
     http: &reqwest::Client,
     integration: &Integration,
     refresh_token: &Secret,
+    timeout: Duration,
 ) -> Result<TokenResponse, TokenError> {
     let form = vec![
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token.expose()),
     ];
-    token_request(http, integration, form).await
+    token_request(http, integration, form, timeout).await
 }
 
 fn form_encode(s: &str) -> String {
@@ -142,13 +168,14 @@ async fn token_request(
     http: &reqwest::Client,
     integration: &Integration,
     mut form: Vec<(&str, &str)>,
+    timeout: Duration,
 ) -> Result<TokenResponse, TokenError> {
     for (k, v) in &integration.token_params {
         form.push((k.as_str(), v.as_str()));
     }
     let mut req = http
         .post(integration.token_url.clone())
-        .timeout(TOKEN_TIMEOUT)
+        .timeout(timeout)
         .header(reqwest::header::ACCEPT, "application/json");
     match integration.client_auth {
         ClientAuth::Basic => {
@@ -174,6 +201,11 @@ async fn token_request(
         .await
         .map_err(|e| TokenError::Transport(transport_reason(&e)))?;
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let is_form = resp
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
@@ -185,7 +217,13 @@ async fn token_request(
         .bytes()
         .await
         .map_err(|e| TokenError::Transport(transport_reason(&e)))?;
-    parse_token_response(status, is_form, &body)
+    match parse_token_response(status, is_form, &body) {
+        Err(TokenError::Server { status, .. }) => Err(TokenError::Server {
+            status,
+            retry_after,
+        }),
+        other => other,
+    }
 }
 
 /// Describes a reqwest failure without its URL's query or any body.
@@ -226,7 +264,10 @@ fn parse_token_response(
         }
     }
     if status == 429 || status >= 500 {
-        return Err(TokenError::Server { status });
+        return Err(TokenError::Server {
+            status,
+            retry_after: None,
+        });
     }
     let Some(m) = map else {
         return Err(TokenError::InvalidResponse(format!(
@@ -287,13 +328,18 @@ mod tests {
             br#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#,
         )
         .unwrap_err();
-        assert!(e.is_dead_grant());
+        assert!(e.is_dead_grant() && !e.is_transient() && !e.is_misconfigured());
+        let e = parse_token_response(401, false, br#"{"error":"invalid_client"}"#).unwrap_err();
+        assert!(e.is_misconfigured() && !e.is_transient());
+        let e = parse_token_response(503, false, br#"{"error":"temporarily_unavailable"}"#)
+            .unwrap_err();
+        assert!(e.is_transient());
         let e =
             parse_token_response(200, false, br#"{"error":"bad_verification_code"}"#).unwrap_err();
         assert_eq!(e.oauth_error(), Some("bad_verification_code"));
         assert!(matches!(
             parse_token_response(503, false, b"<html>"),
-            Err(TokenError::Server { status: 503 })
+            Err(TokenError::Server { status: 503, .. })
         ));
         assert!(matches!(
             parse_token_response(200, false, b"{\"token_type\":\"x\"}"),

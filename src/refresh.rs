@@ -5,31 +5,37 @@
 //! - within a process, callers for one connection queue on one async mutex and
 //!   re-read the row after acquiring it, so followers reuse the leader's result;
 //! - across processes, a lease is written into the row with a conditional
-//!   write (ETag / version) before the vendor is called, and the new tokens are
-//!   written conditionally on the lease's version (fencing): a holder whose
-//!   lease lapsed and was taken over cannot overwrite the newer grant.
-//! The new refresh token is persisted before the new access token is handed
-//! out; when the vendor returns none, the old one is kept (RFC 6749 §6).
+//!   write (ETag / version) before the vendor is called; callers that find a
+//!   live lease wait (bounded) and re-read, never presenting the old token;
+//! - the new tokens are written conditionally on the lease's version
+//!   (fencing): a holder whose lease lapsed and was taken over cannot
+//!   overwrite the newer grant. Retries stop while enough lease remains.
+//!
+//! Rotation safety: the new refresh token is persisted before the new access
+//! token is handed out; when the vendor returns none the old one is kept, and
+//! refresh never sends `scope` (RFC 6749 §6).
+//!
+//! Failures (RFC 6749 §5.2) are recorded on the row (`last_error`,
+//! `last_error_at`): `invalid_grant` marks the grant dead; `invalid_client` /
+//! `unauthorized_client` blame the integration, not the connection;
+//! everything else transient is retried with backoff, then cools down.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use time::{Duration, OffsetDateTime};
 
 use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet};
 use crate::oauth::{self, TokenError, TokenResponse};
-use crate::settings::Integration;
+use crate::settings::{Integration, RefreshPolicy};
 use crate::store::{Store, StoreError, Versioned};
 
-/// How long a refresher may hold a connection: longer than the vendor timeout
-/// plus two store writes.
-const LEASE: Duration = Duration::seconds(45);
 /// Expiry assumed when the vendor sends no `expires_in`.
 const DEFAULT_EXPIRES_IN: i64 = 3600;
-/// Bounded concurrency of the sweep.
-const SWEEP_CONCURRENCY: usize = 8;
+/// Time kept in hand after the last upstream call for the final store write.
+const WRITE_MARGIN: Duration = Duration::seconds(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -37,12 +43,32 @@ pub enum RefreshError {
     NotFound,
     #[error("the grant is no longer valid; a new consent is required")]
     ReauthorizationRequired,
+    /// `invalid_client` / `unauthorized_client`: fix the integration.
+    #[error(transparent)]
+    Misconfigured(TokenError),
     #[error(transparent)]
     Upstream(TokenError),
+    /// A recent refresh failed; no new attempt until the cool-down ends.
+    #[error("a refresh failed {seconds_ago} s ago ({last_error}); the next attempt is allowed after the cool-down")]
+    CoolingDown {
+        last_error: String,
+        seconds_ago: i64,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("another instance is refreshing this connection and did not finish in time")]
     Busy,
+}
+
+/// What a caller needs from a connection's access token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Need {
+    /// Seconds of validity wanted beyond the integration's margin.
+    pub min_validity: Option<Duration>,
+    /// Refresh even if the token is fresh.
+    pub force: bool,
+    /// Keep-alive: refresh if last refreshed before this instant.
+    pub refreshed_before: Option<OffsetDateTime>,
 }
 
 /// What one sweep did.
@@ -59,6 +85,7 @@ pub struct Engine {
     store: Store,
     http: reqwest::Client,
     integrations: Arc<BTreeMap<IntegrationName, Integration>>,
+    policy: RefreshPolicy,
     inflight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     /// Identifies this process in leases.
     owner: String,
@@ -71,11 +98,16 @@ pub fn now() -> OffsetDateTime {
         .unwrap_or(t)
 }
 
+fn std_duration(d: Duration) -> std::time::Duration {
+    std::time::Duration::try_from(d).unwrap_or_default()
+}
+
 impl Engine {
     pub fn new(
         store: Store,
         http: reqwest::Client,
         integrations: Arc<BTreeMap<IntegrationName, Integration>>,
+        policy: RefreshPolicy,
     ) -> Self {
         let mut id = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut id);
@@ -83,6 +115,7 @@ impl Engine {
             store,
             http,
             integrations,
+            policy,
             inflight: Mutex::new(HashMap::new()),
             owner: id.iter().map(|b| format!("{b:02x}")).collect(),
         }
@@ -94,6 +127,10 @@ impl Engine {
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    pub fn policy(&self) -> &RefreshPolicy {
+        &self.policy
     }
 
     pub fn integration(&self, name: &IntegrationName) -> Option<&Integration> {
@@ -135,36 +172,42 @@ impl Engine {
         Ok(record)
     }
 
-    /// Returns the connection with an access token valid for at least
-    /// `max(margin, min_validity)`, refreshing first when needed (or when forced).
+    /// True when `record` does not satisfy `need` at `now`.
+    fn wants_refresh(
+        &self,
+        integration: &Integration,
+        record: &ConnectionRecord,
+        need: &Need,
+        now: OffsetDateTime,
+    ) -> bool {
+        let threshold = need.min_validity.map_or(integration.refresh_margin, |m| {
+            m.max(integration.refresh_margin)
+        });
+        need.force
+            || record.is_due(now, threshold)
+            || need
+                .refreshed_before
+                .is_some_and(|t| record.refreshed_at < t)
+    }
+
+    /// Returns the connection with an access token that satisfies `need`,
+    /// refreshing first when it does not.
     pub async fn ensure_fresh(
         &self,
         integration: &Integration,
         connection: &ConnectionId,
-        min_validity: Option<Duration>,
-        force: bool,
+        need: Need,
     ) -> Result<ConnectionRecord, RefreshError> {
-        let threshold = min_validity.map_or(integration.refresh_margin, |m| {
-            m.max(integration.refresh_margin)
-        });
         let first = self.read(integration, connection).await?;
-        if !force && !first.value.is_due(now(), threshold) {
+        if !self.wants_refresh(integration, &first.value, &need, now()) {
             return Ok(first.value);
         }
-
         let gate = self.gate(&integration.name, connection);
-        let _turn = gate.lock().await;
-        let current = self.read(integration, connection).await?;
-        // A refresh finished while we queued: its result is what we wanted.
-        if current.value.refreshed_at > first.value.refreshed_at
-            && !current.value.is_due(now(), threshold)
-        {
-            return Ok(current.value);
-        }
+        let turn = gate.lock().await;
         let result = self
-            .refresh_locked(integration, current, threshold, force)
+            .refresh_gated(integration, connection, first.value.refreshed_at, &need)
             .await;
-        drop(_turn);
+        drop(turn);
         self.release_gate(&integration.name, connection, &gate);
         result
     }
@@ -209,38 +252,52 @@ impl Engine {
         }
     }
 
-    /// Runs with this process's gate held: takes the cross-process lease,
-    /// calls the vendor once, and stores the outcome under the lease.
-    async fn refresh_locked(
+    /// Runs with this process's gate held: waits out other holders, takes the
+    /// lease, refreshes once (with retries), stores the outcome under the lease.
+    async fn refresh_gated(
         &self,
         integration: &Integration,
-        mut current: Versioned<ConnectionRecord>,
-        threshold: Duration,
-        force: bool,
+        connection: &ConnectionId,
+        seen_refreshed_at: OffsetDateTime,
+        need: &Need,
     ) -> Result<ConnectionRecord, RefreshError> {
-        let started = std::time::Instant::now();
-        let first_refreshed_at = current.value.refreshed_at;
         let wait_deadline = tokio::time::Instant::now()
-            + std::time::Duration::from_secs(LEASE.whole_seconds() as u64 + 5);
+            + std_duration(self.policy.lease)
+            + std::time::Duration::from_secs(5);
+        let mut current = self.read(integration, connection).await?;
         let leased = loop {
             let now = now();
-            if current.value.refreshed_at > first_refreshed_at
-                && !current.value.is_due(now, threshold)
+            let rec = &current.value;
+            // Someone refreshed while we queued or waited: that is what we wanted.
+            if rec.refreshed_at > seen_refreshed_at
+                && !self.wants_refresh(
+                    integration,
+                    rec,
+                    &Need {
+                        force: false,
+                        ..*need
+                    },
+                    now,
+                )
             {
                 return Ok(current.value);
             }
-            if current.value.is_leased(now)
-                && current.value.lease_owner.as_deref() != Some(&self.owner)
-            {
+            if rec.is_leased(now) && rec.lease_owner.as_deref() != Some(&self.owner) {
                 if tokio::time::Instant::now() > wait_deadline {
                     return Err(RefreshError::Busy);
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                current = self.read(integration, &current.value.connection).await?;
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                current = self.read(integration, connection).await?;
                 continue;
             }
+            if let Some(at) = rec
+                .last_error_at
+                .filter(|at| *at > rec.refreshed_at && *at + self.policy.cooldown > now)
+            {
+                return self.cooling_down(rec, at, now);
+            }
             let mut lease = current.value.clone();
-            lease.lease_until = Some(now + LEASE);
+            lease.lease_until = Some(now + self.policy.lease);
             lease.lease_owner = Some(self.owner.clone());
             match self.store.replace(&lease, &current.version).await {
                 Ok(version) => {
@@ -249,32 +306,109 @@ impl Engine {
                         version,
                     }
                 }
-                Err(StoreError::Conflict) => {
-                    current = self.read(integration, &current.value.connection).await?;
-                }
+                Err(StoreError::Conflict) => current = self.read(integration, connection).await?,
                 Err(StoreError::NotFound) => return Err(RefreshError::NotFound),
                 Err(e) => return Err(e.into()),
             }
         };
+        self.refresh_leased(integration, leased, need.force).await
+    }
 
+    /// During a cool-down: serve the stored token while it is valid, else fail fast.
+    fn cooling_down(
+        &self,
+        rec: &ConnectionRecord,
+        at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<ConnectionRecord, RefreshError> {
+        if rec.expires_in(now) > 0 {
+            tracing::warn!(integration = rec.integration.as_str(), connection = rec.connection.as_str(), outcome = "cooling_down", "serving the stored access token, still valid, during the cool-down after a failed refresh");
+            return Ok(rec.clone());
+        }
+        Err(RefreshError::CoolingDown {
+            last_error: rec.last_error.clone().unwrap_or_default(),
+            seconds_ago: (now - at).whole_seconds(),
+        })
+    }
+
+    /// Calls the token endpoint, retrying transient failures with exponential
+    /// backoff and jitter while the lease leaves room for another attempt.
+    async fn call_vendor(
+        &self,
+        integration: &Integration,
+        refresh_token: &crate::domain::Secret,
+        lease_until: OffsetDateTime,
+    ) -> (Result<TokenResponse, TokenError>, u32) {
+        let timeout =
+            Duration::try_from(self.policy.upstream_timeout).unwrap_or(Duration::seconds(15));
+        let mut attempt = 0;
+        let mut delay = self.policy.backoff;
+        loop {
+            attempt += 1;
+            let result = oauth::refresh(
+                &self.http,
+                integration,
+                refresh_token,
+                self.policy.upstream_timeout,
+            )
+            .await;
+            let err = match result {
+                Err(e) if e.is_transient() && attempt < self.policy.max_attempts => e,
+                other => return (other, attempt),
+            };
+            let retry_after = match &err {
+                TokenError::Server {
+                    retry_after: Some(s),
+                    ..
+                } => Some(std::time::Duration::from_secs(*s).min(self.policy.retry_after_cap)),
+                _ => None,
+            };
+            let jitter = rand::thread_rng().gen_range(0..=delay.as_millis() as u64 / 2);
+            let wait = retry_after.unwrap_or(delay + std::time::Duration::from_millis(jitter));
+            // Another attempt must finish, and be stored, inside the lease.
+            let next_done =
+                now() + Duration::try_from(wait).unwrap_or_default() + timeout + WRITE_MARGIN;
+            if next_done > lease_until {
+                return (Err(err), attempt);
+            }
+            tracing::info!(integration = integration.name.as_str(), attempt, error = %err, wait_ms = wait.as_millis() as u64, "transient refresh failure; retrying");
+            tokio::time::sleep(wait).await;
+            delay *= 2;
+        }
+    }
+
+    async fn refresh_leased(
+        &self,
+        integration: &Integration,
+        leased: Versioned<ConnectionRecord>,
+        force: bool,
+    ) -> Result<ConnectionRecord, RefreshError> {
+        let started = std::time::Instant::now();
         let record = &leased.value;
+        let (iname, cid) = (record.integration.as_str(), record.connection.as_str());
         let Some(refresh_token) = record.tokens.refresh_token.clone() else {
             // Nothing to refresh with: serve what we have while it lasts.
             self.release_lease(&leased).await;
             if record.expires_in(now()) > 0 && !force {
                 return Ok(record.clone());
             }
+            tracing::warn!(
+                integration = iname,
+                connection = cid,
+                outcome = "no_refresh_token",
+                "the grant has no refresh token and its access token expired"
+            );
             return Err(RefreshError::ReauthorizationRequired);
         };
-
-        let outcome = oauth::refresh(&self.http, integration, &refresh_token).await;
+        let lease_until = record.lease_until.unwrap_or_else(now);
+        let (outcome, attempts) = self
+            .call_vendor(integration, &refresh_token, lease_until)
+            .await;
         let now = now();
         let mut next = record.clone();
         next.lease_until = None;
         next.lease_owner = None;
-        let ms = started.elapsed().as_millis() as u64;
-        let (integration_name, connection_id) =
-            (record.integration.as_str(), record.connection.as_str());
+        let duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(resp) => {
                 next.tokens = TokenSet {
@@ -293,22 +427,23 @@ impl Engine {
                 match self.store.replace(&next, &leased.version).await {
                     Ok(_) => {
                         tracing::info!(
-                            integration = integration_name,
-                            connection = connection_id,
+                            integration = iname,
+                            connection = cid,
                             outcome = "refreshed",
-                            duration_ms = ms,
+                            attempts,
+                            duration_ms,
                             "refresh"
                         );
                         Ok(next)
                     }
                     Err(StoreError::Conflict) => {
                         // Fenced: our lease lapsed and someone else wrote. Theirs stands.
-                        tracing::error!(integration = integration_name, connection = connection_id, outcome = "fenced", duration_ms = ms, "refresh finished after the lease lapsed; the newer grant in the store is kept");
+                        tracing::error!(integration = iname, connection = cid, outcome = "fenced", attempts, duration_ms, "refresh finished after its lease was taken over; the newer grant in the store is kept");
                         Ok(self.read(integration, &record.connection).await?.value)
                     }
                     Err(StoreError::NotFound) => Err(RefreshError::NotFound),
                     Err(e) => {
-                        tracing::error!(integration = integration_name, connection = connection_id, outcome = "store_failed", error = %e, "the refreshed grant could not be stored");
+                        tracing::error!(integration = iname, connection = cid, outcome = "store_failed", attempts, duration_ms, error = %e, "the refreshed grant could not be stored");
                         Err(e.into())
                     }
                 }
@@ -316,26 +451,33 @@ impl Engine {
             Err(err) => {
                 next.last_error = Some(oauth::sanitize(&err.to_string(), 300));
                 next.last_error_at = Some(now);
-                let dead = err.is_dead_grant();
-                if dead {
+                let outcome = if err.is_dead_grant() {
                     next.status = ConnectionStatus::ReauthorizationRequired;
-                }
-                tracing::warn!(integration = integration_name, connection = connection_id, outcome = if dead { "reauthorization_required" } else { "failed" }, error = %err, duration_ms = ms, "refresh");
+                    "reauthorization_required"
+                } else if err.is_misconfigured() {
+                    "integration_misconfigured"
+                } else {
+                    "failed"
+                };
+                tracing::warn!(integration = iname, connection = cid, outcome, attempts, duration_ms, error = %err, "refresh");
                 match self.store.replace(&next, &leased.version).await {
                     Ok(_) | Err(StoreError::Conflict) => {}
                     Err(e) => {
-                        tracing::error!(integration = integration_name, connection = connection_id, error = %e, "the refresh failure could not be recorded")
+                        tracing::error!(integration = iname, connection = cid, error = %e, "the refresh failure could not be recorded")
                     }
                 }
-                if dead {
+                if err.is_dead_grant() {
                     Err(RefreshError::ReauthorizationRequired)
                 } else if !force && record.expires_in(now) > 0 {
                     tracing::warn!(
-                        integration = integration_name,
-                        connection = connection_id,
+                        integration = iname,
+                        connection = cid,
+                        outcome = "served_stale",
                         "serving the stored access token, still valid, after a failed refresh"
                     );
                     Ok(next)
+                } else if err.is_misconfigured() {
+                    Err(RefreshError::Misconfigured(err))
                 } else {
                     Err(RefreshError::Upstream(err))
                 }
@@ -353,31 +495,52 @@ impl Engine {
     }
 
     /// Refreshes every active connection whose access token expires within its
-    /// integration's margin. One failure never stops the others.
+    /// integration's margin, or that was not refreshed within its keep-alive
+    /// period. One failure never stops the others; concurrency is bounded, and
+    /// no new refresh starts after the sweep's time budget.
     pub async fn sweep(&self) -> Result<SweepSummary, StoreError> {
         let start = now();
-        let widest = self
+        let started = tokio::time::Instant::now();
+        let widest_margin = self
             .integrations
             .values()
             .map(|i| i.refresh_margin)
             .max()
             .unwrap_or(Duration::ZERO);
-        let due = self.store.list_due(start + widest).await?;
+        let shortest_keepalive = self
+            .integrations
+            .values()
+            .map(|i| i.keepalive)
+            .min()
+            .unwrap_or(Duration::days(3650));
+        let due = self
+            .store
+            .list_due(start + widest_margin, start - shortest_keepalive)
+            .await?;
+        let listed = due.len();
+        let budget = self.policy.sweep_budget;
         let results: Vec<Option<Result<bool, RefreshError>>> = futures::stream::iter(due)
             .map(|row| async move {
+                if started.elapsed() > budget {
+                    return None;
+                }
                 let rec = row.value;
                 let integration = self.integrations.get(&rec.integration)?;
-                if !rec.is_due(now(), integration.refresh_margin) {
+                let need = Need {
+                    refreshed_before: Some(now() - integration.keepalive),
+                    ..Need::default()
+                };
+                if !self.wants_refresh(integration, &rec, &need, now()) {
                     return None;
                 }
                 let before = rec.refreshed_at;
                 Some(
-                    self.ensure_fresh(integration, &rec.connection, None, false)
+                    self.ensure_fresh(integration, &rec.connection, need)
                         .await
                         .map(|r| r.refreshed_at > before),
                 )
             })
-            .buffer_unordered(SWEEP_CONCURRENCY)
+            .buffer_unordered(self.policy.sweep_concurrency)
             .collect()
             .await;
         let mut summary = SweepSummary::default();
@@ -390,15 +553,24 @@ impl Engine {
                 Err(_) => summary.failed += 1,
             }
         }
+        if started.elapsed() > budget {
+            tracing::warn!(
+                listed,
+                budget_secs = budget.as_secs(),
+                "sweep budget spent; the remaining connections wait for the next run"
+            );
+        }
         match self.store.purge_pending(start).await {
             Ok(n) if n > 0 => tracing::info!(purged = n, "expired pending authorizations removed"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not purge expired pending authorizations"),
         }
         tracing::info!(
+            listed,
             refreshed = summary.refreshed,
             failed = summary.failed,
             reauthorization_required = summary.reauthorization_required,
+            duration_ms = started.elapsed().as_millis() as u64,
             "sweep finished"
         );
         Ok(summary)

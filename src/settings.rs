@@ -80,6 +80,96 @@ pub struct Integration {
     pub authorization_params: Vec<(String, String)>,
     pub token_params: Vec<(String, String)>,
     pub refresh_margin: Duration,
+    /// Refresh any active grant not refreshed for this long, so that vendors
+    /// that expire unused refresh tokens never see one go idle.
+    pub keepalive: Duration,
+}
+
+/// How the refresh engine behaves; every value has a safe default.
+#[derive(Debug, Clone)]
+pub struct RefreshPolicy {
+    /// How long a refresher holds a connection (`BROKER_REFRESH_LEASE_SECS`, default 60).
+    pub lease: Duration,
+    /// Timeout of one token-endpoint call (`BROKER_UPSTREAM_TIMEOUT_SECS`, default 15).
+    pub upstream_timeout: std::time::Duration,
+    /// Token-endpoint calls per refresh for transient failures (default 3).
+    pub max_attempts: u32,
+    /// First backoff delay; doubles each retry, with jitter (default 500 ms).
+    pub backoff: std::time::Duration,
+    /// The longest `Retry-After` honoured (default 10 s).
+    pub retry_after_cap: std::time::Duration,
+    /// After a failed refresh, no new upstream attempt for this long (`BROKER_REFRESH_COOLDOWN_SECS`, default 30).
+    pub cooldown: Duration,
+    /// Refreshes in flight at once during a sweep (`BROKER_SWEEP_CONCURRENCY`, default 8).
+    pub sweep_concurrency: usize,
+    /// A sweep starts no new refresh after this long (`BROKER_SWEEP_BUDGET_SECS`, default 240,
+    /// inside the Consumption plan's 5-minute function timeout).
+    pub sweep_budget: std::time::Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            lease: Duration::seconds(60),
+            upstream_timeout: std::time::Duration::from_secs(15),
+            max_attempts: 3,
+            backoff: std::time::Duration::from_millis(500),
+            retry_after_cap: std::time::Duration::from_secs(10),
+            cooldown: Duration::seconds(30),
+            sweep_concurrency: 8,
+            sweep_budget: std::time::Duration::from_secs(240),
+        }
+    }
+}
+
+impl RefreshPolicy {
+    fn load(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let num =
+            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
+                match get(name) {
+                    None => Ok(default),
+                    Some(v) => match v.trim().parse::<u64>() {
+                        Ok(n) if (min..=max).contains(&n) => Ok(n),
+                        _ => Err(setting_err(
+                            name,
+                            format!("must be a whole number from {min} to {max}"),
+                        )),
+                    },
+                }
+            };
+        let d = Self::default();
+        let timeout = num(
+            "BROKER_UPSTREAM_TIMEOUT_SECS",
+            d.upstream_timeout.as_secs(),
+            1,
+            120,
+        )?;
+        let lease = num(
+            "BROKER_REFRESH_LEASE_SECS",
+            d.lease.whole_seconds() as u64,
+            2,
+            3600,
+        )?;
+        if lease < timeout + 2 {
+            return Err(setting_err(
+                "BROKER_REFRESH_LEASE_SECS",
+                format!("({lease}) must exceed BROKER_UPSTREAM_TIMEOUT_SECS ({timeout}) by at least 2 seconds, so a refresh always finishes inside its lease"),
+            ));
+        }
+        Ok(Self {
+            lease: Duration::seconds(lease as i64),
+            upstream_timeout: std::time::Duration::from_secs(timeout),
+            cooldown: Duration::seconds(num("BROKER_REFRESH_COOLDOWN_SECS", 30, 0, 86_400)? as i64),
+            sweep_concurrency: num("BROKER_SWEEP_CONCURRENCY", 8, 1, 256)? as usize,
+            sweep_budget: std::time::Duration::from_secs(num(
+                "BROKER_SWEEP_BUDGET_SECS",
+                240,
+                1,
+                86_400,
+            )?),
+            ..d
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +189,7 @@ pub struct Settings {
     pub integrations_path: PathBuf,
     /// True when the integrations file did not exist (a warning is logged at start).
     pub integrations_missing: bool,
+    pub refresh: RefreshPolicy,
 }
 
 const DEFAULT_SQLITE: &str = ".broker/broker.db";
@@ -230,7 +321,9 @@ impl Settings {
             }
         };
 
+        let refresh = RefreshPolicy::load(&get)?;
         Ok(Self {
+            refresh,
             listen,
             host_mode,
             public_url,
@@ -322,6 +415,8 @@ struct RawIntegration {
     token_params: BTreeMap<String, String>,
     #[serde(default)]
     refresh_margin_secs: Option<u32>,
+    #[serde(default)]
+    keepalive_hours: Option<u32>,
 }
 
 /// Parses the integrations file text. `get` reads settings for `%NAME%` values.
@@ -414,6 +509,7 @@ pub fn parse_integrations(
             authorization_params: params("authorization_params", &r.authorization_params)?,
             token_params: params("token_params", &r.token_params)?,
             refresh_margin: Duration::seconds(i64::from(r.refresh_margin_secs.unwrap_or(900))),
+            keepalive: Duration::hours(i64::from(r.keepalive_hours.unwrap_or(24).max(1))),
             name: parsed_name.clone(),
         };
         out.insert(parsed_name, integration);

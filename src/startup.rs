@@ -58,6 +58,7 @@ impl Application {
             store,
             http,
             Arc::new(settings.integrations.clone()),
+            settings.refresh.clone(),
         ));
 
         let listener = TcpListener::bind(settings.listen)

@@ -182,6 +182,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         &code,
         &pending.pkce_verifier,
         &state.redirect_uri(),
+        state.engine.policy().upstream_timeout,
     )
     .await
     {

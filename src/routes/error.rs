@@ -22,6 +22,8 @@ pub enum ApiError {
     ReauthorizationRequired { authorize_url: String },
     #[error("{0}")]
     Upstream(String),
+    #[error("{0}")]
+    IntegrationMisconfigured(String),
     #[error("the token store is unavailable; try again shortly")]
     StoreUnavailable,
     #[error("no such route")]
@@ -37,6 +39,7 @@ impl ApiError {
             Self::ConnectionNotFound(_) => "connection_not_found",
             Self::ReauthorizationRequired { .. } => "reauthorization_required",
             Self::Upstream(_) => "upstream_error",
+            Self::IntegrationMisconfigured(_) => "integration_misconfigured",
             Self::StoreUnavailable => "store_unavailable",
             Self::RouteNotFound => "not_found",
         }
@@ -54,6 +57,10 @@ impl ApiError {
             RefreshError::Upstream(err) => {
                 Self::Upstream(format!("refreshing the token failed: {err}"))
             }
+            RefreshError::CoolingDown { .. } => Self::Upstream(e.to_string()),
+            RefreshError::Misconfigured(err) => Self::IntegrationMisconfigured(format!(
+                "the provider rejected the integration's client credentials ({err}); check client_id, client_secret and client_auth"
+            )),
             RefreshError::Busy => Self::Upstream(
                 "another instance is refreshing this connection; retry shortly".into(),
             ),
@@ -74,7 +81,7 @@ impl ResponseError for ApiError {
                 StatusCode::NOT_FOUND
             }
             Self::ReauthorizationRequired { .. } => StatusCode::CONFLICT,
-            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Upstream(_) | Self::IntegrationMisconfigured(_) => StatusCode::BAD_GATEWAY,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -12,7 +12,7 @@ use time::Duration;
 use super::error::ApiError;
 use super::{query, AppState};
 use crate::domain::{ConnectionId, IntegrationName};
-use crate::refresh::now;
+use crate::refresh::{now, Need};
 
 struct TokenRequest {
     integration: IntegrationName,
@@ -124,7 +124,15 @@ async fn serve(state: &AppState, r: TokenRequest) -> Result<HttpResponse, ApiErr
     })?;
     let record = state
         .engine
-        .ensure_fresh(integration, &r.connection, r.min_validity, r.force)
+        .ensure_fresh(
+            integration,
+            &r.connection,
+            Need {
+                min_validity: r.min_validity,
+                force: r.force,
+                refreshed_before: None,
+            },
+        )
         .await
         .map_err(|e| {
             ApiError::from_refresh(

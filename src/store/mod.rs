@@ -104,11 +104,13 @@ pub trait Backend: Send + Sync + 'static {
         row: &'a ConnectionRow,
         version: &'a Version,
     ) -> BoxFuture<'a, Result<Version, StoreError>>;
-    /// Active connections whose access token expires before `before`, with a
+    /// Active connections whose access token expires before `expires_before`
+    /// or that were last refreshed before `refreshed_before`, selected by a
     /// server-side filter, following continuations.
     fn list_due(
         &self,
-        before: OffsetDateTime,
+        expires_before: OffsetDateTime,
+        refreshed_before: OffsetDateTime,
     ) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>>;
     /// Stores a pending authorization (`Conflict` if the state hash exists).
     fn insert_pending<'a>(&'a self, row: &'a PendingRow) -> BoxFuture<'a, Result<(), StoreError>>;
@@ -155,7 +157,10 @@ impl Store {
     /// Creates the table on first use (concurrent callers share one attempt;
     /// a failed attempt is retried by the next caller).
     pub async fn ready(&self) -> Result<(), StoreError> {
-        self.ready.get_or_try_init(|| self.backend.init()).await.map(|_| ())
+        self.ready
+            .get_or_try_init(|| self.backend.init())
+            .await
+            .map(|_| ())
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -204,10 +209,14 @@ impl Store {
 
     pub async fn list_due(
         &self,
-        before: OffsetDateTime,
+        expires_before: OffsetDateTime,
+        refreshed_before: OffsetDateTime,
     ) -> Result<Vec<Versioned<ConnectionRecord>>, StoreError> {
         self.ready().await?;
-        let rows = self.backend.list_due(before).await?;
+        let rows = self
+            .backend
+            .list_due(expires_before, refreshed_before)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for v in rows {
             match self.open(v.value) {

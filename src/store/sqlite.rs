@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS connections (
     PRIMARY KEY (integration, connection)
 );
 CREATE INDEX IF NOT EXISTS connections_due ON connections (status, expires_at);
+CREATE INDEX IF NOT EXISTS connections_idle ON connections (status, refreshed_at);
 CREATE TABLE IF NOT EXISTS pending (
     state_hash      TEXT PRIMARY KEY,
     integration     TEXT NOT NULL,
@@ -228,17 +229,18 @@ impl Backend for SqliteBackend {
 
     fn list_due(
         &self,
-        before: OffsetDateTime,
+        expires_before: OffsetDateTime,
+        refreshed_before: OffsetDateTime,
     ) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         self.run(move |db| {
             let mut s = db
                 .prepare_cached(&format!(
-                    "SELECT {CONN_COLUMNS} FROM connections WHERE status = 'active' AND expires_at < ?1
+                    "SELECT {CONN_COLUMNS} FROM connections WHERE status = 'active' AND (expires_at < ?1 OR refreshed_at < ?2)
                      ORDER BY expires_at"
                 ))
                 .map_err(unavailable)?;
             let rows = s
-                .query_map(params![ms(before)], read_connection)
+                .query_map(params![ms(expires_before), ms(refreshed_before)], read_connection)
                 .map_err(unavailable)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(unavailable)?;

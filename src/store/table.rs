@@ -308,12 +308,14 @@ impl Backend for TableBackend {
 
     fn list_due(
         &self,
-        before: OffsetDateTime,
+        expires_before: OffsetDateTime,
+        refreshed_before: OffsetDateTime,
     ) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         Box::pin(async move {
             let filter = format!(
-                "Status eq 'active' and ExpiresAt lt {}",
-                odata_datetime(before)
+                "Status eq 'active' and (ExpiresAt lt {} or RefreshedAt lt {})",
+                odata_datetime(expires_before),
+                odata_datetime(refreshed_before)
             );
             let mut pages = self
                 .table

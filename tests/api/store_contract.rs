@@ -167,7 +167,7 @@ async fn conformance(b: Arc<dyn Backend>) {
         .unwrap();
     b.insert_pending(&pending("p-due", t(1))).await.unwrap();
     let mut due: Vec<String> = b
-        .list_due(t(1_000))
+        .list_due(t(1_000), t(-1_000_000))
         .await
         .unwrap()
         .into_iter()
@@ -175,7 +175,7 @@ async fn conformance(b: Arc<dyn Backend>) {
         .collect();
     due.sort();
     assert_eq!(due, ["demo/c1", "demo/due1", "other/due2"]);
-    let listed = b.list_due(t(15)).await.unwrap();
+    let listed = b.list_due(t(15), t(-1_000_000)).await.unwrap();
     assert_eq!(listed.len(), 1);
     let current = b.get_connection("demo", "due1").await.unwrap().unwrap();
     assert_eq!(
@@ -219,7 +219,7 @@ async fn conformance(b: Arc<dyn Backend>) {
     assert_eq!(b.purge_pending(t(100)).await.unwrap(), 1);
     assert!(b.take_pending("p-live").await.unwrap().is_some());
     assert_eq!(
-        b.list_due(t(1_000)).await.unwrap().len(),
+        b.list_due(t(1_000), t(-1_000_000)).await.unwrap().len(),
         3,
         "purging touched no connection"
     );

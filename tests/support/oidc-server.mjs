@@ -46,30 +46,41 @@
 //                   access token or refresh token of this server. No client auth.
 //
 // Driving the devInteractions login + consent with a plain HTTP client and a cookie jar
-// (verified with curl; every Location below is relative to the issuer unless stated otherwise):
+// (verified end to end with curl -b/-c; do not follow redirects automatically to the redirect_uri):
 //  1. GET /auth?response_type=code&client_id=<id>&redirect_uri=<uri>&scope=<s>&state=<st>
 //         &code_challenge=<b64url(sha256(verifier))>&code_challenge_method=S256
-//     -> 303, Location: /interaction/<uid1>; sets cookies _interaction (path /interaction/<uid1>)
-//        and _interaction_resume (path /auth/<uid1>) (+ .sig). Errors in the request itself
-//        (unknown client, bad redirect_uri) answer 400 HTML; others (missing PKCE, bad scope...)
-//        redirect to redirect_uri?error=...&state=...&iss=...
-//  2. GET /interaction/<uid1> -> 200 HTML login form (optional for a client; shows the fields):
-//        <form method="post" action="/interaction/<uid1>"> prompt=login (hidden), login, password
-//  3. POST /interaction/<uid1>, application/x-www-form-urlencoded: prompt=login&login=<any>&password=<any>
+//     -> 303, Location: /interaction/<uid1>   (relative); sets cookies _interaction (path
+//        /interaction/<uid1>) and _interaction_resume (path /auth/<uid1>), each with a .sig cookie.
+//     Errors: unknown client_id or unregistered redirect_uri -> 400 text/html (no redirect); other
+//     errors redirect: 303 <redirect_uri>?error=invalid_request&error_description=...&state=&iss=
+//     (missing PKCE, code_challenge_method=plain, short code_challenge); response_type=token ->
+//     unsupported_response_type in the fragment.
+//  2. (optional) GET /interaction/<uid1> -> 200 HTML login form
+//        <form action="http://127.0.0.1:<port>/interaction/<uid1>" method="post">
+//        fields: prompt=login (hidden), login (any non-empty), password (any)
+//  3. POST /interaction/<uid1>, application/x-www-form-urlencoded: prompt=login&login=alice&password=x
 //     -> 303, Location: http://127.0.0.1:<port>/auth/<uid1>   (absolute)
-//  4. GET /auth/<uid1> -> 303, Location: /interaction/<uid2> (new uid; sets _session cookie)
-//  5. GET /interaction/<uid2> -> 200 HTML consent form: action="/interaction/<uid2>", prompt=consent (hidden)
-//  6. POST /interaction/<uid2>: prompt=consent
-//     -> 303, Location: http://127.0.0.1:<port>/auth/<uid2>
-//  7. GET /auth/<uid2> -> 303, Location: <redirect_uri>?code=<code>&state=<st>&iss=<url-encoded issuer>
-//  Abort: at either interaction, GET /interaction/<uid>/abort -> 303 /auth/<uid> ->
-//     GET /auth/<uid> -> 303 <redirect_uri>?error=access_denied&error_description=End-User%20aborted%20interaction&state=<st>&iss=...
+//  4. GET /auth/<uid1> -> 303, Location: /interaction/<uid2>   (new uid; sets _session, path /)
+//  5. (optional) GET /interaction/<uid2> -> 200 HTML consent form, same action URL shape,
+//        fields: prompt=consent (hidden)
+//  6. POST /interaction/<uid2>: prompt=consent -> 303, Location: http://127.0.0.1:<port>/auth/<uid2>
+//  7. GET /auth/<uid2> -> 303, Location: <redirect_uri>?code=<code>&state=<st>&iss=http%3A%2F%2F127.0.0.1%3A<port>
+//  The accountId (sub) is the login value. Granted scope = requested scopes this server knows,
+//  minus offline_access (oidc-provider drops it without prompt=consent; a refresh token is issued
+//  anyway); unknown scopes are dropped silently.
+//  Abort, at the login or the consent step: GET /interaction/<uid>/abort
+//     -> 303, Location: http://127.0.0.1:<port>/auth/<uid>; GET that
+//     -> 303, Location: <redirect_uri>?error=access_denied&error_description=End-User+aborted+interaction&state=<st>&iss=...
 //  A second /auth in the same cookie jar for a client already consented to the same scopes skips
 //  both prompts (303 straight to the redirect_uri); use a fresh jar for a fresh login.
-//  Token: POST /token, Authorization: Basic b64(urlenc(client_id):urlenc(client_secret)),
+//  Token: POST /token, Authorization: Basic base64(urlenc(client_id) ":" urlenc(client_secret))
+//     (an unencoded "%" in the secret -> 400 invalid_request), body
 //     grant_type=authorization_code&code=<code>&redirect_uri=<uri>&code_verifier=<verifier>
-//     -> 200 {access_token, expires_in, refresh_token, scope, token_type:"Bearer"[, id_token]}
-//     grant_type=refresh_token&refresh_token=<rt> -> 200 with a new refresh_token; old one consumed.
+//     -> 200 {access_token, expires_in, refresh_token, scope, token_type:"Bearer"[, id_token if openid]}
+//     A wrong code_verifier -> 400 invalid_grant without consuming the code; replaying a used code
+//     -> 400 invalid_grant and the grant is revoked (its tokens die).
+//     grant_type=refresh_token&refresh_token=<rt> -> 200 with a new refresh_token; the old one is
+//     consumed; replaying it -> 400 invalid_grant + grant revoked (grants_revoked += 1).
 
 import { createServer } from 'node:http';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
