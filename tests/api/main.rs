@@ -7,6 +7,7 @@ mod helpers;
 mod api_keys;
 mod auth_start;
 mod bad_input;
+mod concurrency;
 mod encryption_at_rest;
 mod flow;
 mod functions_manifest;

@@ -16,6 +16,8 @@
 //                           is counted on arrival, then delayed, then processed even if the client
 //                           has given up meanwhile (like a real slow vendor: a refresh token sent in a
 //                           request the client abandoned is still consumed).
+//   OIDC_DROP_ABANDONED=1   instead, drop a delayed request whose client disconnected during the delay
+//                           (as if it never reached the vendor; counted in /__stats "abandoned").
 //   OIDC_LOG=1              one stderr line per token request (default: stderr stays quiet after
 //                           start-up, so a parent that never drains a stderr pipe cannot block us).
 //
@@ -41,7 +43,8 @@
 //                   /token by its "error" code; refresh_success every 200 to a refresh_token grant;
 //                   grants_revoked every oidc-provider "grant.revoked" event (replay, revocation).
 //   POST /__reset   zero all counters (and last_token_request) -> {"ok":true}
-//   POST /__config?token_delay_ms=<n>   change the token delay at run time -> {"token_delay_ms":n}
+//   POST /__config?token_delay_ms=<n>&drop_abandoned=<0|1>   change those at run time
+//                                       -> {"token_delay_ms":n,"drop_abandoned":bool}
 //   GET  /__introspect?token=<t>  {"active":bool}: a live (unexpired, unconsumed, grant not revoked)
 //                   access token or refresh token of this server. No client auth.
 //
@@ -105,6 +108,8 @@ const PORT = intEnv('OIDC_PORT', 0);
 const ACCESS_TOKEN_TTL = intEnv('OIDC_ACCESS_TOKEN_TTL', 60);
 const REFRESH_TOKEN_TTL = intEnv('OIDC_REFRESH_TOKEN_TTL', 86400);
 let tokenDelayMs = intEnv('OIDC_TOKEN_DELAY_MS', 0);
+// OIDC_DROP_ABANDONED=1: a delayed token request whose client disconnected is not processed.
+let dropAbandoned = process.env.OIDC_DROP_ABANDONED === '1';
 const LOG = process.env.OIDC_LOG === '1';
 
 let clients;
@@ -128,6 +133,7 @@ function freshStats() {
     token_errors: {},
     refresh_success: 0,
     grants_revoked: 0,
+    abandoned: 0,
     last_token_request: null,
   };
 }
@@ -246,6 +252,13 @@ function buildProvider(issuer) {
     };
 
     if (tokenDelayMs > 0) await sleep(tokenDelayMs);
+    if (dropAbandoned && (ctx.req.socket?.destroyed ?? true)) {
+      // The client hung up during the delay (a crashed caller): like a vendor whose
+      // request never arrived, nothing is processed and no token is used up.
+      stats.abandoned += 1;
+      ctx.status = 499;
+      return;
+    }
 
     await next();
 
@@ -300,7 +313,9 @@ async function testRoute(req, res, url) {
       if (!Number.isInteger(n) || n < 0) return json(res, 400, { error: 'token_delay_ms must be a non-negative integer' });
       tokenDelayMs = n;
     }
-    return json(res, 200, { token_delay_ms: tokenDelayMs });
+    const d = url.searchParams.get('drop_abandoned');
+    if (d !== null) dropAbandoned = d === '1' || d === 'true';
+    return json(res, 200, { token_delay_ms: tokenDelayMs, drop_abandoned: dropAbandoned });
   }
   if (req.method === 'GET' && url.pathname === '/__introspect') {
     return json(res, 200, { active: await isActive(provider, url.searchParams.get('token')) });
