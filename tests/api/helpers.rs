@@ -725,7 +725,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(resp: reqwest::Response) -> Reply {
+    pub async fn from(resp: reqwest::Response) -> Reply {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.text().await.unwrap_or_default();

@@ -1,0 +1,227 @@
+//! A scriptable token endpoint for what oidc-provider cannot do: 5xx, 429
+//! with Retry-After, slow answers, non-JSON bodies, `invalid_client`, token
+//! responses without a refresh token or with odd `expires_in`. It records
+//! every refresh it receives and the most refreshes in flight at once.
+//!
+//! Refresh tokens starting with `dead-` always get `invalid_grant`; those
+//! starting with `down-` always get a 500; others follow the script, then mint
+//! a fresh token pair.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+/// One scripted answer to a refresh.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// A fresh `access_token` + `refresh_token`, `expires_in` as given (`Null` = omitted).
+    Mint {
+        expires_in: Value,
+        with_refresh_token: bool,
+    },
+    /// Status, content type and raw body, with an optional `Retry-After`.
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+        retry_after: Option<u64>,
+    },
+    /// Sleep first, then answer.
+    Slow(Duration, Box<Answer>),
+}
+
+impl Answer {
+    pub fn mint() -> Answer {
+        Answer::Mint {
+            expires_in: json!(3600),
+            with_refresh_token: true,
+        }
+    }
+    pub fn oauth_error(status: u16, error: &str) -> Answer {
+        Answer::Raw {
+            status,
+            content_type: "application/json",
+            body: json!({"error": error, "error_description": format!("scripted {error}")})
+                .to_string(),
+            retry_after: None,
+        }
+    }
+    pub fn status(status: u16) -> Answer {
+        Answer::Raw {
+            status,
+            content_type: "text/html",
+            body: "<html>oops</html>".into(),
+            retry_after: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    script: Mutex<VecDeque<Answer>>,
+    default: Mutex<Option<Answer>>,
+    minted: AtomicU32,
+    in_flight: AtomicU32,
+    max_in_flight: AtomicU32,
+    refreshes: Mutex<Vec<(Instant, String)>>,
+}
+
+pub struct FakeVendor {
+    pub base: String,
+    state: Arc<State>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl FakeVendor {
+    pub fn start() -> FakeVendor {
+        let state = Arc::new(State::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::clone(&state);
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let data = web::Data::from(shared);
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(data.clone())
+                        .route("/token", web::post().to(token))
+                })
+                .workers(2)
+                .bind(("127.0.0.1", 0))
+                .unwrap();
+                let port = server.addrs()[0].port();
+                let server = server.run();
+                tx.send((port, server.handle())).unwrap();
+                let _ = server.await;
+            })
+        });
+        let (port, handle) = rx.recv().unwrap();
+        FakeVendor {
+            base: format!("http://127.0.0.1:{port}"),
+            state,
+            handle,
+        }
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.base)
+    }
+
+    /// Answers for the next refreshes, in order.
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.state.script.lock().unwrap().extend(answers);
+    }
+
+    /// The answer once the script is spent (default: mint).
+    pub fn set_default(&self, answer: Answer) {
+        *self.state.default.lock().unwrap() = Some(answer);
+    }
+
+    /// Refresh tokens received, in arrival order.
+    pub fn refresh_tokens_received(&self) -> Vec<String> {
+        self.state
+            .refreshes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, t)| t.clone())
+            .collect()
+    }
+
+    pub fn refresh_times(&self) -> Vec<Instant> {
+        self.state
+            .refreshes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    pub fn refresh_count(&self) -> usize {
+        self.state.refreshes.lock().unwrap().len()
+    }
+
+    pub fn max_in_flight(&self) -> u32 {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeVendor {
+    fn drop(&mut self) {
+        let _ = self.handle.stop(false);
+    }
+}
+
+async fn token(state: web::Data<State>, form: web::Form<Vec<(String, String)>>) -> HttpResponse {
+    let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let grant = field("grant_type").unwrap_or_default();
+    let refresh_token = field("refresh_token").unwrap_or_default();
+    let answer = if grant == "refresh_token" {
+        state
+            .refreshes
+            .lock()
+            .unwrap()
+            .push((Instant::now(), refresh_token.clone()));
+        if refresh_token.starts_with("dead-") {
+            Answer::oauth_error(400, "invalid_grant")
+        } else if refresh_token.starts_with("down-") {
+            Answer::status(500)
+        } else {
+            let scripted = state.script.lock().unwrap().pop_front();
+            scripted
+                .or_else(|| state.default.lock().unwrap().clone())
+                .unwrap_or_else(Answer::mint)
+        }
+    } else {
+        Answer::mint()
+    };
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let resp = respond(&state, answer).await;
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    resp
+}
+
+async fn respond(state: &State, answer: Answer) -> HttpResponse {
+    let mut answer = answer;
+    loop {
+        match answer {
+            Answer::Slow(d, inner) => {
+                actix_web::rt::time::sleep(d).await;
+                answer = *inner;
+            }
+            Answer::Mint {
+                expires_in,
+                with_refresh_token,
+            } => {
+                let n = state.minted.fetch_add(1, Ordering::SeqCst) + 1;
+                let mut body = json!({"access_token": format!("at-{n}"), "token_type": "Bearer"});
+                if with_refresh_token {
+                    body["refresh_token"] = json!(format!("rt-{n}"));
+                }
+                if !expires_in.is_null() {
+                    body["expires_in"] = expires_in;
+                }
+                return HttpResponse::Ok().json(body);
+            }
+            Answer::Raw {
+                status,
+                content_type,
+                body,
+                retry_after,
+            } => {
+                let mut b =
+                    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap());
+                b.content_type(content_type);
+                if let Some(s) = retry_after {
+                    b.insert_header(("Retry-After", s.to_string()));
+                }
+                return b.body(body);
+            }
+        }
+    }
+}
