@@ -81,12 +81,17 @@ pub struct SweepSummary {
 
 type Key = (IntegrationName, ConnectionId);
 
+/// One per connection while anyone in this process wants to refresh it. It
+/// holds the record the last holder obtained, so callers queued behind a
+/// refresh take its result without another store read.
+type Gate = Arc<tokio::sync::Mutex<Option<ConnectionRecord>>>;
+
 pub struct Engine {
     store: Store,
     http: reqwest::Client,
     integrations: Arc<BTreeMap<IntegrationName, Integration>>,
     policy: RefreshPolicy,
-    inflight: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    inflight: Mutex<HashMap<Key, Gate>>,
     /// Identifies this process in leases.
     owner: String,
 }
@@ -203,11 +208,27 @@ impl Engine {
             return Ok(first.value);
         }
         let gate = self.gate(&integration.name, connection);
-        let turn = gate.lock().await;
-        let result = self
-            .refresh_gated(integration, connection, first.value.refreshed_at, &need)
-            .await;
-        drop(turn);
+        let mut last = gate.lock().await;
+        let settled = Need {
+            force: false,
+            ..need
+        };
+        let result = match last.as_ref() {
+            Some(r)
+                if r.refreshed_at > first.value.refreshed_at
+                    && !self.wants_refresh(integration, r, &settled, now()) =>
+            {
+                Ok(r.clone())
+            }
+            _ => {
+                let result = self
+                    .refresh_gated(integration, connection, first.value.refreshed_at, &need)
+                    .await;
+                *last = result.as_ref().ok().cloned();
+                result
+            }
+        };
+        drop(last);
         self.release_gate(&integration.name, connection, &gate);
         result
     }
@@ -228,23 +249,14 @@ impl Engine {
         Ok(v)
     }
 
-    fn gate(
-        &self,
-        integration: &IntegrationName,
-        connection: &ConnectionId,
-    ) -> Arc<tokio::sync::Mutex<()>> {
+    fn gate(&self, integration: &IntegrationName, connection: &ConnectionId) -> Gate {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((integration.clone(), connection.clone()))
             .or_default()
             .clone()
     }
 
-    fn release_gate(
-        &self,
-        integration: &IntegrationName,
-        connection: &ConnectionId,
-        gate: &Arc<tokio::sync::Mutex<()>>,
-    ) {
+    fn release_gate(&self, integration: &IntegrationName, connection: &ConnectionId, gate: &Gate) {
         let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         // Two references: the map's and ours. Nobody else waits: forget it.
         if Arc::strong_count(gate) == 2 {
@@ -286,7 +298,7 @@ impl Engine {
                 if tokio::time::Instant::now() > wait_deadline {
                     return Err(RefreshError::Busy);
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 current = self.read(integration, connection).await?;
                 continue;
             }
