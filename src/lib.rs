@@ -4,6 +4,7 @@
 pub mod crypto;
 pub mod domain;
 pub mod functions_host;
+pub mod integrations;
 pub mod oauth;
 pub mod refresh;
 pub mod routes;

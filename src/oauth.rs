@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use url::Url;
 
 use crate::domain::Secret;
-use crate::settings::{ClientAuth, Integration};
+use crate::integrations::{ClientAuth, Integration, TokenBody};
 
 /// An authorization request ready to send the person to.
 #[derive(Debug)]
@@ -35,9 +36,11 @@ pub fn authorization_request(
     let client = oauth2::basic::BasicClient::new(ClientId::new(integration.client_id.clone()))
         .set_auth_uri(AuthUrl::from_url(integration.authorization_url.clone()))
         .set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()));
-    let mut req = client
-        .authorize_url(CsrfToken::new_random)
-        .add_scopes(integration.scopes.iter().cloned().map(Scope::new));
+    let mut req = client.authorize_url(CsrfToken::new_random);
+    if !integration.scopes.is_empty() {
+        // Joined here, not by oauth2, so vendors with comma separators work.
+        req = req.add_extra_param("scope", integration.scope_string());
+    }
     let mut verifier = Secret::new(String::new());
     if integration.pkce {
         let (challenge, v) = PkceCodeChallenge::new_random_sha256();
@@ -63,6 +66,8 @@ pub struct TokenResponse {
     pub token_type: String,
     pub expires_in: Option<i64>,
     pub scope: Option<String>,
+    /// The fields the integration's `token_metadata` names (never a token).
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Why a token request failed. None of the variants carries a secret.
@@ -179,24 +184,18 @@ async fn token_request(
         .header(reqwest::header::ACCEPT, "application/json");
     match integration.client_auth {
         ClientAuth::Basic => {
-            // RFC 6749 §2.3.1: form-urlencode each part before base64.
-            let creds = format!(
-                "{}:{}",
-                form_encode(&integration.client_id),
-                form_encode(integration.client_secret.expose())
-            );
-            req = req.header(
-                reqwest::header::AUTHORIZATION,
-                format!("Basic {}", STANDARD.encode(creds)),
-            );
+            req = req.header(reqwest::header::AUTHORIZATION, basic_auth(integration));
         }
         ClientAuth::Post => {
             form.push(("client_id", integration.client_id.as_str()));
             form.push(("client_secret", integration.client_secret.expose()));
         }
     }
+    req = match integration.token_body {
+        TokenBody::Form => req.form(&form),
+        TokenBody::Json => req.json(&form.iter().copied().collect::<BTreeMap<&str, &str>>()),
+    };
     let resp = req
-        .form(&form)
         .send()
         .await
         .map_err(|e| TokenError::Transport(transport_reason(&e)))?;
@@ -217,13 +216,60 @@ async fn token_request(
         .bytes()
         .await
         .map_err(|e| TokenError::Transport(transport_reason(&e)))?;
-    match parse_token_response(status, is_form, &body) {
+    match parse_token_response(status, is_form, &body, &integration.token_metadata) {
         Err(TokenError::Server { status, .. }) => Err(TokenError::Server {
             status,
             retry_after,
         }),
         other => other,
     }
+}
+
+/// Revokes a token at the vendor (RFC 7009). A 200 means revoked (or already
+/// invalid, §2.2); anything else is an error the caller decides about.
+pub async fn revoke(
+    http: &reqwest::Client,
+    integration: &Integration,
+    url: &Url,
+    token: &Secret,
+    hint: &str,
+    timeout: Duration,
+) -> Result<(), TokenError> {
+    let mut form: Vec<(&str, &str)> = vec![("token", token.expose()), ("token_type_hint", hint)];
+    let mut req = http.post(url.clone()).timeout(timeout);
+    match integration.client_auth {
+        ClientAuth::Basic => {
+            req = req.header(reqwest::header::AUTHORIZATION, basic_auth(integration))
+        }
+        ClientAuth::Post => {
+            form.push(("client_id", integration.client_id.as_str()));
+            form.push(("client_secret", integration.client_secret.expose()));
+        }
+    }
+    let resp = req
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| TokenError::Transport(transport_reason(&e)))?;
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return Ok(());
+    }
+    let body = resp.bytes().await.unwrap_or_default();
+    match parse_token_response(status, false, &body, &[]) {
+        Err(e) => Err(e),
+        Ok(_) => Err(TokenError::InvalidResponse(format!("HTTP {status}"))),
+    }
+}
+
+fn basic_auth(integration: &Integration) -> String {
+    // RFC 6749 §2.3.1: form-urlencode each part before base64.
+    let creds = format!(
+        "{}:{}",
+        form_encode(&integration.client_id),
+        form_encode(integration.client_secret.expose())
+    );
+    format!("Basic {}", STANDARD.encode(creds))
 }
 
 /// Describes a reqwest failure without its URL's query or any body.
@@ -241,6 +287,7 @@ fn parse_token_response(
     status: u16,
     is_form: bool,
     body: &[u8],
+    metadata_fields: &[String],
 ) -> Result<TokenResponse, TokenError> {
     let map: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Some(m),
@@ -295,6 +342,16 @@ fn parse_token_response(
         token_type: text(&m, "token_type").unwrap_or_else(|| "Bearer".into()),
         expires_in,
         scope: text(&m, "scope"),
+        metadata: metadata_fields
+            .iter()
+            .filter(|f| !matches!(f.as_str(), "access_token" | "refresh_token" | "id_token"))
+            .filter_map(|f| match m.get(f)? {
+                Value::String(v) => Some((f.clone(), sanitize(v, 500))),
+                Value::Number(n) => Some((f.clone(), n.to_string())),
+                Value::Bool(b) => Some((f.clone(), b.to_string())),
+                _ => None,
+            })
+            .collect(),
     })
 }
 
@@ -310,12 +367,17 @@ mod tests {
 
     #[test]
     fn parses_standard_and_bent_token_responses() {
-        let r = parse_token_response(200, false, br#"{"access_token":"a","token_type":"bearer","expires_in":"3600","refresh_token":"r","scope":"x y"}"#).unwrap();
+        let r = parse_token_response(200, false, br#"{"access_token":"a","token_type":"bearer","expires_in":"3600","refresh_token":"r","scope":"x y"}"#, &[]).unwrap();
         assert_eq!(r.access_token.expose(), "a");
         assert_eq!(r.refresh_token.unwrap().expose(), "r");
         assert_eq!(r.expires_in, Some(3600));
-        let r = parse_token_response(200, true, b"access_token=a&token_type=bearer&scope=repo")
-            .unwrap();
+        let r = parse_token_response(
+            200,
+            true,
+            b"access_token=a&token_type=bearer&scope=repo",
+            &[],
+        )
+        .unwrap();
         assert_eq!(r.access_token.expose(), "a");
         assert!(r.refresh_token.is_none() && r.expires_in.is_none());
     }
@@ -326,34 +388,51 @@ mod tests {
             400,
             false,
             br#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#,
+            &[],
         )
         .unwrap_err();
         assert!(e.is_dead_grant() && !e.is_transient() && !e.is_misconfigured());
-        let e = parse_token_response(401, false, br#"{"error":"invalid_client"}"#).unwrap_err();
+        let e =
+            parse_token_response(401, false, br#"{"error":"invalid_client"}"#, &[]).unwrap_err();
         assert!(e.is_misconfigured() && !e.is_transient());
-        let e = parse_token_response(503, false, br#"{"error":"temporarily_unavailable"}"#)
+        let e = parse_token_response(503, false, br#"{"error":"temporarily_unavailable"}"#, &[])
             .unwrap_err();
         assert!(e.is_transient());
-        let e =
-            parse_token_response(200, false, br#"{"error":"bad_verification_code"}"#).unwrap_err();
+        let e = parse_token_response(200, false, br#"{"error":"bad_verification_code"}"#, &[])
+            .unwrap_err();
         assert_eq!(e.oauth_error(), Some("bad_verification_code"));
         assert!(matches!(
-            parse_token_response(503, false, b"<html>"),
+            parse_token_response(503, false, b"<html>", &[]),
             Err(TokenError::Server { status: 503, .. })
         ));
         assert!(matches!(
-            parse_token_response(200, false, b"{\"token_type\":\"x\"}"),
+            parse_token_response(200, false, b"{\"token_type\":\"x\"}", &[]),
             Err(TokenError::InvalidResponse(_))
         ));
         assert!(matches!(
-            parse_token_response(200, false, b"<html>"),
+            parse_token_response(200, false, b"<html>", &[]),
             Err(TokenError::InvalidResponse(_))
         ));
     }
 
     #[test]
+    fn only_named_metadata_is_kept_and_never_a_token() {
+        let body = br#"{"access_token":"a","refresh_token":"r","instance_url":"https://x.my.salesforce.com","issued_at":"1","n":5}"#;
+        let fields = [
+            "instance_url".to_owned(),
+            "n".to_owned(),
+            "refresh_token".to_owned(),
+        ];
+        let r = parse_token_response(200, false, body, &fields).unwrap();
+        assert_eq!(r.metadata.len(), 2);
+        assert_eq!(r.metadata["instance_url"], "https://x.my.salesforce.com");
+        assert_eq!(r.metadata["n"], "5");
+    }
+
+    #[test]
     fn errors_never_carry_the_token() {
-        let e = parse_token_response(200, false, br#"{"refresh_token":"SECRET123"}"#).unwrap_err();
+        let e =
+            parse_token_response(200, false, br#"{"refresh_token":"SECRET123"}"#, &[]).unwrap_err();
         assert!(!format!("{e} {e:?}").contains("SECRET123"));
     }
 }

@@ -21,6 +21,7 @@
 //! everything else transient is retried with backoff, then cools down.
 
 use std::collections::{BTreeMap, HashMap};
+
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -32,8 +33,6 @@ use crate::oauth::{self, TokenError, TokenResponse};
 use crate::settings::{Integration, RefreshPolicy};
 use crate::store::{Store, StoreError, Versioned};
 
-/// Expiry assumed when the vendor sends no `expires_in`.
-const DEFAULT_EXPIRES_IN: i64 = 3600;
 /// Time kept in hand after the last upstream call for the final store write.
 const WRITE_MARGIN: Duration = Duration::seconds(2);
 
@@ -149,7 +148,9 @@ impl Engine {
         integration: &Integration,
         connection: &ConnectionId,
         resp: TokenResponse,
+        mut metadata: BTreeMap<String, String>,
     ) -> Result<ConnectionRecord, StoreError> {
+        metadata.extend(resp.metadata);
         let now = now();
         let created_at = match self.store.get(&integration.name, connection).await? {
             Some(existing) => existing.value.created_at,
@@ -159,8 +160,11 @@ impl Engine {
             integration: integration.name.clone(),
             connection: connection.clone(),
             status: ConnectionStatus::Active,
-            expires_at: now + Duration::seconds(resp.expires_in.unwrap_or(DEFAULT_EXPIRES_IN)),
-            scope: resp.scope.unwrap_or_else(|| integration.scopes.join(" ")),
+            expires_at: now + integration.lifetime(resp.expires_in),
+            scope: resp
+                .scope
+                .map(|s| s.replace(',', " "))
+                .unwrap_or_else(|| integration.scopes.join(" ")),
             token_type: resp.token_type,
             tokens: TokenSet {
                 access_token: resp.access_token,
@@ -172,6 +176,7 @@ impl Engine {
             last_error_at: None,
             lease_until: None,
             lease_owner: None,
+            metadata,
         };
         self.store.upsert(&record).await?;
         Ok(record)
@@ -427,10 +432,10 @@ impl Engine {
                     access_token: resp.access_token,
                     refresh_token: resp.refresh_token.or(Some(refresh_token)),
                 };
-                next.expires_at =
-                    now + Duration::seconds(resp.expires_in.unwrap_or(DEFAULT_EXPIRES_IN));
+                next.expires_at = now + integration.lifetime(resp.expires_in);
+                next.metadata.extend(resp.metadata);
                 if let Some(scope) = resp.scope {
-                    next.scope = scope;
+                    next.scope = scope.replace(',', " ");
                 }
                 next.token_type = resp.token_type;
                 next.refreshed_at = now;
@@ -504,6 +509,53 @@ impl Engine {
         if let Err(e) = self.store.replace(&r, &leased.version).await {
             tracing::warn!(error = %e, "could not release a lease; it lapses by itself");
         }
+    }
+
+    /// Deletes a connection, first revoking its grant at the vendor (RFC 7009)
+    /// when the integration has a revocation URL and `revoke` is true. A vendor
+    /// that cannot be reached keeps the connection, so the delete can be
+    /// retried; a vendor that says the token is already invalid does not.
+    pub async fn delete(
+        &self,
+        integration: &Integration,
+        connection: &ConnectionId,
+        revoke: bool,
+    ) -> Result<(), RefreshError> {
+        let record = self
+            .store
+            .get(&integration.name, connection)
+            .await?
+            .ok_or(RefreshError::NotFound)?
+            .value;
+        if let (true, Some(url)) = (revoke, &integration.revocation_url) {
+            let (token, hint) = match &record.tokens.refresh_token {
+                Some(rt) => (rt, "refresh_token"),
+                None => (&record.tokens.access_token, "access_token"),
+            };
+            match oauth::revoke(
+                &self.http,
+                integration,
+                url,
+                token,
+                hint,
+                self.policy.upstream_timeout,
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(e) if matches!(e.oauth_error(), Some("invalid_token" | "invalid_grant")) => {}
+                Err(e) if e.is_misconfigured() => return Err(RefreshError::Misconfigured(e)),
+                Err(e) => return Err(RefreshError::Upstream(e)),
+            }
+        }
+        self.store.delete(&integration.name, connection).await?;
+        tracing::info!(
+            integration = integration.name.as_str(),
+            connection = connection.as_str(),
+            revoked = revoke && integration.revocation_url.is_some(),
+            "connection deleted"
+        );
+        Ok(())
     }
 
     /// Refreshes every active connection whose access token expires within its

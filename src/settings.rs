@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use time::Duration;
 use url::Url;
 
 use crate::crypto::Keyring;
 use crate::domain::{IntegrationName, Secret};
+use crate::integrations::{self, Discovery};
+pub use crate::integrations::{ClientAuth, Integration};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,36 +54,22 @@ pub enum StorageSettings {
         connection_string: Secret,
         table: String,
     },
+    /// Azure Table Storage with the app's managed identity, no key:
+    /// `BROKER_STORAGE__accountName` and/or `BROKER_STORAGE__tableServiceUri`
+    /// (optional `BROKER_STORAGE__clientId` for a user-assigned identity), used when
+    /// `BROKER_STORAGE` is unset; the same `AzureWebJobsStorage__*` settings after that.
+    TableIdentity {
+        account: String,
+        /// The table service endpoint; `None` means `https://<account>.table.core.windows.net`.
+        table_uri: Option<String>,
+        client_id: Option<String>,
+        table: String,
+        /// The platform's `IDENTITY_ENDPOINT` and `IDENTITY_HEADER`.
+        identity_endpoint: String,
+        identity_header: Secret,
+    },
     /// The embedded store.
     Sqlite { path: PathBuf },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// `client_secret_basic`: HTTP Basic with form-urlencoded credentials (RFC 6749 §2.3.1).
-    Basic,
-    /// `client_secret_post`: credentials in the form body.
-    Post,
-}
-
-/// One OAuth app at one vendor.
-#[derive(Debug, Clone)]
-pub struct Integration {
-    pub name: IntegrationName,
-    pub authorization_url: Url,
-    pub token_url: Url,
-    pub revocation_url: Option<Url>,
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub scopes: Vec<String>,
-    pub client_auth: ClientAuth,
-    pub pkce: bool,
-    pub authorization_params: Vec<(String, String)>,
-    pub token_params: Vec<(String, String)>,
-    pub refresh_margin: Duration,
-    /// Refresh any active grant not refreshed for this long, so that vendors
-    /// that expire unused refresh tokens never see one go idle.
-    pub keepalive: Duration,
 }
 
 /// How the refresh engine behaves; every value has a safe default.
@@ -186,10 +173,14 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub keys: Keyring,
     pub integrations: BTreeMap<IntegrationName, Integration>,
+    /// Integrations whose endpoints come from their issuer's metadata (fetched at start).
+    pub discover: Vec<Discovery>,
     pub integrations_path: PathBuf,
     /// True when the integrations file did not exist (a warning is logged at start).
     pub integrations_missing: bool,
     pub refresh: RefreshPolicy,
+    /// Default lifetime of consent links (`BROKER_CONSENT_LINK_TTL_SECS`, default 24 h).
+    pub consent_link_lifetime: Duration,
 }
 
 const DEFAULT_SQLITE: &str = ".broker/broker.db";
@@ -264,10 +255,15 @@ impl Settings {
             None => get("WEBSITE_HOSTNAME").map(|h| format!("https://{}", h.trim())),
         };
 
+        let identity = identity_storage(&get)?;
         let storage_spec = get("BROKER_STORAGE")
             .or_else(|| get("AzureWebJobsStorage"))
             .unwrap_or_else(|| format!("sqlite:{DEFAULT_SQLITE}"));
-        let storage = if let Some(path) = storage_spec.trim().strip_prefix("sqlite:") {
+        let sqlite_path = match identity {
+            Some(_) => None,
+            None => storage_spec.trim().strip_prefix("sqlite:"),
+        };
+        let storage = if let Some(path) = sqlite_path {
             if path.is_empty() {
                 return Err(setting_err(
                     "BROKER_STORAGE",
@@ -290,16 +286,24 @@ impl Settings {
                     "must be 3-63 letters and digits, starting with a letter (Table Storage rules)",
                 ));
             }
-            StorageSettings::Table {
-                connection_string: Secret::new(storage_spec.trim()),
-                table,
+            match identity {
+                Some(mut id) => {
+                    if let StorageSettings::TableIdentity { table: t, .. } = &mut id {
+                        *t = table;
+                    }
+                    id
+                }
+                None => StorageSettings::Table {
+                    connection_string: Secret::new(storage_spec.trim()),
+                    table,
+                },
             }
         };
 
         let keys = match (get("BROKER_ENCRYPTION_KEYS"), &storage) {
             (Some(spec), _) => Keyring::parse(&Secret::new(spec)).map_err(|e| setting_err("BROKER_ENCRYPTION_KEYS", e.to_string()))?,
             (None, StorageSettings::Sqlite { path }) => embedded_keyring(path)?,
-            (None, StorageSettings::Table { .. }) => {
+            (None, StorageSettings::Table { .. } | StorageSettings::TableIdentity { .. }) => {
                 return Err(setting_err(
                     "BROKER_ENCRYPTION_KEYS",
                     "is required with Table Storage: set it to <key-id>:<base64 of 32 random bytes>, e.g. k1:$(openssl rand -base64 32); keep it in Key Vault",
@@ -311,8 +315,8 @@ impl Settings {
             PathBuf::from(get("BROKER_INTEGRATIONS").unwrap_or_else(|| "integrations.json".into()));
         let (integrations, integrations_missing) = match std::fs::read_to_string(&integrations_path)
         {
-            Ok(text) => (parse_integrations(&text, &integrations_path, &get)?, false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), true),
+            Ok(text) => (integrations::parse(&text, &integrations_path, &get)?, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Default::default(), true),
             Err(e) => {
                 return Err(ConfigError::File {
                     path: integrations_path.display().to_string(),
@@ -322,8 +326,21 @@ impl Settings {
         };
 
         let refresh = RefreshPolicy::load(&get)?;
+        let consent_link_lifetime = match get("BROKER_CONSENT_LINK_TTL_SECS") {
+            None => Duration::hours(24),
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if (60..=2_592_000).contains(&n) => Duration::seconds(i64::from(n)),
+                _ => {
+                    return Err(setting_err(
+                        "BROKER_CONSENT_LINK_TTL_SECS",
+                        "must be a whole number of seconds from 60 to 2592000 (30 days)",
+                    ))
+                }
+            },
+        };
         Ok(Self {
             refresh,
+            consent_link_lifetime,
             listen,
             host_mode,
             public_url,
@@ -331,10 +348,138 @@ impl Settings {
             sweep_interval,
             storage,
             keys,
-            integrations,
+            integrations: integrations.ready,
+            discover: integrations.discover,
             integrations_path,
             integrations_missing,
         })
+    }
+}
+
+/// The settings of one identity-based storage connection (`<prefix>__<property>`).
+struct IdentityNames {
+    account: &'static str,
+    uri: &'static str,
+    client_id: &'static str,
+    credential: &'static str,
+}
+
+const BROKER_IDENTITY: IdentityNames = IdentityNames {
+    account: "BROKER_STORAGE__accountName",
+    uri: "BROKER_STORAGE__tableServiceUri",
+    client_id: "BROKER_STORAGE__clientId",
+    credential: "BROKER_STORAGE__credential",
+};
+
+/// Identity-based host storage, the last fallback before the embedded store.
+const HOST_IDENTITY: IdentityNames = IdentityNames {
+    account: "AzureWebJobsStorage__accountName",
+    uri: "AzureWebJobsStorage__tableServiceUri",
+    client_id: "AzureWebJobsStorage__clientId",
+    credential: "AzureWebJobsStorage__credential",
+};
+
+/// Identity-based Table Storage, when `BROKER_STORAGE` is unset and
+/// `BROKER_STORAGE__accountName` or `__tableServiceUri` is set (or, when
+/// `AzureWebJobsStorage` is unset too, the same `AzureWebJobsStorage__*` settings
+/// that identity-based host storage uses). The table name is filled in by the caller.
+fn identity_storage(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<StorageSettings>, ConfigError> {
+    let has = |n: &IdentityNames| get(n.account).is_some() || get(n.uri).is_some();
+    let names = if get("BROKER_STORAGE").is_some() {
+        return Ok(None);
+    } else if has(&BROKER_IDENTITY) {
+        BROKER_IDENTITY
+    } else if get("AzureWebJobsStorage").is_none() && has(&HOST_IDENTITY) {
+        HOST_IDENTITY
+    } else {
+        return Ok(None);
+    };
+    let setting = |name: &str| get(name).map(|v| v.trim().to_owned());
+    if let Some(credential) = setting(names.credential) {
+        if !credential.eq_ignore_ascii_case("managedidentity") {
+            return Err(setting_err(
+                names.credential,
+                format!("is {credential:?}; the only supported value is managedidentity"),
+            ));
+        }
+    }
+    let table_uri = match setting(names.uri) {
+        Some(u) => {
+            let parsed = Url::parse(&u).map_err(|e| {
+                setting_err(
+                    names.uri,
+                    format!(
+                        "is not a URL ({e}); example: https://<account>.table.core.windows.net"
+                    ),
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(setting_err(names.uri, "must be an https URL"));
+            }
+            Some((parsed, u.trim_end_matches('/').to_owned()))
+        }
+        None => None,
+    };
+    let account = match (setting(names.account), &table_uri) {
+        (Some(a), _) => a,
+        (None, Some((u, _))) => account_of(u).ok_or_else(|| {
+            setting_err(
+                names.account,
+                format!(
+                    "is needed: the storage account name cannot be read from {}",
+                    names.uri
+                ),
+            )
+        })?,
+        (None, None) => unreachable!("has() checked one of them"),
+    };
+    let valid_account = (3..=24).contains(&account.len())
+        && account
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !valid_account {
+        return Err(setting_err(
+            names.account,
+            "must be a storage account name: 3-24 lowercase letters and digits",
+        ));
+    }
+    let identity_endpoint = get("IDENTITY_ENDPOINT").ok_or_else(|| {
+        setting_err(
+            "IDENTITY_ENDPOINT",
+            format!(
+                "is not set, and {} / {} use the app's managed identity: enable a managed identity on the Function App (Azure then sets IDENTITY_ENDPOINT and IDENTITY_HEADER), or set BROKER_STORAGE to a connection string",
+                names.account, names.uri
+            ),
+        )
+    })?;
+    let identity_header = get("IDENTITY_HEADER").map(Secret::new).ok_or_else(|| {
+        setting_err(
+            "IDENTITY_HEADER",
+            "is not set, though IDENTITY_ENDPOINT is: both come from the platform's managed identity",
+        )
+    })?;
+    Ok(Some(StorageSettings::TableIdentity {
+        account,
+        table_uri: table_uri.map(|(_, u)| u),
+        client_id: setting(names.client_id),
+        table: String::new(),
+        identity_endpoint: identity_endpoint.trim().to_owned(),
+        identity_header,
+    }))
+}
+
+/// `https://<account>.table.core.windows.net` → account; path-style (`http://127.0.0.1:10002/<account>`) → account.
+fn account_of(uri: &Url) -> Option<String> {
+    let host = uri.host_str()?;
+    match host.split_once('.') {
+        Some((first, rest)) if rest.starts_with("table.") => Some(first.to_owned()),
+        _ => uri
+            .path_segments()?
+            .next()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
     }
 }
 
@@ -388,135 +533,6 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     f.write_all(b"\n")
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    integrations: BTreeMap<String, RawIntegration>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIntegration {
-    authorization_url: String,
-    token_url: String,
-    #[serde(default)]
-    revocation_url: Option<String>,
-    client_id: String,
-    client_secret: String,
-    #[serde(default)]
-    scopes: Vec<String>,
-    #[serde(default)]
-    client_auth: Option<String>,
-    #[serde(default)]
-    pkce: Option<bool>,
-    #[serde(default)]
-    authorization_params: BTreeMap<String, String>,
-    #[serde(default)]
-    token_params: BTreeMap<String, String>,
-    #[serde(default)]
-    refresh_margin_secs: Option<u32>,
-    #[serde(default)]
-    keepalive_hours: Option<u32>,
-}
-
-/// Parses the integrations file text. `get` reads settings for `%NAME%` values.
-pub fn parse_integrations(
-    text: &str,
-    path: &Path,
-    get: &dyn Fn(&str) -> Option<String>,
-) -> Result<BTreeMap<IntegrationName, Integration>, ConfigError> {
-    let path_s = path.display().to_string();
-    let raw: RawFile = serde_json::from_str(text).map_err(|e| ConfigError::FileSyntax {
-        path: path_s.clone(),
-        line: e.line(),
-        column: e.column(),
-        problem: e
-            .to_string()
-            .split(" at line ")
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
-    })?;
-    let mut out = BTreeMap::new();
-    for (name, r) in raw.integrations {
-        let fail = |problem: String| ConfigError::Integration {
-            path: path_s.clone(),
-            integration: name.clone(),
-            problem,
-        };
-        let parsed_name = IntegrationName::parse(&name).map_err(|e| fail(e.to_string()))?;
-        let expand = |field: &str, v: &str| -> Result<String, ConfigError> {
-            match v.strip_prefix('%').and_then(|s| s.strip_suffix('%')) {
-                Some(setting) if !setting.is_empty() => get(setting).ok_or_else(|| {
-                    fail(format!(
-                        "{field} refers to the setting {setting}, which is not set (add it to the app settings / environment)"
-                    ))
-                }),
-                _ => Ok(v.to_owned()),
-            }
-        };
-        let url_of = |field: &str, v: &str| -> Result<Url, ConfigError> {
-            let v = expand(field, v)?;
-            let u = Url::parse(&v).map_err(|e| fail(format!("{field} is not a URL: {e}")))?;
-            if !matches!(u.scheme(), "https" | "http") {
-                return Err(fail(format!("{field} must be an https URL")));
-            }
-            Ok(u)
-        };
-        let client_auth = match r
-            .client_auth
-            .as_deref()
-            .map(|v| expand("client_auth", v))
-            .transpose()?
-            .as_deref()
-        {
-            None | Some("basic") => ClientAuth::Basic,
-            Some("post") => ClientAuth::Post,
-            Some(other) => {
-                return Err(fail(format!(
-                    "client_auth is {other:?}; use \"basic\" (default) or \"post\""
-                )))
-            }
-        };
-        let params = |field: &str,
-                      m: &BTreeMap<String, String>|
-         -> Result<Vec<(String, String)>, ConfigError> {
-            m.iter()
-                .map(|(k, v)| Ok((k.clone(), expand(&format!("{field}.{k}"), v)?)))
-                .collect()
-        };
-        let client_id = expand("client_id", &r.client_id)?;
-        if client_id.is_empty() {
-            return Err(fail("client_id is empty".into()));
-        }
-        let integration = Integration {
-            authorization_url: url_of("authorization_url", &r.authorization_url)?,
-            token_url: url_of("token_url", &r.token_url)?,
-            revocation_url: r
-                .revocation_url
-                .as_deref()
-                .map(|v| url_of("revocation_url", v))
-                .transpose()?,
-            client_id,
-            client_secret: Secret::new(expand("client_secret", &r.client_secret)?),
-            scopes: r
-                .scopes
-                .iter()
-                .map(|s| expand("scopes", s))
-                .collect::<Result<_, _>>()?,
-            client_auth,
-            pkce: r.pkce.unwrap_or(true),
-            authorization_params: params("authorization_params", &r.authorization_params)?,
-            token_params: params("token_params", &r.token_params)?,
-            refresh_margin: Duration::seconds(i64::from(r.refresh_margin_secs.unwrap_or(900))),
-            keepalive: Duration::hours(i64::from(r.keepalive_hours.unwrap_or(24).max(1))),
-            name: parsed_name.clone(),
-        };
-        out.insert(parsed_name, integration);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,59 +544,6 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
-    }
-
-    const GOOD: &str = r#"{"integrations": {"xero": {
-        "authorization_url": "https://login.xero.com/identity/connect/authorize",
-        "token_url": "https://identity.xero.com/connect/token",
-        "client_id": "%XERO_ID%", "client_secret": "%XERO_SECRET%",
-        "scopes": ["offline_access", "accounting.transactions"],
-        "authorization_params": {"prompt": "consent"}
-    }}}"#;
-
-    #[test]
-    fn expands_settings_and_applies_defaults() {
-        let get = env(&[("XERO_ID", "id1"), ("XERO_SECRET", "sec")]);
-        let m = parse_integrations(GOOD, Path::new("i.json"), &get).unwrap();
-        let x = &m[&IntegrationName::parse("xero").unwrap()];
-        assert_eq!(x.client_id, "id1");
-        assert_eq!(x.client_secret.expose(), "sec");
-        assert_eq!(x.client_auth, ClientAuth::Basic);
-        assert!(x.pkce);
-        assert_eq!(x.refresh_margin, Duration::seconds(900));
-        assert_eq!(
-            x.authorization_params,
-            vec![("prompt".into(), "consent".into())]
-        );
-        assert!(!format!("{x:?}").contains("sec\""));
-    }
-
-    #[test]
-    fn a_missing_setting_is_named() {
-        let get = env(&[("XERO_ID", "id1")]);
-        let err = parse_integrations(GOOD, Path::new("i.json"), &get)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("XERO_SECRET") && err.contains("xero"), "{err}");
-    }
-
-    #[test]
-    fn a_malformed_file_names_line_and_problem() {
-        let text = "{\"integrations\": {\n  \"a\": {\"token_url\": }\n}}";
-        let err = parse_integrations(text, Path::new("i.json"), &env(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("i.json: line 2,"), "{err}");
-        let text = r#"{"integrations": {"a": {"authorization_url": "https://a", "token_url": "https://b", "client_id": "x", "client_secret": "y", "scopez": []}}}"#;
-        let err = parse_integrations(text, Path::new("i.json"), &env(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("scopez"), "{err}");
-        let text = r#"{"integrations": {"Bad_Name": {"authorization_url": "https://a", "token_url": "https://b", "client_id": "x", "client_secret": "y"}}}"#;
-        let err = parse_integrations(text, Path::new("i.json"), &env(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("Bad_Name"), "{err}");
     }
 
     #[test]

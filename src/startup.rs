@@ -10,6 +10,7 @@ use actix_web::{web, App, HttpServer};
 use crate::refresh::Engine;
 use crate::routes::{self, AppState};
 use crate::settings::{Settings, StorageSettings};
+use crate::store::identity::ManagedIdentityCredential;
 use crate::store::sqlite::SqliteBackend;
 use crate::store::table::TableBackend;
 use crate::store::{Backend, Store};
@@ -45,7 +46,39 @@ impl Application {
                 TableBackend::connect(connection_string, table, http.clone())
                     .map_err(|e| format!("BROKER_STORAGE {e}"))?,
             ),
+            StorageSettings::TableIdentity {
+                account,
+                table_uri,
+                client_id,
+                table,
+                identity_endpoint,
+                identity_header,
+            } => {
+                let credential = ManagedIdentityCredential::new(
+                    http.clone(),
+                    identity_endpoint,
+                    identity_header.clone(),
+                    client_id.clone(),
+                )?;
+                tracing::info!(account = %account, table = %table, user_assigned = client_id.is_some(), "Table Storage with the app's managed identity");
+                Arc::new(TableBackend::connect_with_identity(
+                    account,
+                    table_uri.as_deref(),
+                    Arc::new(credential),
+                    table,
+                    http.clone(),
+                ))
+            }
         };
+        let mut integrations = settings.integrations.clone();
+        for d in settings.discover.iter().cloned() {
+            let issuer = d.issuer.clone();
+            let i = crate::integrations::discover(&http, d, &settings.integrations_path)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(integration = i.name.as_str(), issuer = %issuer, "endpoints discovered from the issuer's metadata");
+            integrations.insert(i.name.clone(), i);
+        }
         if settings.integrations_missing {
             tracing::warn!(
                 path = %settings.integrations_path.display(),
@@ -57,7 +90,7 @@ impl Application {
         let engine = Arc::new(Engine::new(
             store,
             http,
-            Arc::new(settings.integrations.clone()),
+            Arc::new(integrations),
             settings.refresh.clone(),
         ));
 
@@ -76,6 +109,7 @@ impl Application {
             engine: Arc::clone(&engine),
             api_key: settings.api_key.clone(),
             public_url: public_url.clone(),
+            consent_link_lifetime: settings.consent_link_lifetime,
         });
         let server = HttpServer::new(move || {
             App::new()

@@ -1,5 +1,7 @@
 //! The stored grant of a connection and the pure decisions made about it.
 
+use std::collections::BTreeMap;
+
 use time::{Duration, OffsetDateTime};
 
 use super::{ConnectionId, IntegrationName, Secret};
@@ -53,6 +55,9 @@ pub struct ConnectionRecord {
     /// A refresh in progress somewhere holds the row until this instant.
     pub lease_until: Option<OffsetDateTime>,
     pub lease_owner: Option<String>,
+    /// Vendor metadata captured at consent (QuickBooks `realmId`, Salesforce
+    /// `instance_url`, …): returned by the token route, never secret.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl ConnectionRecord {
@@ -81,6 +86,8 @@ pub struct PendingAuthorization {
     /// SHA-256 (base64url) of the browser-binding cookie value.
     pub binding_hash: String,
     pub expires_at: OffsetDateTime,
+    /// Hash of the consent link it was started from; completing it uses the link up.
+    pub link_hash: Option<String>,
 }
 
 #[cfg(test)]
@@ -105,6 +112,7 @@ mod tests {
             last_error_at: None,
             lease_until: None,
             lease_owner: None,
+            metadata: BTreeMap::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! with the right status and a plain explanation.
 
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
-use actix_web::http::{header, StatusCode};
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -11,7 +11,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use time::Duration;
 
-use super::html::page;
+use super::html;
 use super::{query, AppState};
 use crate::domain::secret::constant_time_eq;
 use crate::domain::{ConnectionId, IntegrationName, PendingAuthorization, Secret};
@@ -21,21 +21,13 @@ use crate::refresh::now;
 /// How long a started consent may take.
 const PENDING_LIFETIME: Duration = Duration::minutes(10);
 
-fn hash(s: &str) -> String {
+pub(super) fn hash(s: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(s.as_bytes()))
 }
 
 /// One cookie per started consent, so parallel consents in one browser work.
 fn cookie_name(state_hash: &str) -> String {
     format!("ob_auth_{}", &state_hash[..16])
-}
-
-fn bad_request(msg: impl Into<String>) -> HttpResponse {
-    page(
-        StatusCode::BAD_REQUEST,
-        "This consent link is not valid",
-        &[msg.into()],
-    )
 }
 
 pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -45,29 +37,33 @@ pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     let raw = req.match_info().get("integration").unwrap_or_default();
     let integration_name = match IntegrationName::parse(raw) {
         Ok(n) => n,
-        Err(e) => {
-            return bad_request(format!(
-                "The integration name in the link is not valid: {e}."
-            ))
-        }
+        Err(e) => return html::invalid_integration_name(raw, e),
     };
     let params = query(&req);
-    let connection = match ConnectionId::parse(
-        params
-            .get("connection")
-            .map_or(ConnectionId::DEFAULT, String::as_str),
-    ) {
+    let raw_connection = params
+        .get("connection")
+        .map_or(ConnectionId::DEFAULT, String::as_str);
+    let connection = match ConnectionId::parse(raw_connection) {
         Ok(c) => c,
-        Err(e) => return bad_request(format!("The connection parameter is not valid: {e}.")),
+        Err(e) => return html::invalid_connection(raw_connection, e),
     };
     let Some(integration) = state.engine.integration(&integration_name) else {
-        return page(
-            StatusCode::NOT_FOUND,
-            "Unknown integration",
-            &[format!("There is no integration named \"{integration_name}\" in this broker. Check the link, or add the integration to integrations.json.")],
-        );
+        return html::unknown_integration(integration_name.as_str());
     };
 
+    begin(&state, integration, connection, None).await
+}
+
+/// Sends the person to the vendor: a fresh single-use state and PKCE pair,
+/// stored server side and bound to this browser with a cookie. Shared by the
+/// start route and consent links (`link_hash`).
+pub(super) async fn begin(
+    state: &AppState,
+    integration: &crate::settings::Integration,
+    connection: ConnectionId,
+    link_hash: Option<String>,
+) -> HttpResponse {
+    let integration_name = integration.name.clone();
     let auth = oauth::authorization_request(integration, &state.redirect_uri());
     let mut binding = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut binding);
@@ -79,6 +75,7 @@ pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         pkce_verifier: auth.pkce_verifier,
         binding_hash: hash(binding.expose()),
         expires_at: now() + PENDING_LIFETIME,
+        link_hash,
     };
     if let Err(e) = state
         .engine
@@ -87,14 +84,7 @@ pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         .await
     {
         tracing::error!(integration = %integration_name, connection = %connection, error = %e, "could not store a pending authorization");
-        return page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Please try again",
-            &[
-                "The broker's storage did not answer. Wait a moment and open the link again."
-                    .into(),
-            ],
-        );
+        return html::storage_unavailable(false);
     }
     tracing::info!(integration = %integration_name, connection = %connection, "consent started");
     let cookie = Cookie::build(cookie_name(&state_hash), binding.expose().to_owned())
@@ -127,53 +117,42 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
             let _ = state.engine.store().take_pending(h).await;
         }
         let error = oauth::sanitize(error, 64);
-        let mut lines = vec![format!(
-            "The provider did not grant access (error: {error})."
-        )];
-        if let Some(d) = params.get("error_description") {
-            lines.push(format!("The provider said: {}", oauth::sanitize(d, 300)));
-        }
-        lines.push(if error == "access_denied" {
-            "Consent was declined or cancelled. To connect, open the consent link again and approve access.".into()
-        } else {
-            "Open the consent link again; if this repeats, ask the vendor account's administrator.".into()
-        });
+        let description = params
+            .get("error_description")
+            .map(|d| oauth::sanitize(d, 300));
         tracing::info!(error = %error, "consent refused at the provider");
-        return page(StatusCode::BAD_REQUEST, "Access was not granted", &lines);
+        return html::access_not_granted(
+            &error,
+            description.as_deref(),
+            state.redirect_uri().as_str(),
+        );
     }
 
     let (Some(state_hash), Some(code)) = (state_hash, params.get("code").filter(|c| !c.is_empty()))
     else {
-        return bad_request("The callback is missing its code or state. Start the consent again from the broker's link.");
+        return html::callback_incomplete(state.redirect_uri().as_str());
     };
     let code = Secret::new(code.clone());
     let pending = match state.engine.store().take_pending(&state_hash).await {
         Ok(Some(p)) => p,
-        Ok(None) => return bad_request("This consent has expired or was already completed. Start the consent again from the broker's link."),
+        Ok(None) => return html::consent_not_found(),
         Err(e) => {
             tracing::error!(error = %e, "could not read a pending authorization");
-            return page(StatusCode::SERVICE_UNAVAILABLE, "Please try again", &["The broker's storage did not answer. Start the consent again in a moment.".into()]);
+            return html::storage_unavailable(false);
         }
     };
     if pending.expires_at < now() {
-        return bad_request("This consent took longer than 10 minutes and has expired. Start the consent again from the broker's link.");
+        return html::consent_expired(PENDING_LIFETIME.whole_minutes());
     }
     let bound = req.cookie(&cookie_name(&state_hash)).is_some_and(|c| {
         constant_time_eq(hash(c.value()).as_bytes(), pending.binding_hash.as_bytes())
     });
     if !bound {
         tracing::warn!(integration = %pending.integration, connection = %pending.connection, "callback without the browser binding cookie");
-        return bad_request("This consent was started in a different browser (or cookies are blocked). Open the consent link again in this browser.");
+        return html::other_browser();
     }
     let Some(integration) = state.engine.integration(&pending.integration) else {
-        return page(
-            StatusCode::NOT_FOUND,
-            "Unknown integration",
-            &[format!(
-                "The integration \"{}\" is no longer configured in this broker.",
-                pending.integration
-            )],
-        );
+        return html::integration_gone(pending.integration.as_str());
     };
 
     let tokens = match oauth::exchange_code(
@@ -189,35 +168,45 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(integration = %pending.integration, connection = %pending.connection, error = %e, "code exchange failed");
-            let what = match e.oauth_error() {
-                Some(code) => format!(
-                    "The provider refused to exchange the authorization code (error: {code})."
-                ),
-                None => format!("The provider's token endpoint failed: {e}."),
-            };
-            return page(
-                StatusCode::BAD_GATEWAY,
-                "The connection could not be completed",
-                &[what, format!("Check the client id and secret, and that the redirect URI registered at the vendor is exactly {}. Then start the consent again.", state.redirect_uri())],
+            return html::exchange_failed(
+                e.oauth_error(),
+                &e.to_string(),
+                state.redirect_uri().as_str(),
             );
         }
     };
-    if let Err(e) = state
+    if let Some(link) = &pending.link_hash {
+        match state.engine.store().consume_link(link).await {
+            Ok(true) => {}
+            Ok(false) => return html::consent_not_found(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not use up a consent link");
+                return html::storage_unavailable(true);
+            }
+        }
+    }
+    let captured: std::collections::BTreeMap<String, String> = integration
+        .callback_metadata
+        .iter()
+        .filter_map(|k| Some((k.clone(), oauth::sanitize(params.get(k)?, 500))))
+        .collect();
+    let record = match state
         .engine
-        .store_consent(integration, &pending.connection, tokens)
+        .store_consent(integration, &pending.connection, tokens, captured)
         .await
     {
-        tracing::error!(integration = %pending.integration, connection = %pending.connection, error = %e, "could not store a new grant");
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Please try again", &["The broker's storage did not answer, so the grant was not saved. Start the consent again in a moment.".into()]);
-    }
+        Ok(record) => record,
+        Err(e) => {
+            tracing::error!(integration = %pending.integration, connection = %pending.connection, error = %e, "could not store a new grant");
+            return html::storage_unavailable(true);
+        }
+    };
     tracing::info!(integration = %pending.integration, connection = %pending.connection, "consent completed");
-    let mut resp = page(
-        StatusCode::OK,
-        "Connected",
-        &[
-            format!("Integration \"{}\", connection \"{}\" is connected.", pending.integration, pending.connection),
-            format!("Pipelines can now get an access token from /api/token/{}/{}. You can close this window.", pending.integration, pending.connection),
-        ],
+    let mut resp = html::connected(
+        &state.public_url,
+        pending.integration.as_str(),
+        pending.connection.as_str(),
+        &record.scope,
     );
     let mut gone = Cookie::build(cookie_name(&state_hash), "")
         .path("/api/auth/callback")

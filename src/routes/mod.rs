@@ -3,6 +3,7 @@
 //! (`/api/...`, and `/<function-name>` for the timer).
 
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod health;
 pub mod html;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub api_key: Option<Secret>,
     /// Base of redirect URIs and links, without a trailing slash.
     pub public_url: String,
+    /// Default lifetime of consent links (`BROKER_CONSENT_LINK_TTL_SECS`).
+    pub consent_link_lifetime: time::Duration,
 }
 
 impl AppState {
@@ -79,6 +82,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/api/token", web::post().to(token::post))
         .route("/api/health", web::get().to(health::health))
+        .route("/api/auth/link", web::get().to(connections::open_link))
+        .route("/api/connections", web::get().to(connections::list))
+        .route(
+            "/api/connections/{integration}/{connection}",
+            web::get().to(connections::show),
+        )
+        .route(
+            "/api/connections/{integration}/{connection}",
+            web::delete().to(connections::delete),
+        )
+        .route(
+            "/api/connections/{integration}/{connection}/consent-link",
+            web::post().to(connections::create_link),
+        )
         .route("/refresh-timer", web::post().to(timer::refresh_timer))
         .default_service(web::to(error::not_found));
 }

@@ -89,6 +89,13 @@ pub async fn post(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.check_key(&req)?;
+    // serde would also read a struct from a JSON array; the contract is an object.
+    if !body.trim_ascii_start().starts_with(b"{") {
+        return Err(ApiError::InvalidRequest(
+            "the body must be a JSON object {\"integration\": \"...\", \"connection\": \"...\"}"
+                .into(),
+        ));
+    }
     let b: PostBody = serde_json::from_slice(&body).map_err(|e| {
         let why = if e.is_syntax() || e.is_eof() {
             "the body is not valid JSON".to_owned()
@@ -149,6 +156,7 @@ async fn serve(state: &AppState, r: TokenRequest) -> Result<HttpResponse, ApiErr
         "integration": record.integration.as_str(),
         "connection": record.connection.as_str(),
         "scope": record.scope,
+        "metadata": record.metadata,
     });
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -6,6 +6,7 @@
 //! plaintext tokens never reach a backend and the rest of the crate never sees
 //! sealed blobs. Only `startup` names a concrete backend.
 
+pub mod identity;
 pub mod sqlite;
 pub mod table;
 
@@ -65,6 +66,8 @@ pub struct ConnectionRow {
     pub last_error_at: Option<OffsetDateTime>,
     pub lease_until: Option<OffsetDateTime>,
     pub lease_owner: Option<String>,
+    /// Vendor metadata captured at consent (JSON object of strings; not secret).
+    pub metadata: String,
 }
 
 /// A pending authorization as stored, keyed by the SHA-256 of its `state`.
@@ -77,6 +80,8 @@ pub struct PendingRow {
     pub sealed_verifier: String,
     pub binding_hash: String,
     pub expires_at: OffsetDateTime,
+    /// The consent link this authorization was started from, if any.
+    pub link_hash: Option<String>,
 }
 
 /// One storage technology. Every method is a point operation or a filtered
@@ -122,6 +127,19 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>>;
     /// Deletes pending authorizations that expired before `before`; returns how many.
     fn purge_pending(&self, before: OffsetDateTime) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// Reads a pending row without using it up (`Ok(None)` when absent).
+    fn peek_pending<'a>(
+        &'a self,
+        state_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>>;
+    /// Every connection, following continuations (the admin listing; not on the token path).
+    fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>>;
+    /// Deletes a connection; `Ok(false)` when it did not exist.
+    fn delete_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
 }
 
 /// The store the rest of the crate uses: a backend plus sealing.
@@ -132,6 +150,43 @@ pub struct Store {
     /// Set once `init` has succeeded; every operation first makes sure of it,
     /// so a store that comes up after the broker is used as soon as it answers.
     ready: Arc<tokio::sync::OnceCell<()>>,
+}
+
+/// A consent link an admin can send to an account owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentLink {
+    pub link_hash: String,
+    pub integration: IntegrationName,
+    pub connection: ConnectionId,
+    pub expires_at: OffsetDateTime,
+}
+
+fn link_key(link_hash: &str) -> String {
+    format!("link-{link_hash}")
+}
+
+fn link_row(l: &ConsentLink) -> PendingRow {
+    PendingRow {
+        state_hash: link_key(&l.link_hash),
+        integration: l.integration.as_str().to_owned(),
+        connection: l.connection.as_str().to_owned(),
+        key_id: String::new(),
+        sealed_verifier: String::new(),
+        binding_hash: String::new(),
+        expires_at: l.expires_at,
+        link_hash: None,
+    }
+}
+
+fn link_from_row(r: PendingRow) -> Result<ConsentLink, StoreError> {
+    Ok(ConsentLink {
+        link_hash: r.state_hash.trim_start_matches("link-").to_owned(),
+        integration: IntegrationName::parse(&r.integration)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        connection: ConnectionId::parse(&r.connection)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        expires_at: r.expires_at,
+    })
 }
 
 fn aad(integration: &str, connection: &str) -> Vec<u8> {
@@ -250,6 +305,7 @@ impl Store {
             sealed_verifier,
             binding_hash: p.binding_hash.clone(),
             expires_at: p.expires_at,
+            link_hash: p.link_hash.clone(),
         };
         self.backend.insert_pending(&row).await
     }
@@ -280,7 +336,61 @@ impl Store {
             ),
             binding_hash: row.binding_hash,
             expires_at: row.expires_at,
+            link_hash: row.link_hash,
         }))
+    }
+
+    /// Records a consent link (keyed by the hash of its nonce) until it expires or is used.
+    pub async fn insert_link(&self, link: &ConsentLink) -> Result<(), StoreError> {
+        self.ready().await?;
+        self.backend.insert_pending(&link_row(link)).await
+    }
+
+    /// The consent link, if it exists and has not been used up.
+    pub async fn peek_link(&self, link_hash: &str) -> Result<Option<ConsentLink>, StoreError> {
+        self.ready().await?;
+        self.backend
+            .peek_pending(&link_key(link_hash))
+            .await?
+            .map(link_from_row)
+            .transpose()
+    }
+
+    /// Uses a consent link up; `Ok(false)` if it was already used (or never existed).
+    pub async fn consume_link(&self, link_hash: &str) -> Result<bool, StoreError> {
+        self.ready().await?;
+        Ok(self
+            .backend
+            .take_pending(&link_key(link_hash))
+            .await?
+            .is_some())
+    }
+
+    /// Every connection (for the admin listing).
+    pub async fn list(&self) -> Result<Vec<ConnectionRecord>, StoreError> {
+        self.ready().await?;
+        let rows = self.backend.list_connections().await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for v in rows {
+            match self.open(v.value) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping a connection row that cannot be read")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<bool, StoreError> {
+        self.ready().await?;
+        self.backend
+            .delete_connection(integration.as_str(), connection.as_str())
+            .await
     }
 
     pub async fn purge_pending(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
@@ -315,6 +425,7 @@ impl Store {
             last_error_at: r.last_error_at,
             lease_until: r.lease_until,
             lease_owner: r.lease_owner.clone(),
+            metadata: serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into()),
         }
     }
 
@@ -351,6 +462,7 @@ impl Store {
             last_error_at: row.last_error_at,
             lease_until: row.lease_until,
             lease_owner: row.lease_owner,
+            metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
         })
     }
 }

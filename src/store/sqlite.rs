@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS connections (
     last_error_at INTEGER,
     lease_until   INTEGER,
     lease_owner   TEXT,
+    metadata      TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (integration, connection)
 );
 CREATE INDEX IF NOT EXISTS connections_due ON connections (status, expires_at);
@@ -60,13 +61,30 @@ CREATE TABLE IF NOT EXISTS pending (
     key_id          TEXT NOT NULL,
     sealed_verifier TEXT NOT NULL,
     binding_hash    TEXT NOT NULL,
-    expires_at      INTEGER NOT NULL
+    expires_at      INTEGER NOT NULL,
+    link_hash       TEXT
 );
 ";
 
 const CONN_COLUMNS: &str =
     "integration, connection, version, status, key_id, sealed_tokens, token_type, scope, \
-     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner";
+     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata";
+
+const PENDING_COLUMNS: &str =
+    "state_hash, integration, connection, key_id, sealed_verifier, binding_hash, expires_at, link_hash";
+
+fn read_pending(r: &Row<'_>) -> Result<PendingRow, rusqlite::Error> {
+    Ok(PendingRow {
+        state_hash: r.get(0)?,
+        integration: r.get(1)?,
+        connection: r.get(2)?,
+        key_id: r.get(3)?,
+        sealed_verifier: r.get(4)?,
+        binding_hash: r.get(5)?,
+        expires_at: from_ms(r.get(6)?)?,
+        link_hash: r.get(7)?,
+    })
+}
 
 fn read_connection(r: &Row<'_>) -> Result<Versioned<ConnectionRow>, rusqlite::Error> {
     Ok(Versioned {
@@ -86,6 +104,7 @@ fn read_connection(r: &Row<'_>) -> Result<Versioned<ConnectionRow>, rusqlite::Er
             last_error_at: opt_ms(r.get(12)?)?,
             lease_until: opt_ms(r.get(13)?)?,
             lease_owner: r.get(14)?,
+            metadata: r.get(15)?,
         },
     })
 }
@@ -161,20 +180,20 @@ impl Backend for SqliteBackend {
         self.run(move |db| {
             db.query_row(
                 "INSERT INTO connections (integration, connection, version, status, key_id, sealed_tokens, token_type, scope,
-                     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner)
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
                  ON CONFLICT (integration, connection) DO UPDATE SET
                      version = version + 1, status = excluded.status, key_id = excluded.key_id,
                      sealed_tokens = excluded.sealed_tokens, token_type = excluded.token_type, scope = excluded.scope,
                      expires_at = excluded.expires_at, created_at = excluded.created_at,
                      refreshed_at = excluded.refreshed_at, last_error = excluded.last_error,
                      last_error_at = excluded.last_error_at, lease_until = excluded.lease_until,
-                     lease_owner = excluded.lease_owner
+                     lease_owner = excluded.lease_owner, metadata = excluded.metadata
                  RETURNING version",
                 params![
                     r.integration, r.connection, r.status, r.key_id, r.sealed_tokens, r.token_type, r.scope,
                     ms(r.expires_at), ms(r.created_at), ms(r.refreshed_at), r.last_error,
-                    r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner
+                    r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, r.metadata
                 ],
                 |x| x.get::<_, i64>(0),
             )
@@ -198,13 +217,14 @@ impl Backend for SqliteBackend {
                 .query_row(
                     "UPDATE connections SET version = version + 1, status = ?3, key_id = ?4, sealed_tokens = ?5,
                          token_type = ?6, scope = ?7, expires_at = ?8, created_at = ?9, refreshed_at = ?10,
-                         last_error = ?11, last_error_at = ?12, lease_until = ?13, lease_owner = ?14
+                         last_error = ?11, last_error_at = ?12, lease_until = ?13, lease_owner = ?14,
+                         metadata = ?16
                      WHERE integration = ?1 AND connection = ?2 AND version = ?15
                      RETURNING version",
                     params![
                         r.integration, r.connection, r.status, r.key_id, r.sealed_tokens, r.token_type, r.scope,
                         ms(r.expires_at), ms(r.created_at), ms(r.refreshed_at), r.last_error,
-                        r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, expected
+                        r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, expected, r.metadata
                     ],
                     |x| x.get::<_, i64>(0),
                 )
@@ -252,9 +272,9 @@ impl Backend for SqliteBackend {
         let r = row.clone();
         self.run(move |db| {
             match db.execute(
-                "INSERT INTO pending (state_hash, integration, connection, key_id, sealed_verifier, binding_hash, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![r.state_hash, r.integration, r.connection, r.key_id, r.sealed_verifier, r.binding_hash, ms(r.expires_at)],
+                "INSERT INTO pending (state_hash, integration, connection, key_id, sealed_verifier, binding_hash, expires_at, link_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![r.state_hash, r.integration, r.connection, r.key_id, r.sealed_verifier, r.binding_hash, ms(r.expires_at), r.link_hash],
             ) {
                 Ok(_) => Ok(()),
                 Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -272,20 +292,9 @@ impl Backend for SqliteBackend {
         let h = state_hash.to_owned();
         self.run(move |db| {
             db.query_row(
-                "DELETE FROM pending WHERE state_hash = ?1
-                 RETURNING state_hash, integration, connection, key_id, sealed_verifier, binding_hash, expires_at",
+                &format!("DELETE FROM pending WHERE state_hash = ?1 RETURNING {PENDING_COLUMNS}"),
                 params![h],
-                |r| {
-                    Ok(PendingRow {
-                        state_hash: r.get(0)?,
-                        integration: r.get(1)?,
-                        connection: r.get(2)?,
-                        key_id: r.get(3)?,
-                        sealed_verifier: r.get(4)?,
-                        binding_hash: r.get(5)?,
-                        expires_at: from_ms(r.get(6)?)?,
-                    })
-                },
+                read_pending,
             )
             .optional()
             .map_err(unavailable)
@@ -299,6 +308,54 @@ impl Backend for SqliteBackend {
                 params![ms(before)],
             )
             .map(|n| n as u64)
+            .map_err(unavailable)
+        })
+    }
+
+    fn peek_pending<'a>(
+        &'a self,
+        state_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
+        let h = state_hash.to_owned();
+        self.run(move |db| {
+            db.query_row(
+                &format!("SELECT {PENDING_COLUMNS} FROM pending WHERE state_hash = ?1"),
+                params![h],
+                read_pending,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
+        self.run(move |db| {
+            let mut s = db
+                .prepare_cached(&format!(
+                    "SELECT {CONN_COLUMNS} FROM connections ORDER BY integration, connection"
+                ))
+                .map_err(unavailable)?;
+            let rows = s
+                .query_map([], read_connection)
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            Ok(rows)
+        })
+    }
+
+    fn delete_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let (i, c) = (integration.to_owned(), connection.to_owned());
+        self.run(move |db| {
+            db.execute(
+                "DELETE FROM connections WHERE integration = ?1 AND connection = ?2",
+                params![i, c],
+            )
+            .map(|n| n > 0)
             .map_err(unavailable)
         })
     }

@@ -87,6 +87,40 @@ impl TableBackend {
             };
             TableServiceClientBuilder::with_location(location, credentials)
         };
+        Ok(Self::with_builder(builder, table, http))
+    }
+
+    /// Builds the client for identity-based access: `Authorization: Bearer` with a
+    /// token from `credential` (the app's managed identity), no account key.
+    /// `table_uri` is the table service endpoint; `None` means the public cloud's
+    /// `https://<account>.table.core.windows.net`.
+    pub fn connect_with_identity(
+        account: &str,
+        table_uri: Option<&str>,
+        credential: Arc<dyn azure_core::auth::TokenCredential>,
+        table: &str,
+        http: reqwest::Client,
+    ) -> Self {
+        let location = match table_uri {
+            Some(uri) => CloudLocation::Custom {
+                account: account.to_owned(),
+                uri: uri.trim_end_matches('/').to_owned(),
+            },
+            None => CloudLocation::Public {
+                account: account.to_owned(),
+            },
+        };
+        let credentials = azure_storage::StorageCredentials::token_credential(credential);
+        let builder = TableServiceClientBuilder::with_location(location, credentials);
+        Self::with_builder(builder, table, http)
+    }
+
+    /// The broker's pooled client as transport, and bounded retries.
+    fn with_builder(
+        builder: TableServiceClientBuilder,
+        table: &str,
+        http: reqwest::Client,
+    ) -> Self {
         let service = builder
             .transport(TransportOptions::new(Arc::new(http)))
             .retry(RetryOptions::exponential(
@@ -97,9 +131,9 @@ impl TableBackend {
                     .max_total_elapsed(std::time::Duration::from_secs(5)),
             ))
             .build();
-        Ok(Self {
+        Self {
             table: service.table_client(table),
-        })
+        }
     }
 
     fn entity(&self, pk: &str, rk: &str) -> EntityClient {
@@ -170,6 +204,7 @@ fn connection_entity(r: &ConnectionRow) -> Map<String, Value> {
     put_time(&mut m, "LastErrorAt", r.last_error_at);
     put_time(&mut m, "LeaseUntil", r.lease_until);
     put_str(&mut m, "LeaseOwner", r.lease_owner.as_deref());
+    put_str(&mut m, "Metadata", Some(&r.metadata));
     m
 }
 
@@ -189,6 +224,7 @@ fn connection_row(m: &Map<String, Value>) -> Result<ConnectionRow, StoreError> {
         last_error_at: opt_time(m, "LastErrorAt")?,
         lease_until: opt_time(m, "LeaseUntil")?,
         lease_owner: opt_str(m, "LeaseOwner"),
+        metadata: opt_str(m, "Metadata").unwrap_or_else(|| "{}".into()),
     })
 }
 
@@ -202,6 +238,7 @@ fn pending_entity(r: &PendingRow) -> Map<String, Value> {
     put_str(&mut m, "SealedVerifier", Some(&r.sealed_verifier));
     put_str(&mut m, "BindingHash", Some(&r.binding_hash));
     put_time(&mut m, "ExpiresAt", Some(r.expires_at));
+    put_str(&mut m, "LinkHash", r.link_hash.as_deref());
     m
 }
 
@@ -214,6 +251,7 @@ fn pending_row(m: &Map<String, Value>) -> Result<PendingRow, StoreError> {
         sealed_verifier: get_str(m, "SealedVerifier")?,
         binding_hash: get_str(m, "BindingHash")?,
         expires_at: get_time(m, "ExpiresAt")?,
+        link_hash: opt_str(m, "LinkHash"),
     })
 }
 
@@ -406,6 +444,69 @@ impl Backend for TableBackend {
                 }
             }
             Ok(purged)
+        })
+    }
+
+    fn peek_pending<'a>(
+        &'a self,
+        state_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
+        Box::pin(async move {
+            match self
+                .entity(PENDING_PARTITION, state_hash)
+                .get::<Map<String, Value>>()
+                .await
+                .map_err(classify)
+            {
+                Ok(r) => Ok(Some(pending_row(&r.entity)?)),
+                Err(StoreError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
+        Box::pin(async move {
+            let filter = format!("PartitionKey ne '{PENDING_PARTITION}'");
+            let mut pages = self
+                .table
+                .query()
+                .filter(filter)
+                .into_stream::<Map<String, Value>>();
+            let mut out = Vec::new();
+            while let Some(page) = pages.next().await {
+                for m in page.map_err(classify)?.entities {
+                    match connection_row(&m) {
+                        Ok(value) => out.push(Versioned {
+                            value,
+                            version: etag_of(&m)?,
+                        }),
+                        Err(e) => {
+                            tracing::error!(error = %e, "skipping an unreadable connection entity")
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self
+                .entity(integration, connection)
+                .delete()
+                .await
+                .map_err(classify)
+            {
+                Ok(_) => Ok(true),
+                Err(StoreError::NotFound) => Ok(false),
+                Err(e) => Err(e),
+            }
         })
     }
 }

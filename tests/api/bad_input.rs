@@ -173,6 +173,12 @@ fn cases(conn: &str) -> Vec<Case> {
             &[400],
             INVALID,
         ),
+        post(
+            "a JSON array of the field values (serde would read it as the struct)",
+            &body(json!([INTEGRATION, conn])),
+            &[400],
+            INVALID,
+        ),
         post("a JSON string", r#""demo/acme""#, &[400], INVALID),
         post("JSON null", "null", &[400], INVALID),
         post("an empty object", "{}", &[400], INVALID),

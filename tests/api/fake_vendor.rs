@@ -5,7 +5,7 @@
 //!
 //! Refresh tokens starting with `dead-` always get `invalid_grant`; those
 //! starting with `down-` always get a 500; others follow the script, then mint
-//! a fresh token pair.
+//! a fresh token pair. Code exchanges follow their own script, then mint.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -63,7 +63,9 @@ impl Answer {
 #[derive(Default)]
 struct State {
     script: Mutex<VecDeque<Answer>>,
+    code_script: Mutex<VecDeque<Answer>>,
     default: Mutex<Option<Answer>>,
+    code_requests: Mutex<Vec<Vec<(String, String)>>>,
     minted: AtomicU32,
     in_flight: AtomicU32,
     max_in_flight: AtomicU32,
@@ -115,9 +117,19 @@ impl FakeVendor {
         self.state.script.lock().unwrap().extend(answers);
     }
 
+    /// Answers for the next authorization-code exchanges, in order (then: mint).
+    pub fn script_code_exchanges(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.state.code_script.lock().unwrap().extend(answers);
+    }
+
     /// The answer once the script is spent (default: mint).
     pub fn set_default(&self, answer: Answer) {
         *self.state.default.lock().unwrap() = Some(answer);
+    }
+
+    /// The form fields of each code exchange (without the code, verifier and secret).
+    pub fn code_requests(&self) -> Vec<Vec<(String, String)>> {
+        self.state.code_requests.lock().unwrap().clone()
     }
 
     /// Refresh tokens received, in arrival order.
@@ -152,11 +164,20 @@ impl FakeVendor {
 
 impl Drop for FakeVendor {
     fn drop(&mut self) {
-        let _ = self.handle.stop(false);
+        drop(self.handle.stop(false));
     }
 }
 
-async fn token(state: web::Data<State>, form: web::Form<Vec<(String, String)>>) -> HttpResponse {
+async fn token(state: web::Data<State>, body: web::Bytes) -> HttpResponse {
+    // Form-encoded per RFC 6749, or JSON (Notion).
+    let form: Vec<(String, String)> =
+        match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
+            Ok(m) => m
+                .into_iter()
+                .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                .collect(),
+            Err(_) => url::form_urlencoded::parse(&body).into_owned().collect(),
+        };
     let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let grant = field("grant_type").unwrap_or_default();
     let refresh_token = field("refresh_token").unwrap_or_default();
@@ -177,7 +198,11 @@ async fn token(state: web::Data<State>, form: web::Form<Vec<(String, String)>>) 
                 .unwrap_or_else(Answer::mint)
         }
     } else {
-        Answer::mint()
+        let mut seen = form.clone();
+        seen.retain(|(k, _)| k != "code" && k != "code_verifier" && k != "client_secret");
+        state.code_requests.lock().unwrap().push(seen);
+        let scripted = state.code_script.lock().unwrap().pop_front();
+        scripted.unwrap_or_else(Answer::mint)
     };
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);

@@ -79,8 +79,10 @@ fn fill_route(route: &str) -> String {
         .join("/")
 }
 
+/// The routes a caller without a function key must reach: health, the
+/// vendor's redirect back, and consent links (whose token is the credential).
 fn is_anonymous_route(shape: &str) -> bool {
-    shape == "health" || shape.starts_with("auth/callback")
+    shape == "health" || shape.starts_with("auth/callback") || shape == "auth/link"
 }
 
 #[test]

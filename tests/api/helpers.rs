@@ -1332,6 +1332,15 @@ impl TestApp {
         old
     }
 
+    /// Restarts the broker on the same port, store and keys with another integrations file.
+    pub async fn restart_with_integrations(&mut self, file: &Value) -> Output {
+        let old = self.stop_broker();
+        std::fs::write(&self.spec.integrations_path, file.to_string()).unwrap();
+        self.broker = Some(Broker::start(&self.spec).await);
+        self.host = host_client();
+        old
+    }
+
     fn with_key(&self, key: &Key, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match key {
             Key::Configured => match &self.spec.api_key {
@@ -1434,10 +1443,15 @@ impl TestApp {
             .to_owned()
     }
 
+    /// The auth-start URL for `conn` as a person opens it: the API key (if any) as `?code=`.
+    pub fn start_url(&self, conn: &str) -> String {
+        let path = format!("/api/auth/start/{INTEGRATION}?connection={conn}");
+        self.url(&Self::keyed_path(&path, &self.query_key()))
+    }
+
     /// Starts consent for `conn` in `browser`; returns the auth-start reply (a 302).
     pub async fn start_auth(&self, browser: &Browser, conn: &str) -> Reply {
-        let path = format!("/api/auth/start/{INTEGRATION}?connection={conn}");
-        let url = self.url(&Self::keyed_path(&path, &self.query_key()));
+        let url = self.start_url(conn);
         let reply = browser.get(&url).await;
         assert_eq!(
             reply.status, 302,

@@ -38,6 +38,7 @@ fn row(
         last_error_at: None,
         lease_until: None,
         lease_owner: None,
+        metadata: r#"{"realmId":"123"}"#.into(),
     }
 }
 
@@ -50,6 +51,7 @@ fn pending(hash: &str, expires_at: OffsetDateTime) -> PendingRow {
         sealed_verifier: "dmVyaWZpZXI".into(),
         binding_hash: "YmluZGluZw".into(),
         expires_at,
+        link_hash: Some("bGluaw".into()),
     }
 }
 

@@ -107,6 +107,7 @@ fn record(conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord 
         last_error_at: None,
         lease_until: None,
         lease_owner: None,
+        metadata: Default::default(),
     }
 }
 

@@ -1,0 +1,1441 @@
+//! The benchmark behind BENCHMARKS.md: every figure next to its floor, measured in the same run.
+//!
+//! ```text
+//! cargo run --release --bin bench -- <storm|sweep|token|cold|scale|all>...
+//! ```
+//!
+//! It starts everything itself, each as a separate process listening on 127.0.0.1 and stopped by
+//! its PID: Azurite (table service, in memory, from tests/support/node_modules), a fake vendor
+//! token endpoint with a fixed latency and the release `oauth-broker` binary (both are this
+//! executable re-run in a hidden mode, or the broker next to it), plus a bare actix-web server
+//! answering static JSON for the floor of an HTTP hop. Connections are seeded directly through the
+//! library's `Store` with the same key the broker is given. Every loop is bounded in count and
+//! time. Environment: `BENCH_SKIP_BUILD=1` skips `cargo build --release --bin oauth-broker`;
+//! `BROKER_TEST_NODE_MODULES` overrides where Azurite is installed.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use azure_core::{RetryOptions, TransportOptions};
+use azure_data_tables::clients::{EntityClient, TableServiceClientBuilder};
+use azure_storage::{CloudLocation, StorageCredentials};
+use base64::Engine as _;
+use futures::StreamExt;
+use oauth_broker::crypto::Keyring;
+use oauth_broker::domain::{
+    ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, Secret, TokenSet,
+};
+use oauth_broker::startup::http_client;
+use oauth_broker::store::table::TableBackend;
+use oauth_broker::store::Store;
+use serde_json::{json, Map, Value};
+
+/// Azurite's well-known development account (public, documented by Microsoft).
+const ACCOUNT: &str = "devstoreaccount1";
+const ACCOUNT_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const INTEGRATION: &str = "bench";
+/// Refresh margin of the benchmark's integration: a token expiring within 5 minutes is due.
+const MARGIN_SECS: i64 = 300;
+const SCENARIOS: [&str; 5] = ["storm", "sweep", "token", "cold", "scale"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("__vendor") => return child_vendor(&args[1..]),
+        Some("__bare") => return child_bare(&args[1..]),
+        _ => {}
+    }
+    let mut wanted: Vec<&str> = Vec::new();
+    for a in if args.is_empty() {
+        vec!["all".to_owned()]
+    } else {
+        args.clone()
+    } {
+        match a.as_str() {
+            "all" => wanted.extend(SCENARIOS),
+            s if SCENARIOS.contains(&s) => {
+                wanted.extend(SCENARIOS.iter().filter(|x| **x == s));
+            }
+            "-h" | "--help" => {
+                println!("usage: bench [storm|sweep|token|cold|scale|all]...");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("bench: unknown scenario {other:?}; one of {SCENARIOS:?} or all");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    wanted.dedup();
+    let env = match Env::prepare() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut report = Report::default();
+    let mut ok = true;
+    for s in wanted {
+        println!("\n=== {s} ===");
+        let result = rt.block_on(async {
+            match s {
+                "storm" => storm(&env, &mut report).await,
+                "sweep" => sweep(&env, &mut report).await,
+                "token" => token(&env, &mut report).await,
+                "cold" => cold(&env, &mut report).await,
+                "scale" => scale(&env, &mut report).await,
+                _ => unreachable!(),
+            }
+        });
+        if let Err(e) = result {
+            eprintln!("bench: {s} failed: {e}");
+            ok = false;
+        }
+    }
+    report.print(&env);
+    let _ = std::fs::remove_dir_all(&env.work);
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+// ------------------------------------------------------------------------------------------------
+// environment, processes
+
+struct Env {
+    root: PathBuf,
+    node_modules: PathBuf,
+    broker_exe: PathBuf,
+    bench_exe: PathBuf,
+    work: PathBuf,
+}
+
+impl Env {
+    fn prepare() -> Res<Env> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let node_modules = std::env::var_os("BROKER_TEST_NODE_MODULES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("tests/support/node_modules"));
+        if !node_modules
+            .join("azurite/dist/src/table/main.js")
+            .is_file()
+        {
+            return Err(format!(
+                "Azurite not found under {}: run scripts/bench (it runs npm ci in tests/support)",
+                node_modules.display()
+            ));
+        }
+        let bench_exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let broker_exe = bench_exe.with_file_name("oauth-broker");
+        if std::env::var("BENCH_SKIP_BUILD").as_deref() != Ok("1") {
+            // `cargo run --bin bench` builds only this binary; the broker must be the same code.
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            // A debug bench (plain `cargo run --bin bench`) measures a debug broker.
+            let args: &[&str] = if cfg!(debug_assertions) {
+                &["build", "--bin", "oauth-broker"]
+            } else {
+                &["build", "--release", "--bin", "oauth-broker"]
+            };
+            eprintln!("bench: cargo {}", args.join(" "));
+            let status = Command::new(cargo)
+                .args(args)
+                .current_dir(&root)
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err("cargo build --release --bin oauth-broker failed".into());
+            }
+        }
+        if !broker_exe.is_file() {
+            return Err(format!(
+                "{} is missing: cargo build --release --bin oauth-broker",
+                broker_exe.display()
+            ));
+        }
+        let work = std::env::temp_dir().join(format!("oauth-broker-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+        Ok(Env {
+            root,
+            node_modules,
+            broker_exe,
+            bench_exe,
+            work,
+        })
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        static N: AtomicU64 = AtomicU64::new(0);
+        self.work
+            .join(format!("{name}-{}.log", N.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+/// A child process, killed by its PID and reaped when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: &Path) -> Res<Proc> {
+        let out = std::fs::File::create(log).map_err(|e| e.to_string())?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+        Ok(Proc { child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// `VmRSS` and `VmHWM` in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// One HTTP/1.1 GET on a fresh connection, blocking; the status code.
+fn blocking_status(port: u16, path: &str) -> Option<u16> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_nodelay(true).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(16)]).into_owned();
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client")
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut ready: F) -> Res<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("{what} did not come up within {timeout:?}"))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Azurite, the fake vendor, the bare server, the broker
+
+struct Azurite {
+    port: u16,
+    _proc: Proc,
+}
+
+impl Azurite {
+    async fn start(env: &Env) -> Res<Azurite> {
+        let port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.arg(env.node_modules.join("azurite/dist/src/table/main.js"))
+            .args(["--tableHost", "127.0.0.1", "--tablePort"])
+            .arg(port.to_string())
+            .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
+            .current_dir(&env.work);
+        let proc = Proc::spawn(cmd, &env.log("azurite"))?;
+        let http = client();
+        let url = format!("http://127.0.0.1:{port}/{ACCOUNT}/Tables");
+        wait_until("Azurite", Duration::from_secs(30), || {
+            let req = http.get(&url);
+            async move { req.send().await.is_ok() }
+        })
+        .await?;
+        Ok(Azurite { port, _proc: proc })
+    }
+
+    fn connection_string(&self) -> String {
+        format!(
+            "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};TableEndpoint=http://127.0.0.1:{}/{ACCOUNT};",
+            self.port
+        )
+    }
+
+    /// A raw azure_data_tables entity client over a pooled reqwest client, as the broker builds it.
+    fn raw_entity(&self, table: &str, pk: &str, rk: &str) -> EntityClient {
+        TableServiceClientBuilder::with_location(
+            CloudLocation::Custom {
+                account: ACCOUNT.into(),
+                uri: format!("http://127.0.0.1:{}/{ACCOUNT}", self.port),
+            },
+            StorageCredentials::access_key(ACCOUNT, ACCOUNT_KEY.to_owned()),
+        )
+        .transport(TransportOptions::new(Arc::new(http_client())))
+        .retry(RetryOptions::none())
+        .build()
+        .table_client(table)
+        .partition_key_client(pk)
+        .entity_client(rk)
+    }
+}
+
+struct Vendor {
+    base: String,
+    _proc: Proc,
+    http: reqwest::Client,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct VendorStats {
+    refreshes: u64,
+    max_in_flight: u64,
+}
+
+impl Vendor {
+    async fn start(env: &Env, latency_ms: u64) -> Res<Vendor> {
+        let port = free_port();
+        let mut cmd = Command::new(&env.bench_exe);
+        cmd.args(["__vendor", &port.to_string(), &latency_ms.to_string()]);
+        let proc = Proc::spawn(cmd, &env.log("vendor"))?;
+        let v = Vendor {
+            base: format!("http://127.0.0.1:{port}"),
+            _proc: proc,
+            http: client(),
+        };
+        wait_until("the fake vendor", Duration::from_secs(10), || async {
+            v.stats().await.is_ok()
+        })
+        .await?;
+        Ok(v)
+    }
+
+    async fn stats(&self) -> Res<VendorStats> {
+        let v: Value = self
+            .http
+            .get(format!("{}/__stats", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(VendorStats {
+            refreshes: v["refreshes"].as_u64().unwrap_or(0),
+            max_in_flight: v["max_in_flight"].as_u64().unwrap_or(0),
+        })
+    }
+
+    async fn reset(&self) -> Res<()> {
+        self.http
+            .post(format!("{}/__reset", self.base))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Azurite + vendor + one table seeded through the library's store, and the broker's settings.
+struct Fixture {
+    azurite: Azurite,
+    vendor: Vendor,
+    table: String,
+    keys: String,
+    integrations: PathBuf,
+    store: Store,
+}
+
+impl Fixture {
+    async fn start(env: &Env, vendor_latency_ms: u64) -> Res<Fixture> {
+        let (azurite, vendor) =
+            tokio::try_join!(Azurite::start(env), Vendor::start(env, vendor_latency_ms))?;
+        let table = format!("bench{}", rand::random::<u32>());
+        let mut key = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+        let keys = format!(
+            "k1:{}",
+            base64::engine::general_purpose::STANDARD.encode(key)
+        );
+        let integrations = env.work.join(format!("integrations-{table}.json"));
+        let file = json!({"integrations": {INTEGRATION: {
+            "authorization_url": format!("{}/authorize", vendor.base),
+            "token_url": format!("{}/token", vendor.base),
+            "client_id": "bench-client",
+            "client_secret": "bench-secret",
+            "scopes": ["read"],
+            "refresh_margin_secs": MARGIN_SECS,
+        }}});
+        std::fs::write(&integrations, file.to_string()).map_err(|e| e.to_string())?;
+        let backend = TableBackend::connect(
+            &Secret::new(azurite.connection_string()),
+            &table,
+            http_client(),
+        )?;
+        let store = Store::new(
+            Arc::new(backend),
+            Keyring::parse(&Secret::new(keys.clone())).map_err(|e| e.to_string())?,
+        );
+        store.ready().await.map_err(|e| e.to_string())?;
+        Ok(Fixture {
+            azurite,
+            vendor,
+            table,
+            keys,
+            integrations,
+            store,
+        })
+    }
+
+    fn broker_command(&self, env: &Env, port: u16, extra: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(&env.broker_exe);
+        cmd.env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd.env("BROKER_PORT", port.to_string())
+            .env("BROKER_BIND", "127.0.0.1")
+            .env("BROKER_INTEGRATIONS", &self.integrations)
+            .env("BROKER_STORAGE", self.azurite.connection_string())
+            .env("BROKER_TABLE", &self.table)
+            .env("BROKER_ENCRYPTION_KEYS", &self.keys)
+            .env("BROKER_SWEEP_INTERVAL_SECS", "0")
+            .env("RUST_LOG", "info")
+            .current_dir(&env.work);
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    async fn broker(&self, env: &Env, extra: &[(&str, &str)]) -> Res<Broker> {
+        let port = free_port();
+        let mut proc = Proc::spawn(self.broker_command(env, port, extra), &env.log("broker"))?;
+        let http = client();
+        let url = format!("http://127.0.0.1:{port}/api/health");
+        let up = wait_until("the broker", Duration::from_secs(30), || {
+            let req = http.get(&url);
+            async move { matches!(req.send().await, Ok(r) if r.status() == 200) }
+        })
+        .await;
+        if let Err(e) = up {
+            let exited = proc.exited();
+            return Err(format!(
+                "{e} (exited: {exited}); see {}",
+                env.work.display()
+            ));
+        }
+        Ok(Broker {
+            base: format!("http://127.0.0.1:{port}"),
+            proc,
+        })
+    }
+
+    async fn seed(&self, conn: &str, expires_in: i64, refresh_token: &str) -> Res<()> {
+        self.store
+            .upsert(&record(conn, expires_in, refresh_token))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Seeds `ids` concurrently (64 in flight); stops at `budget`. Returns how many were stored.
+    async fn seed_many(
+        &self,
+        ids: impl Iterator<Item = String>,
+        expires_in: i64,
+        budget: Duration,
+    ) -> Res<usize> {
+        let start = Instant::now();
+        let mut done = 0usize;
+        let mut s = futures::stream::iter(ids)
+            .take_while(|_| futures::future::ready(start.elapsed() < budget))
+            .map(|c| async move { self.seed(&c, expires_in, &format!("rt-{c}")).await })
+            .buffer_unordered(64);
+        while let Some(r) = s.next().await {
+            r?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// A point read of a connection's entity straight from Table Storage, bypassing the broker.
+    fn raw_entity(&self, conn: &str) -> EntityClient {
+        self.azurite.raw_entity(&self.table, INTEGRATION, conn)
+    }
+}
+
+struct Broker {
+    base: String,
+    proc: Proc,
+}
+
+impl Broker {
+    fn token_url(&self, conn: &str) -> String {
+        format!("{}/api/token/{INTEGRATION}/{conn}", self.base)
+    }
+}
+
+fn record(conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord {
+    let now = oauth_broker::refresh::now();
+    ConnectionRecord {
+        integration: IntegrationName::parse(INTEGRATION).expect("valid name"),
+        connection: ConnectionId::parse(conn).expect("valid id"),
+        status: ConnectionStatus::Active,
+        tokens: TokenSet {
+            // The length of a typical vendor access token (a JWT of ~1 KB).
+            access_token: Secret::new(format!("seed-at-{conn}-{}", "x".repeat(900))),
+            refresh_token: Some(Secret::new(refresh_token)),
+        },
+        token_type: "Bearer".into(),
+        scope: "read".into(),
+        expires_at: now + time::Duration::seconds(expires_in),
+        created_at: now,
+        refreshed_at: now,
+        last_error: None,
+        last_error_at: None,
+        lease_until: None,
+        lease_owner: None,
+        metadata: Default::default(),
+    }
+}
+
+/// The bare actix-web server (the floor of one HTTP hop), as a separate process.
+async fn start_bare(env: &Env) -> Res<(Proc, String)> {
+    let port = free_port();
+    let mut cmd = Command::new(&env.bench_exe);
+    cmd.args(["__bare", &port.to_string()]);
+    let proc = Proc::spawn(cmd, &env.log("bare"))?;
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    let url = format!("{base}/api/health");
+    wait_until("the bare server", Duration::from_secs(10), || {
+        let req = http.get(&url);
+        async move { req.send().await.is_ok() }
+    })
+    .await?;
+    Ok((proc, base))
+}
+
+// ------------------------------------------------------------------------------------------------
+// measuring
+
+struct Samples {
+    lat: Vec<Duration>,
+    elapsed: Duration,
+    errors: usize,
+}
+
+impl Samples {
+    fn q(&self, q: f64) -> Duration {
+        if self.lat.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.lat.len() as f64 * q).ceil() as usize).clamp(1, self.lat.len()) - 1;
+        self.lat[i]
+    }
+    fn p50(&self) -> Duration {
+        self.q(0.50)
+    }
+    fn p99(&self) -> Duration {
+        self.q(0.99)
+    }
+    fn rps(&self) -> f64 {
+        self.lat.len() as f64 / self.elapsed.as_secs_f64()
+    }
+    fn line(&self) -> String {
+        format!(
+            "p50 {}  p99 {}  {:>7.0} req/s  (n={}{})",
+            ms(self.p50()),
+            ms(self.p99()),
+            self.rps(),
+            self.lat.len(),
+            if self.errors > 0 {
+                format!(", {} ERRORS", self.errors)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// Runs `op(i)` for i in 0..max, `concurrency` at a time, until `max` or `budget`; each call's
+/// latency is measured from its first poll to its completion.
+async fn measure<F, Fut>(concurrency: usize, max: usize, budget: Duration, op: F) -> Samples
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(max);
+    let mut errors = 0;
+    let mut s = futures::stream::iter(0..max)
+        .take_while(|_| futures::future::ready(start.elapsed() < budget))
+        .map(|i| {
+            let fut = op(i);
+            async move {
+                let t = Instant::now();
+                let ok = fut.await;
+                (t.elapsed(), ok)
+            }
+        })
+        .buffer_unordered(concurrency);
+    while let Some((d, ok)) = s.next().await {
+        if ok {
+            lat.push(d);
+        } else {
+            errors += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    lat.sort();
+    Samples {
+        lat,
+        elapsed,
+        errors,
+    }
+}
+
+fn get_ok(http: &reqwest::Client, url: &str) -> impl Future<Output = bool> {
+    let req = http.get(url);
+    async move {
+        match req.send().await {
+            Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
+            _ => false,
+        }
+    }
+}
+
+fn raw_read(e: &EntityClient) -> impl Future<Output = bool> {
+    let fut = e.get::<Map<String, Value>>().into_future();
+    async move { fut.await.is_ok() }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+// ------------------------------------------------------------------------------------------------
+// the report
+
+struct Figure {
+    scenario: &'static str,
+    name: String,
+    value: String,
+    floor: String,
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        scenario: &'static str,
+        name: impl Into<String>,
+        value: impl Into<String>,
+        floor: impl Into<String>,
+        ratio: Option<f64>,
+        target: impl Into<String>,
+        met: Option<bool>,
+    ) {
+        let f = Figure {
+            scenario,
+            name: name.into(),
+            value: value.into(),
+            floor: floor.into(),
+            ratio,
+            target: target.into(),
+            met,
+        };
+        println!(
+            "  {:<44} {:<22} floor {:<36} {:<8} {}",
+            f.name,
+            f.value,
+            f.floor,
+            f.ratio.map(|r| format!("{r:.2}x")).unwrap_or_default(),
+            match f.met {
+                Some(true) => format!("target {}: met", f.target),
+                Some(false) => format!("target {}: NOT MET", f.target),
+                None => String::new(),
+            }
+        );
+        self.figures.push(f);
+    }
+
+    fn print(&self, env: &Env) {
+        if self.figures.is_empty() {
+            return;
+        }
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        println!(
+            "\n## Summary ({cores} cores, {cpu}; broker {})\n",
+            env.broker_exe
+                .strip_prefix(&env.root)
+                .unwrap_or(&env.broker_exe)
+                .display()
+        );
+        println!("| scenario | figure | value | floor | ratio | target | met |");
+        println!("|---|---|---|---|---|---|---|");
+        for f in &self.figures {
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                f.scenario,
+                f.name,
+                f.value,
+                f.floor,
+                f.ratio.map(|r| format!("{r:.2}×")).unwrap_or_default(),
+                f.target,
+                match f.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "",
+                }
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// scenarios
+
+/// Issue 3: N callers over M broker processes on one connection inside the margin.
+async fn storm(env: &Env, report: &mut Report) -> Res<()> {
+    const N: usize = 500;
+    const M: usize = 4;
+    const LATENCY_MS: u64 = 100;
+    const ROUNDS: usize = 5;
+    let fx = Fixture::start(env, LATENCY_MS).await?;
+    fx.seed("warm", 3600, "rt-warm").await?;
+    let mut brokers = Vec::new();
+    for _ in 0..M {
+        brokers.push(fx.broker(env, &[]).await?);
+    }
+    let http = client();
+    // Open (up to) N/M pooled connections per broker, as a caller's pool would be after use.
+    let warm: Vec<_> = (0..N)
+        .map(|i| get_ok(&http, &brokers[i % M].token_url("warm")))
+        .collect();
+    if !futures::future::join_all(warm).await.iter().all(|ok| *ok) {
+        return Err("warm-up token requests failed".into());
+    }
+    let raw = fx.raw_entity("warm");
+    let rtt = measure(1, 300, Duration::from_secs(5), |_| raw_read(&raw))
+        .await
+        .p50();
+    println!("  store round trip (raw point read p50): {}", ms(rtt));
+
+    let mut walls = Vec::new();
+    let mut counts = Vec::new();
+    for round in 0..ROUNDS {
+        let conn = format!("storm-{round}");
+        fx.seed(&conn, 60, &format!("rt-storm-{round}")).await?;
+        fx.vendor.reset().await?;
+        let urls: Vec<String> = (0..N).map(|i| brokers[i % M].token_url(&conn)).collect();
+        let start = Instant::now();
+        let replies = futures::future::join_all(urls.iter().map(|u| {
+            let req = http.get(u);
+            async move {
+                let r = req.send().await.map_err(|e| e.to_string())?;
+                let status = r.status();
+                let v: Value = r.json().await.map_err(|e| e.to_string())?;
+                if status != 200 {
+                    return Err(format!("{status} {v}"));
+                }
+                Ok::<String, String>(v["access_token"].as_str().unwrap_or_default().to_owned())
+            }
+        }))
+        .await;
+        let wall = start.elapsed();
+        let stats = fx.vendor.stats().await?;
+        let mut tokens = std::collections::HashSet::new();
+        let mut failed = 0;
+        for r in replies {
+            match r {
+                Ok(t) => {
+                    tokens.insert(t);
+                }
+                Err(e) => {
+                    if failed == 0 {
+                        eprintln!("  storm: a caller failed: {e}");
+                    }
+                    failed += 1;
+                }
+            }
+        }
+        println!(
+            "  round {round}: {} upstream refresh(es), wall {}, {} distinct token(s), {failed} failed",
+            stats.refreshes,
+            ms(wall),
+            tokens.len()
+        );
+        if failed > 0 || tokens.len() != 1 {
+            return Err(format!(
+                "round {round}: {failed} callers failed, {} distinct tokens",
+                tokens.len()
+            ));
+        }
+        walls.push(wall);
+        counts.push(stats.refreshes);
+    }
+    let floor = Duration::from_millis(LATENCY_MS * 3 / 2) + rtt;
+    let all_one = counts.iter().all(|c| *c == 1);
+    report.add(
+        "storm",
+        format!("upstream refreshes, {N} callers / {M} processes ({ROUNDS} rounds)"),
+        format!("{counts:?}"),
+        "1",
+        None,
+        "exactly 1",
+        Some(all_one),
+    );
+    let med = median(walls.clone());
+    let max = walls.iter().max().copied().unwrap_or_default();
+    let floor_s = format!("1.5 × {LATENCY_MS} ms + {} = {}", ms(rtt), ms(floor));
+    report.add(
+        "storm",
+        "wall time, median of rounds",
+        ms(med),
+        floor_s.clone(),
+        Some(ratio(med, floor)),
+        "< floor",
+        Some(med < floor),
+    );
+    report.add(
+        "storm",
+        "wall time, worst round",
+        ms(max),
+        floor_s,
+        Some(ratio(max, floor)),
+        "< floor",
+        Some(max < floor),
+    );
+    for b in &brokers {
+        let (rss, _) = b.proc.memory_kib();
+        println!("  broker pid {} RSS {} KiB", b.proc.pid(), rss);
+    }
+    Ok(())
+}
+
+fn timer_envelope() -> Value {
+    json!({
+        "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "IsPastDue": false}},
+        "Metadata": {"sys": {"MethodName": "refresh-timer", "UtcNow": "2026-01-01T00:05:00.01Z"}}
+    })
+}
+
+/// Issue 3: one sweep over 2,000 due connections at concurrency 32 against a 50 ms vendor.
+async fn sweep(env: &Env, report: &mut Report) -> Res<()> {
+    const DUE: usize = 2000;
+    const CONCURRENCY: usize = 32;
+    const LATENCY_MS: u64 = 50;
+    const ROUNDS: usize = 3;
+    let fx = Fixture::start(env, LATENCY_MS).await?;
+    let conc = CONCURRENCY.to_string();
+    let broker = fx
+        .broker(env, &[("BROKER_SWEEP_CONCURRENCY", conc.as_str())])
+        .await?;
+    let http = client();
+    let mut walls = Vec::new();
+    for round in 0..ROUNDS {
+        let t = Instant::now();
+        let seeded = fx
+            .seed_many(
+                (0..DUE).map(|i| format!("c{i:05}")),
+                60,
+                Duration::from_secs(120),
+            )
+            .await?;
+        if seeded != DUE {
+            return Err(format!("seeded only {seeded} of {DUE}"));
+        }
+        println!(
+            "  round {round}: seeded {DUE} due connections in {}",
+            ms(t.elapsed())
+        );
+        fx.vendor.reset().await?;
+        let start = Instant::now();
+        let resp = http
+            .post(format!("{}/refresh-timer", broker.base))
+            .json(&timer_envelope())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+        let wall = start.elapsed();
+        let stats = fx.vendor.stats().await?;
+        println!(
+            "  round {round}: {status} {}; wall {}; vendor saw {} refreshes, at most {} in flight",
+            body["ReturnValue"],
+            ms(wall),
+            stats.refreshes,
+            stats.max_in_flight
+        );
+        if status != 200
+            || body["ReturnValue"]["refreshed"] != json!(DUE)
+            || stats.refreshes != DUE as u64
+            || stats.max_in_flight > CONCURRENCY as u64
+        {
+            return Err(format!("round {round}: unexpected sweep outcome {body}"));
+        }
+        walls.push(wall);
+    }
+    let floor = Duration::from_millis((DUE as u64 * LATENCY_MS).div_ceil(CONCURRENCY as u64));
+    let med = median(walls);
+    report.add(
+        "sweep",
+        format!("sweep wall time, {DUE} due, concurrency {CONCURRENCY} (median of {ROUNDS})"),
+        ms(med),
+        format!("{DUE} / {CONCURRENCY} × {LATENCY_MS} ms = {}", ms(floor)),
+        Some(ratio(med, floor)),
+        "≤ 1.3×",
+        Some(ratio(med, floor) <= 1.3),
+    );
+    report.add(
+        "sweep",
+        "sweep throughput",
+        format!("{:.0} refreshes/s", DUE as f64 / med.as_secs_f64()),
+        format!("{:.0} refreshes/s", DUE as f64 / floor.as_secs_f64()),
+        None,
+        "",
+        None,
+    );
+    Ok(())
+}
+
+/// Issue 6: the warm token route against a raw point read and a bare actix route.
+async fn token(env: &Env, report: &mut Report) -> Res<()> {
+    let fx = Fixture::start(env, 100).await?;
+    fx.seed("warm", 3600, "rt-warm").await?;
+    let broker = fx.broker(env, &[]).await?;
+    let (_bare, bare_base) = start_bare(env).await?;
+    let http = client();
+    let url = broker.token_url("warm");
+    let bare_url = format!("{bare_base}/api/token/{INTEGRATION}/warm");
+    let raw = fx.raw_entity("warm");
+    let store_conn = (
+        IntegrationName::parse(INTEGRATION).expect("valid"),
+        ConnectionId::parse("warm").expect("valid"),
+    );
+    let v: Value = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    if v["access_token"].as_str().is_none() {
+        return Err(format!("the token route answered {v}"));
+    }
+    let budget = Duration::from_secs(10);
+    for c in [1usize, 64] {
+        let n = if c == 1 { 3000 } else { 20000 };
+        // Warm every pool (client, broker, Azurite) at this concurrency first.
+        measure(c, n / 10, budget, |_| get_ok(&http, &url)).await;
+        measure(c, n / 10, budget, |_| raw_read(&raw)).await;
+        measure(c, n / 10, budget, |_| get_ok(&http, &bare_url)).await;
+        // Interleave the three so that drift (GC in Azurite, CPU frequency) hits all alike.
+        let (mut route, mut floor, mut bare, mut store) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..3 {
+            route.push(measure(c, n / 3, budget, |_| get_ok(&http, &url)).await);
+            floor.push(measure(c, n / 3, budget, |_| raw_read(&raw)).await);
+            bare.push(measure(c, n / 3, budget, |_| get_ok(&http, &bare_url)).await);
+            store.push(
+                measure(c, n / 3, budget, |_| {
+                    let f = fx.store.get(&store_conn.0, &store_conn.1);
+                    async move { matches!(f.await, Ok(Some(_))) }
+                })
+                .await,
+            );
+        }
+        let (route, floor, bare, store) = (merge(route), merge(floor), merge(bare), merge(store));
+        println!("  c={c:<3} token route      {}", route.line());
+        println!("  c={c:<3} raw point read   {}", floor.line());
+        println!("  c={c:<3} Store::get       {}", store.line());
+        println!("  c={c:<3} bare actix JSON  {}", bare.line());
+        let r = ratio(route.p50(), floor.p50());
+        report.add(
+            "token",
+            format!("token route p50, concurrency {c}"),
+            ms(route.p50()),
+            format!("raw point read p50 {}", ms(floor.p50())),
+            Some(r),
+            "≤ 1.3×",
+            Some(r <= 1.3),
+        );
+        report.add(
+            "token",
+            format!("token route p99, concurrency {c}"),
+            ms(route.p99()),
+            format!("raw point read p99 {}", ms(floor.p99())),
+            Some(ratio(route.p99(), floor.p99())),
+            "",
+            None,
+        );
+        report.add(
+            "token",
+            format!("token route throughput, concurrency {c}"),
+            format!("{:.0} req/s", route.rps()),
+            format!("raw point read {:.0} req/s", floor.rps()),
+            Some(floor.rps() / route.rps().max(1e-9)),
+            "",
+            None,
+        );
+        report.add(
+            "token",
+            format!("token route p50 vs bare actix, concurrency {c}"),
+            ms(route.p50()),
+            format!("bare actix p50 {}", ms(bare.p50())),
+            Some(ratio(route.p50(), bare.p50())),
+            "",
+            None,
+        );
+        report.add(
+            "token",
+            format!("Store::get p50 (read + open), concurrency {c}"),
+            ms(store.p50()),
+            format!("raw point read p50 {}", ms(floor.p50())),
+            Some(ratio(store.p50(), floor.p50())),
+            "",
+            None,
+        );
+        if route.errors > 0 || floor.errors > 0 {
+            return Err(format!(
+                "errors: route {}, raw read {}",
+                route.errors, floor.errors
+            ));
+        }
+    }
+    let (rss, hwm) = broker.proc.memory_kib();
+    println!("  broker RSS after load {rss} KiB (peak {hwm} KiB)");
+    Ok(())
+}
+
+fn merge(parts: Vec<Samples>) -> Samples {
+    let mut lat = Vec::new();
+    let mut elapsed = Duration::ZERO;
+    let mut errors = 0;
+    for p in parts {
+        lat.extend(p.lat);
+        elapsed += p.elapsed;
+        errors += p.errors;
+    }
+    lat.sort();
+    Samples {
+        lat,
+        elapsed,
+        errors,
+    }
+}
+
+/// Exec → first 200 on `path`, polling every 250 µs on fresh connections.
+fn time_to_first_200(cmd: Command, log: &Path, port: u16, path: &str) -> Res<Duration> {
+    let start = Instant::now();
+    let mut proc = Proc::spawn(cmd, log)?;
+    loop {
+        if blocking_status(port, path) == Some(200) {
+            return Ok(start.elapsed());
+        }
+        if proc.exited() || start.elapsed() > Duration::from_secs(20) {
+            return Err(format!("no 200 from {path} (see {})", log.display()));
+        }
+        std::thread::sleep(Duration::from_micros(250));
+    }
+}
+
+/// Issue 6: cold start, memory and size.
+async fn cold(env: &Env, report: &mut Report) -> Res<()> {
+    const RUNS: usize = 20;
+    let fx = Fixture::start(env, 100).await?;
+    fx.seed("cold", 3600, "rt-cold").await?;
+    let token_path = format!("/api/token/{INTEGRATION}/cold");
+    let (mut health, mut first_token, mut bare) = (vec![], vec![], vec![]);
+    for _ in 0..RUNS {
+        let port = free_port();
+        health.push(time_to_first_200(
+            fx.broker_command(env, port, &[]),
+            &env.log("cold-broker"),
+            port,
+            "/api/health",
+        )?);
+        let port = free_port();
+        first_token.push(time_to_first_200(
+            fx.broker_command(env, port, &[]),
+            &env.log("cold-broker"),
+            port,
+            &token_path,
+        )?);
+        let port = free_port();
+        let mut cmd = Command::new(&env.bench_exe);
+        cmd.args(["__bare", &port.to_string()]);
+        bare.push(time_to_first_200(
+            cmd,
+            &env.log("cold-bare"),
+            port,
+            "/api/health",
+        )?);
+    }
+    let (h, t, b) = (
+        median(health.clone()),
+        median(first_token.clone()),
+        median(bare),
+    );
+    let target = Duration::from_millis(25);
+    println!(
+        "  health: min {} max {}; token: min {} max {}",
+        ms(*health.iter().min().unwrap()),
+        ms(*health.iter().max().unwrap()),
+        ms(*first_token.iter().min().unwrap()),
+        ms(*first_token.iter().max().unwrap())
+    );
+    report.add(
+        "cold",
+        format!("exec → first 200 from /api/health (median of {RUNS})"),
+        ms(h),
+        format!("bare actix exec → 200 {}", ms(b)),
+        Some(ratio(h, b)),
+        "< 25 ms",
+        Some(h < target),
+    );
+    report.add(
+        "cold",
+        format!("exec → first token served (median of {RUNS})"),
+        ms(t),
+        format!("bare actix exec → 200 {}", ms(b)),
+        Some(ratio(t, b)),
+        "< 25 ms",
+        Some(t < target),
+    );
+
+    // Memory: idle after start, then after 20,000 token requests at concurrency 64.
+    let broker = fx.broker(env, &[]).await?;
+    let (bare_proc, _) = start_bare(env).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (idle, _) = broker.proc.memory_kib();
+    let (bare_idle, _) = bare_proc.memory_kib();
+    let http = client();
+    let url = broker.token_url("cold");
+    let load = measure(64, 20000, Duration::from_secs(20), |_| get_ok(&http, &url)).await;
+    let (loaded, peak) = broker.proc.memory_kib();
+    println!("  load for RSS: {}", load.line());
+    let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
+    report.add(
+        "cold",
+        "RSS idle",
+        mib(idle),
+        format!("bare actix idle {}", mib(bare_idle)),
+        Some(idle as f64 / bare_idle.max(1) as f64),
+        "< 20 MiB",
+        Some(idle < 20 * 1024),
+    );
+    report.add(
+        "cold",
+        format!("RSS after {} token requests at c=64 (peak)", load.lat.len()),
+        format!("{} ({})", mib(loaded), mib(peak)),
+        "",
+        None,
+        "",
+        None,
+    );
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    let mb = |b: u64| format!("{:.2} MB", b as f64 / 1e6);
+    if let Some(s) = size(&env.broker_exe) {
+        report.add(
+            "cold",
+            "binary size (release, glibc)",
+            mb(s),
+            "",
+            None,
+            "",
+            None,
+        );
+    }
+    let musl = env
+        .root
+        .join("target/musl/x86_64-unknown-linux-musl/release/oauth-broker");
+    if let Some(s) = size(&musl) {
+        report.add(
+            "cold",
+            "binary size (musl, packaged)",
+            mb(s),
+            "",
+            None,
+            "",
+            None,
+        );
+    }
+    match size(&env.root.join("dist/oauth-broker.zip")) {
+        Some(s) => report.add(
+            "cold",
+            "package size (dist/oauth-broker.zip)",
+            mb(s),
+            "",
+            None,
+            "",
+            None,
+        ),
+        None => println!("  no dist/oauth-broker.zip (scripts/package builds it)"),
+    }
+    Ok(())
+}
+
+/// Issue 6: token-route latency with 10, 1,000 and 100,000 stored connections.
+async fn scale(env: &Env, report: &mut Report) -> Res<()> {
+    let fx = Fixture::start(env, 100).await?;
+    let broker = fx.broker(env, &[]).await?;
+    let http = client();
+    let mut stored = 0usize;
+    let mut base_p50 = None;
+    for target in [10usize, 1_000, 100_000] {
+        let t = Instant::now();
+        stored += fx
+            .seed_many(
+                (stored..target).map(|i| format!("s{i:06}")),
+                3600,
+                Duration::from_secs(300),
+            )
+            .await?;
+        println!(
+            "  {stored} connections stored ({} to seed this step)",
+            ms(t.elapsed())
+        );
+        // The same pseudo-random sequence of connections for the route and the raw read.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let picks: Vec<String> = (0..2000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("s{:06}", x % stored as u64)
+            })
+            .collect();
+        let urls: Vec<String> = picks.iter().map(|c| broker.token_url(c)).collect();
+        let raws: Vec<EntityClient> = picks.iter().map(|c| fx.raw_entity(c)).collect();
+        measure(1, 200, Duration::from_secs(5), |i| get_ok(&http, &urls[i])).await;
+        let (mut route, mut floor) = (vec![], vec![]);
+        for _ in 0..2 {
+            route.push(
+                measure(1, 1000, Duration::from_secs(10), |i| {
+                    get_ok(&http, &urls[i])
+                })
+                .await,
+            );
+            floor.push(measure(1, 1000, Duration::from_secs(10), |i| raw_read(&raws[i])).await);
+        }
+        let (route, floor) = (merge(route), merge(floor));
+        println!("  n={stored:<7} token route     {}", route.line());
+        println!("  n={stored:<7} raw point read  {}", floor.line());
+        let base = *base_p50.get_or_insert(route.p50());
+        let grows = ratio(route.p50(), base);
+        report.add(
+            "scale",
+            format!("token route p50, {stored} connections"),
+            ms(route.p50()),
+            format!("raw point read p50 {}", ms(floor.p50())),
+            Some(ratio(route.p50(), floor.p50())),
+            "flat (≤ 1.3× the 10-row p50)",
+            Some(grows <= 1.3),
+        );
+        if route.errors > 0 || floor.errors > 0 {
+            return Err(format!(
+                "errors: route {}, raw read {}",
+                route.errors, floor.errors
+            ));
+        }
+        if stored < target {
+            println!("  seeding budget spent at {stored} of {target}; stopping here");
+            break;
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// the child processes: the fake vendor and the bare server
+
+#[derive(Default)]
+struct VendorState {
+    refreshes: AtomicU64,
+    minted: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+fn child_vendor(args: &[String]) -> ExitCode {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let (Some(port), Some(latency)) = (
+        args.first().and_then(|p| p.parse::<u16>().ok()),
+        args.get(1).and_then(|l| l.parse::<u64>().ok()),
+    ) else {
+        eprintln!("usage: bench __vendor <port> <latency-ms>");
+        return ExitCode::from(2);
+    };
+    let latency = Duration::from_millis(latency);
+    let state = web::Data::new(VendorState::default());
+    let result = actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .route(
+                    "/token",
+                    web::post().to(
+                        move |s: web::Data<VendorState>, form: web::Form<Vec<(String, String)>>| async move {
+                            let refresh = form.iter().any(|(k, v)| k == "grant_type" && v == "refresh_token");
+                            if refresh {
+                                s.refreshes.fetch_add(1, Ordering::SeqCst);
+                            }
+                            let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                            s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                            actix_web::rt::time::sleep(latency).await;
+                            s.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            let n = s.minted.fetch_add(1, Ordering::SeqCst) + 1;
+                            HttpResponse::Ok().json(json!({
+                                "access_token": format!("at-{n}-{}", "y".repeat(900)),
+                                "token_type": "Bearer",
+                                "expires_in": 3600,
+                                "refresh_token": format!("rt-{n}"),
+                            }))
+                        },
+                    ),
+                )
+                .route(
+                    "/__stats",
+                    web::get().to(|s: web::Data<VendorState>| async move {
+                        HttpResponse::Ok().json(json!({
+                            "refreshes": s.refreshes.load(Ordering::SeqCst),
+                            "max_in_flight": s.max_in_flight.load(Ordering::SeqCst),
+                        }))
+                    }),
+                )
+                .route(
+                    "/__reset",
+                    web::post().to(|s: web::Data<VendorState>| async move {
+                        s.refreshes.store(0, Ordering::SeqCst);
+                        s.max_in_flight.store(0, Ordering::SeqCst);
+                        HttpResponse::Ok().finish()
+                    }),
+                )
+        })
+        .workers(2)
+        .bind(("127.0.0.1", port))?
+        .run()
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vendor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A bare actix-web server with the broker's defaults (one worker per core) answering static JSON.
+fn child_bare(args: &[String]) -> ExitCode {
+    use actix_web::http::header;
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let Some(port) = args.first().and_then(|p| p.parse::<u16>().ok()) else {
+        eprintln!("usage: bench __bare <port>");
+        return ExitCode::from(2);
+    };
+    static BODY: &str = r#"{"access_token":"static","token_type":"Bearer","expires_in":3599}"#;
+    let result = actix_web::rt::System::new().block_on(async move {
+        HttpServer::new(|| {
+            App::new().default_service(web::to(|| async {
+                HttpResponse::Ok()
+                    .insert_header((header::CACHE_CONTROL, "no-store"))
+                    .content_type("application/json")
+                    .body(BODY)
+            }))
+        })
+        .bind(("127.0.0.1", port))?
+        .run()
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bare: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,735 @@
+//! The integrations file: one OAuth app per integration, optionally filled
+//! from a built-in vendor template (`"provider": "xero"`, see
+//! `providers.json`, compiled into the binary) or from the vendor's published
+//! metadata (`"issuer"`, RFC 8414 / OpenID discovery). Explicit fields always
+//! win over the template. Validated once at start; every error names the
+//! file, the integration and the field.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use time::Duration;
+use url::Url;
+
+use crate::domain::{IntegrationName, Secret};
+use crate::settings::ConfigError;
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic with form-urlencoded credentials (RFC 6749 §2.3.1).
+    Basic,
+    /// `client_secret_post`: credentials in the request body.
+    Post,
+}
+
+/// The encoding of token-endpoint requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenBody {
+    /// `application/x-www-form-urlencoded` (RFC 6749).
+    Form,
+    /// `application/json` (Notion).
+    Json,
+}
+
+/// One OAuth app at one vendor.
+#[derive(Debug, Clone)]
+pub struct Integration {
+    pub name: IntegrationName,
+    /// The template it was built from, if any.
+    pub provider: Option<String>,
+    pub authorization_url: Url,
+    pub token_url: Url,
+    pub revocation_url: Option<Url>,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scopes: Vec<String>,
+    pub scope_separator: String,
+    pub client_auth: ClientAuth,
+    pub token_body: TokenBody,
+    pub pkce: bool,
+    pub authorization_params: Vec<(String, String)>,
+    pub token_params: Vec<(String, String)>,
+    pub refresh_margin: Duration,
+    /// Refresh any active grant not refreshed for this long, so that vendors
+    /// that expire unused refresh tokens never see one go idle.
+    pub keepalive: Duration,
+    /// Callback query parameters kept with the connection (QuickBooks `realmId`).
+    pub callback_metadata: Vec<String>,
+    /// Token-response fields kept with the connection (Salesforce `instance_url`).
+    pub token_metadata: Vec<String>,
+    /// Lifetime assumed when the vendor sends no `expires_in`.
+    pub default_expires_in: Duration,
+    /// The vendor sends `expires_in` in milliseconds.
+    pub expires_in_ms: bool,
+}
+
+impl Integration {
+    /// The scopes as the vendor wants them in one parameter.
+    pub fn scope_string(&self) -> String {
+        self.scopes.join(&self.scope_separator)
+    }
+
+    /// The lifetime a token response announces, per this vendor's conventions.
+    pub fn lifetime(&self, expires_in: Option<i64>) -> Duration {
+        match expires_in {
+            Some(v) if v > 0 && self.expires_in_ms => Duration::milliseconds(v),
+            Some(v) if v > 0 => Duration::seconds(v),
+            _ => self.default_expires_in,
+        }
+    }
+}
+
+/// The built-in vendor templates.
+pub fn catalogue() -> &'static Map<String, Value> {
+    static CATALOGUE: OnceLock<Map<String, Value>> = OnceLock::new();
+    CATALOGUE.get_or_init(|| {
+        serde_json::from_str(include_str!("providers.json"))
+            .expect("providers.json is validated by the unit tests")
+    })
+}
+
+/// An integration whose endpoints come from its issuer's metadata, fetched at start.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub name: String,
+    pub issuer: Url,
+    value: Map<String, Value>,
+}
+
+/// What the file holds: ready integrations, and those still to be discovered.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub ready: BTreeMap<IntegrationName, Integration>,
+    pub discover: Vec<Discovery>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    integrations: BTreeMap<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntegration {
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    issuer: Option<String>,
+    authorization_url: String,
+    token_url: String,
+    #[serde(default)]
+    revocation_url: Option<String>,
+    client_id: String,
+    client_secret: String,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    scope_separator: Option<String>,
+    #[serde(default)]
+    client_auth: Option<String>,
+    #[serde(default)]
+    token_body: Option<String>,
+    #[serde(default)]
+    pkce: Option<bool>,
+    #[serde(default)]
+    authorization_params: BTreeMap<String, String>,
+    #[serde(default)]
+    token_params: BTreeMap<String, String>,
+    #[serde(default)]
+    refresh_margin_secs: Option<u32>,
+    #[serde(default)]
+    keepalive_hours: Option<u32>,
+    #[serde(default)]
+    callback_metadata: Vec<String>,
+    #[serde(default)]
+    token_metadata: Vec<String>,
+    #[serde(default)]
+    default_expires_in_secs: Option<u32>,
+    #[serde(default)]
+    expires_in_unit: Option<String>,
+}
+
+struct Ctx<'a> {
+    path: String,
+    name: String,
+    get: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Ctx<'_> {
+    fn fail(&self, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Integration {
+            path: self.path.clone(),
+            integration: self.name.clone(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Parses the integrations file text. `get` reads settings for `%NAME%` values.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Parsed, ConfigError> {
+    let path_s = path.display().to_string();
+    let raw: RawFile = serde_json::from_str(text).map_err(|e| ConfigError::FileSyntax {
+        path: path_s.clone(),
+        line: e.line(),
+        column: e.column(),
+        problem: e
+            .to_string()
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    })?;
+    let mut parsed = Parsed::default();
+    for (name, value) in raw.integrations {
+        let ctx = Ctx {
+            path: path_s.clone(),
+            name: name.clone(),
+            get,
+        };
+        let Value::Object(own) = value else {
+            return Err(ctx.fail("must be a JSON object"));
+        };
+        let merged = apply_template(&ctx, own)?;
+        let needs_discovery =
+            !merged.contains_key("authorization_url") || !merged.contains_key("token_url");
+        match merged.get("issuer").and_then(Value::as_str) {
+            Some(issuer) if needs_discovery => {
+                let issuer = expand(&ctx, "issuer", issuer)?;
+                let issuer = Url::parse(&issuer)
+                    .map_err(|e| ctx.fail(format!("issuer is not a URL: {e}")))?;
+                // Settings are read now, so discovery at start needs no environment.
+                let mut value = Value::Object(merged);
+                expand_all(&ctx, "", &mut value)?;
+                let Value::Object(value) = value else {
+                    unreachable!()
+                };
+                parsed.discover.push(Discovery {
+                    name,
+                    issuer,
+                    value,
+                });
+            }
+            _ => {
+                let i = finish(&ctx, merged)?;
+                parsed.ready.insert(i.name.clone(), i);
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// Fills the endpoints of `d` from its issuer's metadata (RFC 8414 §3, then
+/// OpenID Connect Discovery), keeping every field the file set explicitly.
+pub async fn discover(
+    http: &reqwest::Client,
+    d: Discovery,
+    path: &Path,
+) -> Result<Integration, ConfigError> {
+    let no_settings = |_: &str| None;
+    let ctx = Ctx {
+        path: path.display().to_string(),
+        name: d.name.clone(),
+        get: &no_settings,
+    };
+    let base = d.issuer.as_str().trim_end_matches('/');
+    let mut meta = None;
+    for well_known in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let url = format!("{base}{well_known}");
+        match http
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                if let Ok(Value::Object(m)) = r.json::<Value>().await {
+                    meta = Some(m);
+                    break;
+                }
+            }
+            _ => continue,
+        }
+    }
+    let meta = meta.ok_or_else(|| ctx.fail(format!("no authorization server metadata at {base}/.well-known/oauth-authorization-server or /.well-known/openid-configuration")))?;
+    if meta
+        .get("issuer")
+        .and_then(Value::as_str)
+        .map(|i| i.trim_end_matches('/'))
+        != Some(base)
+    {
+        return Err(
+            ctx.fail("the metadata's issuer does not match the configured issuer (RFC 8414 §3.3)")
+        );
+    }
+    let mut value = d.value;
+    for (field, key) in [
+        ("authorization_url", "authorization_endpoint"),
+        ("token_url", "token_endpoint"),
+        ("revocation_url", "revocation_endpoint"),
+    ] {
+        if let (false, Some(v)) = (
+            value.contains_key(field),
+            meta.get(key).and_then(Value::as_str),
+        ) {
+            value.insert(field.into(), Value::String(v.to_owned()));
+        }
+    }
+    let methods = |k: &str| -> Vec<String> {
+        meta.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if !value.contains_key("client_auth") {
+        let auth = methods("token_endpoint_auth_methods_supported");
+        if !auth.is_empty()
+            && !auth.iter().any(|m| m == "client_secret_basic")
+            && auth.iter().any(|m| m == "client_secret_post")
+        {
+            value.insert("client_auth".into(), Value::String("post".into()));
+        }
+    }
+    if !value.contains_key("pkce") {
+        let pkce = methods("code_challenge_methods_supported");
+        if !pkce.is_empty() && !pkce.iter().any(|m| m == "S256") {
+            value.insert("pkce".into(), Value::Bool(false));
+        }
+    }
+    finish(&ctx, value)
+}
+
+/// Merges the integration over its template (if it names one), filling `{placeholders}`.
+fn apply_template(
+    ctx: &Ctx<'_>,
+    mut own: Map<String, Value>,
+) -> Result<Map<String, Value>, ConfigError> {
+    let placeholders = own.remove("placeholders");
+    let Some(provider) = own
+        .get("provider")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
+        if placeholders.is_some() {
+            return Err(ctx.fail("placeholders are only used with a provider template"));
+        }
+        return Ok(own);
+    };
+    let Some(Value::Object(template)) = catalogue().get(&provider) else {
+        let known: Vec<&str> = catalogue().keys().map(String::as_str).collect();
+        return Err(ctx.fail(format!(
+            "provider {provider:?} is not in the catalogue; known: {}",
+            known.join(", ")
+        )));
+    };
+    let mut template = template.clone();
+    template.remove("notes");
+    let requires: Vec<String> = match template.remove("requires") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut values: BTreeMap<String, String> = match template.remove("defaults") {
+        Some(Value::Object(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    match placeholders {
+        None => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let Some(v) = v.as_str() else {
+                    return Err(ctx.fail(format!("placeholders.{k} must be a string")));
+                };
+                if !requires.contains(&k) {
+                    return Err(ctx.fail(format!(
+                        "provider {provider} has no placeholder {{{k}}}; it takes: {}",
+                        requires.join(", ")
+                    )));
+                }
+                let v = expand(ctx, &format!("placeholders.{k}"), v)?;
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
+                {
+                    return Err(ctx.fail(format!("placeholders.{k} must be a host name part (letters, digits, '-', '.', '_')")));
+                }
+                values.insert(k, v);
+            }
+        }
+        Some(_) => {
+            return Err(ctx.fail(
+                "placeholders must be an object, e.g. {\"tenant\": \"contoso.onmicrosoft.com\"}",
+            ))
+        }
+    }
+    for r in &requires {
+        if !values.contains_key(r) {
+            return Err(ctx.fail(format!("provider {provider} needs the placeholder {{{r}}}: add \"placeholders\": {{\"{r}\": \"...\"}}")));
+        }
+    }
+    fill(&mut template, &values);
+    for (k, v) in own {
+        match (template.get_mut(&k), v) {
+            (Some(Value::Object(base)), Value::Object(over)) if k.ends_with("_params") => {
+                base.extend(over)
+            }
+            (_, v) => {
+                template.insert(k, v);
+            }
+        }
+    }
+    Ok(template)
+}
+
+fn fill(m: &mut Map<String, Value>, values: &BTreeMap<String, String>) {
+    for v in m.values_mut() {
+        match v {
+            Value::String(s) => {
+                for (k, val) in values {
+                    *s = s.replace(&format!("{{{k}}}"), val);
+                }
+            }
+            Value::Object(o) => fill(o, values),
+            _ => {}
+        }
+    }
+}
+
+fn expand_all(ctx: &Ctx<'_>, at: &str, v: &mut Value) -> Result<(), ConfigError> {
+    match v {
+        Value::String(s) => *s = expand(ctx, at, s)?,
+        Value::Array(a) => {
+            for x in a {
+                expand_all(ctx, at, x)?;
+            }
+        }
+        Value::Object(m) => {
+            for (k, x) in m {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                expand_all(ctx, &path, x)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `%NAME%` reads the setting NAME; anything else is literal.
+fn expand(ctx: &Ctx<'_>, field: &str, v: &str) -> Result<String, ConfigError> {
+    match v.strip_prefix('%').and_then(|s| s.strip_suffix('%')) {
+        Some(setting) if !setting.is_empty() => (ctx.get)(setting).ok_or_else(|| {
+            ctx.fail(format!(
+                "{field} refers to the setting {setting}, which is not set (add it to the app settings / environment)"
+            ))
+        }),
+        _ => Ok(v.to_owned()),
+    }
+}
+
+fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integration, ConfigError> {
+    let name = IntegrationName::parse(&ctx.name).map_err(|e| ctx.fail(e.to_string()))?;
+    let r: RawIntegration =
+        serde_json::from_value(Value::Object(value)).map_err(|e| ctx.fail(e.to_string()))?;
+    let url_of = |field: &str, v: &str| -> Result<Url, ConfigError> {
+        let v = expand(ctx, field, v)?;
+        let u = Url::parse(&v).map_err(|e| ctx.fail(format!("{field} is not a URL: {e}")))?;
+        if !matches!(u.scheme(), "https" | "http") {
+            return Err(ctx.fail(format!("{field} must be an https URL")));
+        }
+        if u.as_str().contains('{') || u.as_str().contains("%7B") {
+            return Err(ctx.fail(format!("{field} still has a {{placeholder}}: {u}")));
+        }
+        Ok(u)
+    };
+    let client_auth = match r
+        .client_auth
+        .as_deref()
+        .map(|v| expand(ctx, "client_auth", v))
+        .transpose()?
+        .as_deref()
+    {
+        None | Some("basic") => ClientAuth::Basic,
+        Some("post") => ClientAuth::Post,
+        Some(other) => {
+            return Err(ctx.fail(format!(
+                "client_auth is {other:?}; use \"basic\" (default) or \"post\""
+            )))
+        }
+    };
+    let token_body = match r.token_body.as_deref() {
+        None | Some("form") => TokenBody::Form,
+        Some("json") => TokenBody::Json,
+        Some(other) => {
+            return Err(ctx.fail(format!(
+                "token_body is {other:?}; use \"form\" (default) or \"json\""
+            )))
+        }
+    };
+    let expires_in_ms = match r.expires_in_unit.as_deref() {
+        None | Some("seconds") => false,
+        Some("milliseconds") => true,
+        Some(other) => {
+            return Err(ctx.fail(format!(
+                "expires_in_unit is {other:?}; use \"seconds\" or \"milliseconds\""
+            )))
+        }
+    };
+    let params =
+        |field: &str, m: &BTreeMap<String, String>| -> Result<Vec<(String, String)>, ConfigError> {
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), expand(ctx, &format!("{field}.{k}"), v)?)))
+                .collect()
+        };
+    let client_id = expand(ctx, "client_id", &r.client_id)?;
+    if client_id.is_empty() {
+        return Err(ctx.fail("client_id is empty"));
+    }
+    let _ = (&r.provider, &r.issuer);
+    Ok(Integration {
+        authorization_url: url_of("authorization_url", &r.authorization_url)?,
+        token_url: url_of("token_url", &r.token_url)?,
+        revocation_url: r
+            .revocation_url
+            .as_deref()
+            .map(|v| url_of("revocation_url", v))
+            .transpose()?,
+        client_id,
+        client_secret: Secret::new(expand(ctx, "client_secret", &r.client_secret)?),
+        scopes: r
+            .scopes
+            .iter()
+            .map(|s| expand(ctx, "scopes", s))
+            .collect::<Result<_, _>>()?,
+        scope_separator: r.scope_separator.unwrap_or_else(|| " ".into()),
+        client_auth,
+        token_body,
+        pkce: r.pkce.unwrap_or(true),
+        authorization_params: params("authorization_params", &r.authorization_params)?,
+        token_params: params("token_params", &r.token_params)?,
+        refresh_margin: Duration::seconds(i64::from(r.refresh_margin_secs.unwrap_or(900))),
+        keepalive: Duration::hours(i64::from(r.keepalive_hours.unwrap_or(24).max(1))),
+        callback_metadata: r.callback_metadata,
+        token_metadata: r.token_metadata,
+        default_expires_in: Duration::seconds(i64::from(
+            r.default_expires_in_secs.unwrap_or(3600).max(1),
+        )),
+        expires_in_ms,
+        provider: r.provider,
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn one(text: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<Integration, ConfigError> {
+        let p = parse(text, Path::new("i.json"), get)?;
+        assert!(p.discover.is_empty());
+        Ok(p.ready.into_values().next().expect("one integration"))
+    }
+
+    const GOOD: &str = r#"{"integrations": {"xero": {
+        "authorization_url": "https://login.xero.com/identity/connect/authorize",
+        "token_url": "https://identity.xero.com/connect/token",
+        "client_id": "%XERO_ID%", "client_secret": "%XERO_SECRET%",
+        "scopes": ["offline_access", "accounting.transactions"],
+        "authorization_params": {"prompt": "consent"}
+    }}}"#;
+
+    #[test]
+    fn expands_settings_and_applies_defaults() {
+        let get = env(&[("XERO_ID", "id1"), ("XERO_SECRET", "sec")]);
+        let x = one(GOOD, &get).unwrap();
+        assert_eq!(x.client_id, "id1");
+        assert_eq!(x.client_secret.expose(), "sec");
+        assert_eq!(x.client_auth, ClientAuth::Basic);
+        assert!(x.pkce);
+        assert_eq!(x.refresh_margin, Duration::seconds(900));
+        assert_eq!(x.keepalive, Duration::hours(24));
+        assert_eq!(x.scope_string(), "offline_access accounting.transactions");
+        assert_eq!(
+            x.authorization_params,
+            vec![("prompt".into(), "consent".into())]
+        );
+        assert!(!format!("{x:?}").contains("sec\""));
+    }
+
+    #[test]
+    fn a_missing_setting_is_named() {
+        let err = one(GOOD, &env(&[("XERO_ID", "id1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("XERO_SECRET") && err.contains("xero"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_file_names_line_and_problem() {
+        let text = "{\"integrations\": {\n  \"a\": {\"token_url\": }\n}}";
+        let err = parse(text, Path::new("i.json"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("i.json: line 2,"), "{err}");
+        let text = r#"{"integrations": {"a": {"authorization_url": "https://a", "token_url": "https://b", "client_id": "x", "client_secret": "y", "scopez": []}}}"#;
+        let err = parse(text, Path::new("i.json"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scopez"), "{err}");
+        let text = r#"{"integrations": {"Bad_Name": {"authorization_url": "https://a", "token_url": "https://b", "client_id": "x", "client_secret": "y"}}}"#;
+        let err = parse(text, Path::new("i.json"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Bad_Name"), "{err}");
+    }
+
+    #[test]
+    fn every_template_in_the_catalogue_builds_with_https_urls_and_declared_placeholders() {
+        assert!(catalogue().len() >= 16);
+        for (name, template) in catalogue() {
+            let t = template
+                .as_object()
+                .unwrap_or_else(|| panic!("{name} is an object"));
+            assert!(
+                t.get("notes")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.is_empty()),
+                "{name} has notes"
+            );
+            let requires: Vec<&str> = t
+                .get("requires")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let text = serde_json::to_string(t).unwrap();
+            for piece in text.split('{').skip(1) {
+                if let Some(ph) = piece.split('}').next().filter(|p| {
+                    p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !p.is_empty()
+                }) {
+                    assert!(
+                        requires.contains(&ph),
+                        "{name}: placeholder {{{ph}}} is not declared in requires"
+                    );
+                }
+            }
+            let placeholders: Map<String, Value> = requires
+                .iter()
+                .map(|r| (r.to_string(), Value::String("example".into())))
+                .collect();
+            let file = serde_json::json!({"integrations": {"x": {"provider": name, "client_id": "id", "client_secret": "s", "placeholders": placeholders}}});
+            let file = if requires.is_empty() {
+                serde_json::json!({"integrations": {"x": {"provider": name, "client_id": "id", "client_secret": "s"}}})
+            } else {
+                file
+            };
+            let i = one(&file.to_string(), &env(&[])).unwrap_or_else(|e| panic!("{name}: {e}"));
+            for u in [
+                Some(&i.authorization_url),
+                Some(&i.token_url),
+                i.revocation_url.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                assert_eq!(u.scheme(), "https", "{name}: {u}");
+            }
+            assert_eq!(i.provider.as_deref(), Some(name.as_str()));
+        }
+    }
+
+    #[test]
+    fn templates_fill_placeholders_and_explicit_fields_win() {
+        let text = r#"{"integrations": {"ms": {"provider": "microsoft", "client_id": "id", "client_secret": "s",
+            "placeholders": {"tenant": "contoso.onmicrosoft.com"}, "scopes": ["offline_access", "User.Read"],
+            "client_auth": "basic", "authorization_params": {"prompt": "select_account"}}}}"#;
+        let i = one(text, &env(&[])).unwrap();
+        assert_eq!(
+            i.token_url.as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(i.client_auth, ClientAuth::Basic, "explicit field wins");
+        assert_eq!(
+            i.authorization_params,
+            vec![("prompt".into(), "select_account".into())]
+        );
+        let text = r#"{"integrations": {"z": {"provider": "zoho", "client_id": "id", "client_secret": "s", "scopes": ["a", "b"]}}}"#;
+        let z = one(text, &env(&[])).unwrap();
+        assert_eq!(z.scope_string(), "a,b");
+        assert_eq!(
+            z.token_url.host_str(),
+            Some("accounts.zoho.com"),
+            "default placeholder"
+        );
+        assert_eq!(z.callback_metadata, ["accounts-server", "location"]);
+        let text = r#"{"integrations": {"s": {"provider": "shopify", "client_id": "id", "client_secret": "s"}}}"#;
+        let err = parse(text, Path::new("i.json"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("{shop}") && err.contains("placeholders"),
+            "{err}"
+        );
+        let text = r#"{"integrations": {"s": {"provider": "shopify", "client_id": "id", "client_secret": "s", "placeholders": {"shop": "evil.com/x?"}}}}"#;
+        assert!(
+            parse(text, Path::new("i.json"), &env(&[])).is_err(),
+            "placeholders cannot inject URL parts"
+        );
+        let text = r#"{"integrations": {"s": {"provider": "nope", "client_id": "id", "client_secret": "s"}}}"#;
+        let err = parse(text, Path::new("i.json"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("xero"), "lists the known providers: {err}");
+    }
+
+    #[test]
+    fn an_issuer_without_endpoints_is_left_for_discovery() {
+        let text = r#"{"integrations": {"d": {"issuer": "https://idp.example.com", "client_id": "id", "client_secret": "s"}}}"#;
+        let p = parse(text, Path::new("i.json"), &env(&[])).unwrap();
+        assert!(p.ready.is_empty());
+        assert_eq!(p.discover[0].issuer.as_str(), "https://idp.example.com/");
+    }
+
+    #[test]
+    fn lifetimes_follow_the_vendor_conventions() {
+        let mut i = one(GOOD, &env(&[("XERO_ID", "a"), ("XERO_SECRET", "b")])).unwrap();
+        assert_eq!(i.lifetime(Some(1800)), Duration::seconds(1800));
+        assert_eq!(i.lifetime(None), Duration::seconds(3600));
+        i.expires_in_ms = true;
+        assert_eq!(i.lifetime(Some(1_800_000)), Duration::seconds(1800));
+    }
+}

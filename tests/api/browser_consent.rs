@@ -1,0 +1,299 @@
+//! Consent in a real browser: Debian's Chromium, headless, driven by playwright-core
+//! (`tests/support/browser-consent.mjs`) from the auth-start URL through oidc-provider's login and
+//! consent screens back to the broker's page. Screenshots go to `target/ci-artifacts/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Fails (never skips) when the browser is missing.
+fn chromium() -> &'static str {
+    assert!(
+        Path::new(CHROMIUM).is_file(),
+        "{CHROMIUM} is missing: the real-browser consent test needs Debian's chromium package; \
+         scripts/test installs it (apt-get install -y chromium)"
+    );
+    CHROMIUM
+}
+
+fn playwright_ready() -> PathBuf {
+    let nm = node_modules();
+    assert!(
+        nm.join("playwright-core/package.json").is_file(),
+        "playwright-core not found under {}: run scripts/test (npm ci in tests/support installs it)",
+        nm.display()
+    );
+    nm
+}
+
+pub fn artifacts_dir() -> PathBuf {
+    let dir = repo_root().join("target/ci-artifacts");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+/// What the script saw; `raw` is its whole JSON line.
+struct BrowserRun {
+    raw: Value,
+    wall: Duration,
+}
+
+impl BrowserRun {
+    fn str(&self, key: &str) -> String {
+        self.raw[key].as_str().unwrap_or_default().to_owned()
+    }
+    fn status(&self) -> u64 {
+        self.raw["status"].as_u64().unwrap_or(0)
+    }
+    fn header(&self, name: &str) -> String {
+        self.raw["headers"][name]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Runs `browser-consent.mjs` and returns its result line, panicking with everything it printed
+/// when it fails.
+async fn run_browser(start_url: String, outcome: &'static str, screenshot: PathBuf) -> BrowserRun {
+    let executable = chromium();
+    let nm = playwright_ready();
+    let script = repo_root().join("tests/support/browser-consent.mjs");
+    tokio::task::spawn_blocking(move || {
+        let out_dir = tempfile::tempdir().unwrap();
+        let stdout_path = out_dir.path().join("stdout");
+        let stderr_path = out_dir.path().join("stderr");
+        let started = Instant::now();
+        let mut child = Command::new("node")
+            .arg(&script)
+            .arg(&start_url)
+            .arg(outcome)
+            .arg(&screenshot)
+            .env("NODE_PATH", &nm)
+            .env("CHROMIUM", executable)
+            .current_dir(repo_root().join("tests/support"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run node {}: {e}", script.display()));
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > SCRIPT_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "browser-consent.mjs ({outcome}) still running after {SCRIPT_TIMEOUT:?}; stdout:\n{}\nstderr:\n{}",
+                    std::fs::read_to_string(&stdout_path).unwrap_or_default(),
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let wall = started.elapsed();
+        let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+        let raw: Value = line
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| {
+                panic!("browser-consent.mjs ({outcome}) printed no result line ({status}); stdout:\n{stdout}\nstderr:\n{stderr}")
+            });
+        assert!(
+            status.success() && raw["ok"] == Value::Bool(true),
+            "browser-consent.mjs ({outcome}) failed ({status}): {}\nsteps: {}\nurl: {}\nfailure screenshot: {}\nconsole: {}\nstderr:\n{stderr}\npage:\n{}",
+            raw["error"].as_str().unwrap_or_default(),
+            raw["steps"],
+            raw["url"],
+            raw["screenshot"],
+            raw["console"],
+            raw["html"].as_str().unwrap_or_default(),
+        );
+        BrowserRun { raw, wall }
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+#[track_caller]
+fn assert_screenshot(path: &Path) {
+    let bytes = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("screenshot {} is missing: {e}", path.display()));
+    assert!(
+        bytes.len() > 1000 && bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "screenshot {} is a non-empty PNG ({} bytes)",
+        path.display(),
+        bytes.len()
+    );
+    println!("screenshot: {} ({} bytes)", path.display(), bytes.len());
+}
+
+/// The page arrived with the hardening headers and the browser applied them without complaint.
+#[track_caller]
+fn assert_hardened_page(run: &BrowserRun, base_url: &str) {
+    let csp = run.header("content-security-policy");
+    assert!(csp.starts_with("default-src 'none'"), "CSP: {csp:?}");
+    assert!(csp.contains("frame-ancestors 'none'"), "CSP: {csp:?}");
+    assert_eq!(run.header("x-frame-options"), "DENY");
+    assert_eq!(run.header("referrer-policy"), "no-referrer");
+    assert!(run.header("content-type").starts_with("text/html"));
+    assert!(run.header("cache-control").contains("no-store"));
+    // A CSP violation (e.g. a style the policy does not allow) shows up as a console error; the
+    // page's own error status is logged too, and is expected on an error page.
+    let own_status = format!("the server responded with a status of {}", run.status());
+    let complaints: Vec<&Value> = run.raw["console"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["url"].as_str().is_some_and(|u| u.starts_with(base_url)))
+        .filter(|m| !m["text"].as_str().is_some_and(|t| t.contains(&own_status)))
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "the browser reported nothing on the broker's page: {complaints:?}"
+    );
+    let html = run.str("html").to_ascii_lowercase();
+    for external in ["<script", "src=", "href=\"http", "@import", "url("] {
+        assert!(
+            !html.contains(external),
+            "the page loads nothing ({external:?}): {html}"
+        );
+    }
+    assert!(html.contains("<html lang=\"en\""), "{html}");
+    assert!(html.contains("<main") && html.contains("<h1>"), "{html}");
+}
+
+#[tokio::test]
+async fn a_person_consents_in_chromium_and_lands_on_the_success_page() {
+    let started = Instant::now();
+    let app = TestApp::spawn(AppOptions {
+        api_key: Some(format!("key-{}", random_hex(12))),
+        ..AppOptions::on(Store::Table)
+    })
+    .await;
+    let conn = "browser-acme";
+    let screenshot = artifacts_dir().join("consent-success.png");
+    let _ = std::fs::remove_file(&screenshot);
+
+    let run = run_browser(app.start_url(conn), "success", screenshot.clone()).await;
+
+    let base = app.base_url();
+    let url = run.str("url");
+    assert!(
+        url.starts_with(&app.redirect_uri()),
+        "the browser ended on the broker's callback: {url}"
+    );
+    assert_eq!(run.status(), 200, "success page status: {}", run.raw);
+    assert!(
+        run.str("title").starts_with("Connected"),
+        "title: {:?}",
+        run.str("title")
+    );
+    assert_hardened_page(&run, &base);
+    assert_screenshot(&screenshot);
+
+    let text = run.str("text");
+    let html = run.str("html");
+    assert!(text.contains(INTEGRATION), "names the integration: {text}");
+    assert!(text.contains(conn), "names the connection: {text}");
+    assert!(
+        text.contains(&format!("GET {base}/api/token/{INTEGRATION}/{conn}")),
+        "gives the exact token route: {text}"
+    );
+    assert!(
+        text.contains(&format!("token/{INTEGRATION}/{conn}")),
+        "gives the ADF function name: {text}"
+    );
+    assert!(
+        text.contains("x-functions-key"),
+        "says to send a function key: {text}"
+    );
+
+    // The token route now works; its scope is what the page listed, and no token is on the page.
+    let token = app.token(conn).await;
+    let scope = token["scope"].as_str().unwrap();
+    assert!(!scope.is_empty(), "{token}");
+    for s in scope.split(' ') {
+        assert!(
+            html.contains(&format!("<code>{s}</code>")),
+            "the page lists the granted scope {s:?}: {html}"
+        );
+    }
+    let access = token["access_token"].as_str().unwrap();
+    let code = query_param(&url, "code").expect("the callback URL had a code");
+    for secret in [access, code.as_str(), CLIENT_SECRET] {
+        assert!(
+            !html.contains(secret) && !text.contains(secret),
+            "the page shows no token, code or secret"
+        );
+    }
+    let api_key = app.spec.api_key.clone().unwrap();
+    assert!(!html.contains(&api_key), "the page shows no API key");
+
+    println!(
+        "browser consent (success): script {:?} (steps {}), whole test {:?}",
+        run.wall,
+        run.raw["steps"],
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_person_who_cancels_at_the_vendor_lands_on_the_error_page() {
+    let started = Instant::now();
+    let app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    let conn = "browser-abort";
+    let screenshot = artifacts_dir().join("consent-abort.png");
+    let _ = std::fs::remove_file(&screenshot);
+
+    let run = run_browser(app.start_url(conn), "abort", screenshot.clone()).await;
+
+    let url = run.str("url");
+    assert!(
+        url.starts_with(&app.redirect_uri()),
+        "the browser ended on the broker's callback: {url}"
+    );
+    assert_eq!(
+        query_param(&url, "error").as_deref(),
+        Some("access_denied"),
+        "{url}"
+    );
+    assert_eq!(run.status(), 400, "error page status: {}", run.raw);
+    assert!(
+        run.str("title").starts_with("Access was not granted"),
+        "title: {:?}",
+        run.str("title")
+    );
+    let text = run.str("text");
+    assert!(text.contains("Access was not granted"), "{text}");
+    assert!(text.contains("access_denied"), "names the error: {text}");
+    assert!(
+        text.contains("declined or cancelled"),
+        "says what happened: {text}"
+    );
+    assert!(
+        text.contains("Open the consent link again"),
+        "says what to do: {text}"
+    );
+    assert_hardened_page(&run, &app.base_url());
+    assert_screenshot(&screenshot);
+
+    let missing = app.token_reply(conn, "").await;
+    assert_eq!(missing.status, 404, "nothing was stored: {missing:?}");
+
+    println!(
+        "browser consent (abort): script {:?} (steps {}), whole test {:?}",
+        run.wall,
+        run.raw["steps"],
+        started.elapsed()
+    );
+}

@@ -1,0 +1,429 @@
+#!/usr/bin/env python3
+"""Offline checks of the deployment files (run by scripts/check-infra, which provides the parsers).
+
+No Bicep CLI can run here, so:
+- every infra/**/*.bicep must parse with two independent offline parsers: tree-sitter-bicep (the
+  grammar) and pycep-parser (which also gives the structure the next checks read);
+- infra/main.bicep must set every setting the broker reads in Azure (names found in src/**/*.rs), or
+  the setting must be listed below with the reason it is not set; every BROKER_* setting it sets must
+  be one the broker reads; every %NAME% in functions/*/function.json must be set; and the Function App
+  must be what the design says (Flex Consumption, runtime `custom`, no FUNCTIONS_WORKER_RUNTIME app
+  setting, HTTPS only, TLS 1.2, FTP off, identity-based storage with shared keys off, Key Vault in RBAC
+  mode referenced from app settings, the identity's roles);
+- infra/adf/**/*.json must be valid JSON whose references resolve, whose Azure Function activities call
+  a route the broker serves (functions/*/function.json, with the method it allows), with secure output
+  and retries, whose POST bodies use only fields the token route accepts, and whose downstream
+  activities read only fields the token route answers (`access_token` as a Bearer header);
+- infra/deploy.sh must pass `bash -n` (and shellcheck, when installed).
+
+Usage: python tests/check_infra.py   (exit status 1 on any failure)
+"""
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+failures = []
+
+
+def check(ok, message):
+    print(("ok   " if ok else "FAIL ") + message)
+    if not ok:
+        failures.append(message)
+    return ok
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+# Settings the broker reads that the template deliberately does not set.
+NOT_SET_BY_TEMPLATE = {
+    "FUNCTIONS_CUSTOMHANDLER_PORT": "set by the Functions host when it starts the handler",
+    "WEBSITE_HOSTNAME": "set by the platform (BROKER_PUBLIC_URL is set explicitly anyway)",
+    "IDENTITY_ENDPOINT": "set by the platform for the managed identity",
+    "IDENTITY_HEADER": "set by the platform for the managed identity",
+    "BROKER_PORT": "standalone mode only",
+    "BROKER_BIND": "standalone mode only",
+    "BROKER_API_KEY": "standalone mode only (function keys protect routes under the host)",
+    "BROKER_SWEEP_INTERVAL_SECS": "standalone mode only (the timer function drives the sweep)",
+    "BROKER_STORAGE": "a connection string carries an account key: the template uses BROKER_STORAGE__* (identity), and BROKER_STORAGE would override it",
+    "BROKER_STORAGE__credential": "optional; managedidentity is the only value",
+    "AzureWebJobsStorage": "a connection string carries an account key: host storage is identity-based (AzureWebJobsStorage__*)",
+    "AzureWebJobsStorage__tableServiceUri": "only a fallback of the broker's when BROKER_STORAGE__* is unset; the template sets BROKER_STORAGE__*",
+    "BROKER_REFRESH_LEASE_SECS": "tuning; the default is right",
+    "BROKER_UPSTREAM_TIMEOUT_SECS": "tuning; the default is right",
+    "BROKER_REFRESH_COOLDOWN_SECS": "tuning; the default is right",
+    "BROKER_SWEEP_CONCURRENCY": "tuning; the default is right",
+    "BROKER_SWEEP_BUDGET_SECS": "tuning; the default is right",
+    "BROKER_CONSENT_LINK_TTL_SECS": "tuning; the default (24 h) is right",
+}
+
+# App settings names the broker (or its platform) reads, as string literals in the source.
+SETTING_LITERAL = re.compile(
+    r'"((?:BROKER|FUNCTIONS|WEBSITE|IDENTITY)_[A-Z0-9_]*[A-Z0-9](?:__[A-Za-z]+)?|AzureWebJobsStorage(?:__[A-Za-z]+)?)"'
+)
+
+ROLE_IDS = {
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+    "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+}
+
+
+def settings_read_by_broker():
+    names = set()
+    for path in glob.glob(os.path.join(ROOT, "src", "**", "*.rs"), recursive=True):
+        if os.path.join("src", "bin") in path:
+            continue  # developer tools (benchmarks), not the broker
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        # Ignore unit tests: they name settings only to exercise them.
+        text = text.split("#[cfg(test)]")[0]
+        names.update(SETTING_LITERAL.findall(text))
+    # The host reads %NAME% in function.json (e.g. the timer's schedule) from the app settings.
+    for fj in glob.glob(os.path.join(ROOT, "functions", "*", "function.json")):
+        with open(fj, encoding="utf-8") as f:
+            names.update(re.findall(r"%([^%]+)%", f.read()))
+    return names
+
+
+# --- Bicep ---------------------------------------------------------------------------------------
+
+
+def parse_bicep_files():
+    import tree_sitter
+    import tree_sitter_bicep
+    from pycep import BicepParser
+
+    parser = tree_sitter.Parser(tree_sitter.Language(tree_sitter_bicep.language()))
+    parsed = {}
+    files = sorted(glob.glob(os.path.join(ROOT, "infra", "**", "*.bicep"), recursive=True))
+    check(bool(files), "infra/ has Bicep files")
+    for path in files:
+        with open(path, "rb") as f:
+            data = f.read()
+        tree = parser.parse(data)
+        if tree.root_node.has_error:
+            bad = first_error(tree.root_node)
+            where = f" at line {bad.start_point[0] + 1}, column {bad.start_point[1] + 1}" if bad else ""
+            check(False, f"{rel(path)} parses with tree-sitter-bicep (syntax error{where})")
+        else:
+            check(True, f"{rel(path)} parses with tree-sitter-bicep")
+        try:
+            parsed[path] = BicepParser().parse(text=data.decode("utf-8"))
+            check(True, f"{rel(path)} parses with pycep-parser")
+        except Exception as e:  # Lark raises several exception types
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            check(False, f"{rel(path)} parses with pycep-parser ({first_line})")
+    return parsed
+
+
+def first_error(node):
+    if node.type == "ERROR" or node.is_missing:
+        return node
+    for child in node.children:
+        found = first_error(child)
+        if found is not None:
+            return found
+    return None
+
+
+def resources_of(doc, rtype):
+    """name → body of the resources of a type (conditions and loops unwrapped)."""
+    out = {}
+    for n, r in doc.get("resources", {}).items():
+        if r.get("type", "").lower() == rtype.lower():
+            body = r["config"]
+            while isinstance(body, dict) and "config" in body and ("condition" in body or "loop_type" in body):
+                body = body["config"]
+            out[n] = body
+    return out
+
+
+def app_settings(doc, site):
+    """(literal name → value, dynamic loops) of the site's siteConfig.appSettings."""
+    value = site["properties"]["siteConfig"]["appSettings"]
+    parts = []
+    if isinstance(value, dict) and value.get("function", {}).get("type") == "concat":
+        parts = list(value["function"]["parameters"].values())
+    else:
+        parts = [value]
+    literal, loops = {}, []
+    for part in parts:
+        if isinstance(part, str) and part in doc.get("variables", {}):
+            part = doc["variables"][part]["value"]
+        if isinstance(part, list):
+            for item in part:
+                literal[item["name"]] = item["value"]
+        elif isinstance(part, dict) and "loop_type" in part:
+            loops.append(part["loop_type"])
+        else:
+            check(False, f"appSettings part {part!r} is understood by the check")
+    return literal, loops
+
+
+def property_path(value):
+    """`a.b.c` of a pycep property accessor (or the plain string)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "operator" in value and value["operator"]["type"] == "property_accessor":
+        ops = value["operator"]["operands"]
+        return property_path(ops["operand_1"]) + "." + property_path(ops["operand_2"])
+    return json.dumps(value)
+
+
+def check_main_template(doc, read):
+    sites = resources_of(doc, "Microsoft.Web/sites")
+    if not check(len(sites) == 1, "main.bicep has one Function App"):
+        return
+    (site_name, site), = sites.items()
+    cfg = site
+    props = cfg["properties"]
+    check("functionapp" in cfg["kind"] and "linux" in cfg["kind"], "the Function App is a Linux function app")
+    plans = resources_of(doc, "Microsoft.Web/serverfarms")
+    check(any(p["sku"].get("tier") == "FlexConsumption" for p in plans.values()),
+          "the plan is Flex Consumption (Linux Consumption retires 2028-09-30)")
+    runtime = props.get("functionAppConfig", {}).get("runtime", {})
+    check(runtime == {"name": "custom", "version": "1.0"}, "functionAppConfig.runtime is custom 1.0 (custom handler)")
+    deployment = props.get("functionAppConfig", {}).get("deployment", {}).get("storage", {})
+    check(deployment.get("type") == "blobContainer"
+          and deployment.get("authentication", {}).get("type") in ("UserAssignedIdentity", "SystemAssignedIdentity"),
+          "the deployment package container is reached with the managed identity")
+    check(props.get("httpsOnly") is True, "httpsOnly is true")
+    site_config = props.get("siteConfig", {})
+    check(site_config.get("minTlsVersion") == "1.2", "minTlsVersion is 1.2")
+    check(site_config.get("ftpsState") == "Disabled", "ftpsState is Disabled")
+
+    literal, loops = app_settings(doc, site)
+    names = set(literal)
+    for name in sorted(read):
+        if name in names:
+            check(True, f"the template sets {name}")
+        elif name in NOT_SET_BY_TEMPLATE:
+            print(f"ok   the template leaves {name} unset: {NOT_SET_BY_TEMPLATE[name]}")
+        else:
+            check(False, f"the template sets {name}, which the broker reads (or list it in NOT_SET_BY_TEMPLATE with a reason)")
+    for name in sorted(n for n in names if n.startswith("BROKER_")):
+        check(name in read, f"{name}, set by the template, is a setting the broker reads")
+    for name in sorted(n for n in NOT_SET_BY_TEMPLATE if n not in read):
+        check(False, f"NOT_SET_BY_TEMPLATE lists {name}, which the broker no longer reads: remove it")
+    for name in ("AzureWebJobsStorage", "BROKER_STORAGE", "FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION",
+                 "WEBSITE_RUN_FROM_PACKAGE", "APPINSIGHTS_INSTRUMENTATIONKEY"):
+        check(name not in names, f"the template does not set {name} (a key in settings, or not allowed on Flex)")
+    for fj in sorted(glob.glob(os.path.join(ROOT, "functions", "*", "function.json"))):
+        for ref in re.findall(r"%([^%]+)%", open(fj, encoding="utf-8").read()):
+            check(ref in names, f"the template sets {ref} ({rel(fj)} refers to it)")
+    kv = literal.get("BROKER_ENCRYPTION_KEYS", "")
+    check(isinstance(kv, str) and kv.startswith("@Microsoft.KeyVault(SecretUri="),
+          "BROKER_ENCRYPTION_KEYS is a Key Vault reference")
+    check(literal.get("AzureWebJobsStorage__credential") == "managedidentity",
+          "host storage is identity-based (AzureWebJobsStorage__credential = managedidentity)")
+    check(literal.get("BROKER_REFRESH_SCHEDULE") == "refreshSchedule"
+          and doc["parameters"]["refreshSchedule"].get("default") == "0 */5 * * * *",
+          "BROKER_REFRESH_SCHEDULE defaults to 0 */5 * * * *")
+    loop_sources = sorted(str(l["detail"].get("array_name")) + " " + json.dumps(l["detail"], default=str) for l in loops)
+    check(any("integrationSettings" in s for s in loop_sources) and any("integrationSecretNames" in s for s in loop_sources),
+          "app settings include the integrations' settings and Key Vault references to their secrets")
+    params = doc.get("parameters", {})
+    for p in ("namePrefix", "location", "integrationSettings", "integrationSecretNames", "integrationSecrets",
+              "encryptionKeys"):
+        check(p in params, f"main.bicep has the parameter {p}")
+    for p in ("integrationSecrets", "encryptionKeys"):
+        if p in params:
+            check(any("secure" in json.dumps(d) for d in params[p].get("decorators", [])), f"{p} is @secure()")
+
+    storages = resources_of(doc, "Microsoft.Storage/storageAccounts")
+    check(all(s["properties"].get("allowSharedKeyAccess") is False for s in storages.values()) and storages,
+          "the storage account refuses shared keys")
+    tables = resources_of(doc, "Microsoft.Storage/storageAccounts/tableServices/tables")
+    check(bool(tables), "the template creates the broker's table")
+    vaults = resources_of(doc, "Microsoft.KeyVault/vaults")
+    check(bool(vaults) and all(v["properties"].get("enableRbacAuthorization") is True for v in vaults.values()),
+          "Key Vault is in RBAC mode")
+    insights = resources_of(doc, "Microsoft.Insights/components")
+    workspaces = resources_of(doc, "Microsoft.OperationalInsights/workspaces")
+    check(bool(insights) and bool(workspaces), "Application Insights with a Log Analytics workspace")
+
+    roles_var = doc.get("variables", {}).get("roles", {}).get("value", {})
+    granted = set()
+    for ra in resources_of(doc, "Microsoft.Authorization/roleAssignments").values():
+        rprops = ra["properties"]
+        role_ref = rprops["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+        role = roles_var.get(property_path(role_ref).split(".")[-1], property_path(role_ref))
+        principal = property_path(rprops["principalId"])
+        granted.add((role, ra.get("scope"), principal.split(".")[0]))
+    identity = next(iter(resources_of(doc, "Microsoft.ManagedIdentity/userAssignedIdentities")), None)
+    for role, scope in (("b7e6dc6d-f1e8-4753-8033-0f276bb0955b", next(iter(storages), None)),
+                        ("0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3", next(iter(storages), None)),
+                        ("4633458b-17de-408a-b874-0445c86b69e6", next(iter(vaults), None))):
+        check((role, scope, identity) in granted, f"the app's identity has {ROLE_IDS[role]} on {scope}")
+    return doc
+
+
+# --- ADF -----------------------------------------------------------------------------------------
+
+
+def broker_routes():
+    routes = []
+    for fj in glob.glob(os.path.join(ROOT, "functions", "*", "function.json")):
+        doc = json.load(open(fj, encoding="utf-8"))
+        for b in doc["bindings"]:
+            if b.get("type") == "httpTrigger":
+                route = re.sub(r"\{[^}]*\}", "{}", b.get("route", os.path.basename(os.path.dirname(fj))))
+                routes.append((route, [m.upper() for m in b.get("methods", [])], b.get("authLevel", "function")))
+    return routes
+
+
+def expression_text(value):
+    if isinstance(value, dict) and value.get("type") == "Expression":
+        return value["value"]
+    return value
+
+
+def route_template(function_name):
+    """`token/{}/{}` from "@concat('token/', x, '/', y)", or the literal name."""
+    text = expression_text(function_name)
+    if not isinstance(text, str):
+        return None
+    m = re.fullmatch(r"@concat\((.*)\)", text.strip())
+    if not m:
+        return None if text.startswith("@") else text.split("?")[0]
+    out = ""
+    for arg in re.findall(r"'(?:[^']|'')*'|[^,]+", m.group(1)):
+        arg = arg.strip()
+        out += arg[1:-1].replace("''", "'") if arg.startswith("'") else "{}"
+    return out.split("?")[0]
+
+
+def token_route_contract():
+    text = open(os.path.join(ROOT, "src", "routes", "token.rs"), encoding="utf-8").read()
+    body = re.search(r"struct PostBody \{(.*?)\n\}", text, re.S)
+    fields = set(re.findall(r"^\s*(\w+):", body.group(1), re.M)) if body else set()
+    answer = set(re.findall(r'"(\w+)":', text))
+    return fields, answer
+
+
+def check_adf(template_doc):
+    files = sorted(glob.glob(os.path.join(ROOT, "infra", "adf", "**", "*.json"), recursive=True))
+    check(bool(files), "infra/adf has Data Factory assets")
+    docs = {}
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                docs[path] = json.load(f)
+            check(True, f"{rel(path)} is valid JSON")
+        except ValueError as e:
+            check(False, f"{rel(path)} is valid JSON ({e})")
+    kinds = {"linkedService": {}, "dataset": {}, "pipeline": {}}
+    for path, doc in docs.items():
+        kind = os.path.basename(os.path.dirname(path))
+        name = os.path.basename(path)[:-5]
+        check(kind in kinds, f"{rel(path)} is in linkedService/, dataset/ or pipeline/ (ADF's repository layout)")
+        check(doc.get("name") == name and "properties" in doc, f"{rel(path)} is {{name: {name}, properties}}")
+        kinds.setdefault(kind, {})[name] = doc
+
+    # References resolve.
+    def refs(node):
+        if isinstance(node, dict):
+            if "referenceName" in node and "type" in node:
+                yield node["type"], node["referenceName"]
+            for v in node.values():
+                yield from refs(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from refs(v)
+
+    for kind, items in kinds.items():
+        for name, doc in items.items():
+            for rtype, rname in refs(doc):
+                target = {"LinkedServiceReference": "linkedService", "DatasetReference": "dataset"}.get(rtype)
+                if target:
+                    check(rname in kinds[target], f"{kind}/{name} refers to {target} {rname}, which exists")
+
+    # The broker linked service: key from Key Vault, under the secret name the template names.
+    functions = [d for d in kinds["linkedService"].values() if d["properties"]["type"] == "AzureFunction"]
+    if check(len(functions) == 1, "one AzureFunction linked service (the broker)"):
+        key = functions[0]["properties"]["typeProperties"].get("functionKey", {})
+        secret_var = (template_doc or {}).get("variables", {}).get("functionKeySecretName", {}).get("value")
+        check(key.get("type") == "AzureKeyVaultSecret", "the function key comes from Key Vault")
+        check(key.get("secretName") == secret_var,
+              f"the function key's secret name ({key.get('secretName')}) is the template's functionKeySecretName ({secret_var})")
+    deploy = open(os.path.join(ROOT, "infra", "deploy.sh"), encoding="utf-8").read()
+    placeholders = set(re.findall(r"__[A-Z_]+__", "".join(json.dumps(d) for d in docs.values())))
+    for ph in sorted(placeholders):
+        check(ph in deploy, f"deploy.sh fills in the placeholder {ph}")
+    check("functionKeySecretName" in deploy, "deploy.sh stores the ADF function key under the template's functionKeySecretName")
+
+    routes = broker_routes()
+    post_fields, answer_fields = token_route_contract()
+    check({"access_token", "expires_in"} <= answer_fields, "the token route answers access_token and expires_in")
+    for name, doc in kinds["pipeline"].items():
+        activities = doc["properties"].get("activities", [])
+        function_activities = {a["name"]: a for a in activities if a["type"] == "AzureFunctionActivity"}
+        check(bool(function_activities), f"pipeline {name} gets a token with an Azure Function activity")
+        for aname, a in function_activities.items():
+            tp, policy = a["typeProperties"], a.get("policy", {})
+            method = tp.get("method", "").upper()
+            template = route_template(tp.get("functionName"))
+            match = [r for r in routes if r[0] == template and method in r[1]]
+            check(bool(match), f"{name}.{aname}: {method} {template} is a route the broker serves")
+            check(template is not None and template.startswith("token"), f"{name}.{aname} calls the token route")
+            check(policy.get("secureOutput") is True, f"{name}.{aname} has secureOutput: true")
+            check(int(policy.get("retry", 0)) >= 1, f"{name}.{aname} retries")
+            if method == "POST":
+                body = expression_text(tp.get("body"))
+                keys = set(re.findall(r'\\?"(\w+)\\?":', body if isinstance(body, str) else json.dumps(body)))
+                check(bool(keys) and keys <= post_fields,
+                      f"{name}.{aname}'s body fields {sorted(keys)} are accepted by POST /api/token")
+        text = json.dumps(activities)
+        used = set(re.findall(r"activity\('(\w+)'\)\.output\.(\w+)", text))
+        for activity, field in sorted(used):
+            if activity in function_activities:
+                check(field in answer_fields, f"{name} reads {activity}.output.{field}, a field the token route answers")
+        bearer = "@{concat('Bearer ', activity('GetToken').output.access_token)}"
+        downstream = [a for a in activities if a["type"] in ("Copy", "WebActivity")]
+        for a in downstream:
+            headers = a["typeProperties"].get("source", {}).get("additionalHeaders") or a["typeProperties"].get("headers", {})
+            check(expression_text(headers.get("Authorization")) == bearer,
+                  f"{name}.{a['name']} sends Authorization: {bearer}")
+            check(a.get("policy", {}).get("secureInput") is True, f"{name}.{a['name']} has secureInput: true (the token)")
+    types = {a["type"] for d in kinds["pipeline"].values() for a in d["properties"]["activities"]}
+    check({"Copy", "WebActivity"} <= types, "there is a Copy (REST source) pipeline and a Web activity pipeline")
+
+
+# --- shell ---------------------------------------------------------------------------------------
+
+
+def check_shell():
+    scripts = [os.path.join(ROOT, "infra", "deploy.sh")]
+    for s in scripts:
+        r = subprocess.run(["bash", "-n", s], capture_output=True, text=True)
+        check(r.returncode == 0, f"bash -n {rel(s)}" + (f": {r.stderr.strip()}" if r.returncode else ""))
+        check(os.access(s, os.X_OK), f"{rel(s)} is executable")
+    if shutil.which("shellcheck"):
+        r = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
+        check(r.returncode == 0, "shellcheck infra/deploy.sh" + (f":\n{r.stdout}" if r.returncode else ""))
+    else:
+        print("skip shellcheck is not installed")
+
+
+def main():
+    read = settings_read_by_broker()
+    parsed = parse_bicep_files()
+    main_doc = parsed.get(os.path.join(ROOT, "infra", "main.bicep"))
+    if check(main_doc is not None, "infra/main.bicep parsed"):
+        check_main_template(main_doc, read)
+    check_adf(main_doc)
+    check_shell()
+    print(f"\n{len(failures)} failure(s)" if failures else "\ninfra OK")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
