@@ -549,15 +549,7 @@ fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integration, Confi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| m.get(k).cloned()
-    }
+    use crate::settings::tests::env;
 
     fn one(text: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<Integration, ConfigError> {
         let p = parse(text, Path::new("i.json"), get)?;

@@ -86,6 +86,28 @@ fn read_pending(r: &Row<'_>) -> Result<PendingRow, rusqlite::Error> {
     })
 }
 
+fn select_connections(
+    db: &Connection,
+    clause: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Versioned<ConnectionRow>>, StoreError> {
+    let mut s = db
+        .prepare_cached(&format!("SELECT {CONN_COLUMNS} FROM connections {clause}"))
+        .map_err(unavailable)?;
+    let rows = s.query_map(params, read_connection).map_err(unavailable)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+}
+
+fn one_pending(
+    db: &Connection,
+    sql: &str,
+    state_hash: &str,
+) -> Result<Option<PendingRow>, StoreError> {
+    db.query_row(sql, params![state_hash], read_pending)
+        .optional()
+        .map_err(unavailable)
+}
+
 fn read_connection(r: &Row<'_>) -> Result<Versioned<ConnectionRow>, rusqlite::Error> {
     Ok(Versioned {
         version: Version(r.get::<_, i64>(2)?.to_string()),
@@ -253,18 +275,11 @@ impl Backend for SqliteBackend {
         refreshed_before: OffsetDateTime,
     ) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         self.run(move |db| {
-            let mut s = db
-                .prepare_cached(&format!(
-                    "SELECT {CONN_COLUMNS} FROM connections WHERE status = 'active' AND (expires_at < ?1 OR refreshed_at < ?2)
-                     ORDER BY expires_at"
-                ))
-                .map_err(unavailable)?;
-            let rows = s
-                .query_map(params![ms(expires_before), ms(refreshed_before)], read_connection)
-                .map_err(unavailable)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(unavailable)?;
-            Ok(rows)
+            select_connections(
+                db,
+                "WHERE status = 'active' AND (expires_at < ?1 OR refreshed_at < ?2) ORDER BY expires_at",
+                params![ms(expires_before), ms(refreshed_before)],
+            )
         })
     }
 
@@ -291,13 +306,11 @@ impl Backend for SqliteBackend {
     ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
         let h = state_hash.to_owned();
         self.run(move |db| {
-            db.query_row(
+            one_pending(
+                db,
                 &format!("DELETE FROM pending WHERE state_hash = ?1 RETURNING {PENDING_COLUMNS}"),
-                params![h],
-                read_pending,
+                &h,
             )
-            .optional()
-            .map_err(unavailable)
         })
     }
 
@@ -318,30 +331,16 @@ impl Backend for SqliteBackend {
     ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
         let h = state_hash.to_owned();
         self.run(move |db| {
-            db.query_row(
+            one_pending(
+                db,
                 &format!("SELECT {PENDING_COLUMNS} FROM pending WHERE state_hash = ?1"),
-                params![h],
-                read_pending,
+                &h,
             )
-            .optional()
-            .map_err(unavailable)
         })
     }
 
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
-        self.run(move |db| {
-            let mut s = db
-                .prepare_cached(&format!(
-                    "SELECT {CONN_COLUMNS} FROM connections ORDER BY integration, connection"
-                ))
-                .map_err(unavailable)?;
-            let rows = s
-                .query_map([], read_connection)
-                .map_err(unavailable)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(unavailable)?;
-            Ok(rows)
-        })
+        self.run(move |db| select_connections(db, "ORDER BY integration, connection", params![]))
     }
 
     fn delete_connection<'a>(

@@ -136,6 +136,33 @@ impl TableBackend {
         }
     }
 
+    /// Connection rows matching an OData `$filter`, following continuations.
+    async fn query_connections(
+        &self,
+        filter: String,
+    ) -> Result<Vec<Versioned<ConnectionRow>>, StoreError> {
+        let mut pages = self
+            .table
+            .query()
+            .filter(filter)
+            .into_stream::<Map<String, Value>>();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for m in page.map_err(classify)?.entities {
+                match connection_row(&m) {
+                    Ok(value) => out.push(Versioned {
+                        value,
+                        version: etag_of(&m)?,
+                    }),
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping an unreadable connection entity")
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn entity(&self, pk: &str, rk: &str) -> EntityClient {
         self.table.partition_key_client(pk).entity_client(rk)
     }
@@ -355,26 +382,7 @@ impl Backend for TableBackend {
                 odata_datetime(expires_before),
                 odata_datetime(refreshed_before)
             );
-            let mut pages = self
-                .table
-                .query()
-                .filter(filter)
-                .into_stream::<Map<String, Value>>();
-            let mut out = Vec::new();
-            while let Some(page) = pages.next().await {
-                for m in page.map_err(classify)?.entities {
-                    match connection_row(&m) {
-                        Ok(value) => out.push(Versioned {
-                            value,
-                            version: etag_of(&m)?,
-                        }),
-                        Err(e) => {
-                            tracing::error!(error = %e, "skipping an unreadable connection entity")
-                        }
-                    }
-                }
-            }
-            Ok(out)
+            self.query_connections(filter).await
         })
     }
 
@@ -468,26 +476,7 @@ impl Backend for TableBackend {
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         Box::pin(async move {
             let filter = format!("PartitionKey ne '{PENDING_PARTITION}'");
-            let mut pages = self
-                .table
-                .query()
-                .filter(filter)
-                .into_stream::<Map<String, Value>>();
-            let mut out = Vec::new();
-            while let Some(page) = pages.next().await {
-                for m in page.map_err(classify)?.entities {
-                    match connection_row(&m) {
-                        Ok(value) => out.push(Versioned {
-                            value,
-                            version: etag_of(&m)?,
-                        }),
-                        Err(e) => {
-                            tracing::error!(error = %e, "skipping an unreadable connection entity")
-                        }
-                    }
-                }
-            }
-            Ok(out)
+            self.query_connections(filter).await
         })
     }
 
