@@ -361,18 +361,27 @@ oauth-broker is deployed: $public  (function app $app, Key Vault $vault)
 1. Register this redirect URI in each vendor's app (exactly):
      $redirect
 
-2. Consent: send the owner of each vendor account to the link of its integration
-   (the connection id "$connection" is an example: use one id per vendor account):
+2. Consent, per integration (connection id "$connection"; use one id per vendor account, e.g.
+   --connection acme). Open the first link yourself, or send the second (no function key in it,
+   valid 24 hours, used up by the consent) to the owner of the vendor account:
 EOF
-python3 - "$workdir/settings.json" "$public" "$connection" "$default_key" <<'PY'
-import json, sys, urllib.parse
+python3 - "$workdir/settings.json" "https://$host" "$public" "$connection" "$default_key" <<'PY'
+import json, sys, urllib.error, urllib.parse, urllib.request
 s = json.load(open(sys.argv[1]))
-public, connection, key = sys.argv[2:5]
+host, public, connection, key = sys.argv[2:6]
 if not s["integrations"]:
     print("     (no integrations yet: write integrations.json and run infra/deploy.sh again)")
 for name in s["integrations"]:
     q = urllib.parse.urlencode({"connection": connection, "code": key})
     print(f"     {name}: {public}/api/auth/start/{name}?{q}")
+    path = f"/api/connections/{urllib.parse.quote(name)}/{urllib.parse.quote(connection)}/consent-link"
+    req = urllib.request.Request(host + path, data=b"", method="POST", headers={"x-functions-key": key})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            link = json.load(r)
+        print(f"     {name}: {link['url']}  (expires {link['expires_at']})")
+    except (urllib.error.URLError, ValueError, KeyError) as e:
+        print(f"     {name}: (no consent link: {e}; create one later with POST {path})")
 PY
 cat <<EOF
 
