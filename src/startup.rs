@@ -87,6 +87,7 @@ impl Application {
         }
         let store = Store::new(backend, settings.keys.clone());
         spawn_init(store.clone());
+        let integration_count = integrations.len();
         let engine = Arc::new(Engine::new(
             store,
             http,
@@ -139,7 +140,7 @@ impl Application {
             host_mode = settings.host_mode,
             public_url = %public_url,
             redirect_uri = %format!("{public_url}/api/auth/callback"),
-            integrations = settings.integrations.len(),
+            integrations = integration_count,
             "listening"
         );
         Ok(Self {
