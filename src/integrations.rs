@@ -717,6 +717,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_sample_file_is_valid() {
+        let any = |_: &str| Some("x".to_owned());
+        let p = parse(
+            include_str!("../integrations.sample.json"),
+            Path::new("integrations.sample.json"),
+            &any,
+        )
+        .unwrap();
+        assert_eq!(p.ready.len(), 4);
+    }
+
+    #[test]
     fn lifetimes_follow_the_vendor_conventions() {
         let mut i = one(GOOD, &env(&[("XERO_ID", "a"), ("XERO_SECRET", "b")])).unwrap();
         assert_eq!(i.lifetime(Some(1800)), Duration::seconds(1800));
