@@ -330,3 +330,81 @@ async fn an_integration_with_only_an_issuer_discovers_its_endpoints() {
         "the discovered token endpoint was used"
     );
 }
+
+#[tokio::test]
+async fn a_notion_style_vendor_gets_json_token_requests_with_basic_auth() {
+    let vendor = FakeVendor::start();
+    let dir = tempfile::tempdir().unwrap();
+    let integrations = json!({"integrations": {"notes": {
+        "provider": "notion",
+        "authorization_url": format!("{}/authorize", vendor.base),
+        "token_url": vendor.token_url(),
+        "client_id": "client", "client_secret": "secret"
+    }}});
+    std::fs::write(
+        dir.path().join("integrations.json"),
+        integrations.to_string(),
+    )
+    .unwrap();
+    let broker = Broker::start(&BrokerSpec {
+        port: 0,
+        bind: "127.0.0.1".into(),
+        storage: format!("sqlite:{}", dir.path().join("b.db").display()),
+        table: None,
+        encryption_keys: None,
+        api_key: None,
+        public_url: None,
+        integrations_path: dir.path().join("integrations.json"),
+        work_dir: dir.path().to_owned(),
+        env: vec![],
+    })
+    .await;
+    vendor.script_code_exchanges([Answer::Raw {
+        status: 200,
+        content_type: "application/json",
+        body: r#"{"access_token":"at-n","token_type":"bearer","workspace_id":"ws-1","bot_id":"b-1","owner":{"type":"user"}}"#.into(),
+        retry_after: None,
+    }]);
+    let browser = Browser::new();
+    let start = browser
+        .get(&format!(
+            "{}/api/auth/start/notes?connection=w1",
+            broker.base_url
+        ))
+        .await;
+    let location = start.location();
+    assert_eq!(
+        query_param(&location, "owner").as_deref(),
+        Some("user"),
+        "template parameter: {location}"
+    );
+    let state = query_param(&location, "state").unwrap();
+    let page = browser
+        .get(&format!(
+            "{}/api/auth/callback?code=c&state={state}",
+            broker.base_url
+        ))
+        .await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let sent = &vendor.code_requests()[0];
+    assert!(
+        sent.contains(&("(content-type)".into(), "application/json".into())),
+        "{sent:?}"
+    );
+    assert!(
+        sent.contains(&("(client-auth)".into(), "basic".into())),
+        "{sent:?}"
+    );
+    let v = host_get(&broker.base_url, "/api/token/notes/w1", None)
+        .await
+        .json();
+    assert_eq!(
+        v["metadata"],
+        json!({"workspace_id": "ws-1", "bot_id": "b-1"})
+    );
+    let expires_in = v["expires_in"].as_i64().unwrap();
+    assert!(
+        (3590..=3600).contains(&expires_in),
+        "no expires_in: the default lifetime applies ({expires_in})"
+    );
+}

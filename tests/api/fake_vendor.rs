@@ -127,7 +127,8 @@ impl FakeVendor {
         *self.state.default.lock().unwrap() = Some(answer);
     }
 
-    /// The form fields of each code exchange (without the code, verifier and secret).
+    /// The form fields of each code exchange (without the code, verifier and secret),
+    /// plus `(content-type)` and `(client-auth)` (`basic`, `post` or `none`).
     pub fn code_requests(&self) -> Vec<Vec<(String, String)>> {
         self.state.code_requests.lock().unwrap().clone()
     }
@@ -168,7 +169,18 @@ impl Drop for FakeVendor {
     }
 }
 
-async fn token(state: web::Data<State>, body: web::Bytes) -> HttpResponse {
+async fn token(
+    req: actix_web::HttpRequest,
+    state: web::Data<State>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
     // Form-encoded per RFC 6749, or JSON (Notion).
     let form: Vec<(String, String)> =
         match serde_json::from_slice::<serde_json::Map<String, Value>>(&body) {
@@ -200,6 +212,19 @@ async fn token(state: web::Data<State>, body: web::Bytes) -> HttpResponse {
     } else {
         let mut seen = form.clone();
         seen.retain(|(k, _)| k != "code" && k != "code_verifier" && k != "client_secret");
+        // How it was sent, as pseudo-fields (the credentials themselves are not kept).
+        seen.push(("(content-type)".into(), header("content-type")));
+        let auth = header("authorization");
+        seen.push((
+            "(client-auth)".into(),
+            if auth.starts_with("Basic ") {
+                "basic".into()
+            } else if form.iter().any(|(k, _)| k == "client_secret") {
+                "post".into()
+            } else {
+                "none".into()
+            },
+        ));
         state.code_requests.lock().unwrap().push(seen);
         let scripted = state.code_script.lock().unwrap().pop_front();
         scripted.unwrap_or_else(Answer::mint)
