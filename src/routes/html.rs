@@ -361,31 +361,28 @@ pub fn connected(
 
 /// The integration name in a start link does not parse.
 pub fn invalid_integration_name(raw: &str, reason: impl fmt::Display) -> HttpResponse {
-    Page::problem(StatusCode::BAD_REQUEST, "This consent link is not valid")
-        .lead(
-            Html::of("The link names the integration ")
-                .code(shown(raw))
-                .text(", which cannot be an integration name: ")
-                .text(reason)
-                .text("."),
-        )
-        .heading("What to do")
-        .list(
-            false,
-            vec![Html::of(
-                "Check that the whole link was copied, or ask whoever sent it for a new one.",
-            )],
-        )
-        .into_response()
+    invalid_link_part("integration ", raw, "an integration name", reason)
 }
 
 /// The `connection` parameter of a start link does not parse.
 pub fn invalid_connection(raw: &str, reason: impl fmt::Display) -> HttpResponse {
+    invalid_link_part("connection ", raw, "a connection id", reason)
+}
+
+fn invalid_link_part(
+    what: &'static str,
+    raw: &str,
+    kind: &'static str,
+    reason: impl fmt::Display,
+) -> HttpResponse {
     Page::problem(StatusCode::BAD_REQUEST, "This consent link is not valid")
         .lead(
-            Html::of("The link names the connection ")
+            Html::of("The link names the ")
+                .text(what)
                 .code(shown(raw))
-                .text(", which cannot be a connection id: ")
+                .text(", which cannot be ")
+                .text(kind)
+                .text(": ")
                 .text(reason)
                 .text("."),
         )

@@ -199,6 +199,28 @@ async fn a_consent_link_works_without_a_key_survives_a_mail_scanner_and_is_used_
     );
 }
 
+/// A broker on the embedded store in `dir` with the given integrations file.
+async fn broker_with(dir: &tempfile::TempDir, integrations: &Value) -> Broker {
+    std::fs::write(
+        dir.path().join("integrations.json"),
+        integrations.to_string(),
+    )
+    .unwrap();
+    Broker::start(&BrokerSpec {
+        port: 0,
+        bind: "127.0.0.1".into(),
+        storage: format!("sqlite:{}", dir.path().join("b.db").display()),
+        table: None,
+        encryption_keys: None,
+        api_key: None,
+        public_url: None,
+        integrations_path: dir.path().join("integrations.json"),
+        work_dir: dir.path().to_owned(),
+        env: vec![],
+    })
+    .await
+}
+
 /// A vendor with the quirks of QuickBooks, Salesforce and GitHub at once.
 #[tokio::test]
 async fn vendor_quirks_are_handled_and_metadata_is_returned_with_the_token() {
@@ -212,24 +234,7 @@ async fn vendor_quirks_are_handled_and_metadata_is_returned_with_the_token() {
         "callback_metadata": ["realmId"], "token_metadata": ["instance_url"],
         "expires_in_unit": "milliseconds", "refresh_margin_secs": 60
     }}});
-    std::fs::write(
-        dir.path().join("integrations.json"),
-        integrations.to_string(),
-    )
-    .unwrap();
-    let broker = Broker::start(&BrokerSpec {
-        port: 0,
-        bind: "127.0.0.1".into(),
-        storage: format!("sqlite:{}", dir.path().join("b.db").display()),
-        table: None,
-        encryption_keys: None,
-        api_key: None,
-        public_url: None,
-        integrations_path: dir.path().join("integrations.json"),
-        work_dir: dir.path().to_owned(),
-        env: vec![],
-    })
-    .await;
+    let broker = broker_with(&dir, &integrations).await;
     // The code exchange answers form-encoded (GitHub without Accept: application/json).
     vendor.script_code_exchanges([Answer::Raw {
         status: 200,
@@ -341,24 +346,7 @@ async fn a_notion_style_vendor_gets_json_token_requests_with_basic_auth() {
         "token_url": vendor.token_url(),
         "client_id": "client", "client_secret": "secret"
     }}});
-    std::fs::write(
-        dir.path().join("integrations.json"),
-        integrations.to_string(),
-    )
-    .unwrap();
-    let broker = Broker::start(&BrokerSpec {
-        port: 0,
-        bind: "127.0.0.1".into(),
-        storage: format!("sqlite:{}", dir.path().join("b.db").display()),
-        table: None,
-        encryption_keys: None,
-        api_key: None,
-        public_url: None,
-        integrations_path: dir.path().join("integrations.json"),
-        work_dir: dir.path().to_owned(),
-        env: vec![],
-    })
-    .await;
+    let broker = broker_with(&dir, &integrations).await;
     vendor.script_code_exchanges([Answer::Raw {
         status: 200,
         content_type: "application/json",
