@@ -1,6 +1,7 @@
 //! oauth-broker: an OAuth 2.0 authorization-code broker for unattended data
 //! pipelines, served as an Azure Functions custom handler.
 
+pub mod coalesce;
 pub mod crypto;
 pub mod domain;
 pub mod functions_host;

@@ -11,6 +11,12 @@
 //!   (fencing): a holder whose lease lapsed and was taken over cannot
 //!   overwrite the newer grant. Retries stop while enough lease remains.
 //!
+//! Store round trips: callers of one connection arriving together share its
+//! first read, each taking only a read that started after it arrived
+//! (`coalesce`); a row already in hand (the sweep's listing, or the first read
+//! when nobody in this process queues ahead) goes straight to the conditional
+//! lease write, and any other decision is taken on a fresh read.
+//!
 //! Rotation safety: the new refresh token is persisted before the new access
 //! token is handed out; when the vendor returns none the old one is kept, and
 //! refresh never sends `scope` (RFC 6749 §6).
@@ -28,6 +34,7 @@ use futures::StreamExt;
 use rand::{Rng, RngCore};
 use time::{Duration, OffsetDateTime};
 
+use crate::coalesce::Coalescer;
 use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet};
 use crate::oauth::{self, TokenError, TokenResponse};
 use crate::settings::{Integration, RefreshPolicy};
@@ -91,6 +98,8 @@ pub struct Engine {
     integrations: Arc<BTreeMap<IntegrationName, Integration>>,
     policy: RefreshPolicy,
     inflight: Mutex<HashMap<Key, Gate>>,
+    /// The token route's reads of one connection at one moment, shared (see `coalesce`).
+    reads: Coalescer<Key, Result<Option<Versioned<ConnectionRecord>>, StoreError>>,
     /// Identifies this process in leases.
     owner: String,
 }
@@ -121,6 +130,7 @@ impl Engine {
             integrations,
             policy,
             inflight: Mutex::new(HashMap::new()),
+            reads: Coalescer::default(),
             owner: id.iter().map(|b| format!("{b:02x}")).collect(),
         }
     }
@@ -208,12 +218,35 @@ impl Engine {
         connection: &ConnectionId,
         need: Need,
     ) -> Result<ConnectionRecord, RefreshError> {
-        let first = self.read(integration, connection).await?;
+        let key = (integration.name.clone(), connection.clone());
+        let (store, (i, c)) = (self.store.clone(), key.clone());
+        let first = self
+            .reads
+            .read(&key, move || async move { store.get(&i, &c).await })
+            .await;
+        let first = Self::usable(first?)?;
+        self.ensure_fresh_from(integration, first, need).await
+    }
+
+    /// `ensure_fresh` for a row the caller has already read (the sweep's
+    /// listing): its version is only ever offered to a conditional write.
+    async fn ensure_fresh_from(
+        &self,
+        integration: &Integration,
+        first: Versioned<ConnectionRecord>,
+        need: Need,
+    ) -> Result<ConnectionRecord, RefreshError> {
         if !self.wants_refresh(integration, &first.value, &need, now()) {
             return Ok(first.value);
         }
+        let connection = &first.value.connection;
         let gate = self.gate(&integration.name, connection);
-        let mut last = gate.lock().await;
+        // Nobody in this process is ahead of us: the row we hold may go straight to
+        // the conditional lease write (a changed row only loses it, then is re-read).
+        let (mut last, known) = match gate.try_lock() {
+            Ok(last) => (last, Some(first.clone())),
+            Err(_) => (gate.lock().await, None),
+        };
         let settled = Need {
             force: false,
             ..need
@@ -227,7 +260,13 @@ impl Engine {
             }
             _ => {
                 let result = self
-                    .refresh_gated(integration, connection, first.value.refreshed_at, &need)
+                    .refresh_gated(
+                        integration,
+                        connection,
+                        first.value.refreshed_at,
+                        &need,
+                        known,
+                    )
                     .await;
                 *last = result.as_ref().ok().cloned();
                 result
@@ -243,11 +282,13 @@ impl Engine {
         integration: &Integration,
         connection: &ConnectionId,
     ) -> Result<Versioned<ConnectionRecord>, RefreshError> {
-        let v = self
-            .store
-            .get(&integration.name, connection)
-            .await?
-            .ok_or(RefreshError::NotFound)?;
+        Self::usable(self.store.get(&integration.name, connection).await?)
+    }
+
+    fn usable(
+        row: Option<Versioned<ConnectionRecord>>,
+    ) -> Result<Versioned<ConnectionRecord>, RefreshError> {
+        let v = row.ok_or(RefreshError::NotFound)?;
         if v.value.status == ConnectionStatus::ReauthorizationRequired {
             return Err(RefreshError::ReauthorizationRequired);
         }
@@ -277,11 +318,26 @@ impl Engine {
         connection: &ConnectionId,
         seen_refreshed_at: OffsetDateTime,
         need: &Need,
+        known: Option<Versioned<ConnectionRecord>>,
     ) -> Result<ConnectionRecord, RefreshError> {
         let wait_deadline = tokio::time::Instant::now()
             + std_duration(self.policy.lease)
             + std::time::Duration::from_secs(5);
-        let mut current = self.read(integration, connection).await?;
+        // A row read before the gate serves only when its next step is the
+        // conditional lease write; any other decision is taken on a fresh read.
+        let at = now();
+        let known = known.filter(|v| {
+            let r = &v.value;
+            r.refreshed_at == seen_refreshed_at
+                && !r.is_leased(at)
+                && !r
+                    .last_error_at
+                    .is_some_and(|e| e > r.refreshed_at && e + self.policy.cooldown > at)
+        });
+        let mut current = match known {
+            Some(v) => v,
+            None => self.read(integration, connection).await?,
+        };
         let leased = loop {
             let now = now();
             let rec = &current.value;
@@ -588,18 +644,18 @@ impl Engine {
                 if started.elapsed() > budget {
                     return None;
                 }
-                let rec = row.value;
-                let integration = self.integrations.get(&rec.integration)?;
+                let integration = self.integrations.get(&row.value.integration)?;
                 let need = Need {
                     refreshed_before: Some(now() - integration.keepalive),
                     ..Need::default()
                 };
-                if !self.wants_refresh(integration, &rec, &need, now()) {
+                if !self.wants_refresh(integration, &row.value, &need, now()) {
                     return None;
                 }
-                let before = rec.refreshed_at;
+                let before = row.value.refreshed_at;
+                // The listed row goes straight to the conditional lease write.
                 Some(
-                    self.ensure_fresh(integration, &rec.connection, need)
+                    self.ensure_fresh_from(integration, row, need)
                         .await
                         .map(|r| r.refreshed_at > before),
                 )

@@ -8,10 +8,12 @@
 //! its PID: Azurite (table service, in memory, from tests/support/node_modules), a fake vendor
 //! token endpoint with a fixed latency and the release `oauth-broker` binary (both are this
 //! executable re-run in a hidden mode, or the broker next to it), plus a bare actix-web server
-//! answering static JSON for the floor of an HTTP hop. Connections are seeded directly through the
-//! library's `Store` with the same key the broker is given. Every loop is bounded in count and
-//! time. Environment: `BENCH_SKIP_BUILD=1` skips `cargo build --release --bin oauth-broker`;
-//! `BROKER_TEST_NODE_MODULES` overrides where Azurite is installed.
+//! answering static JSON (the floor of an HTTP hop) or static JSON after one raw point read (the
+//! floor of any token route on this stack). Connections are seeded directly through the library's
+//! `Store` with the same key the broker is given. Every loop is bounded in count and time.
+//! Environment: `BENCH_SKIP_BUILD=1` skips `cargo build --release --bin oauth-broker`;
+//! `BENCH_KEEP=1` keeps the processes' logs; `BENCH_SCALE_PARTITIONS` and `BENCH_SCALE_SEED_SECS`
+//! shape the scale scenario; `BROKER_TEST_NODE_MODULES` overrides where Azurite is installed.
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -23,17 +25,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azure_core::{RetryOptions, TransportOptions};
-use azure_data_tables::clients::{EntityClient, TableServiceClientBuilder};
+use azure_data_tables::clients::{EntityClient, TableClient, TableServiceClientBuilder};
 use azure_storage::{CloudLocation, StorageCredentials};
 use base64::Engine as _;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use oauth_broker::crypto::Keyring;
 use oauth_broker::domain::{
     ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, Secret, TokenSet,
 };
 use oauth_broker::startup::http_client;
+use oauth_broker::store::sqlite::SqliteBackend;
 use oauth_broker::store::table::TableBackend;
-use oauth_broker::store::Store;
+use oauth_broker::store::{Backend, Store};
 use serde_json::{json, Map, Value};
 
 /// Azurite's well-known development account (public, documented by Microsoft).
@@ -73,7 +76,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    wanted.dedup();
+    // Each scenario once, in the canonical order.
+    let wanted: Vec<&str> = SCENARIOS
+        .into_iter()
+        .filter(|s| wanted.contains(s))
+        .collect();
     let env = match Env::prepare() {
         Ok(e) => e,
         Err(e) => {
@@ -105,7 +112,11 @@ fn main() -> ExitCode {
         }
     }
     report.print(&env);
-    let _ = std::fs::remove_dir_all(&env.work);
+    if std::env::var("BENCH_KEEP").as_deref() == Ok("1") {
+        println!("\nlogs kept in {}", env.work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&env.work);
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -317,20 +328,25 @@ impl Azurite {
 
     /// A raw azure_data_tables entity client over a pooled reqwest client, as the broker builds it.
     fn raw_entity(&self, table: &str, pk: &str, rk: &str) -> EntityClient {
-        TableServiceClientBuilder::with_location(
-            CloudLocation::Custom {
-                account: ACCOUNT.into(),
-                uri: format!("http://127.0.0.1:{}/{ACCOUNT}", self.port),
-            },
-            StorageCredentials::access_key(ACCOUNT, ACCOUNT_KEY.to_owned()),
-        )
-        .transport(TransportOptions::new(Arc::new(http_client())))
-        .retry(RetryOptions::none())
-        .build()
-        .table_client(table)
-        .partition_key_client(pk)
-        .entity_client(rk)
+        raw_table(self.port, table)
+            .partition_key_client(pk)
+            .entity_client(rk)
     }
+}
+
+/// A raw azure_data_tables table client on Azurite at `port`, over a pooled reqwest client.
+fn raw_table(port: u16, table: &str) -> TableClient {
+    TableServiceClientBuilder::with_location(
+        CloudLocation::Custom {
+            account: ACCOUNT.into(),
+            uri: format!("http://127.0.0.1:{port}/{ACCOUNT}"),
+        },
+        StorageCredentials::access_key(ACCOUNT, ACCOUNT_KEY.to_owned()),
+    )
+    .transport(TransportOptions::new(Arc::new(http_client())))
+    .retry(RetryOptions::none())
+    .build()
+    .table_client(table)
 }
 
 struct Vendor {
@@ -389,10 +405,13 @@ impl Vendor {
     }
 }
 
-/// Azurite + vendor + one table seeded through the library's store, and the broker's settings.
+/// Azurite (or a SQLite file) + vendor + the store seeded through the library, and the broker's
+/// settings.
 struct Fixture {
-    azurite: Azurite,
+    azurite: Option<Azurite>,
     vendor: Vendor,
+    /// BROKER_STORAGE
+    storage: String,
     table: String,
     keys: String,
     integrations: PathBuf,
@@ -401,8 +420,24 @@ struct Fixture {
 
 impl Fixture {
     async fn start(env: &Env, vendor_latency_ms: u64) -> Res<Fixture> {
-        let (azurite, vendor) =
-            tokio::try_join!(Azurite::start(env), Vendor::start(env, vendor_latency_ms))?;
+        Fixture::with_integrations(env, vendor_latency_ms, &[], false).await
+    }
+
+    /// `extra` integrations besides `bench`, each its own partition in the table; `sqlite`: the
+    /// embedded store instead of Azurite.
+    async fn with_integrations(
+        env: &Env,
+        vendor_latency_ms: u64,
+        extra: &[String],
+        sqlite: bool,
+    ) -> Res<Fixture> {
+        let (azurite, vendor) = if sqlite {
+            (None, Vendor::start(env, vendor_latency_ms).await?)
+        } else {
+            let (a, v) =
+                tokio::try_join!(Azurite::start(env), Vendor::start(env, vendor_latency_ms))?;
+            (Some(a), v)
+        };
         let table = format!("bench{}", rand::random::<u32>());
         let mut key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
@@ -411,28 +446,48 @@ impl Fixture {
             base64::engine::general_purpose::STANDARD.encode(key)
         );
         let integrations = env.work.join(format!("integrations-{table}.json"));
-        let file = json!({"integrations": {INTEGRATION: {
-            "authorization_url": format!("{}/authorize", vendor.base),
-            "token_url": format!("{}/token", vendor.base),
-            "client_id": "bench-client",
-            "client_secret": "bench-secret",
-            "scopes": ["read"],
-            "refresh_margin_secs": MARGIN_SECS,
-        }}});
+        let mut all = Map::new();
+        for name in std::iter::once(INTEGRATION).chain(extra.iter().map(String::as_str)) {
+            all.insert(
+                name.to_owned(),
+                json!({
+                    "authorization_url": format!("{}/authorize", vendor.base),
+                    "token_url": format!("{}/token", vendor.base),
+                    "client_id": "bench-client",
+                    "client_secret": "bench-secret",
+                    "scopes": ["read"],
+                    "refresh_margin_secs": MARGIN_SECS,
+                }),
+            );
+        }
+        let file = json!({ "integrations": all });
         std::fs::write(&integrations, file.to_string()).map_err(|e| e.to_string())?;
-        let backend = TableBackend::connect(
-            &Secret::new(azurite.connection_string()),
-            &table,
-            http_client(),
-        )?;
+        let (backend, storage): (Arc<dyn Backend>, String) = match &azurite {
+            Some(azurite) => (
+                Arc::new(TableBackend::connect(
+                    &Secret::new(azurite.connection_string()),
+                    &table,
+                    http_client(),
+                )?),
+                azurite.connection_string(),
+            ),
+            None => {
+                let db = env.work.join(format!("{table}.db"));
+                (
+                    Arc::new(SqliteBackend::open(&db).map_err(|e| e.to_string())?),
+                    format!("sqlite:{}", db.display()),
+                )
+            }
+        };
         let store = Store::new(
-            Arc::new(backend),
+            backend,
             Keyring::parse(&Secret::new(keys.clone())).map_err(|e| e.to_string())?,
         );
         store.ready().await.map_err(|e| e.to_string())?;
         Ok(Fixture {
             azurite,
             vendor,
+            storage,
             table,
             keys,
             integrations,
@@ -449,7 +504,7 @@ impl Fixture {
         cmd.env("BROKER_PORT", port.to_string())
             .env("BROKER_BIND", "127.0.0.1")
             .env("BROKER_INTEGRATIONS", &self.integrations)
-            .env("BROKER_STORAGE", self.azurite.connection_string())
+            .env("BROKER_STORAGE", &self.storage)
             .env("BROKER_TABLE", &self.table)
             .env("BROKER_ENCRYPTION_KEYS", &self.keys)
             .env("BROKER_SWEEP_INTERVAL_SECS", "0")
@@ -485,26 +540,39 @@ impl Fixture {
     }
 
     async fn seed(&self, conn: &str, expires_in: i64, refresh_token: &str) -> Res<()> {
+        self.seed_in(INTEGRATION, conn, expires_in, refresh_token)
+            .await
+    }
+
+    async fn seed_in(
+        &self,
+        integration: &str,
+        conn: &str,
+        expires_in: i64,
+        refresh_token: &str,
+    ) -> Res<()> {
         self.store
-            .upsert(&record(conn, expires_in, refresh_token))
+            .upsert(&record(integration, conn, expires_in, refresh_token))
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
 
-    /// Seeds `ids` concurrently (64 in flight); stops at `budget`. Returns how many were stored.
+    /// Seeds (integration, connection) pairs through `Store::upsert`, `concurrency` in flight;
+    /// stops at `budget`. Returns how many were stored.
     async fn seed_many(
         &self,
-        ids: impl Iterator<Item = String>,
+        ids: impl Iterator<Item = (String, String)>,
         expires_in: i64,
+        concurrency: usize,
         budget: Duration,
     ) -> Res<usize> {
         let start = Instant::now();
         let mut done = 0usize;
         let mut s = futures::stream::iter(ids)
             .take_while(|_| futures::future::ready(start.elapsed() < budget))
-            .map(|c| async move { self.seed(&c, expires_in, &format!("rt-{c}")).await })
-            .buffer_unordered(64);
+            .map(|(i, c)| async move { self.seed_in(&i, &c, expires_in, &format!("rt-{c}")).await })
+            .buffer_unordered(concurrency);
         while let Some(r) = s.next().await {
             r?;
             done += 1;
@@ -514,7 +582,20 @@ impl Fixture {
 
     /// A point read of a connection's entity straight from Table Storage, bypassing the broker.
     fn raw_entity(&self, conn: &str) -> EntityClient {
-        self.azurite.raw_entity(&self.table, INTEGRATION, conn)
+        self.raw_entity_in(INTEGRATION, conn)
+    }
+
+    fn raw_entity_in(&self, integration: &str, conn: &str) -> EntityClient {
+        self.azurite().raw_entity(&self.table, integration, conn)
+    }
+
+    /// A raw table client (one pooled reqwest client) for many entities.
+    fn raw_table(&self) -> TableClient {
+        raw_table(self.azurite().port, &self.table)
+    }
+
+    fn azurite(&self) -> &Azurite {
+        self.azurite.as_ref().expect("a Table Storage fixture")
     }
 }
 
@@ -525,14 +606,18 @@ struct Broker {
 
 impl Broker {
     fn token_url(&self, conn: &str) -> String {
-        format!("{}/api/token/{INTEGRATION}/{conn}", self.base)
+        self.token_url_in(INTEGRATION, conn)
+    }
+
+    fn token_url_in(&self, integration: &str, conn: &str) -> String {
+        format!("{}/api/token/{integration}/{conn}", self.base)
     }
 }
 
-fn record(conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord {
+fn record(integration: &str, conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord {
     let now = oauth_broker::refresh::now();
     ConnectionRecord {
-        integration: IntegrationName::parse(INTEGRATION).expect("valid name"),
+        integration: IntegrationName::parse(integration).expect("valid name"),
         connection: ConnectionId::parse(conn).expect("valid id"),
         status: ConnectionStatus::Active,
         tokens: TokenSet {
@@ -553,11 +638,16 @@ fn record(conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord 
     }
 }
 
-/// The bare actix-web server (the floor of one HTTP hop), as a separate process.
-async fn start_bare(env: &Env) -> Res<(Proc, String)> {
+/// The bare actix-web server, as a separate process: static JSON on every path (the floor of one
+/// HTTP hop), and with `table` also `/api/token/{integration}/{connection}` answering static JSON
+/// after one raw point read of that entity (the floor of any token route on this stack).
+async fn start_bare(env: &Env, table: Option<(&Azurite, &str)>) -> Res<(Proc, String)> {
     let port = free_port();
     let mut cmd = Command::new(&env.bench_exe);
     cmd.args(["__bare", &port.to_string()]);
+    if let Some((azurite, table)) = table {
+        cmd.args([&azurite.port.to_string(), table]);
+    }
     let proc = Proc::spawn(cmd, &env.log("bare"))?;
     let base = format!("http://127.0.0.1:{port}");
     let http = client();
@@ -593,13 +683,17 @@ impl Samples {
     fn p99(&self) -> Duration {
         self.q(0.99)
     }
+    fn mean(&self) -> Duration {
+        self.lat.iter().sum::<Duration>() / (self.lat.len().max(1) as u32)
+    }
     fn rps(&self) -> f64 {
         self.lat.len() as f64 / self.elapsed.as_secs_f64()
     }
     fn line(&self) -> String {
         format!(
-            "p50 {}  p99 {}  {:>7.0} req/s  (n={}{})",
+            "p50 {}  mean {}  p99 {}  {:>7.0} req/s  (n={}{})",
             ms(self.p50()),
+            ms(self.mean()),
             ms(self.p99()),
             self.rps(),
             self.lat.len(),
@@ -913,22 +1007,26 @@ async fn sweep(env: &Env, report: &mut Report) -> Res<()> {
         .broker(env, &[("BROKER_SWEEP_CONCURRENCY", conc.as_str())])
         .await?;
     let http = client();
-    let mut walls = Vec::new();
+    let (mut walls, mut seeds) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
+        // Seeding is also the store's write floor: the same upserts, as many in flight as the sweep.
         let t = Instant::now();
         let seeded = fx
             .seed_many(
-                (0..DUE).map(|i| format!("c{i:05}")),
+                (0..DUE).map(|i| (INTEGRATION.to_owned(), format!("c{i:05}"))),
                 60,
+                CONCURRENCY,
                 Duration::from_secs(120),
             )
             .await?;
+        let seed = t.elapsed();
         if seeded != DUE {
             return Err(format!("seeded only {seeded} of {DUE}"));
         }
         println!(
-            "  round {round}: seeded {DUE} due connections in {}",
-            ms(t.elapsed())
+            "  round {round}: seeded {DUE} due connections in {} ({:.0} writes/s)",
+            ms(seed),
+            DUE as f64 / seed.as_secs_f64()
         );
         fx.vendor.reset().await?;
         let start = Instant::now();
@@ -957,6 +1055,7 @@ async fn sweep(env: &Env, report: &mut Report) -> Res<()> {
             return Err(format!("round {round}: unexpected sweep outcome {body}"));
         }
         walls.push(wall);
+        seeds.push(seed);
     }
     let floor = Duration::from_millis((DUE as u64 * LATENCY_MS).div_ceil(CONCURRENCY as u64));
     let med = median(walls);
@@ -968,6 +1067,19 @@ async fn sweep(env: &Env, report: &mut Report) -> Res<()> {
         Some(ratio(med, floor)),
         "≤ 1.3×",
         Some(ratio(med, floor) <= 1.3),
+    );
+    // Each refresh needs two conditional writes (the lease, then the new tokens), and the
+    // table's write throughput is measured by the seeding above.
+    let write = median(seeds) / DUE as u32;
+    let store_floor = write * (2 * DUE) as u32;
+    report.add(
+        "sweep",
+        "sweep wall time vs the store's write floor",
+        ms(med),
+        format!("2 writes × {DUE} × {} = {}", ms(write), ms(store_floor)),
+        Some(ratio(med, store_floor)),
+        "",
+        None,
     );
     report.add(
         "sweep",
@@ -981,17 +1093,36 @@ async fn sweep(env: &Env, report: &mut Report) -> Res<()> {
     Ok(())
 }
 
+type Op<'a> = Box<dyn Fn(usize) -> futures::future::BoxFuture<'a, bool> + 'a>;
+
 /// Issue 6: the warm token route against a raw point read and a bare actix route.
 async fn token(env: &Env, report: &mut Report) -> Res<()> {
+    const DISTINCT: usize = 64;
     let fx = Fixture::start(env, 100).await?;
     fx.seed("warm", 3600, "rt-warm").await?;
+    let spread: Vec<String> = (0..DISTINCT).map(|i| format!("w{i:02}")).collect();
+    fx.seed_many(
+        spread.iter().map(|c| (INTEGRATION.to_owned(), c.clone())),
+        3600,
+        16,
+        Duration::from_secs(30),
+    )
+    .await?;
     let broker = fx.broker(env, &[]).await?;
-    let (_bare, bare_base) = start_bare(env).await?;
+    let (_bare, bare_base) = start_bare(env, Some((fx.azurite(), &fx.table))).await?;
     let http = client();
     let url = broker.token_url("warm");
-    let bare_url = format!("{bare_base}/api/token/{INTEGRATION}/warm");
+    let static_url = format!("{bare_base}/static");
+    let proxy_url = format!("{bare_base}/api/token/{INTEGRATION}/warm");
     let raw = fx.raw_entity("warm");
-    let store_conn = (
+    let spread_urls: Vec<String> = spread.iter().map(|c| broker.token_url(c)).collect();
+    // One client (one connection pool) for all of them, as the broker has.
+    let raw_table = fx.raw_table();
+    let spread_raw: Vec<EntityClient> = spread
+        .iter()
+        .map(|c| raw_table.partition_key_client(INTEGRATION).entity_client(c))
+        .collect();
+    let (si, sc) = (
         IntegrationName::parse(INTEGRATION).expect("valid"),
         ConnectionId::parse("warm").expect("valid"),
     );
@@ -1006,36 +1137,75 @@ async fn token(env: &Env, report: &mut Report) -> Res<()> {
     if v["access_token"].as_str().is_none() {
         return Err(format!("the token route answered {v}"));
     }
+    let subjects: Vec<(&str, Op)> = vec![
+        ("token route", Box::new(|_| get_ok(&http, &url).boxed())),
+        ("raw point read", Box::new(|_| raw_read(&raw).boxed())),
+        (
+            "Store::get (read + open)",
+            Box::new(|_| {
+                let f = fx.store.get(&si, &sc);
+                async move { matches!(f.await, Ok(Some(_))) }.boxed()
+            }),
+        ),
+        (
+            "actix + raw point read",
+            Box::new(|_| get_ok(&http, &proxy_url).boxed()),
+        ),
+        (
+            "bare actix static JSON",
+            Box::new(|_| get_ok(&http, &static_url).boxed()),
+        ),
+        (
+            "token route, 64 connections",
+            Box::new(|i| get_ok(&http, &spread_urls[i % DISTINCT]).boxed()),
+        ),
+        (
+            "raw point read, 64 connections",
+            Box::new(|i| raw_read(&spread_raw[i % DISTINCT]).boxed()),
+        ),
+    ];
     let budget = Duration::from_secs(10);
     for c in [1usize, 64] {
-        let n = if c == 1 { 3000 } else { 20000 };
-        // Warm every pool (client, broker, Azurite) at this concurrency first.
-        measure(c, n / 10, budget, |_| get_ok(&http, &url)).await;
-        measure(c, n / 10, budget, |_| raw_read(&raw)).await;
-        measure(c, n / 10, budget, |_| get_ok(&http, &bare_url)).await;
-        // Interleave the three so that drift (GC in Azurite, CPU frequency) hits all alike.
-        let (mut route, mut floor, mut bare, mut store) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..3 {
-            route.push(measure(c, n / 3, budget, |_| get_ok(&http, &url)).await);
-            floor.push(measure(c, n / 3, budget, |_| raw_read(&raw)).await);
-            bare.push(measure(c, n / 3, budget, |_| get_ok(&http, &bare_url)).await);
-            store.push(
-                measure(c, n / 3, budget, |_| {
-                    let f = fx.store.get(&store_conn.0, &store_conn.1);
-                    async move { matches!(f.await, Ok(Some(_))) }
-                })
-                .await,
-            );
+        let n = if c == 1 { 3000 } else { 15000 };
+        let chosen: Vec<&(&str, Op)> = subjects
+            .iter()
+            .filter(|(name, _)| c > 1 || !name.contains("64 connections"))
+            .collect();
+        // Warm every pool (client, broker, Azurite) at this concurrency first; then interleave
+        // the subjects in rounds so that drift (GC in Azurite, CPU frequency) hits all alike.
+        for (_, op) in &chosen {
+            measure(c, n / 10, budget, op).await;
         }
-        let (route, floor, bare, store) = (merge(route), merge(floor), merge(bare), merge(store));
-        println!("  c={c:<3} token route      {}", route.line());
-        println!("  c={c:<3} raw point read   {}", floor.line());
-        println!("  c={c:<3} Store::get       {}", store.line());
-        println!("  c={c:<3} bare actix JSON  {}", bare.line());
+        let mut results: Vec<Vec<Samples>> = chosen.iter().map(|_| Vec::new()).collect();
+        for _ in 0..3 {
+            for (k, (_, op)) in chosen.iter().enumerate() {
+                results[k].push(measure(c, n / 3, budget, op).await);
+            }
+        }
+        let results: Vec<(&str, Samples)> = chosen
+            .iter()
+            .zip(results)
+            .map(|((name, _), r)| (*name, merge(r)))
+            .collect();
+        for (name, r) in &results {
+            println!("  c={c:<3} {name:<32} {}", r.line());
+            if r.errors > 0 {
+                return Err(format!("{name}: {} errors", r.errors));
+            }
+        }
+        let get = |name: &str| {
+            &results
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("measured")
+                .1
+        };
+        let (route, floor) = (get("token route"), get("raw point read"));
         let r = ratio(route.p50(), floor.p50());
+        let same = if c > 1 { ", one connection" } else { "" };
         report.add(
             "token",
-            format!("token route p50, concurrency {c}"),
+            format!("token route p50, concurrency {c}{same}"),
             ms(route.p50()),
             format!("raw point read p50 {}", ms(floor.p50())),
             Some(r),
@@ -1044,7 +1214,7 @@ async fn token(env: &Env, report: &mut Report) -> Res<()> {
         );
         report.add(
             "token",
-            format!("token route p99, concurrency {c}"),
+            format!("token route p99, concurrency {c}{same}"),
             ms(route.p99()),
             format!("raw point read p99 {}", ms(floor.p99())),
             Some(ratio(route.p99(), floor.p99())),
@@ -1053,36 +1223,85 @@ async fn token(env: &Env, report: &mut Report) -> Res<()> {
         );
         report.add(
             "token",
-            format!("token route throughput, concurrency {c}"),
+            format!("token route throughput, concurrency {c}{same}"),
             format!("{:.0} req/s", route.rps()),
             format!("raw point read {:.0} req/s", floor.rps()),
             Some(floor.rps() / route.rps().max(1e-9)),
             "",
             None,
         );
-        report.add(
-            "token",
-            format!("token route p50 vs bare actix, concurrency {c}"),
-            ms(route.p50()),
-            format!("bare actix p50 {}", ms(bare.p50())),
-            Some(ratio(route.p50(), bare.p50())),
-            "",
-            None,
-        );
-        report.add(
-            "token",
-            format!("Store::get p50 (read + open), concurrency {c}"),
-            ms(store.p50()),
-            format!("raw point read p50 {}", ms(floor.p50())),
-            Some(ratio(store.p50(), floor.p50())),
-            "",
-            None,
-        );
-        if route.errors > 0 || floor.errors > 0 {
-            return Err(format!(
-                "errors: route {}, raw read {}",
-                route.errors, floor.errors
-            ));
+        if c > 1 {
+            let (route, floor) = (
+                get("token route, 64 connections"),
+                get("raw point read, 64 connections"),
+            );
+            // Beyond the issue's figure (one entity): here every caller needs its own read, and
+            // at saturation the p50 depends on how fairly Azurite serves its connections, so the
+            // mean (= concurrency ÷ throughput) is reported next to it.
+            report.add(
+                "token",
+                format!("token route p50, concurrency {c}, {DISTINCT} connections"),
+                ms(route.p50()),
+                format!("raw point read p50 {}", ms(floor.p50())),
+                Some(ratio(route.p50(), floor.p50())),
+                "(informative)",
+                None,
+            );
+            report.add(
+                "token",
+                format!("token route mean, concurrency {c}, {DISTINCT} connections"),
+                ms(route.mean()),
+                format!("raw point read mean {}", ms(floor.mean())),
+                Some(ratio(route.mean(), floor.mean())),
+                "(informative)",
+                None,
+            );
+            report.add(
+                "token",
+                format!("token route p99, concurrency {c}, {DISTINCT} connections"),
+                ms(route.p99()),
+                format!("raw point read p99 {}", ms(floor.p99())),
+                Some(ratio(route.p99(), floor.p99())),
+                "(informative)",
+                None,
+            );
+            report.add(
+                "token",
+                format!("token route throughput, concurrency {c}, {DISTINCT} connections"),
+                format!("{:.0} req/s", route.rps()),
+                format!("raw point read {:.0} req/s", floor.rps()),
+                Some(floor.rps() / route.rps().max(1e-9)),
+                "",
+                None,
+            );
+        }
+        let route = get("token route");
+        for (floor_name, what) in [
+            ("actix + raw point read", "actix route + one raw point read"),
+            ("bare actix static JSON", "bare actix static JSON"),
+        ] {
+            let floor = get(floor_name);
+            report.add(
+                "token",
+                format!("token route p50 vs {what}, concurrency {c}{same}"),
+                ms(route.p50()),
+                format!("{what} p50 {}", ms(floor.p50())),
+                Some(ratio(route.p50(), floor.p50())),
+                "",
+                None,
+            );
+        }
+        if c == 1 {
+            let (store, floor) = (get("Store::get (read + open)"), get("raw point read"));
+            report.add(
+                "token",
+                "Store::get p50 (read + open), concurrency 1",
+                ms(store.p50()),
+                format!("raw point read p50 {}", ms(floor.p50())),
+                Some(ratio(store.p50(), floor.p50())),
+                "",
+                None,
+            );
         }
     }
     let (rss, hwm) = broker.proc.memory_kib();
@@ -1188,7 +1407,7 @@ async fn cold(env: &Env, report: &mut Report) -> Res<()> {
 
     // Memory: idle after start, then after 20,000 token requests at concurrency 64.
     let broker = fx.broker(env, &[]).await?;
-    let (bare_proc, _) = start_bare(env).await?;
+    let (bare_proc, _) = start_bare(env, None).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (idle, _) = broker.proc.memory_kib();
     let (bare_idle, _) = bare_proc.memory_kib();
@@ -1258,69 +1477,155 @@ async fn cold(env: &Env, report: &mut Report) -> Res<()> {
     Ok(())
 }
 
-/// Issue 6: token-route latency with 10, 1,000 and 100,000 stored connections.
+/// Issue 6: token-route latency with 10, 1,000 and 100,000 stored connections, on Azurite and on
+/// the embedded SQLite store.
+///
+/// On Azurite the connections are spread over `BENCH_SCALE_PARTITIONS` integrations (default
+/// 1000; each is a partition of the table): Azurite finds an entity by scanning its partition
+/// (LokiJS uses one index per query), so partitions of 1,000 or 100,000 rows measure the emulator,
+/// not the broker, whereas Azure Table Storage indexes PartitionKey + RowKey. `=1` shows that
+/// effect. On SQLite (an indexed primary key) all connections are in one integration.
 async fn scale(env: &Env, report: &mut Report) -> Res<()> {
-    let fx = Fixture::start(env, 100).await?;
+    let partitions: usize = std::env::var("BENCH_SCALE_PARTITIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|p| (1..=1000).contains(p))
+        .unwrap_or(1000);
+    let budget = Duration::from_secs(
+        std::env::var("BENCH_SCALE_SEED_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+    scale_on(env, report, false, partitions, budget).await?;
+    scale_on(env, report, true, 1, budget).await
+}
+
+async fn scale_on(
+    env: &Env,
+    report: &mut Report,
+    sqlite: bool,
+    partitions: usize,
+    budget: Duration,
+) -> Res<()> {
+    let names: Vec<String> = if partitions == 1 {
+        vec![INTEGRATION.to_owned()]
+    } else {
+        (0..partitions)
+            .map(|k| format!("{INTEGRATION}-p{k:03}"))
+            .collect()
+    };
+    let extra: &[String] = if partitions == 1 { &[] } else { &names };
+    let fx = Fixture::with_integrations(env, 100, extra, sqlite).await?;
     let broker = fx.broker(env, &[]).await?;
     let http = client();
+    let (store_name, floor_name) = if sqlite {
+        ("SQLite".to_owned(), "Store::get in-process")
+    } else {
+        (
+            format!("Azurite, {partitions} partitions"),
+            "raw point read",
+        )
+    };
+    let address = |i: usize| (names[i % partitions].clone(), format!("s{i:06}"));
+    let started = Instant::now();
     let mut stored = 0usize;
     let mut base_p50 = None;
     for target in [10usize, 1_000, 100_000] {
         let t = Instant::now();
         stored += fx
             .seed_many(
-                (stored..target).map(|i| format!("s{i:06}")),
+                (stored..target).map(address),
                 3600,
-                Duration::from_secs(300),
+                64,
+                budget.saturating_sub(started.elapsed()),
             )
             .await?;
         println!(
-            "  {stored} connections stored ({} to seed this step)",
+            "  {store_name}: {stored} connections stored ({} to seed this step)",
             ms(t.elapsed())
         );
-        // The same pseudo-random sequence of connections for the route and the raw read.
+        // The same pseudo-random sequence of connections for the route and the floor.
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let picks: Vec<String> = (0..2000)
+        let picks: Vec<(String, String)> = (0..2000)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                format!("s{:06}", x % stored as u64)
+                address((x % stored as u64) as usize)
             })
             .collect();
-        let urls: Vec<String> = picks.iter().map(|c| broker.token_url(c)).collect();
-        let raws: Vec<EntityClient> = picks.iter().map(|c| fx.raw_entity(c)).collect();
-        measure(1, 200, Duration::from_secs(5), |i| get_ok(&http, &urls[i])).await;
+        let urls: Vec<String> = picks
+            .iter()
+            .map(|(i, c)| broker.token_url_in(i, c))
+            .collect();
+        let ids: Vec<(IntegrationName, ConnectionId)> = picks
+            .iter()
+            .map(|(i, c)| {
+                (
+                    IntegrationName::parse(i).expect("valid"),
+                    ConnectionId::parse(c).expect("valid"),
+                )
+            })
+            .collect();
+        let raws: Vec<EntityClient> = if sqlite {
+            Vec::new()
+        } else {
+            // One client (one connection pool) for all of them, as the broker has.
+            let table = fx.raw_table();
+            picks
+                .iter()
+                .map(|(i, c)| table.partition_key_client(i).entity_client(c))
+                .collect()
+        };
+        let route_op: Op = Box::new(|i| get_ok(&http, &urls[i]).boxed());
+        let floor_op: Op = if sqlite {
+            Box::new(|i| {
+                let f = fx.store.get(&ids[i].0, &ids[i].1);
+                async move { matches!(f.await, Ok(Some(_))) }.boxed()
+            })
+        } else {
+            Box::new(|i| raw_read(&raws[i]).boxed())
+        };
+        measure(1, 200, Duration::from_secs(5), &route_op).await;
         let (mut route, mut floor) = (vec![], vec![]);
         for _ in 0..2 {
-            route.push(
-                measure(1, 1000, Duration::from_secs(10), |i| {
-                    get_ok(&http, &urls[i])
-                })
-                .await,
-            );
-            floor.push(measure(1, 1000, Duration::from_secs(10), |i| raw_read(&raws[i])).await);
+            route.push(measure(1, 1000, Duration::from_secs(10), &route_op).await);
+            floor.push(measure(1, 1000, Duration::from_secs(10), &floor_op).await);
         }
         let (route, floor) = (merge(route), merge(floor));
         println!("  n={stored:<7} token route     {}", route.line());
-        println!("  n={stored:<7} raw point read  {}", floor.line());
-        let base = *base_p50.get_or_insert(route.p50());
-        let grows = ratio(route.p50(), base);
-        report.add(
-            "scale",
-            format!("token route p50, {stored} connections"),
-            ms(route.p50()),
-            format!("raw point read p50 {}", ms(floor.p50())),
-            Some(ratio(route.p50(), floor.p50())),
-            "flat (≤ 1.3× the 10-row p50)",
-            Some(grows <= 1.3),
-        );
+        println!("  n={stored:<7} {floor_name:<15} {}", floor.line());
         if route.errors > 0 || floor.errors > 0 {
             return Err(format!(
-                "errors: route {}, raw read {}",
+                "errors: route {}, {floor_name} {}",
                 route.errors, floor.errors
             ));
         }
+        let base = *base_p50.get_or_insert(route.p50());
+        let grows = ratio(route.p50(), base);
+        // The target is the broker's, on Table Storage; on SQLite the figure shows the embedded
+        // store's page cache (see BENCHMARKS.md), so it is reported without one.
+        let (goal, met) = if sqlite {
+            (
+                format!("(informative) is {grows:.2}× the 10-connection p50"),
+                None,
+            )
+        } else {
+            (
+                format!("≤ 1.3× the 10-connection p50 (is {grows:.2}×)"),
+                Some(grows <= 1.3),
+            )
+        };
+        report.add(
+            "scale",
+            format!("token route p50, {stored} connections ({store_name})"),
+            ms(route.p50()),
+            format!("{floor_name} p50 {}", ms(floor.p50())),
+            Some(ratio(route.p50(), floor.p50())),
+            goal,
+            met,
+        );
         if stored < target {
             println!("  seeding budget spent at {stored} of {target}; stopping here");
             break;
@@ -1409,23 +1714,52 @@ fn child_vendor(args: &[String]) -> ExitCode {
     }
 }
 
-/// A bare actix-web server with the broker's defaults (one worker per core) answering static JSON.
+/// A bare actix-web server with the broker's defaults (one worker per core) answering static JSON;
+/// given Azurite's port and a table, its token path first makes one raw point read.
 fn child_bare(args: &[String]) -> ExitCode {
     use actix_web::http::header;
     use actix_web::{web, App, HttpResponse, HttpServer};
     let Some(port) = args.first().and_then(|p| p.parse::<u16>().ok()) else {
-        eprintln!("usage: bench __bare <port>");
+        eprintln!("usage: bench __bare <port> [<azurite-port> <table>]");
         return ExitCode::from(2);
     };
-    static BODY: &str = r#"{"access_token":"static","token_type":"Bearer","expires_in":3599}"#;
+    let table = match (args.get(1).and_then(|p| p.parse::<u16>().ok()), args.get(2)) {
+        (Some(p), Some(t)) => Some(raw_table(p, t)),
+        _ => None,
+    };
+    fn ok() -> HttpResponse {
+        static BODY: &str = r#"{"access_token":"static","token_type":"Bearer","expires_in":3599}"#;
+        HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .content_type("application/json")
+            .body(BODY)
+    }
     let result = actix_web::rt::System::new().block_on(async move {
-        HttpServer::new(|| {
-            App::new().default_service(web::to(|| async {
-                HttpResponse::Ok()
-                    .insert_header((header::CACHE_CONTROL, "no-store"))
-                    .content_type("application/json")
-                    .body(BODY)
-            }))
+        HttpServer::new(move || {
+            let table = table.clone();
+            App::new()
+                .route(
+                    "/api/token/{integration}/{connection}",
+                    web::get().to(move |path: web::Path<(String, String)>| {
+                        let table = table.clone();
+                        async move {
+                            let Some(table) = table else {
+                                return ok();
+                            };
+                            let (pk, rk) = path.into_inner();
+                            let read = table
+                                .partition_key_client(pk)
+                                .entity_client(rk)
+                                .get::<Map<String, Value>>()
+                                .await;
+                            match read {
+                                Ok(_) => ok(),
+                                Err(_) => HttpResponse::ServiceUnavailable().finish(),
+                            }
+                        }
+                    }),
+                )
+                .default_service(web::to(|| async { ok() }))
         })
         .bind(("127.0.0.1", port))?
         .run()

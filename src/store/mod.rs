@@ -33,7 +33,7 @@ pub struct Versioned<T> {
     pub version: Version,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The row does not exist (for conditional writes: it was deleted meanwhile).
     #[error("not found")]
