@@ -166,28 +166,26 @@ impl Engine {
             Some(existing) => existing.value.created_at,
             None => now,
         };
-        let record = ConnectionRecord {
-            integration: integration.name.clone(),
-            connection: connection.clone(),
-            status: ConnectionStatus::Active,
-            expires_at: now + integration.lifetime(resp.expires_in),
-            scope: resp
-                .scope
-                .map(|s| s.replace(',', " "))
-                .unwrap_or_else(|| integration.scopes.join(" ")),
-            token_type: resp.token_type,
-            tokens: TokenSet {
-                access_token: resp.access_token,
-                refresh_token: resp.refresh_token,
-            },
-            created_at,
-            refreshed_at: now,
-            last_error: None,
-            last_error_at: None,
-            lease_until: None,
-            lease_owner: None,
-            metadata,
+        let scope = resp
+            .scope
+            .map(|s| s.replace(',', " "))
+            .unwrap_or_else(|| integration.scopes.join(" "));
+        let tokens = TokenSet {
+            access_token: resp.access_token,
+            refresh_token: resp.refresh_token,
         };
+        let expires_at = now + integration.lifetime(resp.expires_in);
+        let mut record = ConnectionRecord::new_grant(
+            integration.name.clone(),
+            connection.clone(),
+            tokens,
+            resp.token_type,
+            scope,
+            expires_at,
+            now,
+        );
+        record.created_at = created_at;
+        record.metadata = metadata;
         self.store.upsert(&record).await?;
         Ok(record)
     }

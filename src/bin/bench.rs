@@ -30,9 +30,7 @@ use azure_storage::{CloudLocation, StorageCredentials};
 use base64::Engine as _;
 use futures::{FutureExt, StreamExt};
 use oauth_broker::crypto::Keyring;
-use oauth_broker::domain::{
-    ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, Secret, TokenSet,
-};
+use oauth_broker::domain::{ConnectionId, ConnectionRecord, IntegrationName, Secret, TokenSet};
 use oauth_broker::startup::http_client;
 use oauth_broker::store::sqlite::SqliteBackend;
 use oauth_broker::store::table::TableBackend;
@@ -616,26 +614,20 @@ impl Broker {
 
 fn record(integration: &str, conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord {
     let now = oauth_broker::refresh::now();
-    ConnectionRecord {
-        integration: IntegrationName::parse(integration).expect("valid name"),
-        connection: ConnectionId::parse(conn).expect("valid id"),
-        status: ConnectionStatus::Active,
-        tokens: TokenSet {
-            // The length of a typical vendor access token (a JWT of ~1 KB).
-            access_token: Secret::new(format!("seed-at-{conn}-{}", "x".repeat(900))),
-            refresh_token: Some(Secret::new(refresh_token)),
-        },
-        token_type: "Bearer".into(),
-        scope: "read".into(),
-        expires_at: now + time::Duration::seconds(expires_in),
-        created_at: now,
-        refreshed_at: now,
-        last_error: None,
-        last_error_at: None,
-        lease_until: None,
-        lease_owner: None,
-        metadata: Default::default(),
-    }
+    let tokens = TokenSet {
+        // The length of a typical vendor access token (a JWT of ~1 KB).
+        access_token: Secret::new(format!("seed-at-{conn}-{}", "x".repeat(900))),
+        refresh_token: Some(Secret::new(refresh_token)),
+    };
+    ConnectionRecord::new_grant(
+        IntegrationName::parse(integration).expect("valid name"),
+        ConnectionId::parse(conn).expect("valid id"),
+        tokens,
+        "Bearer".into(),
+        "read".into(),
+        now + time::Duration::seconds(expires_in),
+        now,
+    )
 }
 
 /// The bare actix-web server, as a separate process: static JSON on every path (the floor of one

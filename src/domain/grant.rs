@@ -61,6 +61,34 @@ pub struct ConnectionRecord {
 }
 
 impl ConnectionRecord {
+    /// A grant just obtained at `now`: active, no error, no lease, no metadata.
+    pub fn new_grant(
+        integration: IntegrationName,
+        connection: ConnectionId,
+        tokens: TokenSet,
+        token_type: String,
+        scope: String,
+        expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            integration,
+            connection,
+            status: ConnectionStatus::Active,
+            tokens,
+            token_type,
+            scope,
+            expires_at,
+            created_at: now,
+            refreshed_at: now,
+            last_error: None,
+            last_error_at: None,
+            lease_until: None,
+            lease_owner: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+
     /// Seconds of validity left at `now` (never negative).
     pub fn expires_in(&self, now: OffsetDateTime) -> i64 {
         (self.expires_at - now).whole_seconds().max(0)
@@ -95,25 +123,18 @@ mod tests {
     use super::*;
 
     fn record(expires_at: OffsetDateTime) -> ConnectionRecord {
-        ConnectionRecord {
-            integration: IntegrationName::parse("demo").unwrap(),
-            connection: ConnectionId::parse("c1").unwrap(),
-            status: ConnectionStatus::Active,
-            tokens: TokenSet {
+        ConnectionRecord::new_grant(
+            IntegrationName::parse("demo").unwrap(),
+            ConnectionId::parse("c1").unwrap(),
+            TokenSet {
                 access_token: Secret::new("a"),
                 refresh_token: None,
             },
-            token_type: "Bearer".into(),
-            scope: String::new(),
+            "Bearer".into(),
+            String::new(),
             expires_at,
-            created_at: expires_at,
-            refreshed_at: expires_at,
-            last_error: None,
-            last_error_at: None,
-            lease_until: None,
-            lease_owner: None,
-            metadata: BTreeMap::new(),
-        }
+            expires_at,
+        )
     }
 
     #[test]

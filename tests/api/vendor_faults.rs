@@ -90,25 +90,19 @@ async fn vendor_app(table: bool, env: &[(&str, &str)]) -> VendorApp {
 
 fn record(conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord {
     let now = OffsetDateTime::now_utc();
-    ConnectionRecord {
-        integration: IntegrationName::parse(INTEGRATION).unwrap(),
-        connection: ConnectionId::parse(conn).unwrap(),
-        status: ConnectionStatus::Active,
-        tokens: TokenSet {
-            access_token: Secret::new(format!("seed-at-{conn}")),
-            refresh_token: Some(Secret::new(refresh_token)),
-        },
-        token_type: "Bearer".into(),
-        scope: "read".into(),
-        expires_at: now + Duration::seconds(expires_in),
-        created_at: now,
-        refreshed_at: now,
-        last_error: None,
-        last_error_at: None,
-        lease_until: None,
-        lease_owner: None,
-        metadata: Default::default(),
-    }
+    let tokens = TokenSet {
+        access_token: Secret::new(format!("seed-at-{conn}")),
+        refresh_token: Some(Secret::new(refresh_token)),
+    };
+    ConnectionRecord::new_grant(
+        IntegrationName::parse(INTEGRATION).unwrap(),
+        ConnectionId::parse(conn).unwrap(),
+        tokens,
+        "Bearer".into(),
+        "read".into(),
+        now + Duration::seconds(expires_in),
+        now,
+    )
 }
 
 async fn host_post_json(base: &str, path: &str, body: &Value) -> Reply {
