@@ -29,14 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXECUTABLE = "oauth-broker"
 STARTUP_TIMEOUT = 15.0
 
-failures = []
-
-
-def check(ok, message):
-    print(("ok   " if ok else "FAIL ") + message)
-    if not ok:
-        failures.append(message)
-    return ok
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checklib import check, failures  # noqa: E402
 
 
 def expected_entries():

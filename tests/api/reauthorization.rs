@@ -35,31 +35,11 @@ async fn a_revoked_grant_answers_409_reauthorization_required_and_the_sweep_leav
     assert_eq!(stats.token_errors("invalid_grant"), 1, "{stats:?}");
 
     // A tick with the normal margin: the connection is not due or is counted as needing consent.
-    let rv = app.sweep().await;
-    assert_eq!(
-        rv["failed"],
-        json!(0),
-        "a dead grant is not a failure: {rv}"
-    );
-    assert_eq!(rv["refreshed"], json!(0), "{rv}");
-    assert!(
-        rv["reauthorization_required"].as_u64().unwrap() <= 1,
-        "{rv}"
-    );
+    assert_sweep_skips_the_dead_grant(&app).await;
 
     // Even when everything is due, the sweep does not retry a grant the vendor rejected.
     app.restart_with_margin(3600).await;
-    let rv = app.sweep().await;
-    assert_eq!(
-        rv["failed"],
-        json!(0),
-        "a dead grant is not a failure: {rv}"
-    );
-    assert_eq!(rv["refreshed"], json!(0), "{rv}");
-    assert!(
-        rv["reauthorization_required"].as_u64().unwrap() <= 1,
-        "{rv}"
-    );
+    assert_sweep_skips_the_dead_grant(&app).await;
     let stats = app.oidc().stats().await;
     assert_eq!(
         stats.refreshes(),
@@ -78,4 +58,19 @@ async fn a_revoked_grant_answers_409_reauthorization_required_and_the_sweep_leav
     let healed = app.access_token(conn).await;
     assert_ne!(healed, token);
     assert!(app.oidc().is_active(&healed).await);
+}
+
+/// A sweep neither refreshes nor counts as failed a grant the vendor rejected.
+async fn assert_sweep_skips_the_dead_grant(app: &TestApp) {
+    let rv = app.sweep().await;
+    assert_eq!(
+        rv["failed"],
+        json!(0),
+        "a dead grant is not a failure: {rv}"
+    );
+    assert_eq!(rv["refreshed"], json!(0), "{rv}");
+    assert!(
+        rv["reauthorization_required"].as_u64().unwrap() <= 1,
+        "{rv}"
+    );
 }
