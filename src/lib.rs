@@ -1,15 +1,25 @@
 //! oauth-broker: an OAuth 2.0 authorization-code broker for unattended data
 //! pipelines, served as an Azure Functions custom handler.
+//!
+//! Layers, each depending only on those above it:
+//! - `domain` (pure types and decisions), `crypto`, `coalesce`, `telemetry`;
+//! - `config` (settings and the integrations file, validated once);
+//! - `oauth` (the vendor side of the protocol), `store` (sealed persistence);
+//! - `registry` (integrations, with background discovery), `refresh` (the
+//!   refresh engine), `consent` (consent flows and links);
+//! - `routes` and `functions_host` (HTTP), `keyfile` and `startup` (composition).
 
 pub mod coalesce;
+pub mod config;
+pub mod consent;
 pub mod crypto;
 pub mod domain;
 pub mod functions_host;
-pub mod integrations;
+pub mod keyfile;
 pub mod oauth;
 pub mod refresh;
+pub mod registry;
 pub mod routes;
-pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-use oauth_broker::settings::Settings;
+use oauth_broker::config::Settings;
 use oauth_broker::startup::Application;
 use oauth_broker::telemetry;
 
@@ -11,7 +11,7 @@ async fn main() -> std::process::ExitCode {
     };
     let app = match Application::build(settings).await {
         Ok(a) => a,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&e.to_string()),
     };
     match app.run_until_stopped().await {
         Ok(()) => std::process::ExitCode::SUCCESS,

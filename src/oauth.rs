@@ -17,16 +17,16 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use url::Url;
 
-use crate::domain::Secret;
-use crate::integrations::{ClientAuth, Integration, TokenBody};
+use crate::config::integrations::{ClientAuth, Integration, TokenBody};
+use crate::domain::{OAuthErrorCode, Secret};
 
 /// An authorization request ready to send the person to.
 #[derive(Debug)]
 pub struct AuthorizationRequest {
     pub url: Url,
     pub state: Secret,
-    /// Empty when the integration disabled PKCE.
-    pub pkce_verifier: Secret,
+    /// `None` when the integration disabled PKCE.
+    pub pkce_verifier: Option<Secret>,
 }
 
 pub fn authorization_request(
@@ -41,10 +41,10 @@ pub fn authorization_request(
         // Joined here, not by oauth2, so vendors with comma separators work.
         req = req.add_extra_param("scope", integration.scope_string());
     }
-    let mut verifier = Secret::new(String::new());
+    let mut verifier = None;
     if integration.pkce {
         let (challenge, v) = PkceCodeChallenge::new_random_sha256();
-        verifier = Secret::new(v.into_secret());
+        verifier = Some(Secret::new(v.into_secret()));
         req = req.set_pkce_challenge(challenge);
     }
     for (k, v) in &integration.authorization_params {
@@ -77,7 +77,7 @@ pub enum TokenError {
     #[error("the provider answered {error}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
     Rejected {
         status: u16,
-        error: String,
+        error: OAuthErrorCode,
         description: Option<String>,
     },
     /// 5xx or 429 without an OAuth error body.
@@ -97,7 +97,7 @@ pub enum TokenError {
 
 impl TokenError {
     /// The OAuth error code when the vendor gave one.
-    pub fn oauth_error(&self) -> Option<&str> {
+    pub fn oauth_error(&self) -> Option<&OAuthErrorCode> {
         match self {
             Self::Rejected { error, .. } => Some(error),
             _ => None,
@@ -106,16 +106,14 @@ impl TokenError {
 
     /// `invalid_grant`: the grant is dead and only a new consent restores it.
     pub fn is_dead_grant(&self) -> bool {
-        self.oauth_error() == Some("invalid_grant")
+        self.oauth_error() == Some(&OAuthErrorCode::InvalidGrant)
     }
 
     /// `invalid_client` / `unauthorized_client`: the integration's
     /// configuration is wrong; connections are not to blame (RFC 6749 §5.2).
     pub fn is_misconfigured(&self) -> bool {
-        matches!(
-            self.oauth_error(),
-            Some("invalid_client" | "unauthorized_client")
-        )
+        self.oauth_error()
+            .is_some_and(OAuthErrorCode::blames_client)
     }
 
     /// Worth retrying: 5xx, 429, transport failures, unparsable bodies, and
@@ -124,9 +122,7 @@ impl TokenError {
         match self {
             Self::Server { .. } | Self::Transport(_) | Self::InvalidResponse(_) => true,
             Self::Rejected { status, error, .. } => {
-                *status == 429
-                    || *status >= 500
-                    || matches!(error.as_str(), "temporarily_unavailable" | "server_error")
+                *status == 429 || *status >= 500 || error.is_temporary()
             }
         }
     }
@@ -136,7 +132,7 @@ pub async fn exchange_code(
     http: &reqwest::Client,
     integration: &Integration,
     code: &Secret,
-    pkce_verifier: &Secret,
+    pkce_verifier: Option<&Secret>,
     redirect_uri: &Url,
     timeout: Duration,
 ) -> Result<TokenResponse, TokenError> {
@@ -145,8 +141,8 @@ pub async fn exchange_code(
         ("code", code.expose()),
         ("redirect_uri", redirect_uri.as_str()),
     ];
-    if !pkce_verifier.is_empty() {
-        form.push(("code_verifier", pkce_verifier.expose()));
+    if let Some(verifier) = pkce_verifier {
+        form.push(("code_verifier", verifier.expose()));
     }
     token_request(http, integration, form, timeout).await
 }
@@ -305,7 +301,7 @@ fn parse_token_response(
         if let Some(error) = text(m, "error").filter(|e| !e.is_empty()) {
             return Err(TokenError::Rejected {
                 status,
-                error: sanitize(&error, 64),
+                error: OAuthErrorCode::parse(&sanitize(&error, 64)),
                 description: text(m, "error_description").map(|d| sanitize(&d, 300)),
             });
         }
@@ -400,7 +396,10 @@ mod tests {
         assert!(e.is_transient());
         let e = parse_token_response(200, false, br#"{"error":"bad_verification_code"}"#, &[])
             .unwrap_err();
-        assert_eq!(e.oauth_error(), Some("bad_verification_code"));
+        assert_eq!(
+            e.oauth_error(),
+            Some(&OAuthErrorCode::Other("bad_verification_code".into()))
+        );
         assert!(matches!(
             parse_token_response(503, false, b"<html>", &[]),
             Err(TokenError::Server { status: 503, .. })

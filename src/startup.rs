@@ -1,23 +1,46 @@
-//! The composition root: builds the one HTTP client, the store, the engine and
-//! the server. Tests start the real binary, which comes through here too.
+//! The composition root: builds the one HTTP client, the store, the
+//! integration registry, the refresh engine and the consent service, binds the
+//! port, mounts the routes, and starts the background work (discovery of
+//! `issuer` integrations, the standalone sweep). Tests start the real binary,
+//! which comes through here too. The only module that names concrete backends.
+//!
+//! Start-up's side effects live here: the embedded store's key file is created
+//! (see `keyfile`), and discovery runs only after the port is bound, so a slow
+//! issuer cannot make the Functions host give up on the app.
 
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
+use url::Url;
 
+use crate::config::{ConfigError, KeySource, Settings, StorageSettings};
+use crate::consent::ConsentService;
 use crate::refresh::Engine;
+use crate::registry::Registry;
 use crate::routes::{self, AppState};
-use crate::settings::{Settings, StorageSettings};
 use crate::store::identity::ManagedIdentityCredential;
 use crate::store::sqlite::SqliteBackend;
 use crate::store::table::TableBackend;
 use crate::store::{Backend, Store};
 
+/// Why the broker cannot start. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("BROKER_STORAGE {0}")]
+    Storage(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
 pub struct Application {
     server: actix_web::dev::Server,
-    port: u16,
 }
 
 /// The one outbound client: rustls, pooled, redirects off, bounded timeouts.
@@ -32,85 +55,101 @@ pub fn http_client() -> reqwest::Client {
         .expect("the HTTP client configuration is static")
 }
 
-impl Application {
-    pub async fn build(settings: Settings) -> Result<Self, String> {
-        let http = http_client();
-        let backend: Arc<dyn Backend> = match &settings.storage {
-            StorageSettings::Sqlite { path } => {
-                Arc::new(SqliteBackend::open(path).map_err(|e| format!("BROKER_STORAGE: {e}"))?)
-            }
-            StorageSettings::Table {
-                connection_string,
+fn backend(
+    storage: &StorageSettings,
+    http: &reqwest::Client,
+) -> Result<Arc<dyn Backend>, StartupError> {
+    Ok(match storage {
+        StorageSettings::Sqlite { path } => Arc::new(
+            SqliteBackend::open(path).map_err(|e| StartupError::Storage(format!(": {e}")))?,
+        ),
+        StorageSettings::Table {
+            connection_string,
+            table,
+        } => Arc::new(
+            TableBackend::connect(connection_string, table, http.clone())
+                .map_err(|e| StartupError::Storage(e.to_string()))?,
+        ),
+        StorageSettings::TableIdentity { identity, table } => {
+            let credential = ManagedIdentityCredential::new(
+                http.clone(),
+                &identity.identity_endpoint,
+                identity.identity_header.clone(),
+                identity.client_id.clone(),
+            )
+            .map_err(|problem| ConfigError::setting("IDENTITY_ENDPOINT", problem))?;
+            tracing::info!(account = %identity.account, table = %table, user_assigned = identity.client_id.is_some(), "Table Storage with the app's managed identity");
+            Arc::new(TableBackend::connect_with_identity(
+                &identity.account,
+                identity.table_uri.as_deref(),
+                Arc::new(credential),
                 table,
-            } => Arc::new(
-                TableBackend::connect(connection_string, table, http.clone())
-                    .map_err(|e| format!("BROKER_STORAGE {e}"))?,
-            ),
-            StorageSettings::TableIdentity {
-                account,
-                table_uri,
-                client_id,
-                table,
-                identity_endpoint,
-                identity_header,
-            } => {
-                let credential = ManagedIdentityCredential::new(
-                    http.clone(),
-                    identity_endpoint,
-                    identity_header.clone(),
-                    client_id.clone(),
-                )?;
-                tracing::info!(account = %account, table = %table, user_assigned = client_id.is_some(), "Table Storage with the app's managed identity");
-                Arc::new(TableBackend::connect_with_identity(
-                    account,
-                    table_uri.as_deref(),
-                    Arc::new(credential),
-                    table,
-                    http.clone(),
-                ))
-            }
-        };
-        let mut integrations = settings.integrations.clone();
-        for d in settings.discover.iter().cloned() {
-            let issuer = d.issuer.clone();
-            let i = crate::integrations::discover(&http, d, &settings.integrations_path)
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(integration = i.name.as_str(), issuer = %issuer, "endpoints discovered from the issuer's metadata");
-            integrations.insert(i.name.clone(), i);
+                http.clone(),
+            ))
         }
-        if settings.integrations_missing {
+    })
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let http = http_client();
+        let keys = match &settings.keys {
+            KeySource::Configured(k) => k.clone(),
+            KeySource::File(path) => crate::keyfile::load_or_create_keyring(path)?,
+        };
+        let backend = backend(&settings.storage, &http)?;
+        if !settings.integrations.found {
             tracing::warn!(
-                path = %settings.integrations_path.display(),
+                path = %settings.integrations.path.display(),
                 "no integrations file: the broker serves no integrations. Copy integrations.sample.json to this path (or set BROKER_INTEGRATIONS) and restart"
             );
         }
-        let store = Store::new(backend, settings.keys.clone());
+        let store = Store::new(backend, keys);
         spawn_init(store.clone());
-        let integration_count = integrations.len();
+        let registry = Registry::new(&settings.integrations, http.clone());
         let engine = Arc::new(Engine::new(
-            store,
-            http,
-            Arc::new(integrations),
+            store.clone(),
+            http.clone(),
+            Arc::clone(&registry),
             settings.refresh.clone(),
         ));
 
-        let listener = TcpListener::bind(settings.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let public_url = settings.public_url.clone().unwrap_or_else(|| {
-            let host = if addr.ip().is_unspecified() {
-                "127.0.0.1".to_owned()
-            } else {
-                addr.ip().to_string()
-            };
-            format!("http://{host}:{}", addr.port())
-        });
+        let listener =
+            TcpListener::bind(settings.listen).map_err(|source| StartupError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let public_url = match settings.public_url.clone() {
+            Some(u) => u,
+            None => {
+                let host = if addr.ip().is_unspecified() {
+                    "127.0.0.1".to_owned()
+                } else {
+                    addr.ip().to_string()
+                };
+                Url::parse(&format!("http://{host}:{}", addr.port()))
+                    .expect("an IP address and port make a URL")
+            }
+        };
+        let consent = ConsentService::new(
+            Arc::clone(&engine),
+            store,
+            http,
+            settings.refresh.upstream_timeout,
+            public_url.clone(),
+            settings.consent_link_lifetime,
+        );
+        let redirect_uri = consent.redirect_uri().clone();
         let state = web::Data::new(AppState {
             engine: Arc::clone(&engine),
+            consent,
             api_key: settings.api_key.clone(),
-            public_url: public_url.clone(),
-            consent_link_lifetime: settings.consent_link_lifetime,
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -118,10 +157,15 @@ impl Application {
                 .configure(routes::configure)
         })
         .listen(listener)
-        .map_err(|e| e.to_string())?
+        .map_err(|source| StartupError::Listen {
+            addr: settings.listen,
+            source,
+        })?
         .shutdown_timeout(10)
         .run();
 
+        // Bound: now the slow work.
+        registry.spawn_discovery();
         if let Some(every) = settings.sweep_interval {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
@@ -138,19 +182,12 @@ impl Application {
         tracing::info!(
             addr = %addr,
             host_mode = settings.host_mode,
-            public_url = %public_url,
-            redirect_uri = %format!("{public_url}/api/auth/callback"),
-            integrations = integration_count,
+            public_url = %public_url.as_str().trim_end_matches('/'),
+            redirect_uri = %redirect_uri,
+            integrations = registry.ready_count() + settings.integrations.parsed.discover.len(),
             "listening"
         );
-        Ok(Self {
-            server,
-            port: addr.port(),
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
+        Ok(Self { server })
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use azure_core::auth::TokenCredential;
 use base64::Engine as _;
+use oauth_broker::config::{IdentityStorage, Settings, StorageSettings};
 use oauth_broker::domain::Secret;
-use oauth_broker::settings::{Settings, StorageSettings};
 use oauth_broker::store::identity::{ManagedIdentityCredential, STORAGE_RESOURCE};
 use oauth_broker::store::table::TableBackend;
 use oauth_broker::store::{Backend, PendingRow, StoreError};
@@ -472,12 +472,15 @@ fn settings_choose_identity_based_table_storage() {
     .unwrap();
     match &s.storage {
         StorageSettings::TableIdentity {
-            account,
-            table_uri,
-            client_id,
+            identity:
+                IdentityStorage {
+                    account,
+                    table_uri,
+                    client_id,
+                    identity_endpoint,
+                    identity_header,
+                },
             table,
-            identity_endpoint,
-            identity_header,
         } => {
             assert_eq!(account, "brokerstore1");
             assert_eq!(table_uri, &None);
@@ -500,11 +503,14 @@ fn settings_choose_identity_based_table_storage() {
     ]))
     .unwrap();
     let StorageSettings::TableIdentity {
-        account,
-        table_uri,
-        client_id,
+        identity:
+            IdentityStorage {
+                account,
+                table_uri,
+                client_id,
+                ..
+            },
         table,
-        ..
     } = &s.storage
     else {
         panic!("{:?}", s.storage)
@@ -525,7 +531,7 @@ fn settings_choose_identity_based_table_storage() {
     ]))
     .unwrap();
     assert!(
-        matches!(&s.storage, StorageSettings::TableIdentity { account, .. } if account == "devstoreaccount1")
+        matches!(&s.storage, StorageSettings::TableIdentity { identity: IdentityStorage { account, .. }, .. } if account == "devstoreaccount1")
     );
 
     // BROKER_STORAGE wins over the identity settings; they win over AzureWebJobsStorage.
@@ -553,7 +559,7 @@ fn settings_choose_identity_based_table_storage() {
     ]))
     .unwrap();
     assert!(
-        matches!(&s.storage, StorageSettings::TableIdentity { account, client_id: Some(c), .. } if account == "hoststore1" && c == CLIENT_ID)
+        matches!(&s.storage, StorageSettings::TableIdentity { identity: IdentityStorage { account, client_id: Some(c), .. }, .. } if account == "hoststore1" && c == CLIENT_ID)
     );
 }
 

@@ -462,11 +462,14 @@ impl Fixture {
         std::fs::write(&integrations, file.to_string()).map_err(|e| e.to_string())?;
         let (backend, storage): (Arc<dyn Backend>, String) = match &azurite {
             Some(azurite) => (
-                Arc::new(TableBackend::connect(
-                    &Secret::new(azurite.connection_string()),
-                    &table,
-                    http_client(),
-                )?),
+                Arc::new(
+                    TableBackend::connect(
+                        &Secret::new(azurite.connection_string()),
+                        &table,
+                        http_client(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                ),
                 azurite.connection_string(),
             ),
             None => {

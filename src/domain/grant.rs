@@ -103,6 +103,35 @@ impl ConnectionRecord {
     pub fn is_leased(&self, now: OffsetDateTime) -> bool {
         matches!(self.lease_until, Some(until) if until > now)
     }
+
+    /// When the last refresh failed, if that was after the last success and
+    /// less than `cooldown` before `now`: no new attempt until it has passed.
+    pub fn cooling_down_since(
+        &self,
+        now: OffsetDateTime,
+        cooldown: Duration,
+    ) -> Option<OffsetDateTime> {
+        self.last_error_at
+            .filter(|at| *at > self.refreshed_at && *at + cooldown > now)
+    }
+
+    /// This record with a lease held by `owner` until `until`.
+    pub fn leased(&self, owner: &str, until: OffsetDateTime) -> Self {
+        Self {
+            lease_until: Some(until),
+            lease_owner: Some(owner.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// This record with no lease.
+    pub fn unleased(&self) -> Self {
+        Self {
+            lease_until: None,
+            lease_owner: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// An authorization started at `/api/auth/start` and not yet completed.
@@ -110,7 +139,8 @@ impl ConnectionRecord {
 pub struct PendingAuthorization {
     pub integration: IntegrationName,
     pub connection: ConnectionId,
-    pub pkce_verifier: Secret,
+    /// `None` when the integration does not use PKCE.
+    pub pkce_verifier: Option<Secret>,
     /// SHA-256 (base64url) of the browser-binding cookie value.
     pub binding_hash: String,
     pub expires_at: OffsetDateTime,

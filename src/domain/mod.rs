@@ -1,12 +1,18 @@
-//! Pure domain types: names, secrets, grants and pending authorizations.
+//! Pure domain types and decisions: names, secrets, grants and pending
+//! authorizations, the clock's precision, scope strings and OAuth error codes.
 //!
-//! Nothing here performs I/O or imports actix, azure, rusqlite or oauth2; every
-//! other module may depend on this one.
+//! Nothing here performs I/O (the clock only reads the time) or imports actix,
+//! azure, rusqlite or oauth2; every other module may depend on this one, and it
+//! depends on none of them.
 
+pub mod clock;
 pub mod grant;
 pub mod ids;
+pub mod oauth_error;
+pub mod scope;
 pub mod secret;
 
 pub use grant::{ConnectionRecord, ConnectionStatus, PendingAuthorization, TokenSet};
 pub use ids::{ConnectionId, IntegrationName, InvalidName};
+pub use oauth_error::OAuthErrorCode;
 pub use secret::Secret;

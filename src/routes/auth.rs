@@ -1,41 +1,24 @@
-//! The browser routes: `/api/auth/start/{integration}` sends the person to the
-//! vendor; `/api/auth/callback` completes the consent. Failures are HTML pages
-//! with the right status and a plain explanation.
+//! The browser routes: `/api/auth/start/{integration}` and `/api/auth/link`
+//! send the person to the vendor; `/api/auth/callback` completes the consent.
+//! Each makes one call into the [`ConsentService`](crate::consent) and turns
+//! its answer into a redirect or an HTML page with the right status.
 
 use actix_web::cookie::{time::Duration as CookieDuration, Cookie, SameSite};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-use time::Duration;
 
 use super::html;
 use super::{query, AppState};
-use crate::domain::secret::constant_time_eq;
-use crate::domain::{ConnectionId, IntegrationName, PendingAuthorization, Secret};
-use crate::oauth;
-use crate::refresh::now;
+use crate::consent::{Callback, ConsentError, Started, PENDING_LIFETIME};
+use crate::domain::{ConnectionId, IntegrationName};
 
-/// How long a started consent may take.
-const PENDING_LIFETIME: Duration = Duration::minutes(10);
-
-pub(super) fn hash(s: &str) -> String {
-    URL_SAFE_NO_PAD.encode(Sha256::digest(s.as_bytes()))
-}
-
-/// One cookie per started consent, so parallel consents in one browser work.
-fn cookie_name(state_hash: &str) -> String {
-    format!("ob_auth_{}", &state_hash[..16])
-}
-
+/// `GET /api/auth/start/{integration}?connection=<id>` (protected).
 pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if let Err(e) = state.check_key(&req) {
         return actix_web::ResponseError::error_response(&e);
     }
     let raw = req.match_info().get("integration").unwrap_or_default();
-    let integration_name = match IntegrationName::parse(raw) {
+    let integration = match IntegrationName::parse(raw) {
         Ok(n) => n,
         Err(e) => return html::invalid_integration_name(raw, e),
     };
@@ -47,171 +30,96 @@ pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         Ok(c) => c,
         Err(e) => return html::invalid_connection(raw_connection, e),
     };
-    let Some(integration) = state.engine.integration(&integration_name) else {
-        return html::unknown_integration(integration_name.as_str());
-    };
-
-    begin(&state, integration, connection, None).await
+    match state.consent.begin(&integration, connection).await {
+        Ok(started) => redirect(&state, started),
+        Err(e) => page(&state, e),
+    }
 }
 
-/// Sends the person to the vendor: a fresh single-use state and PKCE pair,
-/// stored server side and bound to this browser with a cookie. Shared by the
-/// start route and consent links (`link_hash`).
-pub(super) async fn begin(
-    state: &AppState,
-    integration: &crate::settings::Integration,
-    connection: ConnectionId,
-    link_hash: Option<String>,
-) -> HttpResponse {
-    let integration_name = integration.name.clone();
-    let auth = oauth::authorization_request(integration, &state.redirect_uri());
-    let mut binding = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut binding);
-    let binding = Secret::new(URL_SAFE_NO_PAD.encode(binding));
-    let state_hash = hash(auth.state.expose());
-    let pending = PendingAuthorization {
-        integration: integration_name.clone(),
-        connection: connection.clone(),
-        pkce_verifier: auth.pkce_verifier,
-        binding_hash: hash(binding.expose()),
-        expires_at: now() + PENDING_LIFETIME,
-        link_hash,
-    };
-    if let Err(e) = state
-        .engine
-        .store()
-        .insert_pending(&state_hash, &pending)
+/// `GET /api/auth/link?t=<token>` (anonymous): opens a consent link.
+pub async fn open_link(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let token = query(&req).remove("t").unwrap_or_default();
+    match state.consent.open_link(&token).await {
+        Ok(started) => redirect(&state, started),
+        Err(e) => page(&state, e),
+    }
+}
+
+/// `GET /api/auth/callback` (anonymous; the state and the binding cookie authenticate it).
+pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let params = query(&req);
+    let cookie = |name: &str| req.cookie(name).map(|c| c.value().to_owned());
+    match state
+        .consent
+        .complete(Callback {
+            params: &params,
+            cookie: &cookie,
+        })
         .await
     {
-        tracing::error!(integration = %integration_name, connection = %connection, error = %e, "could not store a pending authorization");
-        return html::storage_unavailable(false);
+        Ok(done) => {
+            let r = &done.record;
+            let mut resp = html::connected(
+                state.consent.public_base(),
+                r.integration.as_str(),
+                r.connection.as_str(),
+                &r.scope,
+            );
+            let mut gone = Cookie::build(done.cookie_name, "")
+                .path("/api/auth/callback")
+                .finish();
+            gone.make_removal();
+            let _ = resp.add_cookie(&gone);
+            resp
+        }
+        Err(e) => page(&state, e),
     }
-    tracing::info!(integration = %integration_name, connection = %connection, "consent started");
-    let cookie = Cookie::build(cookie_name(&state_hash), binding.expose().to_owned())
-        .path("/api/auth/callback")
-        .http_only(true)
-        .same_site(SameSite::Lax)
-        .secure(state.public_url.starts_with("https://"))
-        .max_age(CookieDuration::seconds(PENDING_LIFETIME.whole_seconds()))
-        .finish();
+}
+
+/// Sends the browser to the vendor with its binding cookie.
+fn redirect(state: &AppState, started: Started) -> HttpResponse {
+    let cookie = Cookie::build(
+        started.cookie_name,
+        started.cookie_value.expose().to_owned(),
+    )
+    .path("/api/auth/callback")
+    .http_only(true)
+    .same_site(SameSite::Lax)
+    .secure(state.consent.is_https())
+    .max_age(CookieDuration::seconds(
+        started.cookie_lifetime.whole_seconds(),
+    ))
+    .finish();
     HttpResponse::Found()
-        .insert_header((header::LOCATION, auth.url.as_str()))
+        .insert_header((header::LOCATION, started.authorization_url.as_str()))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .cookie(cookie)
         .finish()
 }
 
-pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let params = query(&req);
-    let state_param = params
-        .get("state")
-        .filter(|s| !s.is_empty())
-        .map(|s| Secret::new(s.clone()));
-    let state_hash = state_param.as_ref().map(|s| hash(s.expose()));
-
-    if let Some(error) = params.get("error") {
-        // The vendor sent the person back without a code (RFC 6749 §4.1.2.1).
-        // Use the state up so it cannot be replayed.
-        if let Some(h) = &state_hash {
-            let _ = state.engine.store().take_pending(h).await;
+/// The page for a consent that did not go through.
+fn page(state: &AppState, e: ConsentError) -> HttpResponse {
+    let redirect_uri = state.consent.redirect_uri().as_str();
+    match e {
+        ConsentError::UnknownIntegration(name) => html::unknown_integration(name.as_str()),
+        ConsentError::IntegrationUnavailable { name, .. } => {
+            html::integration_unavailable(name.as_str())
         }
-        let error = oauth::sanitize(error, 64);
-        let description = params
-            .get("error_description")
-            .map(|d| oauth::sanitize(d, 300));
-        tracing::info!(error = %error, "consent refused at the provider");
-        return html::access_not_granted(
-            &error,
-            description.as_deref(),
-            state.redirect_uri().as_str(),
-        );
+        ConsentError::IntegrationGone(name) => html::integration_gone(name.as_str()),
+        ConsentError::Refused { error, description } => {
+            html::access_not_granted(&error, description.as_deref(), redirect_uri)
+        }
+        ConsentError::Incomplete => html::callback_incomplete(redirect_uri),
+        ConsentError::NotFound => html::consent_not_found(),
+        ConsentError::Expired => html::consent_expired(PENDING_LIFETIME.whole_minutes()),
+        ConsentError::OtherBrowser => html::other_browser(),
+        ConsentError::LinkUnusable => html::link_unusable(),
+        ConsentError::Exchange(err) => html::exchange_failed(
+            err.oauth_error().map(|c| c.as_str()),
+            &err.to_string(),
+            redirect_uri,
+        ),
+        ConsentError::Store { grant_lost } => html::storage_unavailable(grant_lost),
     }
-
-    let (Some(state_hash), Some(code)) = (state_hash, params.get("code").filter(|c| !c.is_empty()))
-    else {
-        return html::callback_incomplete(state.redirect_uri().as_str());
-    };
-    let code = Secret::new(code.clone());
-    let pending = match state.engine.store().take_pending(&state_hash).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return html::consent_not_found(),
-        Err(e) => {
-            tracing::error!(error = %e, "could not read a pending authorization");
-            return html::storage_unavailable(false);
-        }
-    };
-    if pending.expires_at < now() {
-        return html::consent_expired(PENDING_LIFETIME.whole_minutes());
-    }
-    let bound = req.cookie(&cookie_name(&state_hash)).is_some_and(|c| {
-        constant_time_eq(hash(c.value()).as_bytes(), pending.binding_hash.as_bytes())
-    });
-    if !bound {
-        tracing::warn!(integration = %pending.integration, connection = %pending.connection, "callback without the browser binding cookie");
-        return html::other_browser();
-    }
-    let Some(integration) = state.engine.integration(&pending.integration) else {
-        return html::integration_gone(pending.integration.as_str());
-    };
-
-    let tokens = match oauth::exchange_code(
-        state.engine.http(),
-        integration,
-        &code,
-        &pending.pkce_verifier,
-        &state.redirect_uri(),
-        state.engine.policy().upstream_timeout,
-    )
-    .await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(integration = %pending.integration, connection = %pending.connection, error = %e, "code exchange failed");
-            return html::exchange_failed(
-                e.oauth_error(),
-                &e.to_string(),
-                state.redirect_uri().as_str(),
-            );
-        }
-    };
-    if let Some(link) = &pending.link_hash {
-        match state.engine.store().consume_link(link).await {
-            Ok(true) => {}
-            Ok(false) => return html::consent_not_found(),
-            Err(e) => {
-                tracing::error!(error = %e, "could not use up a consent link");
-                return html::storage_unavailable(true);
-            }
-        }
-    }
-    let captured: std::collections::BTreeMap<String, String> = integration
-        .callback_metadata
-        .iter()
-        .filter_map(|k| Some((k.clone(), oauth::sanitize(params.get(k)?, 500))))
-        .collect();
-    let record = match state
-        .engine
-        .store_consent(integration, &pending.connection, tokens, captured)
-        .await
-    {
-        Ok(record) => record,
-        Err(e) => {
-            tracing::error!(integration = %pending.integration, connection = %pending.connection, error = %e, "could not store a new grant");
-            return html::storage_unavailable(true);
-        }
-    };
-    tracing::info!(integration = %pending.integration, connection = %pending.connection, "consent completed");
-    let mut resp = html::connected(
-        &state.public_url,
-        pending.integration.as_str(),
-        pending.connection.as_str(),
-        &record.scope,
-    );
-    let mut gone = Cookie::build(cookie_name(&state_hash), "")
-        .path("/api/auth/callback")
-        .finish();
-    gone.make_removal();
-    let _ = resp.add_cookie(&gone);
-    resp
 }

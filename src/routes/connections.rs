@@ -1,49 +1,68 @@
 //! Connection management (protected): list, show, delete (revoking at the
-//! vendor), and consent links an admin can send to an account owner; plus the
-//! anonymous route a consent link opens. Never a token in any answer.
+//! vendor), and consent links an admin can send to an account owner. Never a
+//! token in any answer.
 
-use actix_web::http::header;
+use std::collections::BTreeMap;
+
 use actix_web::{web, HttpRequest, HttpResponse};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use rand::RngCore;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
 use super::error::ApiError;
-use super::{auth, html, query, AppState};
+use super::{no_store, query, AppState};
+use crate::consent::{ConsentError, MAX_LINK_LIFETIME};
 use crate::domain::{ConnectionId, ConnectionRecord, IntegrationName};
-use crate::refresh::{now, RefreshError};
-use crate::store::ConsentLink;
-
-/// The longest a consent link may live.
-const MAX_LINK_LIFETIME: Duration = Duration::days(30);
+use crate::refresh::RefreshError;
+use crate::registry::Lookup;
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
 /// What an admin sees of a connection: everything but its tokens.
-pub fn view(r: &ConnectionRecord) -> Value {
-    json!({
-        "integration": r.integration.as_str(),
-        "connection": r.connection.as_str(),
-        "status": r.status.as_str(),
-        "expires_at": rfc3339(r.expires_at),
-        "refreshed_at": rfc3339(r.refreshed_at),
-        "created_at": rfc3339(r.created_at),
-        "last_error": r.last_error,
-        "last_error_at": r.last_error_at.map(rfc3339),
-        "scope": r.scope,
-        "metadata": r.metadata,
-    })
+#[derive(Serialize)]
+pub struct ConnectionView<'a> {
+    integration: &'a str,
+    connection: &'a str,
+    status: &'static str,
+    expires_at: String,
+    refreshed_at: String,
+    created_at: String,
+    last_error: Option<&'a str>,
+    last_error_at: Option<String>,
+    scope: &'a str,
+    metadata: &'a BTreeMap<String, String>,
 }
 
-fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
-    b.insert_header((header::CACHE_CONTROL, "no-store"));
-    b
+impl<'a> From<&'a ConnectionRecord> for ConnectionView<'a> {
+    fn from(r: &'a ConnectionRecord) -> Self {
+        Self {
+            integration: r.integration.as_str(),
+            connection: r.connection.as_str(),
+            status: r.status.as_str(),
+            expires_at: rfc3339(r.expires_at),
+            refreshed_at: rfc3339(r.refreshed_at),
+            created_at: rfc3339(r.created_at),
+            last_error: r.last_error.as_deref(),
+            last_error_at: r.last_error_at.map(rfc3339),
+            scope: &r.scope,
+            metadata: &r.metadata,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ConnectionList<'a> {
+    connections: Vec<ConnectionView<'a>>,
+}
+
+#[derive(Serialize)]
+struct LinkView<'a> {
+    url: &'a str,
+    expires_at: String,
+    integration: &'a str,
+    connection: &'a str,
 }
 
 fn names(req: &HttpRequest) -> Result<(IntegrationName, ConnectionId), ApiError> {
@@ -61,23 +80,26 @@ fn store_err(e: crate::store::StoreError) -> ApiError {
     ApiError::StoreUnavailable
 }
 
+fn not_found() -> ApiError {
+    ApiError::ConnectionNotFound("no connection with this name".into())
+}
+
 /// `GET /api/connections`
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.check_key(&req)?;
-    let all = state.engine.store().list().await.map_err(store_err)?;
-    let connections: Vec<Value> = all.iter().map(view).collect();
-    Ok(no_store(HttpResponse::Ok()).json(json!({ "connections": connections })))
+    let all = state.engine.connections().await.map_err(store_err)?;
+    Ok(no_store(HttpResponse::Ok()).json(ConnectionList {
+        connections: all.iter().map(ConnectionView::from).collect(),
+    }))
 }
 
 /// `GET /api/connections/{integration}/{connection}`
 pub async fn show(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.check_key(&req)?;
     let (i, c) = names(&req)?;
-    match state.engine.store().get(&i, &c).await.map_err(store_err)? {
-        Some(v) => Ok(no_store(HttpResponse::Ok()).json(view(&v.value))),
-        None => Err(ApiError::ConnectionNotFound(
-            "no connection with this name".into(),
-        )),
+    match state.engine.connection(&i, &c).await.map_err(store_err)? {
+        Some(r) => Ok(no_store(HttpResponse::Ok()).json(ConnectionView::from(&r))),
+        None => Err(not_found()),
     }
 }
 
@@ -101,28 +123,28 @@ pub async fn delete(
             ))
         }
     };
-    let authorize = state.authorize_link(i.as_str(), &c);
-    let Some(integration) = state.engine.integration(&i) else {
-        // The integration was removed from the file: its rows can still be deleted, without revocation.
-        return match state
-            .engine
-            .store()
-            .delete(&i, &c)
-            .await
-            .map_err(store_err)?
-        {
-            true => Ok(HttpResponse::NoContent().finish()),
-            false => Err(ApiError::ConnectionNotFound(
-                "no connection with this name".into(),
-            )),
-        };
+    let integration = match state.engine.integration(&i) {
+        // An unavailable integration answers 503: revocation needs its endpoints.
+        Lookup::Ready(_) | Lookup::Unavailable { .. } => state.integration(&i)?,
+        Lookup::Unknown => {
+            // The integration was removed from the file: its rows can still be deleted, without revocation.
+            return match state
+                .engine
+                .delete_orphan(&i, &c)
+                .await
+                .map_err(store_err)?
+            {
+                true => Ok(HttpResponse::NoContent().finish()),
+                false => Err(not_found()),
+            };
+        }
     };
-    match state.engine.delete(integration, &c, revoke).await {
+    match state.engine.delete(&integration, &c, revoke).await {
         Ok(()) => Ok(HttpResponse::NoContent().finish()),
         Err(RefreshError::Upstream(e)) => Err(ApiError::Upstream(format!(
             "revoking the grant at the provider failed ({e}); the connection was kept. Retry, or delete with ?revoke=false"
         ))),
-        Err(e) => Err(ApiError::from_refresh(e, authorize)),
+        Err(e) => Err(ApiError::from_refresh(e, state.consent.authorize_link(&i, &c))),
     }
 }
 
@@ -133,11 +155,8 @@ struct LinkBody {
     expires_in_secs: Option<u32>,
 }
 
-/// `POST /api/connections/{integration}/{connection}/consent-link`: a link that
-/// works without a function key, for an account owner to consent with. It is
-/// a random token whose hash is stored, so it can be neither forged nor read
-/// back from the store; it is used up when a consent through it completes
-/// (so a mail scanner that opens it first does not burn it).
+/// `POST /api/connections/{integration}/{connection}/consent-link`: a link
+/// that works without a function key, for an account owner to consent with.
 pub async fn create_link(
     req: HttpRequest,
     body: web::Bytes,
@@ -158,68 +177,31 @@ pub async fn create_link(
             )
         })?
     };
-    if state.engine.integration(&i).is_none() {
-        return Err(ApiError::IntegrationNotFound(format!(
-            "no integration named {:?} is configured",
-            i.as_str()
-        )));
-    }
+    state.integration(&i)?;
     let lifetime = match b.expires_in_secs {
         Some(s) if s == 0 || Duration::seconds(i64::from(s)) > MAX_LINK_LIFETIME => {
             return Err(ApiError::InvalidRequest(
                 "expires_in_secs must be between 1 and 2592000 (30 days)".into(),
             ))
         }
-        Some(s) => Duration::seconds(i64::from(s)),
-        None => state.consent_link_lifetime,
+        Some(s) => Some(Duration::seconds(i64::from(s))),
+        None => None,
     };
-    let mut nonce = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let token = URL_SAFE_NO_PAD.encode(nonce);
-    let link = ConsentLink {
-        link_hash: auth::hash(&token),
-        integration: i.clone(),
-        connection: c.clone(),
-        expires_at: now() + lifetime,
-    };
-    state
-        .engine
-        .store()
-        .insert_link(&link)
+    let created = state
+        .consent
+        .create_link(&i, &c, lifetime)
         .await
-        .map_err(store_err)?;
-    tracing::info!(
-        integration = i.as_str(),
-        connection = c.as_str(),
-        "consent link created"
-    );
-    Ok(no_store(HttpResponse::Created()).json(json!({
-        "url": format!("{}/api/auth/link?t={token}", state.public_url),
-        "expires_at": rfc3339(link.expires_at),
-        "integration": i.as_str(),
-        "connection": c.as_str(),
-    })))
-}
-
-/// `GET /api/auth/link?t=<token>` (anonymous): opens a consent link.
-pub async fn open_link(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let params = query(&req);
-    let Some(token) = params.get("t").filter(|t| !t.is_empty() && t.len() <= 128) else {
-        return html::link_unusable();
-    };
-    let link = match state.engine.store().peek_link(&auth::hash(token)).await {
-        Ok(Some(l)) => l,
-        Ok(None) => return html::link_unusable(),
-        Err(e) => {
-            tracing::error!(error = %e, "could not read a consent link");
-            return html::storage_unavailable(false);
-        }
-    };
-    if link.expires_at < now() {
-        return html::link_unusable();
-    }
-    let Some(integration) = state.engine.integration(&link.integration) else {
-        return html::integration_gone(link.integration.as_str());
-    };
-    auth::begin(&state, integration, link.connection, Some(link.link_hash)).await
+        .map_err(|e| match e {
+            ConsentError::UnknownIntegration(_) => ApiError::IntegrationNotFound(e.to_string()),
+            ConsentError::IntegrationUnavailable { .. } => {
+                ApiError::IntegrationUnavailable(e.to_string())
+            }
+            _ => ApiError::StoreUnavailable,
+        })?;
+    Ok(no_store(HttpResponse::Created()).json(LinkView {
+        url: &created.url,
+        expires_at: rfc3339(created.link.expires_at),
+        integration: i.as_str(),
+        connection: c.as_str(),
+    }))
 }

@@ -4,7 +4,7 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::refresh::RefreshError;
 
@@ -16,6 +16,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     IntegrationNotFound(String),
+    /// The integration's endpoints are still being discovered.
+    #[error("{0}")]
+    IntegrationUnavailable(String),
     #[error("{0}")]
     ConnectionNotFound(String),
     #[error("the grant is no longer valid; open authorize_url to consent again")]
@@ -36,6 +39,7 @@ impl ApiError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Unauthorized(_) => "unauthorized",
             Self::IntegrationNotFound(_) => "integration_not_found",
+            Self::IntegrationUnavailable(_) => "integration_unavailable",
             Self::ConnectionNotFound(_) => "connection_not_found",
             Self::ReauthorizationRequired { .. } => "reauthorization_required",
             Self::Upstream(_) => "upstream_error",
@@ -72,6 +76,15 @@ impl ApiError {
     }
 }
 
+/// The error object of every JSON route.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    error_description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorize_url: Option<&'a str>,
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -82,15 +95,21 @@ impl ResponseError for ApiError {
             }
             Self::ReauthorizationRequired { .. } => StatusCode::CONFLICT,
             Self::Upstream(_) | Self::IntegrationMisconfigured(_) => StatusCode::BAD_GATEWAY,
-            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable | Self::IntegrationUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut body = json!({ "error": self.code(), "error_description": self.to_string() });
-        if let Self::ReauthorizationRequired { authorize_url } = self {
-            body["authorize_url"] = json!(authorize_url);
-        }
+        let body = ErrorBody {
+            error: self.code(),
+            error_description: self.to_string(),
+            authorize_url: match self {
+                Self::ReauthorizationRequired { authorize_url } => Some(authorize_url),
+                _ => None,
+            },
+        };
         HttpResponse::build(self.status_code())
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .json(body)

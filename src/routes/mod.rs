@@ -1,6 +1,9 @@
-//! Thin actix handlers: parse the request, make one call into the engine or
-//! store, shape the answer. Paths are those the Functions host forwards
-//! (`/api/...`, and `/<function-name>` for the timer).
+//! Thin actix handlers: parse the request, make one call into a service (the
+//! refresh [`Engine`] or the [`ConsentService`]), shape the answer. No handler
+//! touches the store. Paths are those the Functions host forwards (`/api/...`,
+//! and `/<function-name>` for the timer).
+//!
+//! Depends on `refresh`, `consent`, `registry` (lookups) and `domain`.
 
 pub mod auth;
 pub mod connections;
@@ -15,35 +18,22 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpRequest};
 
+use crate::consent::ConsentService;
 use crate::domain::secret::constant_time_eq;
-use crate::domain::{ConnectionId, Secret};
+use crate::domain::{IntegrationName, Secret};
 use crate::refresh::Engine;
+use crate::registry::Lookup;
 use error::ApiError;
 
 /// What every handler can reach.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub consent: ConsentService,
     /// Standalone mode's key; `None` under the host or when unset on loopback.
     pub api_key: Option<Secret>,
-    /// Base of redirect URIs and links, without a trailing slash.
-    pub public_url: String,
-    /// Default lifetime of consent links (`BROKER_CONSENT_LINK_TTL_SECS`).
-    pub consent_link_lifetime: time::Duration,
 }
 
 impl AppState {
-    pub fn redirect_uri(&self) -> url::Url {
-        url::Url::parse(&format!("{}/api/auth/callback", self.public_url))
-            .expect("public URL validated at start")
-    }
-
-    pub fn authorize_link(&self, integration: &str, connection: &ConnectionId) -> String {
-        format!(
-            "{}/api/auth/start/{integration}?connection={connection}",
-            self.public_url
-        )
-    }
-
     /// Standalone mode: protected routes need the key as `x-functions-key` or `?code=`.
     pub fn check_key(&self, req: &HttpRequest) -> Result<(), ApiError> {
         let Some(expected) = &self.api_key else {
@@ -63,6 +53,24 @@ impl AppState {
             )),
         }
     }
+
+    /// A configured, available integration, or the JSON error saying why not.
+    pub fn integration(
+        &self,
+        name: &IntegrationName,
+    ) -> Result<Arc<crate::config::Integration>, ApiError> {
+        match self.engine.integration(name) {
+            Lookup::Ready(i) => Ok(i),
+            Lookup::Unavailable { reason } => Err(ApiError::IntegrationUnavailable(format!(
+                "integration {:?} is not available yet: {reason}",
+                name.as_str()
+            ))),
+            Lookup::Unknown => Err(ApiError::IntegrationNotFound(format!(
+                "no integration named {:?} is configured",
+                name.as_str()
+            ))),
+        }
+    }
 }
 
 /// The query string as a map (last value wins; the Functions host already
@@ -71,6 +79,12 @@ pub fn query(req: &HttpRequest) -> HashMap<String, String> {
     form_urlencoded::parse(req.query_string().as_bytes())
         .into_owned()
         .collect()
+}
+
+/// `Cache-Control: no-store` on a response builder (every API answer carries it).
+pub fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    b.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
+    b
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -82,7 +96,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/api/token", web::post().to(token::post))
         .route("/api/health", web::get().to(health::health))
-        .route("/api/auth/link", web::get().to(connections::open_link))
+        .route("/api/auth/link", web::get().to(auth::open_link))
         .route("/api/connections", web::get().to(connections::list))
         .route(
             "/api/connections/{integration}/{connection}",

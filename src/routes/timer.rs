@@ -3,10 +3,30 @@
 //! invocation response (`Outputs`, `Logs`, `ReturnValue`).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
 
 use super::AppState;
 use crate::functions_host::InvocationRequest;
+use crate::refresh::SweepSummary;
+
+/// The custom-handler invocation response.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct InvocationResponse {
+    outputs: Empty,
+    logs: Vec<String>,
+    return_value: SweepResult,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum SweepResult {
+    Done(SweepSummary),
+    Failed { error: &'static str },
+}
 
 pub async fn refresh_timer(
     req: HttpRequest,
@@ -21,19 +41,24 @@ pub async fn refresh_timer(
         tracing::info!("refresh timer is past due; sweeping now");
     }
     match state.engine.sweep().await {
-        Ok(s) => HttpResponse::Ok().json(json!({
-            "Outputs": {},
-            "Logs": [format!("refresh sweep: {} refreshed, {} failed, {} need reauthorization", s.refreshed, s.failed, s.reauthorization_required)],
-            "ReturnValue": s,
-        })),
+        Ok(s) => HttpResponse::Ok().json(InvocationResponse {
+            outputs: Empty {},
+            logs: vec![format!(
+                "refresh sweep: {} refreshed, {} failed, {} need reauthorization",
+                s.refreshed, s.failed, s.reauthorization_required
+            )],
+            return_value: SweepResult::Done(s),
+        }),
         Err(e) => {
             tracing::error!(error = %e, "refresh sweep could not list connections");
             // A non-2xx answer makes the host record the invocation as failed.
-            HttpResponse::ServiceUnavailable().json(json!({
-                "Outputs": {},
-                "Logs": ["refresh sweep failed: the token store is unavailable"],
-                "ReturnValue": {"error": "store_unavailable"},
-            }))
+            HttpResponse::ServiceUnavailable().json(InvocationResponse {
+                outputs: Empty {},
+                logs: vec!["refresh sweep failed: the token store is unavailable".into()],
+                return_value: SweepResult::Failed {
+                    error: "store_unavailable",
+                },
+            })
         }
     }
 }

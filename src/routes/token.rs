@@ -4,15 +4,43 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::Duration;
 
 use super::error::ApiError;
 use super::{query, AppState};
-use crate::domain::{ConnectionId, IntegrationName};
-use crate::refresh::{now, Need};
+use crate::domain::clock::now;
+use crate::domain::{ConnectionId, ConnectionRecord, IntegrationName};
+use crate::refresh::Need;
+
+/// The token route's answer (ADF reads `access_token` and `metadata` from it).
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    token_type: &'a str,
+    expires_at: String,
+    expires_in: i64,
+    integration: &'a str,
+    connection: &'a str,
+    scope: &'a str,
+    metadata: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl<'a> From<&'a ConnectionRecord> for TokenBody<'a> {
+    fn from(r: &'a ConnectionRecord) -> Self {
+        Self {
+            access_token: r.tokens.access_token.expose(),
+            token_type: &r.token_type,
+            expires_at: r.expires_at.format(&Rfc3339).unwrap_or_default(),
+            expires_in: r.expires_in(now()),
+            integration: r.integration.as_str(),
+            connection: r.connection.as_str(),
+            scope: &r.scope,
+            metadata: &r.metadata,
+        }
+    }
+}
 
 struct TokenRequest {
     integration: IntegrationName,
@@ -123,16 +151,11 @@ pub async fn post(
 }
 
 async fn serve(state: &AppState, r: TokenRequest) -> Result<HttpResponse, ApiError> {
-    let integration = state.engine.integration(&r.integration).ok_or_else(|| {
-        ApiError::IntegrationNotFound(format!(
-            "no integration named {:?} is configured",
-            r.integration.as_str()
-        ))
-    })?;
+    let integration = state.integration(&r.integration)?;
     let record = state
         .engine
         .ensure_fresh(
-            integration,
+            &integration,
             &r.connection,
             Need {
                 min_validity: r.min_validity,
@@ -144,22 +167,11 @@ async fn serve(state: &AppState, r: TokenRequest) -> Result<HttpResponse, ApiErr
         .map_err(|e| {
             ApiError::from_refresh(
                 e,
-                state.authorize_link(r.integration.as_str(), &r.connection),
+                state.consent.authorize_link(&r.integration, &r.connection),
             )
         })?;
-    let now = now();
-    let body = json!({
-        "access_token": record.tokens.access_token.expose(),
-        "token_type": record.token_type,
-        "expires_at": record.expires_at.format(&Rfc3339).unwrap_or_default(),
-        "expires_in": record.expires_in(now),
-        "integration": record.integration.as_str(),
-        "connection": record.connection.as_str(),
-        "scope": record.scope,
-        "metadata": record.metadata,
-    });
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"))
-        .json(body))
+        .json(TokenBody::from(&record)))
 }

@@ -218,10 +218,6 @@ impl Store {
             .map(|_| ())
     }
 
-    pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
-    }
-
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.ready().await?;
         self.backend.ping().await
@@ -294,7 +290,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.ready().await?;
         let (key_id, sealed_verifier) = self.keys.seal(
-            p.pkce_verifier.expose().as_bytes(),
+            p.pkce_verifier
+                .as_ref()
+                .map_or(&[][..], |v| v.expose().as_bytes()),
             &aad("pending", state_hash),
         );
         let row = PendingRow {
@@ -331,9 +329,12 @@ impl Store {
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             connection: ConnectionId::parse(&row.connection)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            pkce_verifier: Secret::new(
+            // An empty sealed verifier is a flow without PKCE.
+            pkce_verifier: Some(
                 String::from_utf8(verifier).map_err(|_| StoreError::Corrupt("verifier".into()))?,
-            ),
+            )
+            .filter(|v| !v.is_empty())
+            .map(Secret::new),
             binding_hash: row.binding_hash,
             expires_at: row.expires_at,
             link_hash: row.link_hash,

@@ -26,6 +26,13 @@ use crate::domain::Secret;
 
 const PENDING_PARTITION: &str = "~pending";
 
+/// A storage connection string the broker cannot use (never echoes it: it holds a key).
+#[derive(Debug, thiserror::Error)]
+#[error("is not a valid storage connection string: expected DefaultEndpointsProtocol=https;AccountName=<name>;AccountKey=<key>[;TableEndpoint=<url>] or UseDevelopmentStorage=true{missing}")]
+pub struct InvalidConnectionString {
+    missing: &'static str,
+}
+
 pub struct TableBackend {
     table: TableClient,
 }
@@ -58,20 +65,16 @@ impl TableBackend {
         connection_string: &Secret,
         table: &str,
         http: reqwest::Client,
-    ) -> Result<Self, String> {
-        let bad = "is not a valid storage connection string: expected \
-                   DefaultEndpointsProtocol=https;AccountName=<name>;AccountKey=<key>[;TableEndpoint=<url>] \
-                   or UseDevelopmentStorage=true";
-        let cs = ConnectionString::new(connection_string.expose()).map_err(|_| bad.to_owned())?;
+    ) -> Result<Self, InvalidConnectionString> {
+        let bad = |missing: &'static str| InvalidConnectionString { missing };
+        let cs = ConnectionString::new(connection_string.expose()).map_err(|_| bad(""))?;
         let builder = if cs.use_development_storage == Some(true) {
             TableServiceClientBuilder::emulator()
         } else {
-            let account = cs
-                .account_name
-                .ok_or_else(|| format!("{bad} (AccountName is missing)"))?;
+            let account = cs.account_name.ok_or(bad(" (AccountName is missing)"))?;
             let credentials = cs
                 .storage_credentials()
-                .map_err(|_| format!("{bad} (AccountKey or SharedAccessSignature is missing)"))?;
+                .map_err(|_| bad(" (AccountKey or SharedAccessSignature is missing)"))?;
             let location = match (cs.table_endpoint, cs.endpoint_suffix) {
                 (Some(uri), _) => CloudLocation::Custom {
                     account: account.to_owned(),
@@ -170,11 +173,9 @@ impl TableBackend {
 
 fn fmt_time(t: OffsetDateTime) -> String {
     // Millisecond precision: inside Table Storage's 100 ns and identical on every backend.
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let t = t
-        .replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
-        .unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_default()
+    crate::domain::clock::to_millis(t)
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 fn put_time(m: &mut Map<String, Value>, name: &str, t: Option<OffsetDateTime>) {

@@ -1,48 +1,72 @@
-//! Settings: the environment (app settings under the Functions host) and the
-//! integrations file, validated once at start into typed values. Every error
-//! names the setting or file position and says how to fix it, so that a
-//! misconfiguration surfaces at cold start rather than in the middle of a refresh.
+//! Configuration, validated once at start into typed values: the
+//! environment (app settings under the Functions host) here, the integrations
+//! file and vendor templates in [`integrations`], one error type in
+//! [`error`]. Every error names the setting or file position and says how to
+//! fix it, so a misconfiguration surfaces at cold start rather than in the
+//! middle of a refresh.
+//!
+//! Loading is pure: it reads settings and the integrations file, nothing else.
+//! What has side effects (creating the embedded store's key file, fetching an
+//! issuer's metadata) is done by `startup`.
+//!
+//! Depends on `domain` and `crypto` only.
 
-use std::collections::BTreeMap;
+pub mod discovery;
+pub mod error;
+mod expand;
+pub mod integrations;
+pub mod templates;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use time::Duration;
 use url::Url;
 
 use crate::crypto::Keyring;
-use crate::domain::{IntegrationName, Secret};
-use crate::integrations::{self, Discovery};
-pub use crate::integrations::{ClientAuth, Integration};
+use crate::domain::Secret;
+pub use error::ConfigError;
+pub use integrations::{ClientAuth, Integration, IntegrationsFile};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{setting}: {problem}")]
-    Setting {
-        setting: &'static str,
-        problem: String,
-    },
-    #[error("{path}: line {line}, column {column}: {problem}")]
-    FileSyntax {
-        path: String,
-        line: usize,
-        column: usize,
-        problem: String,
-    },
-    #[error("{path}: integration {integration:?}: {problem}")]
-    Integration {
-        path: String,
-        integration: String,
-        problem: String,
-    },
-    #[error("{path}: {problem}")]
-    File { path: String, problem: String },
+/// Reads settings by name; empty values count as unset.
+struct Env<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
 }
 
-fn setting_err(setting: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Setting {
-        setting,
-        problem: problem.into(),
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.get)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A whole number in `range` (the one number parser of the settings);
+    /// `what` completes "must be ..." in the error.
+    fn number(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+        what: &str,
+    ) -> Result<u64, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if range.contains(&n) => Ok(n),
+                _ => Err(ConfigError::setting(name, format!("must be {what}"))),
+            },
+        }
+    }
+
+    /// A whole number of seconds in `range`, with the usual message.
+    fn seconds(
+        &self,
+        name: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let what = format!("a whole number from {} to {}", range.start(), range.end());
+        self.number(name, default, range, &what)
     }
 }
 
@@ -59,17 +83,24 @@ pub enum StorageSettings {
     /// (optional `BROKER_STORAGE__clientId` for a user-assigned identity), used when
     /// `BROKER_STORAGE` is unset; the same `AzureWebJobsStorage__*` settings after that.
     TableIdentity {
-        account: String,
-        /// The table service endpoint; `None` means `https://<account>.table.core.windows.net`.
-        table_uri: Option<String>,
-        client_id: Option<String>,
+        identity: IdentityStorage,
         table: String,
-        /// The platform's `IDENTITY_ENDPOINT` and `IDENTITY_HEADER`.
-        identity_endpoint: String,
-        identity_header: Secret,
     },
     /// The embedded store.
     Sqlite { path: PathBuf },
+}
+
+/// Identity-based Table Storage: which account, and the platform's identity endpoint.
+#[derive(Debug, Clone)]
+pub struct IdentityStorage {
+    pub account: String,
+    /// The table service endpoint; `None` means `https://<account>.table.core.windows.net`.
+    pub table_uri: Option<String>,
+    /// A user-assigned identity's client id; `None` for the system-assigned one.
+    pub client_id: Option<String>,
+    /// The platform's `IDENTITY_ENDPOINT` and `IDENTITY_HEADER`.
+    pub identity_endpoint: String,
+    pub identity_header: Secret,
 }
 
 /// How the refresh engine behaves; every value has a safe default.
@@ -110,53 +141,51 @@ impl Default for RefreshPolicy {
 }
 
 impl RefreshPolicy {
-    fn load(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let num =
-            |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ConfigError> {
-                match get(name) {
-                    None => Ok(default),
-                    Some(v) => match v.trim().parse::<u64>() {
-                        Ok(n) if (min..=max).contains(&n) => Ok(n),
-                        _ => Err(setting_err(
-                            name,
-                            format!("must be a whole number from {min} to {max}"),
-                        )),
-                    },
-                }
-            };
+    fn load(env: &Env<'_>) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let timeout = num(
+        let timeout = env.seconds(
             "BROKER_UPSTREAM_TIMEOUT_SECS",
             d.upstream_timeout.as_secs(),
-            1,
-            120,
+            1..=120,
         )?;
-        let lease = num(
+        let lease = env.seconds(
             "BROKER_REFRESH_LEASE_SECS",
-            d.lease.whole_seconds() as u64,
-            2,
-            3600,
+            d.lease.whole_seconds().unsigned_abs(),
+            2..=3600,
         )?;
         if lease < timeout + 2 {
-            return Err(setting_err(
+            return Err(ConfigError::setting(
                 "BROKER_REFRESH_LEASE_SECS",
                 format!("({lease}) must exceed BROKER_UPSTREAM_TIMEOUT_SECS ({timeout}) by at least 2 seconds, so a refresh always finishes inside its lease"),
             ));
         }
         Ok(Self {
-            lease: Duration::seconds(lease as i64),
+            lease: seconds(lease),
             upstream_timeout: std::time::Duration::from_secs(timeout),
-            cooldown: Duration::seconds(num("BROKER_REFRESH_COOLDOWN_SECS", 30, 0, 86_400)? as i64),
-            sweep_concurrency: num("BROKER_SWEEP_CONCURRENCY", 8, 1, 256)? as usize,
-            sweep_budget: std::time::Duration::from_secs(num(
+            cooldown: seconds(env.seconds("BROKER_REFRESH_COOLDOWN_SECS", 30, 0..=86_400)?),
+            sweep_concurrency: env.seconds("BROKER_SWEEP_CONCURRENCY", 8, 1..=256)? as usize,
+            sweep_budget: std::time::Duration::from_secs(env.seconds(
                 "BROKER_SWEEP_BUDGET_SECS",
                 240,
-                1,
-                86_400,
+                1..=86_400,
             )?),
             ..d
         })
     }
+}
+
+/// A number of seconds already range-checked to fit.
+fn seconds(n: u64) -> Duration {
+    Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// Where the encryption keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// `BROKER_ENCRYPTION_KEYS`.
+    Configured(Keyring),
+    /// The embedded store's key file at this path, created at start when absent.
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -165,19 +194,15 @@ pub struct Settings {
     /// Started by the Functions host (`FUNCTIONS_CUSTOMHANDLER_PORT` set).
     pub host_mode: bool,
     /// `BROKER_PUBLIC_URL`, or `https://$WEBSITE_HOSTNAME`; `None` means "the address we bound".
-    pub public_url: Option<String>,
+    pub public_url: Option<Url>,
     /// Standalone mode only: the key protected routes require.
     pub api_key: Option<Secret>,
     /// Standalone mode only: how often the refresh sweep runs.
     pub sweep_interval: Option<std::time::Duration>,
     pub storage: StorageSettings,
-    pub keys: Keyring,
-    pub integrations: BTreeMap<IntegrationName, Integration>,
-    /// Integrations whose endpoints come from their issuer's metadata (fetched at start).
-    pub discover: Vec<Discovery>,
-    pub integrations_path: PathBuf,
-    /// True when the integrations file did not exist (a warning is logged at start).
-    pub integrations_missing: bool,
+    pub keys: KeySource,
+    /// The integrations file: ready integrations and those to discover at start.
+    pub integrations: IntegrationsFile,
     pub refresh: RefreshPolicy,
     /// Default lifetime of consent links (`BROKER_CONSENT_LINK_TTL_SECS`, default 24 h).
     pub consent_link_lifetime: Duration,
@@ -188,156 +213,136 @@ const DEFAULT_TABLE: &str = "oauthbroker";
 
 impl Settings {
     /// Reads every setting through `env` (the process environment in `main`).
-    pub fn load(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    pub fn load(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { get };
 
-        let host_port = get("FUNCTIONS_CUSTOMHANDLER_PORT");
+        let host_port = env.get("FUNCTIONS_CUSTOMHANDLER_PORT");
         let host_mode = host_port.is_some();
-        let (listen, api_key, sweep_interval) = if let Some(port) = host_port {
-            let port: u16 = port.trim().parse().map_err(|_| {
-                setting_err("FUNCTIONS_CUSTOMHANDLER_PORT", "must be a port number")
-            })?;
+        let (listen, api_key, sweep_interval) = if host_mode {
+            let port = env.number(
+                "FUNCTIONS_CUSTOMHANDLER_PORT",
+                0,
+                0..=65_535,
+                "a port number",
+            )?;
             (
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port as u16),
                 None,
                 None,
             )
         } else {
-            let port: u16 = match get("BROKER_PORT") {
-                Some(p) => p
-                    .trim()
-                    .parse()
-                    .map_err(|_| setting_err("BROKER_PORT", "must be a port number (0-65535)"))?,
-                None => 7071,
-            };
-            let bind: IpAddr = match get("BROKER_BIND") {
-                Some(b) => b.trim().parse().map_err(|_| {
-                    setting_err(
+            let port = env.number("BROKER_PORT", 7071, 0..=65_535, "a port number (0-65535)")?;
+            let bind: IpAddr = match env.get("BROKER_BIND") {
+                Some(b) => b.parse().map_err(|_| {
+                    ConfigError::setting(
                         "BROKER_BIND",
                         "must be an IP address such as 127.0.0.1 or 0.0.0.0",
                     )
                 })?,
                 None => IpAddr::V4(Ipv4Addr::LOCALHOST),
             };
-            let api_key = get("BROKER_API_KEY").map(Secret::new);
+            let api_key = env.get("BROKER_API_KEY").map(Secret::new);
             if api_key.is_none() && !bind.is_loopback() {
-                return Err(setting_err(
+                return Err(ConfigError::setting(
                     "BROKER_API_KEY",
                     format!("is required when BROKER_BIND ({bind}) is not a loopback address: without it anyone who can reach the port can read tokens. Set BROKER_API_KEY to a long random value, or bind to 127.0.0.1"),
                 ));
             }
-            let secs: u64 = match get("BROKER_SWEEP_INTERVAL_SECS") {
-                Some(s) => s.trim().parse().map_err(|_| {
-                    setting_err(
-                        "BROKER_SWEEP_INTERVAL_SECS",
-                        "must be a whole number of seconds (0 = never)",
-                    )
-                })?,
-                None => 300,
-            };
+            let secs = env.number(
+                "BROKER_SWEEP_INTERVAL_SECS",
+                300,
+                0..=u64::from(u32::MAX),
+                "a whole number of seconds (0 = never)",
+            )?;
             let sweep = (secs > 0).then(|| std::time::Duration::from_secs(secs));
-            (SocketAddr::new(bind, port), api_key, sweep)
+            (SocketAddr::new(bind, port as u16), api_key, sweep)
         };
 
-        let public_url = match get("BROKER_PUBLIC_URL") {
-            Some(u) => {
-                let parsed = Url::parse(u.trim()).map_err(|e| {
-                    setting_err(
-                        "BROKER_PUBLIC_URL",
-                        format!("is not a URL ({e}); example: https://my-broker.azurewebsites.net"),
-                    )
-                })?;
-                if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err(setting_err("BROKER_PUBLIC_URL", "must be an http(s) URL"));
-                }
-                Some(u.trim().trim_end_matches('/').to_owned())
-            }
-            None => get("WEBSITE_HOSTNAME").map(|h| format!("https://{}", h.trim())),
+        let public_url = match env.get("BROKER_PUBLIC_URL") {
+            Some(u) => Some(public_url("BROKER_PUBLIC_URL", &u, "")?),
+            None => match env.get("WEBSITE_HOSTNAME") {
+                Some(h) => Some(public_url(
+                    "WEBSITE_HOSTNAME",
+                    &format!("https://{h}"),
+                    " (a host name such as my-broker.azurewebsites.net)",
+                )?),
+                None => None,
+            },
         };
 
-        let identity = identity_storage(&get)?;
-        let storage_spec = get("BROKER_STORAGE")
-            .or_else(|| get("AzureWebJobsStorage"))
-            .unwrap_or_else(|| format!("sqlite:{DEFAULT_SQLITE}"));
-        let sqlite_path = match identity {
-            Some(_) => None,
-            None => storage_spec.trim().strip_prefix("sqlite:"),
-        };
-        let storage = if let Some(path) = sqlite_path {
-            if path.is_empty() {
-                return Err(setting_err(
-                    "BROKER_STORAGE",
-                    "sqlite: needs a path, e.g. sqlite:.broker/broker.db",
-                ));
-            }
-            StorageSettings::Sqlite {
-                path: PathBuf::from(path),
-            }
-        } else {
-            let table = get("BROKER_TABLE").unwrap_or_else(|| DEFAULT_TABLE.to_owned());
+        let table = || -> Result<String, ConfigError> {
+            let table = env
+                .get("BROKER_TABLE")
+                .unwrap_or_else(|| DEFAULT_TABLE.to_owned());
             let valid = table.len() >= 3
                 && table.len() <= 63
                 && table.as_bytes()[0].is_ascii_alphabetic()
                 && table.bytes().all(|c| c.is_ascii_alphanumeric())
                 && !table.eq_ignore_ascii_case("tables");
-            if !valid {
-                return Err(setting_err(
+            if valid {
+                Ok(table)
+            } else {
+                Err(ConfigError::setting(
                     "BROKER_TABLE",
                     "must be 3-63 letters and digits, starting with a letter (Table Storage rules)",
-                ));
+                ))
             }
-            match identity {
-                Some(mut id) => {
-                    if let StorageSettings::TableIdentity { table: t, .. } = &mut id {
-                        *t = table;
+        };
+        let storage = match identity_storage(&env)? {
+            Some(identity) => StorageSettings::TableIdentity {
+                identity,
+                table: table()?,
+            },
+            None => {
+                let spec = env
+                    .get("BROKER_STORAGE")
+                    .or_else(|| env.get("AzureWebJobsStorage"))
+                    .unwrap_or_else(|| format!("sqlite:{DEFAULT_SQLITE}"));
+                match spec.strip_prefix("sqlite:") {
+                    Some("") => {
+                        return Err(ConfigError::setting(
+                            "BROKER_STORAGE",
+                            "sqlite: needs a path, e.g. sqlite:.broker/broker.db",
+                        ))
                     }
-                    id
+                    Some(path) => StorageSettings::Sqlite {
+                        path: PathBuf::from(path),
+                    },
+                    None => StorageSettings::Table {
+                        connection_string: Secret::new(spec),
+                        table: table()?,
+                    },
                 }
-                None => StorageSettings::Table {
-                    connection_string: Secret::new(storage_spec.trim()),
-                    table,
-                },
             }
         };
 
-        let keys = match (get("BROKER_ENCRYPTION_KEYS"), &storage) {
-            (Some(spec), _) => Keyring::parse(&Secret::new(spec)).map_err(|e| setting_err("BROKER_ENCRYPTION_KEYS", e.to_string()))?,
-            (None, StorageSettings::Sqlite { path }) => embedded_keyring(path)?,
+        let keys = match (env.get("BROKER_ENCRYPTION_KEYS"), &storage) {
+            (Some(spec), _) => KeySource::Configured(
+                Keyring::parse(&Secret::new(spec))
+                    .map_err(|e| ConfigError::setting("BROKER_ENCRYPTION_KEYS", e.to_string()))?,
+            ),
+            (None, StorageSettings::Sqlite { path }) => KeySource::File(beside(path, "broker.key")),
             (None, StorageSettings::Table { .. } | StorageSettings::TableIdentity { .. }) => {
-                return Err(setting_err(
+                return Err(ConfigError::setting(
                     "BROKER_ENCRYPTION_KEYS",
                     "is required with Table Storage: set it to <key-id>:<base64 of 32 random bytes>, e.g. k1:$(openssl rand -base64 32); keep it in Key Vault",
                 ))
             }
         };
 
-        let integrations_path =
-            PathBuf::from(get("BROKER_INTEGRATIONS").unwrap_or_else(|| "integrations.json".into()));
-        let (integrations, integrations_missing) = match std::fs::read_to_string(&integrations_path)
-        {
-            Ok(text) => (integrations::parse(&text, &integrations_path, &get)?, false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Default::default(), true),
-            Err(e) => {
-                return Err(ConfigError::File {
-                    path: integrations_path.display().to_string(),
-                    problem: format!("cannot be read: {e}"),
-                })
-            }
-        };
+        let integrations_path = PathBuf::from(
+            env.get("BROKER_INTEGRATIONS")
+                .unwrap_or_else(|| "integrations.json".into()),
+        );
+        let integrations = IntegrationsFile::load(integrations_path, &|k| env.get(k))?;
 
-        let refresh = RefreshPolicy::load(&get)?;
-        let consent_link_lifetime = match get("BROKER_CONSENT_LINK_TTL_SECS") {
-            None => Duration::hours(24),
-            Some(v) => match v.trim().parse::<u32>() {
-                Ok(n) if (60..=2_592_000).contains(&n) => Duration::seconds(i64::from(n)),
-                _ => {
-                    return Err(setting_err(
-                        "BROKER_CONSENT_LINK_TTL_SECS",
-                        "must be a whole number of seconds from 60 to 2592000 (30 days)",
-                    ))
-                }
-            },
-        };
+        let refresh = RefreshPolicy::load(&env)?;
+        let consent_link_lifetime = seconds(env.number(
+            "BROKER_CONSENT_LINK_TTL_SECS",
+            86_400,
+            60..=2_592_000,
+            "a whole number of seconds from 60 to 2592000 (30 days)",
+        )?);
         Ok(Self {
             refresh,
             consent_link_lifetime,
@@ -348,12 +353,37 @@ impl Settings {
             sweep_interval,
             storage,
             keys,
-            integrations: integrations.ready,
-            discover: integrations.discover,
-            integrations_path,
-            integrations_missing,
+            integrations,
         })
     }
+}
+
+/// A public base URL: http(s), no query or fragment, no trailing slash in use.
+fn public_url(setting: &'static str, value: &str, hint: &str) -> Result<Url, ConfigError> {
+    let parsed = Url::parse(value.trim_end_matches('/')).map_err(|e| {
+        ConfigError::setting(
+            setting,
+            format!("is not a URL ({e}){hint}; example: https://my-broker.azurewebsites.net"),
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ConfigError::setting(setting, "must be an http(s) URL"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(ConfigError::setting(
+            setting,
+            "must not have a query or fragment",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// A file beside the embedded database.
+pub fn beside(db: &std::path::Path, name: &str) -> PathBuf {
+    db.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .join(name)
 }
 
 /// The settings of one identity-based storage connection (`<prefix>__<property>`).
@@ -382,10 +412,9 @@ const HOST_IDENTITY: IdentityNames = IdentityNames {
 /// Identity-based Table Storage, when `BROKER_STORAGE` is unset and
 /// `BROKER_STORAGE__accountName` or `__tableServiceUri` is set (or, when
 /// `AzureWebJobsStorage` is unset too, the same `AzureWebJobsStorage__*` settings
-/// that identity-based host storage uses). The table name is filled in by the caller.
-fn identity_storage(
-    get: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<StorageSettings>, ConfigError> {
+/// that identity-based host storage uses).
+fn identity_storage(env: &Env<'_>) -> Result<Option<IdentityStorage>, ConfigError> {
+    let get = |name: &str| env.get(name);
     let has = |n: &IdentityNames| get(n.account).is_some() || get(n.uri).is_some();
     let names = if get("BROKER_STORAGE").is_some() {
         return Ok(None);
@@ -399,7 +428,7 @@ fn identity_storage(
     let setting = |name: &str| get(name).map(|v| v.trim().to_owned());
     if let Some(credential) = setting(names.credential) {
         if !credential.eq_ignore_ascii_case("managedidentity") {
-            return Err(setting_err(
+            return Err(ConfigError::setting(
                 names.credential,
                 format!("is {credential:?}; the only supported value is managedidentity"),
             ));
@@ -408,7 +437,7 @@ fn identity_storage(
     let table_uri = match setting(names.uri) {
         Some(u) => {
             let parsed = Url::parse(&u).map_err(|e| {
-                setting_err(
+                ConfigError::setting(
                     names.uri,
                     format!(
                         "is not a URL ({e}); example: https://<account>.table.core.windows.net"
@@ -416,7 +445,7 @@ fn identity_storage(
                 )
             })?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(setting_err(names.uri, "must be an https URL"));
+                return Err(ConfigError::setting(names.uri, "must be an https URL"));
             }
             Some((parsed, u.trim_end_matches('/').to_owned()))
         }
@@ -425,7 +454,7 @@ fn identity_storage(
     let account = match (setting(names.account), &table_uri) {
         (Some(a), _) => a,
         (None, Some((u, _))) => account_of(u).ok_or_else(|| {
-            setting_err(
+            ConfigError::setting(
                 names.account,
                 format!(
                     "is needed: the storage account name cannot be read from {}",
@@ -433,20 +462,20 @@ fn identity_storage(
                 ),
             )
         })?,
-        (None, None) => unreachable!("has() checked one of them"),
+        (None, None) => return Ok(None),
     };
     let valid_account = (3..=24).contains(&account.len())
         && account
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if !valid_account {
-        return Err(setting_err(
+        return Err(ConfigError::setting(
             names.account,
             "must be a storage account name: 3-24 lowercase letters and digits",
         ));
     }
     let identity_endpoint = get("IDENTITY_ENDPOINT").ok_or_else(|| {
-        setting_err(
+        ConfigError::setting(
             "IDENTITY_ENDPOINT",
             format!(
                 "is not set, and {} / {} use the app's managed identity: enable a managed identity on the Function App (Azure then sets IDENTITY_ENDPOINT and IDENTITY_HEADER), or set BROKER_STORAGE to a connection string",
@@ -455,16 +484,15 @@ fn identity_storage(
         )
     })?;
     let identity_header = get("IDENTITY_HEADER").map(Secret::new).ok_or_else(|| {
-        setting_err(
+        ConfigError::setting(
             "IDENTITY_HEADER",
             "is not set, though IDENTITY_ENDPOINT is: both come from the platform's managed identity",
         )
     })?;
-    Ok(Some(StorageSettings::TableIdentity {
+    Ok(Some(IdentityStorage {
         account,
         table_uri: table_uri.map(|(_, u)| u),
         client_id: setting(names.client_id),
-        table: String::new(),
         identity_endpoint: identity_endpoint.trim().to_owned(),
         identity_header,
     }))
@@ -481,56 +509,6 @@ fn account_of(uri: &Url) -> Option<String> {
             .filter(|s| !s.is_empty())
             .map(str::to_owned),
     }
-}
-
-/// The embedded store's key file beside the database, created on first start.
-fn embedded_keyring(db: &Path) -> Result<Keyring, ConfigError> {
-    let dir = db
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let path = dir.join("broker.key");
-    let err = |problem: String| setting_err("BROKER_ENCRYPTION_KEYS", problem);
-    let spec = match std::fs::read_to_string(&path) {
-        Ok(s) => Secret::new(s.trim()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                err(format!(
-                    "unset, and the key file directory {} cannot be created: {e}",
-                    dir.display()
-                ))
-            })?;
-            let spec = Keyring::generate_spec("local1");
-            write_private(&path, spec.expose()).map_err(|e| {
-                err(format!(
-                    "unset, and the key file {} cannot be written: {e}",
-                    path.display()
-                ))
-            })?;
-            spec
-        }
-        Err(e) => {
-            return Err(err(format!(
-                "unset, and the key file {} cannot be read: {e}",
-                path.display()
-            )))
-        }
-    };
-    Keyring::parse(&spec).map_err(|e| err(format!("key file {}: {e}", path.display())))
-}
-
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(contents.as_bytes())?;
-    f.write_all(b"\n")
 }
 
 #[cfg(test)]
@@ -596,8 +574,12 @@ pub(crate) mod tests {
         assert!(s.host_mode);
         assert_eq!(s.listen.to_string(), "127.0.0.1:34567");
         assert!(s.api_key.is_none() && s.sweep_interval.is_none());
-        assert_eq!(s.public_url.as_deref(), Some("https://x.azurewebsites.net"));
-        assert!(s.integrations_missing);
-        assert!(dir.path().join("broker.key").exists());
+        assert_eq!(
+            s.public_url.as_ref().map(Url::as_str),
+            Some("https://x.azurewebsites.net/")
+        );
+        assert!(!s.integrations.found);
+        // The key file is created at start (startup), beside the database.
+        assert!(matches!(&s.keys, KeySource::File(p) if p == &dir.path().join("broker.key")));
     }
 }

@@ -2,8 +2,9 @@
 //! timer. It is the only place that decides to spend a refresh token.
 //!
 //! One refresh per connection at a time:
-//! - within a process, callers for one connection queue on one async mutex and
-//!   re-read the row after acquiring it, so followers reuse the leader's result;
+//! - within a process, callers for one connection queue on one async gate; the
+//!   gate keeps the record its last holder obtained, so followers take the
+//!   leader's result without another store read (when it meets their need);
 //! - across processes, a lease is written into the row with a conditional
 //!   write (ETag / version) before the vendor is called; callers that find a
 //!   live lease wait (bounded) and re-read, never presenting the old token;
@@ -30,14 +31,19 @@ use std::collections::{BTreeMap, HashMap};
 
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use rand::{Rng, RngCore};
 use time::{Duration, OffsetDateTime};
 
+mod manage;
+mod sweep;
+
 use crate::coalesce::Coalescer;
+use crate::config::{Integration, RefreshPolicy};
+pub use crate::domain::clock::now;
+use crate::domain::scope;
 use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet};
 use crate::oauth::{self, TokenError, TokenResponse};
-use crate::settings::{Integration, RefreshPolicy};
+use crate::registry::{Lookup, Registry};
 use crate::store::{Store, StoreError, Versioned};
 
 /// Time kept in hand after the last upstream call for the final store write.
@@ -95,20 +101,13 @@ type Gate = Arc<tokio::sync::Mutex<Option<ConnectionRecord>>>;
 pub struct Engine {
     store: Store,
     http: reqwest::Client,
-    integrations: Arc<BTreeMap<IntegrationName, Integration>>,
+    integrations: Arc<Registry>,
     policy: RefreshPolicy,
     inflight: Mutex<HashMap<Key, Gate>>,
     /// The token route's reads of one connection at one moment, shared (see `coalesce`).
     reads: Coalescer<Key, Result<Option<Versioned<ConnectionRecord>>, StoreError>>,
     /// Identifies this process in leases.
     owner: String,
-}
-
-/// Current time at millisecond precision (what every backend stores).
-pub fn now() -> OffsetDateTime {
-    let t = OffsetDateTime::now_utc();
-    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
-        .unwrap_or(t)
 }
 
 fn std_duration(d: Duration) -> std::time::Duration {
@@ -119,7 +118,7 @@ impl Engine {
     pub fn new(
         store: Store,
         http: reqwest::Client,
-        integrations: Arc<BTreeMap<IntegrationName, Integration>>,
+        integrations: Arc<Registry>,
         policy: RefreshPolicy,
     ) -> Self {
         let mut id = [0u8; 8];
@@ -135,19 +134,8 @@ impl Engine {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
-    pub fn policy(&self) -> &RefreshPolicy {
-        &self.policy
-    }
-
-    pub fn integration(&self, name: &IntegrationName) -> Option<&Integration> {
+    /// Resolves an integration by name (see `registry`).
+    pub fn integration(&self, name: &IntegrationName) -> Lookup {
         self.integrations.get(name)
     }
 
@@ -168,8 +156,8 @@ impl Engine {
         };
         let scope = resp
             .scope
-            .map(|s| s.replace(',', " "))
-            .unwrap_or_else(|| integration.scopes.join(" "));
+            .map(|s| scope::normalize(&s))
+            .unwrap_or_else(|| scope::join(&integration.scopes));
         let tokens = TokenSet {
             access_token: resp.access_token,
             refresh_token: resp.refresh_token,
@@ -328,9 +316,7 @@ impl Engine {
             let r = &v.value;
             r.refreshed_at == seen_refreshed_at
                 && !r.is_leased(at)
-                && !r
-                    .last_error_at
-                    .is_some_and(|e| e > r.refreshed_at && e + self.policy.cooldown > at)
+                && r.cooling_down_since(at, self.policy.cooldown).is_none()
         });
         let mut current = match known {
             Some(v) => v,
@@ -361,15 +347,10 @@ impl Engine {
                 current = self.read(integration, connection).await?;
                 continue;
             }
-            if let Some(at) = rec
-                .last_error_at
-                .filter(|at| *at > rec.refreshed_at && *at + self.policy.cooldown > now)
-            {
+            if let Some(at) = rec.cooling_down_since(now, self.policy.cooldown) {
                 return self.cooling_down(rec, at, now);
             }
-            let mut lease = current.value.clone();
-            lease.lease_until = Some(now + self.policy.lease);
-            lease.lease_owner = Some(self.owner.clone());
+            let lease = rec.leased(&self.owner, now + self.policy.lease);
             match self.store.replace(&lease, &current.version).await {
                 Ok(version) => {
                     break Versioned {
@@ -476,9 +457,7 @@ impl Engine {
             .call_vendor(integration, &refresh_token, lease_until)
             .await;
         let now = now();
-        let mut next = record.clone();
-        next.lease_until = None;
-        next.lease_owner = None;
+        let mut next = record.unleased();
         let duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(resp) => {
@@ -489,7 +468,7 @@ impl Engine {
                 next.expires_at = now + integration.lifetime(resp.expires_in);
                 next.metadata.extend(resp.metadata);
                 if let Some(scope) = resp.scope {
-                    next.scope = scope.replace(',', " ");
+                    next.scope = scope::normalize(&scope);
                 }
                 next.token_type = resp.token_type;
                 next.refreshed_at = now;
@@ -557,140 +536,9 @@ impl Engine {
     }
 
     async fn release_lease(&self, leased: &Versioned<ConnectionRecord>) {
-        let mut r = leased.value.clone();
-        r.lease_until = None;
-        r.lease_owner = None;
+        let r = leased.value.unleased();
         if let Err(e) = self.store.replace(&r, &leased.version).await {
             tracing::warn!(error = %e, "could not release a lease; it lapses by itself");
         }
-    }
-
-    /// Deletes a connection, first revoking its grant at the vendor (RFC 7009)
-    /// when the integration has a revocation URL and `revoke` is true. A vendor
-    /// that cannot be reached keeps the connection, so the delete can be
-    /// retried; a vendor that says the token is already invalid does not.
-    pub async fn delete(
-        &self,
-        integration: &Integration,
-        connection: &ConnectionId,
-        revoke: bool,
-    ) -> Result<(), RefreshError> {
-        let record = self
-            .store
-            .get(&integration.name, connection)
-            .await?
-            .ok_or(RefreshError::NotFound)?
-            .value;
-        if let (true, Some(url)) = (revoke, &integration.revocation_url) {
-            let (token, hint) = match &record.tokens.refresh_token {
-                Some(rt) => (rt, "refresh_token"),
-                None => (&record.tokens.access_token, "access_token"),
-            };
-            match oauth::revoke(
-                &self.http,
-                integration,
-                url,
-                token,
-                hint,
-                self.policy.upstream_timeout,
-            )
-            .await
-            {
-                Ok(()) => {}
-                Err(e) if matches!(e.oauth_error(), Some("invalid_token" | "invalid_grant")) => {}
-                Err(e) if e.is_misconfigured() => return Err(RefreshError::Misconfigured(e)),
-                Err(e) => return Err(RefreshError::Upstream(e)),
-            }
-        }
-        self.store.delete(&integration.name, connection).await?;
-        tracing::info!(
-            integration = integration.name.as_str(),
-            connection = connection.as_str(),
-            revoked = revoke && integration.revocation_url.is_some(),
-            "connection deleted"
-        );
-        Ok(())
-    }
-
-    /// Refreshes every active connection whose access token expires within its
-    /// integration's margin, or that was not refreshed within its keep-alive
-    /// period. One failure never stops the others; concurrency is bounded, and
-    /// no new refresh starts after the sweep's time budget.
-    pub async fn sweep(&self) -> Result<SweepSummary, StoreError> {
-        let start = now();
-        let started = tokio::time::Instant::now();
-        let widest_margin = self
-            .integrations
-            .values()
-            .map(|i| i.refresh_margin)
-            .max()
-            .unwrap_or(Duration::ZERO);
-        let shortest_keepalive = self
-            .integrations
-            .values()
-            .map(|i| i.keepalive)
-            .min()
-            .unwrap_or(Duration::days(3650));
-        let due = self
-            .store
-            .list_due(start + widest_margin, start - shortest_keepalive)
-            .await?;
-        let listed = due.len();
-        let budget = self.policy.sweep_budget;
-        let results: Vec<Option<Result<bool, RefreshError>>> = futures::stream::iter(due)
-            .map(|row| async move {
-                if started.elapsed() > budget {
-                    return None;
-                }
-                let integration = self.integrations.get(&row.value.integration)?;
-                let need = Need {
-                    refreshed_before: Some(now() - integration.keepalive),
-                    ..Need::default()
-                };
-                if !self.wants_refresh(integration, &row.value, &need, now()) {
-                    return None;
-                }
-                let before = row.value.refreshed_at;
-                // The listed row goes straight to the conditional lease write.
-                Some(
-                    self.ensure_fresh_from(integration, row, need)
-                        .await
-                        .map(|r| r.refreshed_at > before),
-                )
-            })
-            .buffer_unordered(self.policy.sweep_concurrency)
-            .collect()
-            .await;
-        let mut summary = SweepSummary::default();
-        for r in results.into_iter().flatten() {
-            match r {
-                Ok(true) => summary.refreshed += 1,
-                Ok(false) => summary.failed += 1,
-                Err(RefreshError::ReauthorizationRequired) => summary.reauthorization_required += 1,
-                Err(RefreshError::NotFound) => {}
-                Err(_) => summary.failed += 1,
-            }
-        }
-        if started.elapsed() > budget {
-            tracing::warn!(
-                listed,
-                budget_secs = budget.as_secs(),
-                "sweep budget spent; the remaining connections wait for the next run"
-            );
-        }
-        match self.store.purge_pending(start).await {
-            Ok(n) if n > 0 => tracing::info!(purged = n, "expired pending authorizations removed"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not purge expired pending authorizations"),
-        }
-        tracing::info!(
-            listed,
-            refreshed = summary.refreshed,
-            failed = summary.failed,
-            reauthorization_required = summary.reauthorization_required,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "sweep finished"
-        );
-        Ok(summary)
     }
 }

@@ -1,21 +1,25 @@
 //! The integrations file: one OAuth app per integration, optionally filled
-//! from a built-in vendor template (`"provider": "xero"`, see
-//! `providers.json`, compiled into the binary) or from the vendor's published
-//! metadata (`"issuer"`, RFC 8414 / OpenID discovery). Explicit fields always
-//! win over the template. Validated once at start; every error names the
-//! file, the integration and the field.
+//! from a built-in vendor template (`"provider": "xero"`, see [`templates`])
+//! or from the vendor's published metadata (`"issuer"`, see [`discovery`]).
+//! Explicit fields always win over the template. Validated once at start;
+//! every error names the file, the integration and the field.
+//!
+//! Over 600 lines with its unit tests (about 230 of them): the file format and
+//! its validation are one piece, and its tests read best beside it.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use time::Duration;
 use url::Url;
 
+use super::error::ConfigError;
+use super::expand::{expand, expand_all, Ctx};
+use super::templates::apply_template;
+pub use super::templates::catalogue;
 use crate::domain::{IntegrationName, Secret};
-use crate::settings::ConfigError;
 
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,28 +87,50 @@ impl Integration {
     }
 }
 
-/// The built-in vendor templates.
-pub fn catalogue() -> &'static Map<String, Value> {
-    static CATALOGUE: OnceLock<Map<String, Value>> = OnceLock::new();
-    CATALOGUE.get_or_init(|| {
-        serde_json::from_str(include_str!("providers.json"))
-            .expect("providers.json is validated by the unit tests")
-    })
-}
-
 /// An integration whose endpoints come from its issuer's metadata, fetched at start.
 #[derive(Debug, Clone)]
 pub struct Discovery {
-    pub name: String,
+    pub name: IntegrationName,
     pub issuer: Url,
-    value: Map<String, Value>,
+    pub(super) value: Map<String, Value>,
 }
 
 /// What the file holds: ready integrations, and those still to be discovered.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Parsed {
     pub ready: BTreeMap<IntegrationName, Integration>,
     pub discover: Vec<Discovery>,
+}
+
+/// The integrations file as loaded at start.
+#[derive(Debug, Clone)]
+pub struct IntegrationsFile {
+    pub path: PathBuf,
+    /// False when the file did not exist (the broker then serves no integrations and says so).
+    pub found: bool,
+    pub parsed: Parsed,
+}
+
+impl IntegrationsFile {
+    /// Reads and validates the file at `path`; a missing file is no error.
+    pub fn load(path: PathBuf, get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Self {
+                parsed: parse(&text, &path, get)?,
+                path,
+                found: true,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self {
+                path,
+                found: false,
+                parsed: Parsed::default(),
+            }),
+            Err(e) => Err(ConfigError::File {
+                path: path.display().to_string(),
+                problem: format!("cannot be read: {e}"),
+            }),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -154,22 +180,6 @@ struct RawIntegration {
     expires_in_unit: Option<String>,
 }
 
-struct Ctx<'a> {
-    path: String,
-    name: String,
-    get: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Ctx<'_> {
-    fn fail(&self, problem: impl Into<String>) -> ConfigError {
-        ConfigError::Integration {
-            path: self.path.clone(),
-            integration: self.name.clone(),
-            problem: problem.into(),
-        }
-    }
-}
-
 /// Parses the integrations file text. `get` reads settings for `%NAME%` values.
 pub fn parse(
     text: &str,
@@ -212,6 +222,7 @@ pub fn parse(
                 let Value::Object(value) = value else {
                     unreachable!()
                 };
+                let name = IntegrationName::parse(&name).map_err(|e| ctx.fail(e.to_string()))?;
                 parsed.discover.push(Discovery {
                     name,
                     issuer,
@@ -227,233 +238,7 @@ pub fn parse(
     Ok(parsed)
 }
 
-/// Fills the endpoints of `d` from its issuer's metadata (RFC 8414 §3, then
-/// OpenID Connect Discovery), keeping every field the file set explicitly.
-pub async fn discover(
-    http: &reqwest::Client,
-    d: Discovery,
-    path: &Path,
-) -> Result<Integration, ConfigError> {
-    let no_settings = |_: &str| None;
-    let ctx = Ctx {
-        path: path.display().to_string(),
-        name: d.name.clone(),
-        get: &no_settings,
-    };
-    let base = d.issuer.as_str().trim_end_matches('/');
-    let mut meta = None;
-    for well_known in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
-        let url = format!("{base}{well_known}");
-        match http
-            .get(&url)
-            .timeout(std::time::Duration::from_secs(10))
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => {
-                if let Ok(Value::Object(m)) = r.json::<Value>().await {
-                    meta = Some(m);
-                    break;
-                }
-            }
-            _ => continue,
-        }
-    }
-    let meta = meta.ok_or_else(|| ctx.fail(format!("no authorization server metadata at {base}/.well-known/oauth-authorization-server or /.well-known/openid-configuration")))?;
-    if meta
-        .get("issuer")
-        .and_then(Value::as_str)
-        .map(|i| i.trim_end_matches('/'))
-        != Some(base)
-    {
-        return Err(
-            ctx.fail("the metadata's issuer does not match the configured issuer (RFC 8414 §3.3)")
-        );
-    }
-    let mut value = d.value;
-    for (field, key) in [
-        ("authorization_url", "authorization_endpoint"),
-        ("token_url", "token_endpoint"),
-        ("revocation_url", "revocation_endpoint"),
-    ] {
-        if let (false, Some(v)) = (
-            value.contains_key(field),
-            meta.get(key).and_then(Value::as_str),
-        ) {
-            value.insert(field.into(), Value::String(v.to_owned()));
-        }
-    }
-    let methods = |k: &str| -> Vec<String> {
-        meta.get(k)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    if !value.contains_key("client_auth") {
-        let auth = methods("token_endpoint_auth_methods_supported");
-        if !auth.is_empty()
-            && !auth.iter().any(|m| m == "client_secret_basic")
-            && auth.iter().any(|m| m == "client_secret_post")
-        {
-            value.insert("client_auth".into(), Value::String("post".into()));
-        }
-    }
-    if !value.contains_key("pkce") {
-        let pkce = methods("code_challenge_methods_supported");
-        if !pkce.is_empty() && !pkce.iter().any(|m| m == "S256") {
-            value.insert("pkce".into(), Value::Bool(false));
-        }
-    }
-    finish(&ctx, value)
-}
-
-/// Merges the integration over its template (if it names one), filling `{placeholders}`.
-fn apply_template(
-    ctx: &Ctx<'_>,
-    mut own: Map<String, Value>,
-) -> Result<Map<String, Value>, ConfigError> {
-    let placeholders = own.remove("placeholders");
-    let Some(provider) = own
-        .get("provider")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    else {
-        if placeholders.is_some() {
-            return Err(ctx.fail("placeholders are only used with a provider template"));
-        }
-        return Ok(own);
-    };
-    let Some(Value::Object(template)) = catalogue().get(&provider) else {
-        let known: Vec<&str> = catalogue().keys().map(String::as_str).collect();
-        return Err(ctx.fail(format!(
-            "provider {provider:?} is not in the catalogue; known: {}",
-            known.join(", ")
-        )));
-    };
-    let mut template = template.clone();
-    template.remove("notes");
-    let requires: Vec<String> = match template.remove("requires") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    };
-    let mut values: BTreeMap<String, String> = match template.remove("defaults") {
-        Some(Value::Object(m)) => m
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
-            .collect(),
-        _ => BTreeMap::new(),
-    };
-    match placeholders {
-        None => {}
-        Some(Value::Object(m)) => {
-            for (k, v) in m {
-                let Some(v) = v.as_str() else {
-                    return Err(ctx.fail(format!("placeholders.{k} must be a string")));
-                };
-                if !requires.contains(&k) {
-                    return Err(ctx.fail(format!(
-                        "provider {provider} has no placeholder {{{k}}}; it takes: {}",
-                        requires.join(", ")
-                    )));
-                }
-                let v = expand(ctx, &format!("placeholders.{k}"), v)?;
-                if v.is_empty()
-                    || !v
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
-                {
-                    return Err(ctx.fail(format!("placeholders.{k} must be a host name part (letters, digits, '-', '.', '_')")));
-                }
-                values.insert(k, v);
-            }
-        }
-        Some(_) => {
-            return Err(ctx.fail(
-                "placeholders must be an object, e.g. {\"tenant\": \"contoso.onmicrosoft.com\"}",
-            ))
-        }
-    }
-    for r in &requires {
-        if !values.contains_key(r) {
-            return Err(ctx.fail(format!("provider {provider} needs the placeholder {{{r}}}: add \"placeholders\": {{\"{r}\": \"...\"}}")));
-        }
-    }
-    fill(&mut template, &values);
-    for (k, v) in own {
-        match (template.get_mut(&k), v) {
-            (Some(Value::Object(base)), Value::Object(over)) if k.ends_with("_params") => {
-                base.extend(over)
-            }
-            (_, v) => {
-                template.insert(k, v);
-            }
-        }
-    }
-    Ok(template)
-}
-
-fn fill(m: &mut Map<String, Value>, values: &BTreeMap<String, String>) {
-    for v in m.values_mut() {
-        match v {
-            Value::String(s) => {
-                for (k, val) in values {
-                    *s = s.replace(&format!("{{{k}}}"), val);
-                }
-            }
-            Value::Object(o) => fill(o, values),
-            _ => {}
-        }
-    }
-}
-
-fn expand_all(ctx: &Ctx<'_>, at: &str, v: &mut Value) -> Result<(), ConfigError> {
-    match v {
-        Value::String(s) => *s = expand(ctx, at, s)?,
-        Value::Array(a) => {
-            for x in a {
-                expand_all(ctx, at, x)?;
-            }
-        }
-        Value::Object(m) => {
-            for (k, x) in m {
-                let path = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
-                expand_all(ctx, &path, x)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// `%NAME%` reads the setting NAME; anything else is literal.
-fn expand(ctx: &Ctx<'_>, field: &str, v: &str) -> Result<String, ConfigError> {
-    match v.strip_prefix('%').and_then(|s| s.strip_suffix('%')) {
-        Some(setting) if !setting.is_empty() => (ctx.get)(setting).ok_or_else(|| {
-            ctx.fail(format!(
-                "{field} refers to the setting {setting}, which is not set (add it to the app settings / environment)"
-            ))
-        }),
-        _ => Ok(v.to_owned()),
-    }
-}
-
-fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integration, ConfigError> {
+pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integration, ConfigError> {
     let name = IntegrationName::parse(&ctx.name).map_err(|e| ctx.fail(e.to_string()))?;
     let r: RawIntegration =
         serde_json::from_value(Value::Object(value)).map_err(|e| ctx.fail(e.to_string()))?;
@@ -549,7 +334,7 @@ fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integration, Confi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::tests::env;
+    use crate::config::tests::env;
 
     fn one(text: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<Integration, ConfigError> {
         let p = parse(text, Path::new("i.json"), get)?;
@@ -720,7 +505,7 @@ mod tests {
     fn the_shipped_sample_file_is_valid() {
         let any = |_: &str| Some("x".to_owned());
         let p = parse(
-            include_str!("../integrations.sample.json"),
+            include_str!("../../integrations.sample.json"),
             Path::new("integrations.sample.json"),
             &any,
         )

@@ -1,0 +1,105 @@
+//! Integrations configured with only an `issuer`: their endpoints come from
+//! the issuer's metadata (RFC 8414 §3, then OpenID Connect Discovery), fetched
+//! by `registry` in the background after start.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::error::ConfigError;
+use super::expand::Ctx;
+use super::integrations::{finish, Discovery, Integration};
+
+/// Fills the endpoints of `d` from its issuer's metadata (RFC 8414 §3, then
+/// OpenID Connect Discovery), keeping every field the file set explicitly.
+pub async fn discover(
+    http: &reqwest::Client,
+    d: Discovery,
+    path: &Path,
+) -> Result<Integration, ConfigError> {
+    // Settings were expanded when the file was read: discovery needs none.
+    let fail = |problem: &str| ConfigError::Integration {
+        path: path.display().to_string(),
+        integration: d.name.as_str().to_owned(),
+        problem: problem.to_owned(),
+    };
+    let base = d.issuer.as_str().trim_end_matches('/');
+    let mut meta = None;
+    for well_known in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+    ] {
+        let url = format!("{base}{well_known}");
+        match http
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => {
+                if let Ok(Value::Object(m)) = r.json::<Value>().await {
+                    meta = Some(m);
+                    break;
+                }
+            }
+            _ => continue,
+        }
+    }
+    let meta = meta.ok_or_else(|| fail(&format!("no authorization server metadata at {base}/.well-known/oauth-authorization-server or /.well-known/openid-configuration")))?;
+    if meta
+        .get("issuer")
+        .and_then(Value::as_str)
+        .map(|i| i.trim_end_matches('/'))
+        != Some(base)
+    {
+        return Err(fail(
+            "the metadata's issuer does not match the configured issuer (RFC 8414 §3.3)",
+        ));
+    }
+    let mut value = d.value;
+    for (field, key) in [
+        ("authorization_url", "authorization_endpoint"),
+        ("token_url", "token_endpoint"),
+        ("revocation_url", "revocation_endpoint"),
+    ] {
+        if let (false, Some(v)) = (
+            value.contains_key(field),
+            meta.get(key).and_then(Value::as_str),
+        ) {
+            value.insert(field.into(), Value::String(v.to_owned()));
+        }
+    }
+    let methods = |k: &str| -> Vec<String> {
+        meta.get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if !value.contains_key("client_auth") {
+        let auth = methods("token_endpoint_auth_methods_supported");
+        if !auth.is_empty()
+            && !auth.iter().any(|m| m == "client_secret_basic")
+            && auth.iter().any(|m| m == "client_secret_post")
+        {
+            value.insert("client_auth".into(), Value::String("post".into()));
+        }
+    }
+    if !value.contains_key("pkce") {
+        let pkce = methods("code_challenge_methods_supported");
+        if !pkce.is_empty() && !pkce.iter().any(|m| m == "S256") {
+            value.insert("pkce".into(), Value::Bool(false));
+        }
+    }
+    let no_settings = |_: &str| None;
+    let ctx = Ctx {
+        path: path.display().to_string(),
+        name: d.name.as_str().to_owned(),
+        get: &no_settings,
+    };
+    finish(&ctx, value)
+}

@@ -1,0 +1,426 @@
+//! Consent as a service: starting an authorization (state, PKCE, browser
+//! binding), completing it at the callback (RFC 6749 §4.1.2–4.1.3), and
+//! consent links an admin can send to an account owner. Routes turn the typed
+//! [`ConsentError`] into pages; nothing here knows about HTTP responses.
+//!
+//! State and links are stored only as their SHA-256 (base64url), so neither
+//! can be read back from storage; the PKCE verifier is stored sealed.
+//!
+//! Depends on `domain`, `config`, `oauth`, `store`, `registry` and `refresh`
+//! (which stores the grant).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use time::Duration;
+use url::Url;
+
+use crate::config::Integration;
+use crate::domain::clock::now;
+use crate::domain::{
+    ConnectionId, ConnectionRecord, IntegrationName, PendingAuthorization, Secret,
+};
+use crate::oauth::{self, TokenError};
+use crate::refresh::Engine;
+use crate::registry::Lookup;
+use crate::store::{ConsentLink, Store};
+
+/// How long a started consent may take.
+pub const PENDING_LIFETIME: Duration = Duration::minutes(10);
+
+/// The longest a consent link may live.
+pub const MAX_LINK_LIFETIME: Duration = Duration::days(30);
+
+/// SHA-256, base64url: how state, bindings and link tokens are stored.
+pub fn hash(s: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(s.as_bytes()))
+}
+
+fn random_token() -> Secret {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    Secret::new(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The browser-binding cookie of one started consent (one per consent, so
+/// parallel consents in one browser work).
+pub fn cookie_name(state_hash: &str) -> String {
+    format!("ob_auth_{}", &state_hash[..16])
+}
+
+/// Why a consent step did not go through. None of the variants carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsentError {
+    #[error("no integration named {0:?} is configured")]
+    UnknownIntegration(IntegrationName),
+    #[error("integration {name:?} is unavailable: {reason}")]
+    IntegrationUnavailable {
+        name: IntegrationName,
+        reason: String,
+    },
+    /// The integration of a started consent was removed from the configuration.
+    #[error("integration {0:?} is no longer configured")]
+    IntegrationGone(IntegrationName),
+    /// The vendor sent the person back with an error (RFC 6749 §4.1.2.1); sanitised.
+    #[error("the provider did not grant access: {error}")]
+    Refused {
+        error: String,
+        description: Option<String>,
+    },
+    #[error("the callback lacks its state or code")]
+    Incomplete,
+    #[error("no such consent in progress")]
+    NotFound,
+    #[error("the consent took too long")]
+    Expired,
+    #[error("the callback came to a different browser than the one that started the consent")]
+    OtherBrowser,
+    #[error("the consent link is unknown, used up or expired")]
+    LinkUnusable,
+    #[error("the code exchange failed: {0}")]
+    Exchange(TokenError),
+    /// The store failed; `grant_lost` when a code had already been exchanged.
+    #[error("the store is unavailable")]
+    Store { grant_lost: bool },
+}
+
+/// A consent ready to send the person to the vendor.
+#[derive(Debug)]
+pub struct Started {
+    pub authorization_url: Url,
+    /// Name and value of the browser-binding cookie.
+    pub cookie_name: String,
+    pub cookie_value: Secret,
+    pub cookie_lifetime: Duration,
+}
+
+/// A completed consent.
+#[derive(Debug)]
+pub struct Completed {
+    pub record: ConnectionRecord,
+    /// The binding cookie to remove.
+    pub cookie_name: String,
+}
+
+/// A created consent link.
+#[derive(Debug)]
+pub struct CreatedLink {
+    pub url: String,
+    pub link: ConsentLink,
+}
+
+/// The callback's query, as the vendor sent it.
+pub struct Callback<'a> {
+    pub params: &'a HashMap<String, String>,
+    /// Reads a cookie of the request by name.
+    pub cookie: &'a dyn Fn(&str) -> Option<String>,
+}
+
+pub struct ConsentService {
+    engine: Arc<Engine>,
+    store: Store,
+    http: reqwest::Client,
+    upstream_timeout: std::time::Duration,
+    public_url: Url,
+    redirect_uri: Url,
+    link_lifetime: Duration,
+}
+
+impl ConsentService {
+    pub fn new(
+        engine: Arc<Engine>,
+        store: Store,
+        http: reqwest::Client,
+        upstream_timeout: std::time::Duration,
+        public_url: Url,
+        link_lifetime: Duration,
+    ) -> Self {
+        let redirect_uri = join(&public_url, "api/auth/callback");
+        Self {
+            engine,
+            store,
+            http,
+            upstream_timeout,
+            public_url,
+            redirect_uri,
+            link_lifetime,
+        }
+    }
+
+    /// `<public URL>/api/auth/callback`, registered at every vendor.
+    pub fn redirect_uri(&self) -> &Url {
+        &self.redirect_uri
+    }
+
+    /// Where a person consents again for a connection (needs the function key).
+    pub fn authorize_link(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> String {
+        let mut url = join(&self.public_url, &format!("api/auth/start/{integration}"));
+        url.query_pairs_mut()
+            .append_pair("connection", connection.as_str());
+        url.into()
+    }
+
+    fn integration(&self, name: &IntegrationName) -> Result<Arc<Integration>, ConsentError> {
+        match self.engine.integration(name) {
+            Lookup::Ready(i) => Ok(i),
+            Lookup::Unavailable { reason } => Err(ConsentError::IntegrationUnavailable {
+                name: name.clone(),
+                reason,
+            }),
+            Lookup::Unknown => Err(ConsentError::UnknownIntegration(name.clone())),
+        }
+    }
+
+    /// Starts a consent: a fresh single-use state and PKCE pair, stored server
+    /// side and bound to this browser with a cookie.
+    pub async fn begin(
+        &self,
+        integration: &IntegrationName,
+        connection: ConnectionId,
+    ) -> Result<Started, ConsentError> {
+        let integration = self.integration(integration)?;
+        self.begin_with(&integration, connection, None).await
+    }
+
+    async fn begin_with(
+        &self,
+        integration: &Integration,
+        connection: ConnectionId,
+        link_hash: Option<String>,
+    ) -> Result<Started, ConsentError> {
+        let auth = oauth::authorization_request(integration, &self.redirect_uri);
+        let binding = random_token();
+        let state_hash = hash(auth.state.expose());
+        let pending = PendingAuthorization {
+            integration: integration.name.clone(),
+            connection: connection.clone(),
+            pkce_verifier: auth.pkce_verifier,
+            binding_hash: hash(binding.expose()),
+            expires_at: now() + PENDING_LIFETIME,
+            link_hash,
+        };
+        if let Err(e) = self.store.insert_pending(&state_hash, &pending).await {
+            tracing::error!(integration = %integration.name, connection = %connection, error = %e, "could not store a pending authorization");
+            return Err(ConsentError::Store { grant_lost: false });
+        }
+        tracing::info!(integration = %integration.name, connection = %connection, "consent started");
+        Ok(Started {
+            authorization_url: auth.url,
+            cookie_name: cookie_name(&state_hash),
+            cookie_value: binding,
+            cookie_lifetime: PENDING_LIFETIME,
+        })
+    }
+
+    /// Completes a consent at the callback: checks the state and the browser
+    /// binding, exchanges the code, uses up the consent link (if any) and
+    /// stores the grant.
+    pub async fn complete(&self, cb: Callback<'_>) -> Result<Completed, ConsentError> {
+        let params = cb.params;
+        let state_hash = params
+            .get("state")
+            .filter(|s| !s.is_empty())
+            .map(|s| hash(Secret::new(s.clone()).expose()));
+
+        if let Some(error) = params.get("error") {
+            // The vendor sent the person back without a code (RFC 6749 §4.1.2.1).
+            // Use the state up so it cannot be replayed.
+            if let Some(h) = &state_hash {
+                let _ = self.store.take_pending(h).await;
+            }
+            let error = oauth::sanitize(error, 64);
+            tracing::info!(error = %error, "consent refused at the provider");
+            return Err(ConsentError::Refused {
+                error,
+                description: params
+                    .get("error_description")
+                    .map(|d| oauth::sanitize(d, 300)),
+            });
+        }
+
+        let (Some(state_hash), Some(code)) =
+            (state_hash, params.get("code").filter(|c| !c.is_empty()))
+        else {
+            return Err(ConsentError::Incomplete);
+        };
+        let code = Secret::new(code.clone());
+        let pending = match self.store.take_pending(&state_hash).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(ConsentError::NotFound),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read a pending authorization");
+                return Err(ConsentError::Store { grant_lost: false });
+            }
+        };
+        if pending.expires_at < now() {
+            return Err(ConsentError::Expired);
+        }
+        let cookie = cookie_name(&state_hash);
+        let bound = (cb.cookie)(&cookie).is_some_and(|value| {
+            crate::domain::secret::constant_time_eq(
+                hash(&value).as_bytes(),
+                pending.binding_hash.as_bytes(),
+            )
+        });
+        if !bound {
+            tracing::warn!(integration = %pending.integration, connection = %pending.connection, "callback without the browser binding cookie");
+            return Err(ConsentError::OtherBrowser);
+        }
+        let integration = match self.engine.integration(&pending.integration) {
+            Lookup::Ready(i) => i,
+            _ => return Err(ConsentError::IntegrationGone(pending.integration)),
+        };
+
+        let tokens = oauth::exchange_code(
+            &self.http,
+            &integration,
+            &code,
+            pending.pkce_verifier.as_ref(),
+            &self.redirect_uri,
+            self.upstream_timeout,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(integration = %pending.integration, connection = %pending.connection, error = %e, "code exchange failed");
+            ConsentError::Exchange(e)
+        })?;
+        if let Some(link) = &pending.link_hash {
+            match self.store.consume_link(link).await {
+                Ok(true) => {}
+                Ok(false) => return Err(ConsentError::NotFound),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not use up a consent link");
+                    return Err(ConsentError::Store { grant_lost: true });
+                }
+            }
+        }
+        let captured: BTreeMap<String, String> = integration
+            .callback_metadata
+            .iter()
+            .filter_map(|k| Some((k.clone(), oauth::sanitize(params.get(k)?, 500))))
+            .collect();
+        let record = self
+            .engine
+            .store_consent(&integration, &pending.connection, tokens, captured)
+            .await
+            .map_err(|e| {
+                tracing::error!(integration = %pending.integration, connection = %pending.connection, error = %e, "could not store a new grant");
+                ConsentError::Store { grant_lost: true }
+            })?;
+        tracing::info!(integration = %pending.integration, connection = %pending.connection, "consent completed");
+        Ok(Completed {
+            record,
+            cookie_name: cookie,
+        })
+    }
+
+    /// A consent link that works without a function key. It is a random token
+    /// whose hash is stored, so it can be neither forged nor read back from the
+    /// store; it is used up when a consent through it completes (so a mail
+    /// scanner that opens it first does not burn it). `None` lifetime: the default.
+    pub async fn create_link(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+        lifetime: Option<Duration>,
+    ) -> Result<CreatedLink, ConsentError> {
+        self.integration(integration)?;
+        let token = random_token();
+        let link = ConsentLink {
+            link_hash: hash(token.expose()),
+            integration: integration.clone(),
+            connection: connection.clone(),
+            expires_at: now() + lifetime.unwrap_or(self.link_lifetime),
+        };
+        self.store.insert_link(&link).await.map_err(|e| {
+            tracing::error!(error = %e, "could not store a consent link");
+            ConsentError::Store { grant_lost: false }
+        })?;
+        tracing::info!(
+            integration = integration.as_str(),
+            connection = connection.as_str(),
+            "consent link created"
+        );
+        let mut url = join(&self.public_url, "api/auth/link");
+        url.query_pairs_mut().append_pair("t", token.expose());
+        Ok(CreatedLink {
+            url: url.into(),
+            link,
+        })
+    }
+
+    /// Opens a consent link: starts a consent for its connection.
+    pub async fn open_link(&self, token: &str) -> Result<Started, ConsentError> {
+        if token.is_empty() || token.len() > 128 {
+            return Err(ConsentError::LinkUnusable);
+        }
+        let link = match self.store.peek_link(&hash(token)).await {
+            Ok(Some(l)) => l,
+            Ok(None) => return Err(ConsentError::LinkUnusable),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read a consent link");
+                return Err(ConsentError::Store { grant_lost: false });
+            }
+        };
+        if link.expires_at < now() {
+            return Err(ConsentError::LinkUnusable);
+        }
+        let integration = match self.engine.integration(&link.integration) {
+            Lookup::Ready(i) => i,
+            Lookup::Unavailable { reason } => {
+                return Err(ConsentError::IntegrationUnavailable {
+                    name: link.integration,
+                    reason,
+                })
+            }
+            Lookup::Unknown => return Err(ConsentError::IntegrationGone(link.integration)),
+        };
+        self.begin_with(&integration, link.connection, Some(link.link_hash))
+            .await
+    }
+
+    /// Whether the public URL is https (cookies are then `Secure`).
+    pub fn is_https(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+
+    /// The public URL without a trailing slash, for pages.
+    pub fn public_base(&self) -> &str {
+        self.public_url.as_str().trim_end_matches('/')
+    }
+}
+
+/// `base` (the public URL, which may have a path) joined with `path`.
+fn join(base: &Url, path: &str) -> Url {
+    let mut u = base.clone();
+    let joined = format!("{}/{path}", base.path().trim_end_matches('/'));
+    u.set_path(&joined);
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_keep_the_public_urls_path() {
+        let base = Url::parse("https://example.com/broker/").unwrap();
+        assert_eq!(
+            join(&base, "api/auth/callback").as_str(),
+            "https://example.com/broker/api/auth/callback"
+        );
+        let base = Url::parse("http://127.0.0.1:7071").unwrap();
+        assert_eq!(
+            join(&base, "api/auth/callback").as_str(),
+            "http://127.0.0.1:7071/api/auth/callback"
+        );
+    }
+}

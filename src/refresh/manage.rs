@@ -1,0 +1,100 @@
+//! Connection management through the engine: the admin views, and deletion
+//! with revocation at the vendor (RFC 7009). The routes reach the store only
+//! through these.
+
+use super::{Engine, RefreshError};
+use crate::config::Integration;
+use crate::domain::{ConnectionId, ConnectionRecord, IntegrationName, OAuthErrorCode};
+use crate::oauth;
+use crate::store::StoreError;
+
+impl Engine {
+    /// Integrations still waiting for their issuer's metadata.
+    pub fn unavailable_integrations(&self) -> Vec<(IntegrationName, String)> {
+        self.integrations.unavailable()
+    }
+
+    /// A cheap round trip proving the store answers (the health route).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// Every connection (the admin listing; never on the token path).
+    pub async fn connections(&self) -> Result<Vec<ConnectionRecord>, StoreError> {
+        self.store.list().await
+    }
+
+    /// One connection, whatever its status (the admin view).
+    pub async fn connection(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<Option<ConnectionRecord>, StoreError> {
+        Ok(self
+            .store
+            .get(integration, connection)
+            .await?
+            .map(|v| v.value))
+    }
+
+    /// Deletes a connection of an integration that is no longer configured
+    /// (nothing to revoke with); `Ok(false)` when it did not exist.
+    pub async fn delete_orphan(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<bool, StoreError> {
+        self.store.delete(integration, connection).await
+    }
+
+    /// Deletes a connection, first revoking its grant at the vendor (RFC 7009)
+    /// when the integration has a revocation URL and `revoke` is true. A vendor
+    /// that cannot be reached keeps the connection, so the delete can be
+    /// retried; a vendor that says the token is already invalid does not.
+    pub async fn delete(
+        &self,
+        integration: &Integration,
+        connection: &ConnectionId,
+        revoke: bool,
+    ) -> Result<(), RefreshError> {
+        let record = self
+            .store
+            .get(&integration.name, connection)
+            .await?
+            .ok_or(RefreshError::NotFound)?
+            .value;
+        if let (true, Some(url)) = (revoke, &integration.revocation_url) {
+            let (token, hint) = match &record.tokens.refresh_token {
+                Some(rt) => (rt, "refresh_token"),
+                None => (&record.tokens.access_token, "access_token"),
+            };
+            match oauth::revoke(
+                &self.http,
+                integration,
+                url,
+                token,
+                hint,
+                self.policy.upstream_timeout,
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.oauth_error(),
+                        Some(OAuthErrorCode::InvalidToken | OAuthErrorCode::InvalidGrant)
+                    ) => {}
+                Err(e) if e.is_misconfigured() => return Err(RefreshError::Misconfigured(e)),
+                Err(e) => return Err(RefreshError::Upstream(e)),
+            }
+        }
+        self.store.delete(&integration.name, connection).await?;
+        tracing::info!(
+            integration = integration.name.as_str(),
+            connection = connection.as_str(),
+            revoked = revoke && integration.revocation_url.is_some(),
+            "connection deleted"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,103 @@
+//! The keep-alive sweep (the timer function, or the standalone interval):
+//! refreshes every connection that is due, with bounded concurrency and a time
+//! budget, and purges expired pending authorizations.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use time::Duration;
+
+use super::{now, Engine, Need, RefreshError, SweepSummary};
+use crate::config::Integration;
+use crate::domain::IntegrationName;
+use crate::store::StoreError;
+
+impl Engine {
+    /// Refreshes every active connection whose access token expires within its
+    /// integration's margin, or that was not refreshed within its keep-alive
+    /// period. One failure never stops the others; concurrency is bounded, and
+    /// no new refresh starts after the sweep's time budget.
+    pub async fn sweep(&self) -> Result<SweepSummary, StoreError> {
+        let start = now();
+        let started = tokio::time::Instant::now();
+        let integrations: BTreeMap<IntegrationName, Arc<Integration>> = self
+            .integrations
+            .ready()
+            .into_iter()
+            .map(|i| (i.name.clone(), i))
+            .collect();
+        let widest_margin = integrations
+            .values()
+            .map(|i| i.refresh_margin)
+            .max()
+            .unwrap_or(Duration::ZERO);
+        let shortest_keepalive = integrations
+            .values()
+            .map(|i| i.keepalive)
+            .min()
+            .unwrap_or(Duration::days(3650));
+        let due = self
+            .store
+            .list_due(start + widest_margin, start - shortest_keepalive)
+            .await?;
+        let listed = due.len();
+        let budget = self.policy.sweep_budget;
+        let integrations = &integrations;
+        let results: Vec<Option<Result<bool, RefreshError>>> = futures::stream::iter(due)
+            .map(|row| async move {
+                if started.elapsed() > budget {
+                    return None;
+                }
+                let integration = integrations.get(&row.value.integration)?;
+                let need = Need {
+                    refreshed_before: Some(now() - integration.keepalive),
+                    ..Need::default()
+                };
+                if !self.wants_refresh(integration, &row.value, &need, now()) {
+                    return None;
+                }
+                let before = row.value.refreshed_at;
+                // The listed row goes straight to the conditional lease write.
+                Some(
+                    self.ensure_fresh_from(integration, row, need)
+                        .await
+                        .map(|r| r.refreshed_at > before),
+                )
+            })
+            .buffer_unordered(self.policy.sweep_concurrency)
+            .collect()
+            .await;
+        let mut summary = SweepSummary::default();
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok(true) => summary.refreshed += 1,
+                Ok(false) => summary.failed += 1,
+                Err(RefreshError::ReauthorizationRequired) => summary.reauthorization_required += 1,
+                Err(RefreshError::NotFound) => {}
+                Err(_) => summary.failed += 1,
+            }
+        }
+        if started.elapsed() > budget {
+            tracing::warn!(
+                listed,
+                budget_secs = budget.as_secs(),
+                "sweep budget spent; the remaining connections wait for the next run"
+            );
+        }
+        match self.store.purge_pending(start).await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "expired pending authorizations removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not purge expired pending authorizations"),
+        }
+        tracing::info!(
+            listed,
+            refreshed = summary.refreshed,
+            failed = summary.failed,
+            reauthorization_required = summary.reauthorization_required,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "sweep finished"
+        );
+        Ok(summary)
+    }
+}
