@@ -35,6 +35,11 @@ pub const PENDING_LIFETIME: Duration = Duration::minutes(10);
 /// The longest a consent link may live.
 pub const MAX_LINK_LIFETIME: Duration = Duration::days(30);
 
+/// Consents in progress through one consent link at most; opening it again
+/// replaces the oldest (a mail scanner's visit, typically), so reopening a link
+/// never grows the store.
+pub const MAX_PENDING_PER_LINK: usize = 3;
+
 /// SHA-256, base64url: how state, bindings and link tokens are stored.
 pub fn hash(s: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(s.as_bytes()))
@@ -79,6 +84,10 @@ pub enum ConsentError {
     Expired,
     #[error("the callback came to a different browser than the one that started the consent")]
     OtherBrowser,
+    /// RFC 9207: the callback's `iss` is not the integration's issuer (or is
+    /// missing where the server always sends it): a possible mix-up attack.
+    #[error("the callback's issuer does not match the integration's")]
+    IssuerMismatch,
     #[error("the consent link is unknown, used up or expired")]
     LinkUnusable,
     #[error("the code exchange failed: {0}")]
@@ -252,13 +261,16 @@ impl ConsentService {
             return Err(ConsentError::Incomplete);
         };
         let code = Secret::new(code.clone());
-        let pending = match self.store.take_pending(&state_hash).await {
+        let store_failed = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "could not read a pending authorization");
+            ConsentError::Store { grant_lost: false }
+        };
+        // Look up, check the browser binding, and only then use the state up:
+        // someone who learns a state cannot cancel the consent.
+        let pending = match self.store.peek_pending(&state_hash).await {
             Ok(Some(p)) => p,
             Ok(None) => return Err(ConsentError::NotFound),
-            Err(e) => {
-                tracing::error!(error = %e, "could not read a pending authorization");
-                return Err(ConsentError::Store { grant_lost: false });
-            }
+            Err(e) => return Err(store_failed(e)),
         };
         if pending.expires_at < now() {
             return Err(ConsentError::Expired);
@@ -274,10 +286,27 @@ impl ConsentService {
             tracing::warn!(integration = %pending.integration, connection = %pending.connection, "callback without the browser binding cookie");
             return Err(ConsentError::OtherBrowser);
         }
+        // Single use under races: of concurrent callbacks one takes it.
+        let pending = match self.store.take_pending(&state_hash).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(ConsentError::NotFound),
+            Err(e) => return Err(store_failed(e)),
+        };
         let integration = match self.engine.integration(&pending.integration) {
             Lookup::Ready(i) => i,
             _ => return Err(ConsentError::IntegrationGone(pending.integration)),
         };
+        check_issuer(&integration, params.get("iss").map(String::as_str))?;
+        // A consent link must still be usable when its consent comes back.
+        if let Some(link) = &pending.link_hash {
+            match self.store.peek_link(link).await {
+                Ok(Some(l)) if l.expires_at >= now() => {}
+                Ok(Some(_)) => return Err(ConsentError::LinkUnusable),
+                // Used up by another consent (or deleted).
+                Ok(None) => return Err(ConsentError::NotFound),
+                Err(e) => return Err(store_failed(e)),
+            }
+        }
 
         let tokens = oauth::exchange_code(
             &self.http,
@@ -295,9 +324,16 @@ impl ConsentService {
         if let Some(link) = &pending.link_hash {
             match self.store.consume_link(link).await {
                 Ok(true) => {}
-                Ok(false) => return Err(ConsentError::NotFound),
+                Ok(false) => {
+                    // Another browser completed a consent through this link first:
+                    // these tokens are not kept, so they are revoked, not just dropped.
+                    tracing::warn!(integration = %pending.integration, connection = %pending.connection, "a consent link was used up by another consent; revoking this consent's tokens");
+                    self.revoke_unused(&integration, tokens).await;
+                    return Err(ConsentError::NotFound);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "could not use up a consent link");
+                    self.revoke_unused(&integration, tokens).await;
                     return Err(ConsentError::Store { grant_lost: true });
                 }
             }
@@ -383,8 +419,57 @@ impl ConsentService {
             }
             Lookup::Unknown => return Err(ConsentError::IntegrationGone(link.integration)),
         };
+        self.make_room_for_pending(&link.link_hash).await?;
         self.begin_with(&integration, link.connection, Some(link.link_hash))
             .await
+    }
+
+    /// Keeps at most [`MAX_PENDING_PER_LINK`] - 1 consents in progress for a
+    /// link before a new one starts: expired ones go, then the oldest.
+    async fn make_room_for_pending(&self, link_hash: &str) -> Result<(), ConsentError> {
+        let store_failed = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "could not list the consents of a consent link");
+            ConsentError::Store { grant_lost: false }
+        };
+        let mut pending = self
+            .store
+            .pending_of_link(link_hash)
+            .await
+            .map_err(store_failed)?;
+        pending.sort_by_key(|(_, expires_at)| *expires_at);
+        let at = now();
+        let expired = pending.iter().filter(|(_, e)| *e < at).count();
+        let excess = (pending.len() - expired + 1).saturating_sub(MAX_PENDING_PER_LINK);
+        for (state_hash, _) in pending.iter().take(expired + excess) {
+            self.store
+                .discard_pending(state_hash)
+                .await
+                .map_err(store_failed)?;
+        }
+        Ok(())
+    }
+
+    /// Revokes tokens the broker will not keep (RFC 7009), when the vendor has
+    /// a revocation endpoint; failures are logged, never shown.
+    async fn revoke_unused(&self, integration: &Integration, tokens: oauth::TokenResponse) {
+        let Some(url) = &integration.revocation_url else {
+            return;
+        };
+
+        if let Err(e) = oauth::revoke(
+            &self.http,
+            integration,
+            url,
+            oauth::Grant {
+                access_token: &tokens.access_token,
+                refresh_token: tokens.refresh_token.as_ref(),
+            },
+            self.upstream_timeout,
+        )
+        .await
+        {
+            tracing::warn!(integration = %integration.name, error = %e, "could not revoke tokens that were not kept");
+        }
     }
 
     /// Whether the public URL is https (cookies are then `Secure`).
@@ -395,6 +480,23 @@ impl ConsentService {
     /// The public URL without a trailing slash, for pages.
     pub fn public_base(&self) -> &str {
         self.public_url.as_str().trim_end_matches('/')
+    }
+}
+
+/// RFC 9207 §2.4: when the integration knows its issuer, a callback's `iss`
+/// must equal it exactly; when the server always sends `iss`, it must be there.
+fn check_issuer(integration: &Integration, iss: Option<&str>) -> Result<(), ConsentError> {
+    match (&integration.issuer, iss) {
+        (Some(expected), Some(got)) if expected == got => Ok(()),
+        (Some(_), Some(_)) => {
+            tracing::warn!(integration = %integration.name, "the callback's iss is not the integration's issuer; no code exchange (RFC 9207)");
+            Err(ConsentError::IssuerMismatch)
+        }
+        (_, None) if integration.require_iss => {
+            tracing::warn!(integration = %integration.name, "the callback lacks iss, which this issuer always sends; no code exchange (RFC 9207)");
+            Err(ConsentError::IssuerMismatch)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -58,6 +58,13 @@ pub fn authorization_request(
     }
 }
 
+/// The tokens of a grant to revoke.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    pub access_token: &'a Secret,
+    pub refresh_token: Option<&'a Secret>,
+}
+
 /// What the token endpoint gave back.
 #[derive(Debug)]
 pub struct TokenResponse {
@@ -227,10 +234,14 @@ pub async fn revoke(
     http: &reqwest::Client,
     integration: &Integration,
     url: &Url,
-    token: &Secret,
-    hint: &str,
+    grant: Grant<'_>,
     timeout: Duration,
 ) -> Result<(), TokenError> {
+    // The refresh token when there is one: revoking it ends the whole grant (RFC 7009 §2.1).
+    let (token, hint) = match grant.refresh_token {
+        Some(rt) => (rt, "refresh_token"),
+        None => (grant.access_token, "access_token"),
+    };
     let mut form: Vec<(&str, &str)> = vec![("token", token.expose()), ("token_type_hint", hint)];
     let mut req = http.post(url.clone()).timeout(timeout);
     match integration.client_auth {

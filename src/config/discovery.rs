@@ -57,6 +57,15 @@ pub async fn discover(
         ));
     }
     let mut value = d.value;
+    // RFC 9207: the callback's iss is compared with the issuer as the metadata states it.
+    if let Some(declared) = meta.get("issuer").and_then(Value::as_str) {
+        value.insert("issuer".into(), Value::String(declared.to_owned()));
+    }
+    if !value.contains_key("require_iss")
+        && meta.get("authorization_response_iss_parameter_supported") == Some(&Value::Bool(true))
+    {
+        value.insert("require_iss".into(), Value::Bool(true));
+    }
     for (field, key) in [
         ("authorization_url", "authorization_endpoint"),
         ("token_url", "token_endpoint"),

@@ -69,6 +69,12 @@ pub struct Integration {
     pub default_expires_in: Duration,
     /// The vendor sends `expires_in` in milliseconds.
     pub expires_in_ms: bool,
+    /// The authorization server's issuer identifier (configured, or the one its
+    /// metadata declared): a callback's `iss` must equal it (RFC 9207).
+    pub issuer: Option<String>,
+    /// The callback must carry `iss` (the server advertises
+    /// `authorization_response_iss_parameter_supported`, or `require_iss: true`).
+    pub require_iss: bool,
 }
 
 impl Integration {
@@ -146,6 +152,8 @@ struct RawIntegration {
     provider: Option<String>,
     #[serde(default)]
     issuer: Option<String>,
+    #[serde(default)]
+    require_iss: Option<bool>,
     authorization_url: String,
     token_url: String,
     #[serde(default)]
@@ -296,8 +304,19 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
     if client_id.is_empty() {
         return Err(ctx.fail("client_id is empty"));
     }
-    let _ = (&r.provider, &r.issuer);
+    let issuer = r
+        .issuer
+        .as_deref()
+        .map(|v| expand(ctx, "issuer", v))
+        .transpose()?;
+    let require_iss = r.require_iss.unwrap_or(false);
+    if require_iss && issuer.is_none() {
+        return Err(ctx
+            .fail("require_iss needs the issuer the callback's iss is compared with: set issuer"));
+    }
     Ok(Integration {
+        issuer,
+        require_iss,
         authorization_url: url_of("authorization_url", &r.authorization_url)?,
         token_url: url_of("token_url", &r.token_url)?,
         revocation_url: r

@@ -64,16 +64,14 @@ impl Engine {
             .ok_or(RefreshError::NotFound)?
             .value;
         if let (true, Some(url)) = (revoke, &integration.revocation_url) {
-            let (token, hint) = match &record.tokens.refresh_token {
-                Some(rt) => (rt, "refresh_token"),
-                None => (&record.tokens.access_token, "access_token"),
-            };
             match oauth::revoke(
                 &self.http,
                 integration,
                 url,
-                token,
-                hint,
+                oauth::Grant {
+                    access_token: &record.tokens.access_token,
+                    refresh_token: record.tokens.refresh_token.as_ref(),
+                },
                 self.policy.upstream_timeout,
             )
             .await

@@ -114,6 +114,7 @@ fn page(state: &AppState, e: ConsentError) -> HttpResponse {
         ConsentError::NotFound => html::consent_not_found(),
         ConsentError::Expired => html::consent_expired(PENDING_LIFETIME.whole_minutes()),
         ConsentError::OtherBrowser => html::other_browser(),
+        ConsentError::IssuerMismatch => html::issuer_mismatch(),
         ConsentError::LinkUnusable => html::link_unusable(),
         ConsentError::Exchange(err) => html::exchange_failed(
             err.oauth_error().map(|c| c.as_str()),

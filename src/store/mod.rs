@@ -132,6 +132,11 @@ pub trait Backend: Send + Sync + 'static {
         &'a self,
         state_hash: &'a str,
     ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>>;
+    /// The pending authorizations started from one consent link.
+    fn pending_of_link<'a>(
+        &'a self,
+        link_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>>;
     /// Every connection, following continuations (the admin listing; not on the token path).
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>>;
     /// Deletes a connection; `Ok(false)` when it did not exist.
@@ -165,32 +170,63 @@ fn link_key(link_hash: &str) -> String {
     format!("link-{link_hash}")
 }
 
-fn link_row(l: &ConsentLink) -> PendingRow {
-    PendingRow {
-        state_hash: link_key(&l.link_hash),
-        integration: l.integration.as_str().to_owned(),
-        connection: l.connection.as_str().to_owned(),
-        key_id: String::new(),
-        sealed_verifier: String::new(),
-        binding_hash: String::new(),
-        expires_at: l.expires_at,
-        link_hash: None,
-    }
-}
+/// Sealed values written since row integrity (format 2) start with this; the
+/// base64 of format 1 never contains a dot.
+const SEALED_V2: &str = "v2.";
 
-fn link_from_row(r: PendingRow) -> Result<ConsentLink, StoreError> {
-    Ok(ConsentLink {
-        link_hash: r.state_hash.trim_start_matches("link-").to_owned(),
-        integration: IntegrationName::parse(&r.integration)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        connection: ConnectionId::parse(&r.connection)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        expires_at: r.expires_at,
-    })
-}
-
-fn aad(integration: &str, connection: &str) -> Vec<u8> {
+/// Format 1: the tokens were bound to the row's identity only. Still read, so
+/// grants stored before format 2 survive; every write uses format 2.
+fn aad_v1(integration: &str, connection: &str) -> Vec<u8> {
     format!("oauth-broker/v1/{integration}/{connection}").into_bytes()
+}
+
+fn millis(t: OffsetDateTime) -> i128 {
+    crate::domain::clock::to_millis(t).unix_timestamp_nanos() / 1_000_000
+}
+
+/// Format 2 of a connection row: the sealed tokens are bound to every field
+/// that does not change with the row's state (identity, token type, scope,
+/// expiry, metadata), so a writer to the table cannot change any of them
+/// without the row failing to open. Status, errors, leases and times of the
+/// last refresh are state, not bound (see the README's Security section).
+fn aad_connection(r: &ConnectionRow) -> Vec<u8> {
+    serde_json::to_vec(&(
+        "oauth-broker/v2/connection",
+        &r.integration,
+        &r.connection,
+        &r.token_type,
+        &r.scope,
+        millis(r.expires_at),
+        &r.metadata,
+    ))
+    .expect("serializing strings and numbers cannot fail")
+}
+
+/// A pending authorization's verifier is bound to everything the callback trusts.
+fn aad_pending(r: &PendingRow) -> Vec<u8> {
+    serde_json::to_vec(&(
+        "oauth-broker/v2/pending",
+        &r.state_hash,
+        &r.integration,
+        &r.connection,
+        &r.binding_hash,
+        &r.link_hash,
+        millis(r.expires_at),
+    ))
+    .expect("serializing strings and numbers cannot fail")
+}
+
+/// A consent link seals nothing but proves its fields with the key (an empty
+/// plaintext under this associated data).
+fn aad_link(r: &PendingRow) -> Vec<u8> {
+    serde_json::to_vec(&(
+        "oauth-broker/v2/link",
+        &r.state_hash,
+        &r.integration,
+        &r.connection,
+        millis(r.expires_at),
+    ))
+    .expect("serializing strings and numbers cannot fail")
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -289,22 +325,21 @@ impl Store {
         p: &PendingAuthorization,
     ) -> Result<(), StoreError> {
         self.ready().await?;
-        let (key_id, sealed_verifier) = self.keys.seal(
-            p.pkce_verifier
-                .as_ref()
-                .map_or(&[][..], |v| v.expose().as_bytes()),
-            &aad("pending", state_hash),
-        );
-        let row = PendingRow {
+        let mut row = PendingRow {
             state_hash: state_hash.to_owned(),
             integration: p.integration.as_str().to_owned(),
             connection: p.connection.as_str().to_owned(),
-            key_id,
-            sealed_verifier,
+            key_id: String::new(),
+            sealed_verifier: String::new(),
             binding_hash: p.binding_hash.clone(),
-            expires_at: p.expires_at,
+            expires_at: crate::domain::clock::to_millis(p.expires_at),
             link_hash: p.link_hash.clone(),
         };
+        let verifier = p
+            .pkce_verifier
+            .as_ref()
+            .map_or(&[][..], |v| v.expose().as_bytes());
+        (row.key_id, row.sealed_verifier) = self.seal_v2(verifier, &aad_pending(&row));
         self.backend.insert_pending(&row).await
     }
 
@@ -316,15 +351,52 @@ impl Store {
         let Some(row) = self.backend.take_pending(state_hash).await? else {
             return Ok(None);
         };
+        self.open_pending(row).map(Some)
+    }
+
+    /// Reads a pending authorization without using it up.
+    pub async fn peek_pending(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        self.ready().await?;
+        match self.backend.peek_pending(state_hash).await? {
+            Some(row) => self.open_pending(row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The state hashes and expiry of the pending authorizations started from a consent link.
+    pub async fn pending_of_link(
+        &self,
+        link_hash: &str,
+    ) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
+        self.ready().await?;
+        Ok(self
+            .backend
+            .pending_of_link(link_hash)
+            .await?
+            .into_iter()
+            .map(|r| (r.state_hash, r.expires_at))
+            .collect())
+    }
+
+    /// Deletes a pending authorization, whatever it holds.
+    pub async fn discard_pending(&self, state_hash: &str) -> Result<(), StoreError> {
+        self.ready().await?;
+        self.backend.take_pending(state_hash).await.map(|_| ())
+    }
+
+    fn open_pending(&self, row: PendingRow) -> Result<PendingAuthorization, StoreError> {
         let verifier = self
-            .keys
-            .open(
-                &row.key_id,
-                &row.sealed_verifier,
-                &aad("pending", state_hash),
-            )
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(Some(PendingAuthorization {
+            .open_v2(&row.key_id, &row.sealed_verifier, &aad_pending(&row))
+            .map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "pending authorization for {}/{}: {e}",
+                    row.integration, row.connection
+                ))
+            })?;
+        Ok(PendingAuthorization {
             integration: IntegrationName::parse(&row.integration)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             connection: ConnectionId::parse(&row.connection)
@@ -338,13 +410,42 @@ impl Store {
             binding_hash: row.binding_hash,
             expires_at: row.expires_at,
             link_hash: row.link_hash,
-        }))
+        })
     }
 
     /// Records a consent link (keyed by the hash of its nonce) until it expires or is used.
     pub async fn insert_link(&self, link: &ConsentLink) -> Result<(), StoreError> {
         self.ready().await?;
-        self.backend.insert_pending(&link_row(link)).await
+        let mut row = PendingRow {
+            state_hash: link_key(&link.link_hash),
+            integration: link.integration.as_str().to_owned(),
+            connection: link.connection.as_str().to_owned(),
+            key_id: String::new(),
+            sealed_verifier: String::new(),
+            binding_hash: String::new(),
+            expires_at: crate::domain::clock::to_millis(link.expires_at),
+            link_hash: None,
+        };
+        (row.key_id, row.sealed_verifier) = self.seal_v2(b"", &aad_link(&row));
+        self.backend.insert_pending(&row).await
+    }
+
+    fn open_link(&self, link_hash: &str, r: PendingRow) -> Result<ConsentLink, StoreError> {
+        let corrupt = |what: String| {
+            StoreError::Corrupt(format!(
+                "consent link for {}/{}: {what}",
+                r.integration, r.connection
+            ))
+        };
+        self.open_v2(&r.key_id, &r.sealed_verifier, &aad_link(&r))
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(ConsentLink {
+            link_hash: link_hash.to_owned(),
+            integration: IntegrationName::parse(&r.integration)
+                .map_err(|e| corrupt(e.to_string()))?,
+            connection: ConnectionId::parse(&r.connection).map_err(|e| corrupt(e.to_string()))?,
+            expires_at: r.expires_at,
+        })
     }
 
     /// The consent link, if it exists and has not been used up.
@@ -353,7 +454,7 @@ impl Store {
         self.backend
             .peek_pending(&link_key(link_hash))
             .await?
-            .map(link_from_row)
+            .map(|r| self.open_link(link_hash, r))
             .transpose()
     }
 
@@ -408,18 +509,15 @@ impl Store {
                 .map(|t| t.expose().to_owned()),
         };
         let json = serde_json::to_vec(&plain).expect("serializing strings cannot fail");
-        let (key_id, sealed_tokens) = self
-            .keys
-            .seal(&json, &aad(r.integration.as_str(), r.connection.as_str()));
-        ConnectionRow {
+        let mut row = ConnectionRow {
             integration: r.integration.as_str().to_owned(),
             connection: r.connection.as_str().to_owned(),
             status: r.status.as_str().to_owned(),
-            key_id,
-            sealed_tokens,
+            key_id: String::new(),
+            sealed_tokens: String::new(),
             token_type: r.token_type.clone(),
             scope: r.scope.clone(),
-            expires_at: r.expires_at,
+            expires_at: crate::domain::clock::to_millis(r.expires_at),
             created_at: r.created_at,
             refreshed_at: r.refreshed_at,
             last_error: r.last_error.clone(),
@@ -427,21 +525,45 @@ impl Store {
             lease_until: r.lease_until,
             lease_owner: r.lease_owner.clone(),
             metadata: serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into()),
-        }
+        };
+        (row.key_id, row.sealed_tokens) = self.seal_v2(&json, &aad_connection(&row));
+        row
+    }
+
+    /// Seals in format 2 (the value carries the `v2.` mark).
+    fn seal_v2(&self, plaintext: &[u8], aad: &[u8]) -> (String, String) {
+        let (key_id, sealed) = self.keys.seal(plaintext, aad);
+        (key_id, format!("{SEALED_V2}{sealed}"))
+    }
+
+    /// Opens a format-2 value; anything else is refused.
+    fn open_v2(
+        &self,
+        key_id: &str,
+        sealed: &str,
+        aad: &[u8],
+    ) -> Result<Vec<u8>, crate::crypto::CryptoError> {
+        let sealed = sealed
+            .strip_prefix(SEALED_V2)
+            .ok_or(crate::crypto::CryptoError::Corrupt)?;
+        self.keys.open(key_id, sealed, aad)
     }
 
     fn open(&self, row: ConnectionRow) -> Result<ConnectionRecord, StoreError> {
         let corrupt = |what: &str| {
             StoreError::Corrupt(format!("{}/{}: {what}", row.integration, row.connection))
         };
-        let json = self
-            .keys
-            .open(
+        let opened = match row.sealed_tokens.strip_prefix(SEALED_V2) {
+            Some(_) => self.open_v2(&row.key_id, &row.sealed_tokens, &aad_connection(&row)),
+            // Format 1 (written before row integrity): identity only; rewritten
+            // in format 2 at its next refresh.
+            None => self.keys.open(
                 &row.key_id,
                 &row.sealed_tokens,
-                &aad(&row.integration, &row.connection),
-            )
-            .map_err(|e| corrupt(&e.to_string()))?;
+                &aad_v1(&row.integration, &row.connection),
+            ),
+        };
+        let json = opened.map_err(|e| corrupt(&e.to_string()))?;
         let t: SealedTokens =
             serde_json::from_slice(&json).map_err(|_| corrupt("sealed tokens are not readable"))?;
         Ok(ConnectionRecord {
@@ -463,7 +585,8 @@ impl Store {
             last_error_at: row.last_error_at,
             lease_until: row.lease_until,
             lease_owner: row.lease_owner,
-            metadata: serde_json::from_str(&row.metadata).unwrap_or_default(),
+            metadata: serde_json::from_str(&row.metadata)
+                .map_err(|_| corrupt("metadata is not a JSON object of strings"))?,
         })
     }
 }

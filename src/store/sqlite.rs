@@ -339,6 +339,26 @@ impl Backend for SqliteBackend {
         })
     }
 
+    fn pending_of_link<'a>(
+        &'a self,
+        link_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
+        let h = link_hash.to_owned();
+        self.run(move |db| {
+            let mut stmt = db
+                .prepare(&format!(
+                    "SELECT {PENDING_COLUMNS} FROM pending WHERE link_hash = ?1"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![h], read_pending)
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            Ok(rows)
+        })
+    }
+
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         self.run(move |db| select_connections(db, "ORDER BY integration, connection", params![]))
     }

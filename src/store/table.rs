@@ -474,6 +474,30 @@ impl Backend for TableBackend {
         })
     }
 
+    fn pending_of_link<'a>(
+        &'a self,
+        link_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
+        Box::pin(async move {
+            let filter = format!(
+                "PartitionKey eq '{PENDING_PARTITION}' and LinkHash eq '{}'",
+                link_hash.replace('\'', "''")
+            );
+            let mut pages = self
+                .table
+                .query()
+                .filter(filter)
+                .into_stream::<Map<String, Value>>();
+            let mut out = Vec::new();
+            while let Some(page) = pages.next().await {
+                for m in page.map_err(classify)?.entities {
+                    out.push(pending_row(&m)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         Box::pin(async move {
             let filter = format!("PartitionKey ne '{PENDING_PARTITION}'");

@@ -183,6 +183,23 @@ pub fn integration_unavailable(name: &str) -> HttpResponse {
         .into_response()
 }
 
+/// RFC 9207: the authorization response did not come from the integration's issuer.
+pub fn issuer_mismatch() -> HttpResponse {
+    Page::problem(StatusCode::BAD_REQUEST, "This sign-in cannot be trusted")
+        .lead(Html::of(
+            "The answer that brought you here did not come from the sign-in service this connection uses, so the broker did not use it. Nothing was connected.",
+        ))
+        .heading("What to do")
+        .list(
+            false,
+            vec![
+                start_again(),
+                Html::of("If it happens again, tell whoever runs the broker: the vendor's issuer does not match the integration's configured issuer."),
+            ],
+        )
+        .into_response()
+}
+
 /// The store did not answer.
 pub fn storage_unavailable(grant_lost: bool) -> HttpResponse {
     let what = if grant_lost {
