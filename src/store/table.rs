@@ -139,11 +139,8 @@ impl TableBackend {
         }
     }
 
-    /// Connection rows matching an OData `$filter`, following continuations.
-    async fn query_connections(
-        &self,
-        filter: String,
-    ) -> Result<Vec<Versioned<ConnectionRow>>, StoreError> {
+    /// Entities matching an OData `$filter`, following continuations.
+    async fn query_entities(&self, filter: String) -> Result<Vec<Map<String, Value>>, StoreError> {
         let mut pages = self
             .table
             .query()
@@ -151,15 +148,25 @@ impl TableBackend {
             .into_stream::<Map<String, Value>>();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            for m in page.map_err(classify)?.entities {
-                match connection_row(&m) {
-                    Ok(value) => out.push(Versioned {
-                        value,
-                        version: etag_of(&m)?,
-                    }),
-                    Err(e) => {
-                        tracing::error!(error = %e, "skipping an unreadable connection entity")
-                    }
+            out.extend(page.map_err(classify)?.entities);
+        }
+        Ok(out)
+    }
+
+    /// Connection rows matching an OData `$filter`; unreadable entities are logged and skipped.
+    async fn query_connections(
+        &self,
+        filter: String,
+    ) -> Result<Vec<Versioned<ConnectionRow>>, StoreError> {
+        let mut out = Vec::new();
+        for m in self.query_entities(filter).await? {
+            match connection_row(&m) {
+                Ok(value) => out.push(Versioned {
+                    value,
+                    version: etag_of(&m)?,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping an unreadable connection entity")
                 }
             }
         }
@@ -483,18 +490,11 @@ impl Backend for TableBackend {
                 "PartitionKey eq '{PENDING_PARTITION}' and LinkHash eq '{}'",
                 link_hash.replace('\'', "''")
             );
-            let mut pages = self
-                .table
-                .query()
-                .filter(filter)
-                .into_stream::<Map<String, Value>>();
-            let mut out = Vec::new();
-            while let Some(page) = pages.next().await {
-                for m in page.map_err(classify)?.entities {
-                    out.push(pending_row(&m)?);
-                }
-            }
-            Ok(out)
+            self.query_entities(filter)
+                .await?
+                .iter()
+                .map(pending_row)
+                .collect()
         })
     }
 

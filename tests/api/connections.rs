@@ -326,21 +326,8 @@ async fn an_integration_with_only_an_issuer_discovers_its_endpoints() {
         "scopes": SCOPES, "refresh_margin_secs": DEFAULT_MARGIN_SECS
     }}});
     app.restart_with_integrations(&file).await;
-    // Discovery runs in the background once the port is bound; health lists the
-    // integration as unavailable until it has succeeded.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let health = host_get(&app.base_url(), "/api/health", None).await;
-        assert_eq!(health.status, 200, "{health:?}");
-        if health.json().get("integrations_unavailable").is_none() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "discovery did not finish: {health:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // Discovery runs in the background once the port is bound.
+    crate::discovery::wait_until_discovered(&app).await;
     app.connect("d1").await;
     app.token("d1").await;
     let stats = app.oidc().stats().await;

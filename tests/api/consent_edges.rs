@@ -169,20 +169,7 @@ async fn a_discovered_issuer_that_always_sends_iss_must_send_it() {
         "scopes": SCOPES, "refresh_margin_secs": DEFAULT_MARGIN_SECS
     }}});
     app.restart_with_integrations(&file).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while app
-        .health()
-        .await
-        .json()
-        .get("integrations_unavailable")
-        .is_some()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "discovery did not finish"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    crate::discovery::wait_until_discovered(&app).await;
     let browser = Browser::new();
     let consent = app.consent_until_callback(&browser, "noiss").await;
     let without_iss = {

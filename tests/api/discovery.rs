@@ -7,6 +7,23 @@ use serde_json::json;
 
 use crate::helpers::*;
 
+/// Waits (up to 30 s) until `/api/health` lists no integration as unavailable.
+pub async fn wait_until_discovered(app: &TestApp) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let health = app.health().await;
+        assert_eq!(health.status, 200, "{health:?}");
+        if health.json().get("integrations_unavailable").is_none() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "discovery did not finish: {health:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_issuer_that_never_answers_leaves_only_its_own_integration_unavailable() {
     // Accepts connections and never answers a byte.

@@ -24,18 +24,23 @@ fn table_backend(app: &TestApp) -> TableBackend {
 
 type Tamper = fn(&mut ConnectionRow);
 
+/// The connection's row as stored.
+async fn raw_row(backend: &TableBackend, conn: &str) -> ConnectionRow {
+    backend
+        .get_connection(INTEGRATION, conn)
+        .await
+        .unwrap()
+        .expect("the row exists")
+        .value
+}
+
 #[tokio::test]
 async fn a_tampered_connection_row_is_refused_and_the_original_still_serves() {
     let mut app = TestApp::spawn(AppOptions::on(Store::Table)).await;
     app.connect("acme").await;
     let good = check_token_reply(&app.token_reply("acme", "").await, "acme");
     let backend = table_backend(&app);
-    let original = backend
-        .get_connection(INTEGRATION, "acme")
-        .await
-        .unwrap()
-        .unwrap()
-        .value;
+    let original = raw_row(&backend, "acme").await;
 
     let tampers: [(&str, Tamper); 4] = [
         ("metadata", |r| {
@@ -79,12 +84,7 @@ async fn rows_sealed_before_row_integrity_are_still_read_and_rewritten_at_their_
     app.connect("legacy").await;
     let good = check_token_reply(&app.token_reply("legacy", "").await, "legacy");
     let backend = table_backend(&app);
-    let mut row = backend
-        .get_connection(INTEGRATION, "legacy")
-        .await
-        .unwrap()
-        .unwrap()
-        .value;
+    let mut row = raw_row(&backend, "legacy").await;
     assert!(
         row.sealed_tokens.starts_with("v2."),
         "new rows use format 2"
@@ -122,12 +122,7 @@ async fn rows_sealed_before_row_integrity_are_still_read_and_rewritten_at_their_
         "legacy",
     );
     assert_ne!(refreshed["access_token"], good["access_token"]);
-    let rewritten = backend
-        .get_connection(INTEGRATION, "legacy")
-        .await
-        .unwrap()
-        .unwrap()
-        .value;
+    let rewritten = raw_row(&backend, "legacy").await;
     assert!(
         rewritten.sealed_tokens.starts_with("v2."),
         "rewritten in format 2"
