@@ -225,6 +225,33 @@ async fn conformance(b: Arc<dyn Backend>) {
         3,
         "purging touched no connection"
     );
+
+    // The pending rows of one consent link, and only those.
+    let mut of_link = pending("l1-a", t(600));
+    of_link.link_hash = Some("link-one".into());
+    b.insert_pending(&of_link).await.unwrap();
+    of_link.state_hash = "l1-b".into();
+    b.insert_pending(&of_link).await.unwrap();
+    let mut other = pending("l2-a", t(600));
+    other.link_hash = Some("link-two".into());
+    b.insert_pending(&other).await.unwrap();
+    let mut none = pending("no-link", t(600));
+    none.link_hash = None;
+    b.insert_pending(&none).await.unwrap();
+    let mut got: Vec<String> = b
+        .pending_of_link("link-one")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.state_hash)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["l1-a", "l1-b"]);
+    assert!(b.pending_of_link("nothing").await.unwrap().is_empty());
+    assert!(
+        b.pending_of_link("it's").await.unwrap().is_empty(),
+        "a quote in the hash is escaped, not an injection"
+    );
 }
 
 #[tokio::test]
