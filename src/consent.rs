@@ -251,7 +251,8 @@ impl ConsentService {
                 error,
                 description: params
                     .get("error_description")
-                    .map(|d| oauth::sanitize(d, 300)),
+                    .map(|d| oauth::sanitize(d, oauth::MAX_DESCRIPTION))
+                    .filter(|d| !d.trim().is_empty()),
             });
         }
 

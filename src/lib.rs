@@ -2,7 +2,8 @@
 //! pipelines, served as an Azure Functions custom handler.
 //!
 //! Layers, each depending only on those above it:
-//! - `domain` (pure types and decisions), `crypto`, `coalesce`, `telemetry`;
+//! - `domain` (pure types and decisions), `crypto`, `coalesce`, `telemetry`,
+//!   `vendor_body` (capped reads of vendor answers);
 //! - `config` (settings and the integrations file, validated once);
 //! - `oauth` (the vendor side of the protocol), `store` (sealed persistence);
 //! - `registry` (integrations, with background discovery), `refresh` (the
@@ -23,3 +24,4 @@ pub mod routes;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod vendor_body;

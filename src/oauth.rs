@@ -19,6 +19,8 @@ use url::Url;
 
 use crate::config::integrations::{ClientAuth, Integration, TokenBody};
 use crate::domain::{OAuthErrorCode, Secret};
+pub use crate::vendor_body::MAX_BODY;
+use crate::vendor_body::{read_capped, BodyError};
 
 /// An authorization request ready to send the person to.
 #[derive(Debug)]
@@ -71,7 +73,8 @@ pub struct TokenResponse {
     pub access_token: Secret,
     pub refresh_token: Option<Secret>,
     pub token_type: String,
-    pub expires_in: Option<i64>,
+    /// As sent (seconds or milliseconds, see `Integration::lifetime`, which clamps it).
+    pub expires_in: Option<f64>,
     pub scope: Option<String>,
     /// The fields the integration's `token_metadata` names (never a token).
     pub metadata: BTreeMap<String, String>,
@@ -168,6 +171,126 @@ pub async fn refresh(
     token_request(http, integration, form, timeout).await
 }
 
+/// The longest access or refresh token accepted (so a sealed grant always fits
+/// one Table Storage property); a longer one is an invalid answer.
+pub const MAX_TOKEN: usize = 16 * 1024;
+
+/// The longest `scope` kept, in characters (it is informative only: refresh never sends it).
+pub const MAX_SCOPE: usize = 2048;
+
+/// The longest vendor description kept in an error (log, `last_error`, page).
+pub const MAX_DESCRIPTION: usize = 200;
+
+fn body_error(e: BodyError) -> TokenError {
+    match e {
+        BodyError::TooLarge => TokenError::InvalidResponse(format!(
+            "the answer is larger than {} KiB",
+            MAX_BODY / 1024
+        )),
+        BodyError::Transport(e) => TokenError::Transport(transport_reason(&e)),
+    }
+}
+
+/// Removes from vendor text every value the broker sent in one request (codes,
+/// verifiers, tokens, the client secret, Basic credentials), raw and in the
+/// encodings a vendor may echo them in (form-urlencoded, percent-encoded,
+/// base64), then drops control characters and cuts it to a length.
+pub struct Redactor {
+    needles: Vec<String>,
+}
+
+impl Redactor {
+    /// `sent`: the secret values of the request.
+    pub fn new(sent: &[&str]) -> Self {
+        let mut needles = Vec::new();
+        for v in sent.iter().filter(|v| !v.is_empty()) {
+            let form = form_encode(v);
+            let pct = form.replace('+', "%20");
+            for e in [form.clone(), pct.clone()] {
+                needles.push(lower_hex(&e));
+                needles.push(e);
+            }
+            needles.push((*v).to_owned());
+            for engine in [
+                &base64::engine::general_purpose::STANDARD,
+                &base64::engine::general_purpose::STANDARD_NO_PAD,
+                &base64::engine::general_purpose::URL_SAFE,
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            ] {
+                needles.push(engine.encode(v));
+            }
+            if let Ok(json) = serde_json::to_string(v) {
+                needles.push(json.trim_matches('"').to_owned());
+            }
+        }
+        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        needles.dedup();
+        Self { needles }
+    }
+
+    /// For a token-endpoint request: the given values plus the client's credentials.
+    fn for_request(integration: &Integration, sent: &[&str]) -> Self {
+        let basic = basic_credentials(integration);
+        let raw = format!(
+            "{}:{}",
+            integration.client_id,
+            integration.client_secret.expose()
+        );
+        let mut all = sent.to_vec();
+        all.extend([
+            integration.client_secret.expose(),
+            basic.as_str(),
+            raw.as_str(),
+        ]);
+        Self::new(&all)
+    }
+
+    /// `text` without any sent value, printable and at most `max` characters.
+    pub fn clean(&self, text: &str, max: usize) -> String {
+        let mut out = text.to_owned();
+        for n in &self.needles {
+            if out.contains(n.as_str()) {
+                out = out.replace(n.as_str(), "[redacted]");
+            }
+        }
+        sanitize(&out, max)
+    }
+
+    fn clean_error(&self, e: TokenError) -> TokenError {
+        match e {
+            TokenError::Rejected {
+                status,
+                error,
+                description,
+            } => TokenError::Rejected {
+                status,
+                error: OAuthErrorCode::parse(&self.clean(error.as_str(), 64)),
+                description: description
+                    .map(|d| self.clean(&d, MAX_DESCRIPTION))
+                    .filter(|d| !d.trim().is_empty()),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Percent-escapes with lower-case hex digits (`%2f`), as some servers echo them.
+fn lower_hex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            for _ in 0..2 {
+                if let Some(h) = chars.next() {
+                    out.push(h.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+    out
+}
+
 fn form_encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -178,6 +301,12 @@ async fn token_request(
     mut form: Vec<(&str, &str)>,
     timeout: Duration,
 ) -> Result<TokenResponse, TokenError> {
+    let secrets: Vec<&str> = form
+        .iter()
+        .filter(|(k, _)| matches!(*k, "code" | "code_verifier" | "refresh_token"))
+        .map(|(_, v)| *v)
+        .collect();
+    let redactor = Redactor::for_request(integration, &secrets);
     for (k, v) in &integration.token_params {
         form.push((k.as_str(), v.as_str()));
     }
@@ -215,16 +344,14 @@ async fn token_request(
         .is_some_and(|v| {
             v.starts_with("application/x-www-form-urlencoded") || v.starts_with("text/plain")
         });
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| TokenError::Transport(transport_reason(&e)))?;
+    let body = read_capped(resp, MAX_BODY).await.map_err(body_error)?;
     match parse_token_response(status, is_form, &body, &integration.token_metadata) {
         Err(TokenError::Server { status, .. }) => Err(TokenError::Server {
             status,
             retry_after,
         }),
-        other => other,
+        Err(e) => Err(redactor.clean_error(e)),
+        ok => ok,
     }
 }
 
@@ -242,6 +369,7 @@ pub async fn revoke(
         Some(rt) => (rt, "refresh_token"),
         None => (grant.access_token, "access_token"),
     };
+    let redactor = Redactor::for_request(integration, &[token.expose()]);
     let mut form: Vec<(&str, &str)> = vec![("token", token.expose()), ("token_type_hint", hint)];
     let mut req = http.post(url.clone()).timeout(timeout);
     match integration.client_auth {
@@ -262,21 +390,24 @@ pub async fn revoke(
     if status == 200 {
         return Ok(());
     }
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = read_capped(resp, MAX_BODY).await.map_err(body_error)?;
     match parse_token_response(status, false, &body, &[]) {
-        Err(e) => Err(e),
+        Err(e) => Err(redactor.clean_error(e)),
         Ok(_) => Err(TokenError::InvalidResponse(format!("HTTP {status}"))),
     }
 }
 
 fn basic_auth(integration: &Integration) -> String {
-    // RFC 6749 §2.3.1: form-urlencode each part before base64.
-    let creds = format!(
+    format!("Basic {}", STANDARD.encode(basic_credentials(integration)))
+}
+
+/// RFC 6749 §2.3.1: each part form-urlencoded, joined by a colon (before base64).
+fn basic_credentials(integration: &Integration) -> String {
+    format!(
         "{}:{}",
         form_encode(&integration.client_id),
         form_encode(integration.client_secret.expose())
-    );
-    format!("Basic {}", STANDARD.encode(creds))
+    )
 }
 
 /// Describes a reqwest failure without its URL's query or any body.
@@ -312,8 +443,10 @@ fn parse_token_response(
         if let Some(error) = text(m, "error").filter(|e| !e.is_empty()) {
             return Err(TokenError::Rejected {
                 status,
-                error: OAuthErrorCode::parse(&sanitize(&error, 64)),
-                description: text(m, "error_description").map(|d| sanitize(&d, 300)),
+                // Whole here: the caller removes what it sent, then cuts short
+                // (cutting first could leave a prefix of a secret).
+                error: OAuthErrorCode::parse(&sanitize(&error, MAX_BODY)),
+                description: text(m, "error_description").map(|d| sanitize(&d, MAX_BODY)),
             });
         }
     }
@@ -336,19 +469,33 @@ fn parse_token_response(
     let access_token = text(&m, "access_token")
         .filter(|t| !t.is_empty())
         .ok_or_else(|| TokenError::InvalidResponse("no access_token".into()))?;
+    let refresh_token = text(&m, "refresh_token").filter(|t| !t.is_empty());
+    for (name, t) in [
+        ("access_token", Some(&access_token)),
+        ("refresh_token", refresh_token.as_ref()),
+    ] {
+        if t.is_some_and(|t| t.len() > MAX_TOKEN) {
+            return Err(TokenError::InvalidResponse(format!(
+                "the {name} is longer than {} KiB",
+                MAX_TOKEN / 1024
+            )));
+        }
+    }
+    // Any number; `Integration::lifetime` clamps it to a sane range.
     let expires_in = match m.get("expires_in") {
-        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Some(Value::String(s)) => s.trim().parse().ok(),
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
         _ => None,
     };
     Ok(TokenResponse {
         access_token: Secret::new(access_token),
-        refresh_token: text(&m, "refresh_token")
-            .filter(|t| !t.is_empty())
-            .map(Secret::new),
-        token_type: text(&m, "token_type").unwrap_or_else(|| "Bearer".into()),
+        refresh_token: refresh_token.map(Secret::new),
+        token_type: text(&m, "token_type")
+            .map(|t| sanitize(&t, 40))
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or_else(|| "Bearer".into()),
         expires_in,
-        scope: text(&m, "scope"),
+        scope: text(&m, "scope").map(|s| sanitize(&s, MAX_SCOPE)),
         metadata: metadata_fields
             .iter()
             .filter(|f| !matches!(f.as_str(), "access_token" | "refresh_token" | "id_token"))
@@ -377,7 +524,7 @@ mod tests {
         let r = parse_token_response(200, false, br#"{"access_token":"a","token_type":"bearer","expires_in":"3600","refresh_token":"r","scope":"x y"}"#, &[]).unwrap();
         assert_eq!(r.access_token.expose(), "a");
         assert_eq!(r.refresh_token.unwrap().expose(), "r");
-        assert_eq!(r.expires_in, Some(3600));
+        assert_eq!(r.expires_in, Some(3600.0));
         let r = parse_token_response(
             200,
             true,
@@ -437,6 +584,39 @@ mod tests {
         assert_eq!(r.metadata.len(), 2);
         assert_eq!(r.metadata["instance_url"], "https://x.my.salesforce.com");
         assert_eq!(r.metadata["n"], "5");
+    }
+
+    #[test]
+    fn the_redactor_removes_sent_values_in_every_encoding() {
+        let r = Redactor::new(&["s3cr/t+v al", "rt-123"]);
+        let echoed = format!(
+            "bad request: refresh_token=rt-123&x={}&y={}&z={}&w={}",
+            form_encode("s3cr/t+v al"),
+            STANDARD.encode("s3cr/t+v al"),
+            "s3cr%2ft%2bv%20al",
+            "s3cr/t+v al"
+        );
+        let cleaned = r.clean(&echoed, 1000);
+        assert!(
+            !cleaned.contains("rt-123") && !cleaned.contains("s3cr"),
+            "{cleaned}"
+        );
+        assert!(cleaned.starts_with("bad request: refresh_token=[redacted]&x=[redacted]"));
+        assert_eq!(r.clean(&"x".repeat(500), 10).chars().count(), 10);
+    }
+
+    #[test]
+    fn oversized_tokens_are_refused_and_long_fields_cut() {
+        let big = "a".repeat(MAX_TOKEN + 1);
+        let body = serde_json::json!({"access_token": big}).to_string();
+        assert!(matches!(
+            parse_token_response(200, false, body.as_bytes(), &[]),
+            Err(TokenError::InvalidResponse(_))
+        ));
+        let body = serde_json::json!({"access_token": "a", "scope": "s ".repeat(5000), "token_type": "t".repeat(5000)}).to_string();
+        let r = parse_token_response(200, false, body.as_bytes(), &[]).unwrap();
+        assert_eq!(r.scope.unwrap().chars().count(), MAX_SCOPE);
+        assert_eq!(r.token_type.chars().count(), 40);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::error::ConfigError;
 use super::expand::Ctx;
-use super::integrations::{finish, Discovery, Integration};
+use super::integrations::{check_endpoint, finish, Discovery, Integration};
 
 /// Fills the endpoints of `d` from its issuer's metadata (RFC 8414 §3, then
 /// OpenID Connect Discovery), keeping every field the file set explicitly.
@@ -37,7 +37,11 @@ pub async fn discover(
             .await
         {
             Ok(r) if r.status().is_success() => {
-                if let Ok(Value::Object(m)) = r.json::<Value>().await {
+                let body = crate::vendor_body::read_capped(r, crate::vendor_body::MAX_BODY).await;
+                if let Ok(Value::Object(m)) = body
+                    .map_err(|_| ())
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|_| ()))
+                {
                     meta = Some(m);
                     break;
                 }
@@ -75,6 +79,19 @@ pub async fn discover(
             value.contains_key(field),
             meta.get(key).and_then(Value::as_str),
         ) {
+            // A discovered endpoint is https (or loopback) and on the issuer's
+            // host; anything else must be set explicitly in the file.
+            let url = url::Url::parse(v)
+                .map_err(|_| fail(&format!("the discovered {key} is not a URL")))?;
+            check_endpoint(&format!("the discovered {key}"), &url).map_err(|m| fail(&m))?;
+            if url.host_str() != d.issuer.host_str()
+                || url.port_or_known_default() != d.issuer.port_or_known_default()
+            {
+                return Err(fail(&format!(
+                    "the discovered {key} {url} is not on the issuer's host {}; set {field} explicitly to use it",
+                    d.issuer.host_str().unwrap_or_default()
+                )));
+            }
             value.insert(field.into(), Value::String(v.to_owned()));
         }
     }

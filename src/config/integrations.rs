@@ -83,13 +83,40 @@ impl Integration {
         self.scopes.join(&self.scope_separator)
     }
 
-    /// The lifetime a token response announces, per this vendor's conventions.
-    pub fn lifetime(&self, expires_in: Option<i64>) -> Duration {
-        match expires_in {
-            Some(v) if v > 0 && self.expires_in_ms => Duration::milliseconds(v),
-            Some(v) if v > 0 => Duration::seconds(v),
-            _ => self.default_expires_in,
+    /// The lifetime a token response announces, per this vendor's conventions,
+    /// clamped to [`MAX_LIFETIME`]; below one second, not a number or absent, the
+    /// integration's default applies. The result can be added to any clock reading.
+    pub fn lifetime(&self, expires_in: Option<f64>) -> Duration {
+        let secs = expires_in.map(|v| if self.expires_in_ms { v / 1000.0 } else { v });
+        match secs {
+            // `as` saturates; the clamp keeps it far inside the calendar.
+            Some(s) if s >= 1.0 => Duration::seconds((s as i64).min(MAX_LIFETIME.whole_seconds())),
+            _ => self.default_expires_in.min(MAX_LIFETIME),
         }
+    }
+}
+
+/// The longest token lifetime believed, whatever a vendor announces.
+pub const MAX_LIFETIME: Duration = Duration::days(3650);
+
+/// Loopback hosts, where plain `http` is allowed (local testing).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// `https`, or `http` on a loopback host; otherwise why not.
+pub fn check_endpoint(field: &str, url: &Url) -> Result<(), String> {
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(()),
+        "http" if is_loopback(url) => Ok(()),
+        _ => Err(format!(
+            "{field} must be an https URL (http only on a loopback host: 127.0.0.0/8, ::1, localhost); it is {url}"
+        )),
     }
 }
 
@@ -224,6 +251,7 @@ pub fn parse(
                 let issuer = expand(&ctx, "issuer", issuer)?;
                 let issuer = Url::parse(&issuer)
                     .map_err(|e| ctx.fail(format!("issuer is not a URL: {e}")))?;
+                check_endpoint("issuer", &issuer).map_err(|m| ctx.fail(m))?;
                 // Settings are read now, so discovery at start needs no environment.
                 let mut value = Value::Object(merged);
                 expand_all(&ctx, "", &mut value)?;
@@ -253,9 +281,7 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
     let url_of = |field: &str, v: &str| -> Result<Url, ConfigError> {
         let v = expand(ctx, field, v)?;
         let u = Url::parse(&v).map_err(|e| ctx.fail(format!("{field} is not a URL: {e}")))?;
-        if !matches!(u.scheme(), "https" | "http") {
-            return Err(ctx.fail(format!("{field} must be an https URL")));
-        }
+        check_endpoint(field, &u).map_err(|m| ctx.fail(m))?;
         if u.as_str().contains('{') || u.as_str().contains("%7B") {
             return Err(ctx.fail(format!("{field} still has a {{placeholder}}: {u}")));
         }
@@ -300,6 +326,10 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
                 .map(|(k, v)| Ok((k.clone(), expand(ctx, &format!("{field}.{k}"), v)?)))
                 .collect()
         };
+    // Ten years at most, so every period can be subtracted from any clock reading.
+    if r.keepalive_hours.is_some_and(|h| h > 87_600) {
+        return Err(ctx.fail("keepalive_hours must be at most 87600 (10 years)"));
+    }
     let client_id = expand(ctx, "client_id", &r.client_id)?;
     if client_id.is_empty() {
         return Err(ctx.fail("client_id is empty"));
@@ -535,9 +565,69 @@ mod tests {
     #[test]
     fn lifetimes_follow_the_vendor_conventions() {
         let mut i = one(GOOD, &env(&[("XERO_ID", "a"), ("XERO_SECRET", "b")])).unwrap();
-        assert_eq!(i.lifetime(Some(1800)), Duration::seconds(1800));
+        assert_eq!(i.lifetime(Some(1800.0)), Duration::seconds(1800));
         assert_eq!(i.lifetime(None), Duration::seconds(3600));
         i.expires_in_ms = true;
-        assert_eq!(i.lifetime(Some(1_800_000)), Duration::seconds(1800));
+        assert_eq!(i.lifetime(Some(1_800_000.0)), Duration::seconds(1800));
+    }
+
+    #[test]
+    fn any_announced_lifetime_is_clamped_and_can_meet_a_clock() {
+        let mut i = one(GOOD, &env(&[("XERO_ID", "a"), ("XERO_SECRET", "b")])).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        for ms in [false, true] {
+            i.expires_in_ms = ms;
+            for v in [
+                1e300,
+                f64::MAX,
+                i64::MAX as f64,
+                u64::MAX as f64,
+                f64::INFINITY,
+            ] {
+                assert_eq!(i.lifetime(Some(v)), MAX_LIFETIME, "{v}");
+                let _ = now + i.lifetime(Some(v));
+            }
+            for v in [-1.0, -1e300, 0.0, 0.5e-3, f64::NAN, f64::NEG_INFINITY] {
+                assert_eq!(i.lifetime(Some(v)), Duration::seconds(3600), "{v}");
+            }
+        }
+    }
+
+    #[test]
+    fn endpoints_must_be_https_except_on_loopback() {
+        let file = |url: &str| {
+            format!(
+                r#"{{"integrations": {{"a": {{"authorization_url": "https://a.example/auth", "token_url": "{url}", "client_id": "x", "client_secret": "y"}}}}}}"#
+            )
+        };
+        for bad in [
+            "http://example.com/token",
+            "http://169.254.169.254/token",
+            "ftp://example.com/token",
+            "http://127.0.0.1.example.com/token",
+        ] {
+            let err = parse(&file(bad), Path::new("i.json"), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("token_url") && err.contains("https"),
+                "{bad}: {err}"
+            );
+        }
+        for good in [
+            "https://example.com/token",
+            "http://127.0.0.1:8080/token",
+            "http://127.8.9.10/token",
+            "http://[::1]:9/token",
+            "http://localhost:9/token",
+        ] {
+            parse(&file(good), Path::new("i.json"), &env(&[]))
+                .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let text = r#"{"integrations": {"d": {"issuer": "http://idp.example.com", "client_id": "id", "client_secret": "s"}}}"#;
+        let err = parse(text, Path::new("i.json"), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("issuer"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use super::html;
 use super::{query, AppState};
 use crate::consent::{Callback, ConsentError, Started, PENDING_LIFETIME};
 use crate::domain::{ConnectionId, IntegrationName};
+use crate::oauth::TokenError;
 
 /// `GET /api/auth/start/{integration}?connection=<id>` (protected).
 pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -116,11 +117,19 @@ fn page(state: &AppState, e: ConsentError) -> HttpResponse {
         ConsentError::OtherBrowser => html::other_browser(),
         ConsentError::IssuerMismatch => html::issuer_mismatch(),
         ConsentError::LinkUnusable => html::link_unusable(),
-        ConsentError::Exchange(err) => html::exchange_failed(
-            err.oauth_error().map(|c| c.as_str()),
-            &err.to_string(),
+        // The vendor's words (already stripped of what the broker sent, and cut
+        // short) are shown apart from the broker's, labelled as the vendor's.
+        ConsentError::Exchange(TokenError::Rejected {
+            error, description, ..
+        }) => html::exchange_failed(
+            Some(error.as_str()),
+            description.as_deref(),
+            None,
             redirect_uri,
         ),
+        ConsentError::Exchange(err) => {
+            html::exchange_failed(None, None, Some(&err.to_string()), redirect_uri)
+        }
         ConsentError::Store { grant_lost } => html::storage_unavailable(grant_lost),
     }
 }

@@ -300,8 +300,8 @@ mod tests {
             access_not_granted("access_denied", Some(evil), evil),
             callback_incomplete(evil),
             integration_gone(evil),
-            exchange_failed(Some(evil), evil, evil),
-            exchange_failed(None, evil, evil),
+            exchange_failed(Some(evil), Some(evil), None, evil),
+            exchange_failed(None, None, Some(evil), evil),
         ] {
             let html = body(page);
             assert!(!html.contains("<img"), "{html}");

@@ -353,16 +353,23 @@ pub fn integration_gone(name: &str) -> HttpResponse {
 }
 
 /// The code exchange failed: `oauth_error` is the vendor's error code, if it sent one.
+/// `vendor_said`: the vendor's `error_description`; `detail`: the broker's own words.
 pub fn exchange_failed(
     oauth_error: Option<&str>,
-    detail: &str,
+    vendor_said: Option<&str>,
+    detail: Option<&str>,
     redirect_uri: &str,
 ) -> HttpResponse {
     let mut facts = Vec::new();
     if let Some(code) = oauth_error {
         facts.push(("Error", Html::new().code(shown(code))));
     }
-    facts.push(("Details", Html::of(shown_long(detail))));
+    if let Some(d) = vendor_said.filter(|d| !d.trim().is_empty()) {
+        facts.push(("The vendor said", Html::of(shown_long(d))));
+    }
+    if let Some(d) = detail {
+        facts.push(("Details", Html::of(shown_long(d))));
+    }
     let what = match oauth_error {
         Some(_) => "You approved access, but the vendor refused to exchange the authorization code for tokens.",
         None => "You approved access, but the vendor's token endpoint failed, so the broker got no tokens.",
