@@ -173,8 +173,17 @@ impl Application {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    if let Err(e) = engine.sweep().await {
-                        tracing::error!(error = %e, "scheduled sweep failed");
+                    // Each sweep is its own task: whatever happens in one, the next runs.
+                    let engine = Arc::clone(&engine);
+                    match tokio::spawn(async move { engine.sweep().await }).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "scheduled sweep failed"),
+                        // The payload is not logged: it could quote a value.
+                        Err(e) if e.is_panic() => tracing::error!(
+                            outcome = "panicked",
+                            "a scheduled sweep panicked; the next one runs on schedule"
+                        ),
+                        Err(_) => tracing::error!("a scheduled sweep was cancelled"),
                     }
                 }
             });

@@ -622,7 +622,7 @@ fn record(integration: &str, conn: &str, expires_in: i64, refresh_token: &str) -
         access_token: Secret::new(format!("seed-at-{conn}-{}", "x".repeat(900))),
         refresh_token: Some(Secret::new(refresh_token)),
     };
-    ConnectionRecord::new_grant(
+    let mut r = ConnectionRecord::new_grant(
         IntegrationName::parse(integration).expect("valid name"),
         ConnectionId::parse(conn).expect("valid id"),
         tokens,
@@ -630,7 +630,10 @@ fn record(integration: &str, conn: &str, expires_in: i64, refresh_token: &str) -
         "read".into(),
         now + time::Duration::seconds(expires_in),
         now,
-    )
+    );
+    // Issued as a one-hour token (the refresh margin is capped at half the issued lifetime).
+    r.refreshed_at = (r.expires_at - time::Duration::hours(1)).min(now);
+    r
 }
 
 /// The bare actix-web server, as a separate process: static JSON on every path (the floor of one

@@ -99,6 +99,13 @@ impl ConnectionRecord {
         self.expires_at - now <= margin
     }
 
+    /// The lifetime the access token had when it was issued: `refreshed_at` is
+    /// when the broker stored it, and `expires_at` is that instant plus the
+    /// lifetime the vendor announced (consent and refresh both set them so).
+    pub fn issued_lifetime(&self) -> Duration {
+        self.expires_at - self.refreshed_at
+    }
+
     /// True when another refresher holds a lease that has not lapsed.
     pub fn is_leased(&self, now: OffsetDateTime) -> bool {
         matches!(self.lease_until, Some(until) if until > now)
@@ -132,6 +139,26 @@ impl ConnectionRecord {
             ..self.clone()
         }
     }
+}
+
+/// How much validity a caller's token must have left before a refresh is
+/// worth it. The margin is capped at half the token's issued lifetime, so a
+/// vendor whose tokens live shorter than the margin (Keycloak's 5 minutes
+/// against the 900 s default) is not refreshed on every call. A caller's
+/// `min_validity` applies as asked, even one no token could meet (callers
+/// waiting together share one refresh, see `refresh`). A lifetime that is not
+/// positive (a row written by hand) leaves the margin uncapped.
+pub fn refresh_threshold(
+    margin: Duration,
+    min_validity: Option<Duration>,
+    issued_lifetime: Duration,
+) -> Duration {
+    let margin = if issued_lifetime > Duration::ZERO {
+        margin.min(issued_lifetime / 2)
+    } else {
+        margin
+    };
+    min_validity.map_or(margin, |m| m.max(margin))
 }
 
 /// An authorization started at `/api/auth/start` and not yet completed.
@@ -176,6 +203,23 @@ mod tests {
         assert!(!r.is_due(now, Duration::seconds(99)));
         assert_eq!(r.expires_in(now), 100);
         assert_eq!(r.expires_in(now + Duration::seconds(500)), 0);
+    }
+
+    #[test]
+    fn the_threshold_is_capped_by_the_token_lifetime() {
+        let s = Duration::seconds;
+        // A long-lived token: the margin and any meetable need apply as set.
+        assert_eq!(refresh_threshold(s(900), None, s(3600)), s(900));
+        assert_eq!(refresh_threshold(s(900), Some(s(2000)), s(3600)), s(2000));
+        assert_eq!(refresh_threshold(s(900), Some(s(60)), s(3600)), s(900));
+        // A 5-minute token against the 900 s margin: refresh in its second half only.
+        assert_eq!(refresh_threshold(s(900), None, s(300)), s(150));
+        // A caller's need applies as asked, even one no token could meet.
+        assert_eq!(refresh_threshold(s(900), Some(s(3600)), s(300)), s(3600));
+        assert_eq!(refresh_threshold(s(900), Some(s(100)), s(300)), s(150));
+        // No usable lifetime: as before.
+        assert_eq!(refresh_threshold(s(900), Some(s(1000)), s(0)), s(1000));
+        assert_eq!(refresh_threshold(s(900), None, s(-5)), s(900));
     }
 
     #[test]

@@ -40,6 +40,7 @@ mod sweep;
 use crate::coalesce::Coalescer;
 use crate::config::{Integration, RefreshPolicy};
 pub use crate::domain::clock::now;
+use crate::domain::grant::refresh_threshold;
 use crate::domain::scope;
 use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet};
 use crate::oauth::{self, TokenError, TokenResponse};
@@ -81,6 +82,10 @@ pub struct Need {
     pub force: bool,
     /// Keep-alive: refresh if last refreshed before this instant.
     pub refreshed_before: Option<OffsetDateTime>,
+    /// The sweep: the integration's whole margin applies, not capped by the
+    /// token's lifetime (so a short-lived token is refreshed once per sweep
+    /// and callers rarely wait for one).
+    pub whole_margin: bool,
 }
 
 /// What one sweep did.
@@ -186,9 +191,17 @@ impl Engine {
         need: &Need,
         now: OffsetDateTime,
     ) -> bool {
-        let threshold = need.min_validity.map_or(integration.refresh_margin, |m| {
-            m.max(integration.refresh_margin)
-        });
+        let threshold = if need.whole_margin {
+            need.min_validity.map_or(integration.refresh_margin, |m| {
+                m.max(integration.refresh_margin)
+            })
+        } else {
+            refresh_threshold(
+                integration.refresh_margin,
+                need.min_validity,
+                record.issued_lifetime(),
+            )
+        };
         need.force
             || record.is_due(now, threshold)
             || need
@@ -233,15 +246,12 @@ impl Engine {
             Ok(last) => (last, Some(first.clone())),
             Err(_) => (gate.lock().await, None),
         };
-        let settled = Need {
-            force: false,
-            ..need
-        };
+        // A refresh that completed after this caller arrived (its first read
+        // began after arrival) is taken whenever its token is valid, even when it
+        // falls short of this caller's need (forced or not): the vendor just issued
+        // the best token it gives, and asking again would multiply refreshes.
         let result = match last.as_ref() {
-            Some(r)
-                if r.refreshed_at > first.value.refreshed_at
-                    && !self.wants_refresh(integration, r, &settled, now()) =>
-            {
+            Some(r) if r.refreshed_at > first.value.refreshed_at && r.expires_in(now()) > 0 => {
                 Ok(r.clone())
             }
             _ => {
@@ -325,18 +335,9 @@ impl Engine {
         let leased = loop {
             let now = now();
             let rec = &current.value;
-            // Someone refreshed while we queued or waited: that is what we wanted.
-            if rec.refreshed_at > seen_refreshed_at
-                && !self.wants_refresh(
-                    integration,
-                    rec,
-                    &Need {
-                        force: false,
-                        ..*need
-                    },
-                    now,
-                )
-            {
+            // Someone refreshed while we queued or waited: take its token while valid
+            // (see `ensure_fresh_from`).
+            if rec.refreshed_at > seen_refreshed_at && rec.expires_in(now) > 0 {
                 return Ok(current.value);
             }
             if rec.is_leased(now) && rec.lease_owner.as_deref() != Some(&self.owner) {

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use time::Duration;
 
 use super::{now, Engine, Need, RefreshError, SweepSummary};
@@ -52,18 +54,30 @@ impl Engine {
                 let integration = integrations.get(&row.value.integration)?;
                 let need = Need {
                     refreshed_before: Some(now() - integration.keepalive),
+                    whole_margin: true,
                     ..Need::default()
                 };
                 if !self.wants_refresh(integration, &row.value, &need, now()) {
                     return None;
                 }
                 let before = row.value.refreshed_at;
-                // The listed row goes straight to the conditional lease write.
-                Some(
-                    self.ensure_fresh_from(integration, row, need)
-                        .await
-                        .map(|r| r.refreshed_at > before),
-                )
+                let connection = row.value.connection.clone();
+                // The listed row goes straight to the conditional lease write. A
+                // panic in one refresh is that connection's failure, not the sweep's.
+                let refresh = AssertUnwindSafe(self.ensure_fresh_from(integration, row, need));
+                match refresh.catch_unwind().await {
+                    Ok(r) => Some(r.map(|r| r.refreshed_at > before)),
+                    Err(_) => {
+                        // The payload is not logged: it could quote a value.
+                        tracing::error!(
+                            integration = integration.name.as_str(),
+                            connection = connection.as_str(),
+                            outcome = "panicked",
+                            "a refresh panicked; counted as failed, the sweep goes on"
+                        );
+                        Some(Ok(false))
+                    }
+                }
             })
             .buffer_unordered(self.policy.sweep_concurrency)
             .collect()

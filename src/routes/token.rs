@@ -161,6 +161,7 @@ async fn serve(state: &AppState, r: TokenRequest) -> Result<HttpResponse, ApiErr
                 min_validity: r.min_validity,
                 force: r.force,
                 refreshed_before: None,
+                whole_margin: false,
             },
         )
         .await

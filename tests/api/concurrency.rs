@@ -41,7 +41,11 @@ pub async fn set_expiry(app: &TestApp, conn: &str, secs: i64) {
         ConnectionId::parse(conn).unwrap(),
     );
     let mut current = store.get(&i, &c).await.unwrap().expect("connection stored");
-    current.value.expires_at = OffsetDateTime::now_utc() + Duration::seconds(secs);
+    // As if the token had been issued earlier: its issued lifetime (`expires_at - refreshed_at`,
+    // which caps the refresh margin at half of it) stays as the provider set it.
+    let expires_at = OffsetDateTime::now_utc() + Duration::seconds(secs);
+    current.value.refreshed_at += expires_at - current.value.expires_at;
+    current.value.expires_at = expires_at;
     store
         .replace(&current.value, &current.version)
         .await

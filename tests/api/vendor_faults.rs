@@ -94,7 +94,7 @@ fn record(conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord 
         access_token: Secret::new(format!("seed-at-{conn}")),
         refresh_token: Some(Secret::new(refresh_token)),
     };
-    ConnectionRecord::new_grant(
+    let mut r = ConnectionRecord::new_grant(
         IntegrationName::parse(INTEGRATION).unwrap(),
         ConnectionId::parse(conn).unwrap(),
         tokens,
@@ -102,7 +102,11 @@ fn record(conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord 
         "read".into(),
         now + Duration::seconds(expires_in),
         now,
-    )
+    );
+    // Issued as a one-hour token some time ago (the refresh margin is capped at half the
+    // issued lifetime, `expires_at - refreshed_at`).
+    r.refreshed_at = (r.expires_at - Duration::hours(1)).min(now);
+    r
 }
 
 async fn host_post_json(base: &str, path: &str, body: &Value) -> Reply {
