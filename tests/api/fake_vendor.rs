@@ -32,6 +32,12 @@ pub enum Answer {
     },
     /// Sleep first, then answer.
     Slow(Duration, Box<Answer>),
+    /// An OAuth error whose `error_description` echoes the request: its body and
+    /// its `Authorization` header (as some vendors do).
+    Echo { status: u16, error: &'static str },
+    /// A 200 JSON token response of about `bytes` bytes (one huge `access_token`),
+    /// streamed in chunks without a `Content-Length`.
+    Chunked { bytes: usize },
 }
 
 impl Answer {
@@ -70,6 +76,8 @@ struct State {
     in_flight: AtomicU32,
     max_in_flight: AtomicU32,
     refreshes: Mutex<Vec<(Instant, String)>>,
+    echoed: Mutex<Vec<String>>,
+    metadata: Mutex<Option<String>>,
 }
 
 pub struct FakeVendor {
@@ -90,6 +98,10 @@ impl FakeVendor {
                     App::new()
                         .app_data(data.clone())
                         .route("/token", web::post().to(token))
+                        .route(
+                            "/.well-known/oauth-authorization-server",
+                            web::get().to(metadata),
+                        )
                 })
                 .workers(2)
                 .bind(("127.0.0.1", 0))
@@ -156,6 +168,17 @@ impl FakeVendor {
 
     pub fn refresh_count(&self) -> usize {
         self.state.refreshes.lock().unwrap().len()
+    }
+
+    /// What `Answer::Echo` answers echoed, in order (the raw request as the vendor saw it).
+    pub fn echoed(&self) -> Vec<String> {
+        self.state.echoed.lock().unwrap().clone()
+    }
+
+    /// The body served as RFC 8414 metadata at `/.well-known/oauth-authorization-server`
+    /// (404 until set).
+    pub fn set_metadata(&self, body: String) {
+        *self.state.metadata.lock().unwrap() = Some(body);
     }
 
     pub fn max_in_flight(&self) -> u32 {
@@ -229,17 +252,51 @@ async fn token(
         let scripted = state.code_script.lock().unwrap().pop_front();
         scripted.unwrap_or_else(Answer::mint)
     };
+    let echo = format!(
+        "{} authorization: {}",
+        String::from_utf8_lossy(&body),
+        header("authorization")
+    );
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let resp = respond(&state, answer).await;
+    let resp = respond(&state, answer, echo).await;
     state.in_flight.fetch_sub(1, Ordering::SeqCst);
     resp
 }
 
-async fn respond(state: &State, answer: Answer) -> HttpResponse {
+async fn metadata(state: web::Data<State>) -> HttpResponse {
+    match state.metadata.lock().unwrap().clone() {
+        Some(body) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(body),
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+async fn respond(state: &State, answer: Answer, echo: String) -> HttpResponse {
     let mut answer = answer;
     loop {
         match answer {
+            Answer::Echo { status, error } => {
+                state.echoed.lock().unwrap().push(echo.clone());
+                let body =
+                    json!({"error": error, "error_description": format!("bad request: {echo}")});
+                return HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+                    .json(body);
+            }
+            Answer::Chunked { bytes } => {
+                let chunk = web::Bytes::from(vec![b'a'; 16 * 1024]);
+                let n = bytes / chunk.len();
+                let body = futures::stream::iter(
+                    std::iter::once(web::Bytes::from_static(b"{\"access_token\":\""))
+                        .chain(std::iter::repeat(chunk).take(n))
+                        .chain(std::iter::once(web::Bytes::from_static(b"\"}")))
+                        .map(Ok::<_, actix_web::Error>),
+                );
+                return HttpResponse::Ok()
+                    .content_type("application/json")
+                    .streaming(body);
+            }
             Answer::Slow(d, inner) => {
                 actix_web::rt::time::sleep(d).await;
                 answer = *inner;

@@ -17,6 +17,7 @@ mod fake_vendor;
 mod flow;
 mod functions_manifest;
 mod health;
+mod hostile_vendor;
 mod no_secret_in_logs;
 mod reauthorization;
 mod reconsent;
