@@ -18,10 +18,15 @@ pub async fn discover(
     path: &Path,
 ) -> Result<Integration, ConfigError> {
     // Settings were expanded when the file was read: discovery needs none.
+    // The reason is shown by /api/health: what the issuer sent is cut short.
     let fail = |problem: &str| ConfigError::Integration {
         path: path.display().to_string(),
         integration: d.name.as_str().to_owned(),
-        problem: problem.to_owned(),
+        problem: problem
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(300)
+            .collect(),
     };
     let base = d.issuer.as_str().trim_end_matches('/');
     let mut meta = None;
