@@ -339,6 +339,11 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
         .as_deref()
         .map(|v| expand(ctx, "issuer", v))
         .transpose()?;
+    // An issuer identifier is an https URL (RFC 8414 §2), or loopback for local testing.
+    if let Some(i) = &issuer {
+        let u = Url::parse(i).map_err(|e| ctx.fail(format!("issuer is not a URL: {e}")))?;
+        check_endpoint("issuer", &u).map_err(|m| ctx.fail(m))?;
+    }
     let require_iss = r.require_iss.unwrap_or(false);
     if require_iss && issuer.is_none() {
         return Err(ctx
@@ -624,10 +629,14 @@ mod tests {
             parse(&file(good), Path::new("i.json"), &env(&[]))
                 .unwrap_or_else(|e| panic!("{good}: {e}"));
         }
-        let text = r#"{"integrations": {"d": {"issuer": "http://idp.example.com", "client_id": "id", "client_secret": "s"}}}"#;
-        let err = parse(text, Path::new("i.json"), &env(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("issuer"), "{err}");
+        for text in [
+            r#"{"integrations": {"d": {"issuer": "http://idp.example.com", "client_id": "id", "client_secret": "s"}}}"#,
+            r#"{"integrations": {"d": {"issuer": "http://idp.example.com", "authorization_url": "https://a.example/auth", "token_url": "https://a.example/token", "client_id": "id", "client_secret": "s"}}}"#,
+        ] {
+            let err = parse(text, Path::new("i.json"), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("issuer") && err.contains("https"), "{err}");
+        }
     }
 }

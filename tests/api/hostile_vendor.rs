@@ -568,6 +568,10 @@ async fn configured_endpoints_must_be_https_outside_loopback() {
             json!({"authorization_url": "https://a.example/authorize", "token_url": "https://a.example/token", "revocation_url": "http://169.254.169.254/revoke"}),
         ),
         ("issuer", json!({"issuer": "http://idp.example"})),
+        (
+            "issuer",
+            json!({"issuer": "http://idp.example", "authorization_url": "https://a.example/authorize", "token_url": "https://a.example/token"}),
+        ),
     ];
     for (field, mut integration) in cases {
         integration["client_id"] = json!("c");
