@@ -41,6 +41,8 @@ async fn hostile(extra: Value, env: &[(&str, &str)]) -> Hostile {
     let mut demo = json!({
         "authorization_url": format!("{}/authorize", vendor.base),
         "token_url": vendor.token_url(),
+        // The fake vendor answers any POST without a grant type as it would a code exchange.
+        "revocation_url": vendor.token_url(),
         "client_id": "client", "client_secret": "%HOSTILE_SECRET%",
         "scopes": ["read"]
     });
@@ -350,9 +352,36 @@ async fn vendor_text_never_carries_what_the_broker_sent() {
     assert_eq!(listed.status, 200);
     assert!(listed.body.contains("invalid_request"), "{listed:?}");
 
+    // A revocation whose error echoes the token: the 502 of the delete route.
+    let revoked = format!("rt-revoke-{}", random_hex(12));
+    app.seed(&record(INTEGRATION, "revoked", 600, &revoked))
+        .await;
+    app.vendor.script_code_exchanges([Answer::Echo {
+        status: 400,
+        error: "invalid_request",
+    }]);
+    let delete = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/connections/{INTEGRATION}/revoked",
+            app.base()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let delete = Reply::from(delete).await;
+    assert_eq!(delete.status, 502, "the connection is kept: {delete:?}");
+    assert!(delete.body.contains("invalid_request"), "{delete:?}");
+    let echoed = app.vendor.echoed().pop().unwrap();
+    assert!(
+        echoed.contains(&revoked),
+        "the vendor echoed the token: {echoed}"
+    );
+    secrets.push(("revoked refresh token".into(), revoked));
+
     for (n, page) in pages.iter().enumerate() {
         assert_free_of(&format!("consent page {n}"), page, &secrets);
     }
+    assert_free_of("DELETE /api/connections", &delete.body, &secrets);
     assert_free_of("last_error", &last_error, &secrets);
     assert_free_of("GET /api/connections", &listed.body, &secrets);
     let Hostile { broker, .. } = app;
