@@ -171,9 +171,11 @@ pub async fn refresh(
     token_request(http, integration, form, timeout).await
 }
 
-/// The longest access or refresh token accepted (so a sealed grant always fits
-/// one Table Storage property); a longer one is an invalid answer.
-pub const MAX_TOKEN: usize = 16 * 1024;
+/// The longest access token and refresh token accepted, in bytes (real ones
+/// are 1–4 KB). Together they keep the sealed pair inside one Table Storage
+/// property (64 KiB of UTF-16); a longer one is an invalid answer.
+pub const MAX_ACCESS_TOKEN: usize = 16_000;
+pub const MAX_REFRESH_TOKEN: usize = 8_000;
 
 /// The longest `scope` kept, in characters (it is informative only: refresh never sends it).
 pub const MAX_SCOPE: usize = 2048;
@@ -470,14 +472,13 @@ fn parse_token_response(
         .filter(|t| !t.is_empty())
         .ok_or_else(|| TokenError::InvalidResponse("no access_token".into()))?;
     let refresh_token = text(&m, "refresh_token").filter(|t| !t.is_empty());
-    for (name, t) in [
-        ("access_token", Some(&access_token)),
-        ("refresh_token", refresh_token.as_ref()),
+    for (name, t, max) in [
+        ("access_token", Some(&access_token), MAX_ACCESS_TOKEN),
+        ("refresh_token", refresh_token.as_ref(), MAX_REFRESH_TOKEN),
     ] {
-        if t.is_some_and(|t| t.len() > MAX_TOKEN) {
+        if t.is_some_and(|t| t.len() > max) {
             return Err(TokenError::InvalidResponse(format!(
-                "the {name} is longer than {} KiB",
-                MAX_TOKEN / 1024
+                "the {name} is longer than {max} bytes"
             )));
         }
     }
@@ -607,7 +608,7 @@ mod tests {
 
     #[test]
     fn oversized_tokens_are_refused_and_long_fields_cut() {
-        let big = "a".repeat(MAX_TOKEN + 1);
+        let big = "a".repeat(MAX_ACCESS_TOKEN + 1);
         let body = serde_json::json!({"access_token": big}).to_string();
         assert!(matches!(
             parse_token_response(200, false, body.as_bytes(), &[]),

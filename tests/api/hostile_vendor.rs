@@ -11,7 +11,8 @@ use base64::Engine as _;
 use oauth_broker::crypto::Keyring;
 use oauth_broker::domain::{ConnectionId, ConnectionRecord, IntegrationName, Secret, TokenSet};
 use oauth_broker::store::sqlite::SqliteBackend;
-use oauth_broker::store::Store as BrokerStore;
+use oauth_broker::store::table::TableBackend;
+use oauth_broker::store::{Backend, Store as BrokerStore};
 use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
 
@@ -28,12 +29,18 @@ struct Hostile {
     broker: Broker,
     store: BrokerStore,
     secret: String,
+    _azurite: Option<Azurite>,
     _dir: tempfile::TempDir,
 }
 
 /// A broker on SQLite with two integrations on one fake vendor: `demo` (Basic client auth) and
 /// `millis` (milliseconds, client_secret_post). `extra` fields go into both.
 async fn hostile(extra: Value, env: &[(&str, &str)]) -> Hostile {
+    hostile_on(None, extra, env).await
+}
+
+/// [`hostile`] on Table Storage (Azurite) when `azurite` is given.
+async fn hostile_on(azurite: Option<Azurite>, extra: Value, env: &[(&str, &str)]) -> Hostile {
     let vendor = FakeVendor::start();
     let dir = tempfile::tempdir().unwrap();
     // '/', '+' and '=' make every encoding of it different from the value.
@@ -60,17 +67,31 @@ async fn hostile(extra: Value, env: &[(&str, &str)]) -> Hostile {
         base64::engine::general_purpose::STANDARD.encode(random_bytes(32))
     );
     let db = dir.path().join("broker.db");
-    let store = BrokerStore::new(
-        Arc::new(SqliteBackend::open(&db).unwrap()),
-        Keyring::parse(&Secret::new(key.clone())).unwrap(),
-    );
+    let (backend, storage, table): (Arc<dyn Backend>, String, Option<String>) = match &azurite {
+        Some(azurite) => {
+            let name = fresh_table_name();
+            let backend = TableBackend::connect(
+                &Secret::new(azurite.connection_string()),
+                &name,
+                oauth_broker::startup::http_client(),
+            )
+            .unwrap();
+            (Arc::new(backend), azurite.connection_string(), Some(name))
+        }
+        None => (
+            Arc::new(SqliteBackend::open(&db).unwrap()),
+            format!("sqlite:{}", db.display()),
+            None,
+        ),
+    };
+    let store = BrokerStore::new(backend, Keyring::parse(&Secret::new(key.clone())).unwrap());
     let mut extra_env = vec![("HOSTILE_SECRET".to_owned(), secret.clone())];
     extra_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let broker = Broker::start(&BrokerSpec {
         port: 0,
         bind: "127.0.0.1".into(),
-        storage: format!("sqlite:{}", db.display()),
-        table: None,
+        storage,
+        table,
         encryption_keys: Some(key),
         api_key: None,
         public_url: None,
@@ -84,6 +105,7 @@ async fn hostile(extra: Value, env: &[(&str, &str)]) -> Hostile {
         broker,
         store,
         secret,
+        _azurite: azurite,
         _dir: dir,
     }
 }
@@ -429,13 +451,13 @@ async fn vendor_answers_are_capped_and_an_oversized_one_costs_nothing() {
         ),
         (
             "longtoken",
-            raw(json!({"access_token": "a".repeat(20 * 1024), "refresh_token": "r"}).to_string()),
-            "16 KiB",
+            raw(json!({"access_token": "a".repeat(16_001), "refresh_token": "r"}).to_string()),
+            "16000 bytes",
         ),
         (
             "longrefresh",
-            raw(json!({"access_token": "a", "refresh_token": "r".repeat(20 * 1024)}).to_string()),
-            "16 KiB",
+            raw(json!({"access_token": "a", "refresh_token": "r".repeat(8_001)}).to_string()),
+            "8000 bytes",
         ),
     ];
     for (conn, answer, why) in cases {
@@ -676,4 +698,24 @@ async fn short_lived_tokens_and_unmeetable_needs_cost_one_refresh() {
         before,
         "no refresh in the first half of a 60 s token"
     );
+}
+
+#[tokio::test]
+async fn tokens_at_the_caps_fit_one_table_storage_property() {
+    // Table Storage refuses a string property over 64 KiB of UTF-16 (Azurite too): the caps keep
+    // the sealed pair below it, so a vendor's largest accepted tokens are stored, not lost.
+    let app = hostile_on(Some(Azurite::start().await), json!({}), &[]).await;
+    let (access, refresh) = ("a".repeat(16_000), "r".repeat(8_000));
+    app.vendor.script([Answer::Raw {
+        status: 200,
+        content_type: "application/json",
+        body: json!({"access_token": access, "refresh_token": refresh, "expires_in": 3600})
+            .to_string(),
+        retry_after: None,
+    }]);
+    app.seed(&record(INTEGRATION, "big", 60, "rt-big")).await;
+    let v = check_token_reply(&app.token(INTEGRATION, "big", "").await, "big");
+    assert_eq!(v["access_token"], access);
+    let stored = app.stored(INTEGRATION, "big").await;
+    assert_eq!(stored.tokens.refresh_token.unwrap().expose(), refresh);
 }
