@@ -23,5 +23,6 @@ mod reauthorization;
 mod reconsent;
 mod row_integrity;
 mod store_contract;
+mod sweep_panic;
 mod vendor_faults;
 mod xss;
