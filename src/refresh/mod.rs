@@ -4,7 +4,12 @@
 //! One refresh per connection at a time:
 //! - within a process, callers for one connection queue on one async gate; the
 //!   gate keeps the record its last holder obtained, so followers take the
-//!   leader's result without another store read (when it meets their need);
+//!   leader's result without another store read: any refresh that completed
+//!   after a caller arrived serves it while its token is valid, even short of
+//!   its need (asking again would only multiply refreshes);
+//! - the margin is capped at half the token's issued lifetime for callers, so
+//!   tokens shorter-lived than the margin are not refreshed on every call (the
+//!   sweep keeps the whole margin);
 //! - across processes, a lease is written into the row with a conditional
 //!   write (ETag / version) before the vendor is called; callers that find a
 //!   live lease wait (bounded) and re-read, never presenting the old token;
