@@ -119,7 +119,7 @@ impl ConnectionRecord {
         cooldown: Duration,
     ) -> Option<OffsetDateTime> {
         self.last_error_at
-            .filter(|at| *at > self.refreshed_at && *at + cooldown > now)
+            .filter(|at| *at > self.refreshed_at && at.saturating_add(cooldown) > now)
     }
 
     /// This record with a lease held by `owner` until `until`.

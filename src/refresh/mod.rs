@@ -172,7 +172,7 @@ impl Engine {
             access_token: resp.access_token,
             refresh_token: resp.refresh_token,
         };
-        let expires_at = now + integration.lifetime(resp.expires_in);
+        let expires_at = now.saturating_add(integration.lifetime(resp.expires_in));
         let mut record = ConnectionRecord::new_grant(
             integration.name.clone(),
             connection.clone(),
@@ -471,7 +471,7 @@ impl Engine {
                     access_token: resp.access_token,
                     refresh_token: resp.refresh_token.or(Some(refresh_token)),
                 };
-                next.expires_at = now + integration.lifetime(resp.expires_in);
+                next.expires_at = now.saturating_add(integration.lifetime(resp.expires_in));
                 next.metadata.extend(resp.metadata);
                 if let Some(scope) = resp.scope {
                     next.scope = scope::normalize(&scope);

@@ -719,3 +719,18 @@ async fn tokens_at_the_caps_fit_one_table_storage_property() {
     let stored = app.stored(INTEGRATION, "big").await;
     assert_eq!(stored.tokens.refresh_token.unwrap().expose(), refresh);
 }
+
+#[tokio::test]
+async fn a_far_future_failure_time_in_a_row_does_not_panic_the_token_route() {
+    // State fields are not sealed (see Security): a row may carry any instant the calendar holds.
+    let app = hostile(json!({}), &[]).await;
+    let mut r = record(INTEGRATION, "future", 60, "rt-future");
+    r.last_error = Some("an earlier failure".into());
+    r.last_error_at = Some(time::PrimitiveDateTime::MAX.assume_utc());
+    app.seed(&r).await;
+    let v = check_token_reply(&app.token(INTEGRATION, "future", "").await, "future");
+    assert_eq!(
+        v["access_token"], "seed-at-future",
+        "cooling down: the valid token is served"
+    );
+}
