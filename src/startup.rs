@@ -71,10 +71,9 @@ fn backend(
                 .map_err(|e| StartupError::Storage(e.to_string()))?,
         ),
         StorageSettings::TableIdentity { identity, table } => {
-            let credential = ManagedIdentityCredential::new(
+            let credential = ManagedIdentityCredential::with_endpoints(
                 http.clone(),
-                &identity.identity_endpoint,
-                identity.identity_header.clone(),
+                identity.endpoints.clone(),
                 identity.client_id.clone(),
             )
             .map_err(|problem| ConfigError::setting("IDENTITY_ENDPOINT", problem))?;

@@ -4,6 +4,9 @@
 //! - The credential against a local fake of the identity endpoint: the request it makes (resource,
 //!   api-version, client_id, `X-IDENTITY-HEADER`), caching, renewal before expiry, riding out a failed
 //!   renewal on a still-valid token, and errors that never show the header or a token.
+//! - The fallback to the older protocol (`MSI_ENDPOINT` + `MSI_SECRET`, api-version 2017-09-01, header
+//!   `secret`, `clientid`, a date as `expires_on`) when `IDENTITY_*` are absent or the 2019-08-01 call
+//!   answers 400, against a fake that speaks both protocols; also through settings and the real binary.
 //! - `Settings::load` choosing identity-based storage, and its start-up errors.
 //! - Real Azurite with `--oauth basic` over HTTPS (a throwaway CA made with `openssl`): create, write,
 //!   read and delete with nothing but the bearer token; Azurite rejects a token for the wrong audience.
@@ -23,7 +26,9 @@ use azure_core::auth::TokenCredential;
 use base64::Engine as _;
 use oauth_broker::config::{IdentityStorage, Settings, StorageSettings};
 use oauth_broker::domain::Secret;
-use oauth_broker::store::identity::{ManagedIdentityCredential, STORAGE_RESOURCE};
+use oauth_broker::store::identity::{
+    IdentityEndpoint, IdentityEndpoints, ManagedIdentityCredential, Protocol, STORAGE_RESOURCE,
+};
 use oauth_broker::store::table::TableBackend;
 use oauth_broker::store::{Backend, PendingRow, StoreError};
 use serde_json::{json, Value};
@@ -477,8 +482,7 @@ fn settings_choose_identity_based_table_storage() {
                     account,
                     table_uri,
                     client_id,
-                    identity_endpoint,
-                    identity_header,
+                    endpoints: identity,
                 },
             table,
         } => {
@@ -486,8 +490,10 @@ fn settings_choose_identity_based_table_storage() {
             assert_eq!(table_uri, &None);
             assert_eq!(client_id.as_deref(), Some(CLIENT_ID));
             assert_eq!(table, "grants");
-            assert_eq!(identity_endpoint, PLATFORM[0].1);
-            assert_eq!(identity_header.expose(), IDENTITY_HEADER);
+            let current = identity.current.as_ref().unwrap();
+            assert_eq!(current.url(), PLATFORM[0].1);
+            assert_eq!(current.protocol(), Protocol::Identity2019);
+            assert!(identity.legacy.is_none());
         }
         other => panic!("expected TableIdentity, got {other:?}"),
     }
@@ -1004,4 +1010,356 @@ async fn a_refused_identity_makes_health_503_and_leaks_nothing() {
     let log = std::fs::read_to_string(output).unwrap();
     assert!(log.contains("managed identity"), "{log}");
     assert!(!log.contains(wrong), "the identity header reached the log");
+}
+
+// ------------------------------------------------------------------------------------------------
+// the older protocol: MSI_ENDPOINT + MSI_SECRET, api-version 2017-09-01
+
+const MSI_SECRET: &str = "msi-secret-Vb7Rt2Lq9Xw4";
+
+/// A fake of a platform that speaks both protocols, each on its own path, checked as App Service
+/// checks them: `/identity/token` (2019-08-01, `X-IDENTITY-HEADER`, `client_id`) and `/msi/legacy`
+/// (2017-09-01, `secret`, `clientid`, `expires_on` as a date). With `refuse_2019`, the newer path
+/// answers 400 to everything (a platform that does not offer that api-version).
+struct FakeBothProtocols {
+    server: FakeServer,
+    issued: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl FakeBothProtocols {
+    fn start(refuse_2019: bool) -> Self {
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&issued);
+        let server = FakeServer::start(move |r| {
+            let bad = |why: &str| {
+                Response::json(
+                    400,
+                    json!({"error": "invalid_request", "error_description": why}),
+                )
+            };
+            if r.method != "GET"
+                || r.query.get("resource").map(String::as_str) != Some(STORAGE_RESOURCE)
+            {
+                return bad("bad method or resource");
+            }
+            let api = r.query.get("api-version").map(String::as_str);
+            let (protocol, expires_on) = match r.path.as_str() {
+                "/identity/token" => {
+                    if refuse_2019 {
+                        return bad("api-version 2019-08-01 is not supported here");
+                    }
+                    if api != Some("2019-08-01") || r.query.contains_key("clientid") {
+                        return bad("this endpoint speaks 2019-08-01 with client_id");
+                    }
+                    if r.headers.get("x-identity-header").map(String::as_str)
+                        != Some(IDENTITY_HEADER)
+                    {
+                        return Response::json(401, json!({"error": "unauthorized"}));
+                    }
+                    ("2019", json!((now() + 3600).to_string()))
+                }
+                "/msi/legacy" => {
+                    if api != Some("2017-09-01") || r.query.contains_key("client_id") {
+                        return bad("this endpoint speaks 2017-09-01 with clientid");
+                    }
+                    if r.headers.get("secret").map(String::as_str) != Some(MSI_SECRET)
+                        || r.headers.contains_key("x-identity-header")
+                    {
+                        return Response::json(401, json!({"error": "unauthorized"}));
+                    }
+                    // As the 2017-09-01 protocol sends it: a date, 12-hour clock, UTC offset.
+                    let exp = time::OffsetDateTime::from_unix_timestamp(now() + 3600).unwrap();
+                    let f = time::macros::format_description!(
+                        "[month]/[day]/[year] [hour repr:12]:[minute]:[second] [period] +00:00"
+                    );
+                    ("2017", json!(exp.format(&f).unwrap()))
+                }
+                _ => return Response::json(404, json!({"error": "not_found"})),
+            };
+            let token = format!("fake-{protocol}-token-{}", now_nanos());
+            log.lock()
+                .unwrap()
+                .push((protocol.to_owned(), token.clone()));
+            Response::json(
+                200,
+                json!({"access_token": token, "expires_on": expires_on, "resource": STORAGE_RESOURCE, "token_type": "Bearer"}),
+            )
+        });
+        Self { server, issued }
+    }
+
+    fn issued(&self) -> Vec<(String, String)> {
+        self.issued.lock().unwrap().clone()
+    }
+
+    fn protocols_asked(&self) -> Vec<String> {
+        self.server
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect()
+    }
+
+    fn endpoints(&self, current: bool, legacy: bool) -> IdentityEndpoints {
+        IdentityEndpoints {
+            current: current.then(|| {
+                IdentityEndpoint::new(
+                    Protocol::Identity2019,
+                    &self.server.url("/identity/token"),
+                    Secret::new(IDENTITY_HEADER),
+                )
+                .unwrap()
+            }),
+            legacy: legacy.then(|| {
+                IdentityEndpoint::new(
+                    Protocol::Msi2017,
+                    &self.server.url("/msi/legacy"),
+                    Secret::new(MSI_SECRET),
+                )
+                .unwrap()
+            }),
+        }
+    }
+
+    fn credential(
+        &self,
+        current: bool,
+        legacy: bool,
+        client_id: Option<&str>,
+    ) -> ManagedIdentityCredential {
+        ManagedIdentityCredential::with_endpoints(
+            reqwest::Client::new(),
+            self.endpoints(current, legacy),
+            client_id.map(str::to_owned),
+        )
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn with_only_msi_endpoint_the_credential_speaks_2017_09_01() {
+    let fake = FakeBothProtocols::start(false);
+    let cred = fake.credential(false, true, Some(CLIENT_ID));
+    let t = cred.get_token(&[STORAGE_SCOPE]).await.unwrap();
+    let again = cred.get_token(&[STORAGE_SCOPE]).await.unwrap();
+    assert_eq!(t.token.secret(), again.token.secret(), "cached");
+    assert_eq!(
+        fake.issued(),
+        vec![("2017".to_owned(), t.token.secret().to_owned())]
+    );
+    // The date-form expires_on was read: about an hour from now (second precision).
+    assert!(
+        (t.expires_on.unix_timestamp() - (now() + 3600)).abs() <= 2,
+        "{:?}",
+        t.expires_on
+    );
+    let requests = fake.server.requests();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(r.query["api-version"], "2017-09-01");
+    assert_eq!(r.query["clientid"], CLIENT_ID);
+    assert!(!r.query.contains_key("client_id"));
+    assert_eq!(r.headers["secret"], MSI_SECRET);
+    assert!(!r.headers.contains_key("x-identity-header"));
+}
+
+#[tokio::test]
+async fn with_both_the_2019_endpoint_is_used_and_a_400_falls_back_to_msi_endpoint_for_good() {
+    // A platform that answers the newer protocol: the older endpoint is never asked.
+    let fake = FakeBothProtocols::start(false);
+    let cred = fake.credential(true, true, Some(CLIENT_ID));
+    cred.get_token(&[STORAGE_SCOPE]).await.unwrap();
+    assert_eq!(fake.protocols_asked(), vec!["/identity/token"]);
+    assert_eq!(fake.server.requests()[0].query["client_id"], CLIENT_ID);
+
+    // A platform whose newer endpoint answers 400: one 400, then the older endpoint, and from then
+    // on only the older endpoint (no 400 per renewal).
+    let fake = FakeBothProtocols::start(true);
+    let cred = fake
+        .credential(true, true, Some(CLIENT_ID))
+        .with_renew_before(time::Duration::hours(2)); // every call renews
+    let first = cred.get_token(&[STORAGE_SCOPE]).await.unwrap();
+    assert_eq!(
+        fake.issued(),
+        vec![("2017".to_owned(), first.token.secret().to_owned())]
+    );
+    assert_eq!(
+        fake.protocols_asked(),
+        vec!["/identity/token", "/msi/legacy"]
+    );
+    let second = cred.get_token(&[STORAGE_SCOPE]).await.unwrap();
+    assert_ne!(first.token.secret(), second.token.secret());
+    assert_eq!(
+        fake.protocols_asked(),
+        vec!["/identity/token", "/msi/legacy", "/msi/legacy"]
+    );
+    assert_eq!(fake.server.requests()[1].query["clientid"], CLIENT_ID);
+}
+
+#[tokio::test]
+async fn a_400_without_msi_endpoint_or_any_other_error_does_not_fall_back_and_leaks_nothing() {
+    // 400 and no older endpoint: the error says so.
+    let fake = FakeBothProtocols::start(true);
+    let err = fake
+        .credential(true, false, None)
+        .get_token(&[STORAGE_SCOPE])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("IDENTITY_ENDPOINT"),
+        "{err}"
+    );
+    assert_eq!(fake.protocols_asked(), vec!["/identity/token"]);
+
+    // A 401 from the newer endpoint (a wrong header) is not a reason to switch protocols.
+    let fake = FakeBothProtocols::start(false);
+    let mut endpoints = fake.endpoints(true, true);
+    endpoints.current = Some(
+        IdentityEndpoint::new(
+            Protocol::Identity2019,
+            &fake.server.url("/identity/token"),
+            Secret::new("wrong-header-Hn4Kp"),
+        )
+        .unwrap(),
+    );
+    let cred =
+        ManagedIdentityCredential::with_endpoints(reqwest::Client::new(), endpoints, None).unwrap();
+    let err = cred
+        .get_token(&[STORAGE_SCOPE])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("401"), "{err}");
+    assert_eq!(fake.protocols_asked(), vec!["/identity/token"]);
+
+    // Both refuse: the error names both, and neither secret.
+    let fake = FakeBothProtocols::start(true);
+    let mut endpoints = fake.endpoints(true, true);
+    endpoints.legacy = Some(
+        IdentityEndpoint::new(
+            Protocol::Msi2017,
+            &fake.server.url("/msi/legacy"),
+            Secret::new("wrong-secret-Qz8Wm"),
+        )
+        .unwrap(),
+    );
+    let cred =
+        ManagedIdentityCredential::with_endpoints(reqwest::Client::new(), endpoints, None).unwrap();
+    let err = cred
+        .get_token(&[STORAGE_SCOPE])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("400") && err.contains("MSI_ENDPOINT") && err.contains("401"),
+        "{err}"
+    );
+    for secret in [IDENTITY_HEADER, MSI_SECRET, "wrong-secret-Qz8Wm"] {
+        assert!(!err.contains(secret), "{err}");
+    }
+    assert!(!format!("{cred:?}").contains(MSI_SECRET));
+    assert!(fake.issued().is_empty());
+}
+
+#[test]
+fn settings_take_msi_endpoint_when_identity_endpoint_is_absent() {
+    let s = load(&[
+        ("BROKER_STORAGE__accountName", "brokerstore1"),
+        ("BROKER_ENCRYPTION_KEYS", KEYS),
+        ("MSI_ENDPOINT", "http://127.0.0.1:41234/msi/legacy"),
+        ("MSI_SECRET", MSI_SECRET),
+    ])
+    .unwrap();
+    let StorageSettings::TableIdentity {
+        identity: IdentityStorage {
+            endpoints: identity,
+            ..
+        },
+        ..
+    } = &s.storage
+    else {
+        panic!("{:?}", s.storage)
+    };
+    assert!(identity.current.is_none());
+    assert_eq!(
+        identity.legacy.as_ref().unwrap().protocol(),
+        Protocol::Msi2017
+    );
+    assert!(!format!("{:?}", s.storage).contains(MSI_SECRET));
+
+    // Both pairs: the newer one first, the older one kept as the fallback.
+    let s = load(&with_platform(&[
+        ("BROKER_STORAGE__accountName", "brokerstore1"),
+        ("BROKER_ENCRYPTION_KEYS", KEYS),
+        ("MSI_ENDPOINT", "http://127.0.0.1:41234/msi/legacy"),
+        ("MSI_SECRET", MSI_SECRET),
+    ]))
+    .unwrap();
+    let StorageSettings::TableIdentity {
+        identity: IdentityStorage {
+            endpoints: identity,
+            ..
+        },
+        ..
+    } = &s.storage
+    else {
+        panic!("{:?}", s.storage)
+    };
+    assert!(identity.current.is_some() && identity.legacy.is_some());
+
+    // Half a pair is named.
+    let err = load(&[
+        ("BROKER_STORAGE__accountName", "brokerstore1"),
+        ("BROKER_ENCRYPTION_KEYS", KEYS),
+        ("MSI_ENDPOINT", "http://127.0.0.1:41234/msi/legacy"),
+    ])
+    .unwrap_err();
+    assert!(err.starts_with("MSI_SECRET"), "{err}");
+}
+
+#[tokio::test]
+async fn the_broker_reads_table_storage_through_msi_endpoint_when_the_2019_call_answers_400() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeBothProtocols::start(true);
+    let table = fake_table();
+    let broker = start_broker(
+        dir.path(),
+        &[
+            (
+                "BROKER_STORAGE__tableServiceUri",
+                table.url("/devstoreaccount1"),
+            ),
+            ("BROKER_STORAGE__clientId", CLIENT_ID.into()),
+            ("IDENTITY_ENDPOINT", fake.server.url("/identity/token")),
+            ("IDENTITY_HEADER", IDENTITY_HEADER.into()),
+            ("MSI_ENDPOINT", fake.server.url("/msi/legacy")),
+            ("MSI_SECRET", MSI_SECRET.into()),
+        ],
+    );
+    assert_eq!(health(&broker).await, 200);
+    assert_eq!(health(&broker).await, 200);
+    let issued = fake.issued();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0].0, "2017");
+    assert_eq!(
+        fake.protocols_asked(),
+        vec!["/identity/token", "/msi/legacy"]
+    );
+    let calls = table.requests();
+    assert!(!calls.is_empty());
+    for c in &calls {
+        assert_eq!(
+            c.headers.get("authorization"),
+            Some(&format!("Bearer {}", issued[0].1)),
+            "{c:?}"
+        );
+    }
+    let output = broker.output.clone();
+    drop(broker);
+    let log = std::fs::read_to_string(output).unwrap();
+    assert!(log.contains("2017-09-01"), "the fallback is logged: {log}");
+    for secret in [issued[0].1.as_str(), IDENTITY_HEADER, MSI_SECRET] {
+        assert!(!log.contains(secret), "a secret reached the log");
+    }
 }

@@ -98,9 +98,8 @@ pub struct IdentityStorage {
     pub table_uri: Option<String>,
     /// A user-assigned identity's client id; `None` for the system-assigned one.
     pub client_id: Option<String>,
-    /// The platform's `IDENTITY_ENDPOINT` and `IDENTITY_HEADER`.
-    pub identity_endpoint: String,
-    pub identity_header: Secret,
+    /// The platform's `IDENTITY_ENDPOINT` + `IDENTITY_HEADER` and/or `MSI_ENDPOINT` + `MSI_SECRET`.
+    pub endpoints: crate::store::identity::IdentityEndpoints,
 }
 
 /// How the refresh engine behaves; every value has a safe default.
@@ -474,27 +473,13 @@ fn identity_storage(env: &Env<'_>) -> Result<Option<IdentityStorage>, ConfigErro
             "must be a storage account name: 3-24 lowercase letters and digits",
         ));
     }
-    let identity_endpoint = get("IDENTITY_ENDPOINT").ok_or_else(|| {
-        ConfigError::setting(
-            "IDENTITY_ENDPOINT",
-            format!(
-                "is not set, and {} / {} use the app's managed identity: enable a managed identity on the Function App (Azure then sets IDENTITY_ENDPOINT and IDENTITY_HEADER), or set BROKER_STORAGE to a connection string",
-                names.account, names.uri
-            ),
-        )
-    })?;
-    let identity_header = get("IDENTITY_HEADER").map(Secret::new).ok_or_else(|| {
-        ConfigError::setting(
-            "IDENTITY_HEADER",
-            "is not set, though IDENTITY_ENDPOINT is: both come from the platform's managed identity",
-        )
-    })?;
+    let endpoints = crate::store::identity::IdentityEndpoints::from_settings(&get)
+        .map_err(|(name, problem)| ConfigError::setting(name, problem))?;
     Ok(Some(IdentityStorage {
         account,
         table_uri: table_uri.map(|(_, u)| u),
         client_id: setting(names.client_id),
-        identity_endpoint: identity_endpoint.trim().to_owned(),
-        identity_header,
+        endpoints,
     }))
 }
 
