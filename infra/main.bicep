@@ -10,7 +10,14 @@
 //   Insights refuses instrumentation-key-only ingestion.
 // - Key Vault (RBAC mode) holds the token encryption keys, the integrations' client secrets and the
 //   function key Azure Data Factory uses; app settings refer to them with @Microsoft.KeyVault(...).
-// - HTTPS only, TLS 1.2 minimum, FTP(S) off.
+// - HTTPS only, TLS 1.2 minimum. FTP is not offered on Flex Consumption (and siteConfig.ftpsState is
+//   rejected there, ARM error 51021), so the template does not set it; SCM basic-auth publishing
+//   credentials are off (deployment goes through Entra ID).
+// - The encryption key secret (broker-encryption-keys) is NOT in this template: deploy.sh creates it
+//   once, only when the vault has none, so no deployment (re-run, failed run, empty parameter) can
+//   ever overwrite it. The vault has purge protection.
+// - API versions are those of the pinned Azure management SDKs that scripts/check-infra validates
+//   every property against (see tests/check_infra.py).
 
 targetScope = 'resourceGroup'
 
@@ -32,10 +39,6 @@ param integrationSecretNames array = []
 @description('Values of secret settings to store in Key Vault now, by setting name: { "XERO_CLIENT_SECRET": "..." }. Secrets already in the vault may be left out.')
 param integrationSecrets object = {}
 
-@secure()
-@description('BROKER_ENCRYPTION_KEYS to store in Key Vault (<key-id>:<base64 of 32 bytes>[,...]). Empty keeps the secret already in the vault (deploy.sh generates one on the first deployment).')
-param encryptionKeys string = ''
-
 @description('The broker\'s public base URL (a custom domain); empty means https://<app>.azurewebsites.net.')
 param publicUrl string = ''
 
@@ -45,13 +48,13 @@ param refreshSchedule string = '0 */5 * * * *'
 @description('Table Storage table of the broker.')
 param tableName string = 'oauthbroker'
 
-@description('Flex Consumption instance memory (MB).')
+@description('Flex Consumption instance memory (MB); 2048 is the documented default.')
 @allowed([
   512
   2048
   4096
 ])
-param instanceMemoryMB int = 512
+param instanceMemoryMB int = 2048
 
 @description('Flex Consumption scale-out limit.')
 @minValue(40)
@@ -114,7 +117,7 @@ resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' 
   tags: tags
 }
 
-resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+resource workspace 'Microsoft.OperationalInsights/workspaces@2025-07-01' = {
   name: workspaceName
   location: location
   tags: tags
@@ -191,16 +194,9 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enableRbacAuthorization: true
     enableSoftDelete: true
     softDeleteRetentionInDays: 90
+    // The encryption key can never be purged, even by an owner, while it is in the soft-delete window.
+    enablePurgeProtection: true
     publicNetworkAccess: 'Enabled'
-  }
-}
-
-resource encryptionKeysSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(encryptionKeys)) {
-  parent: vault
-  name: encryptionKeysSecretName
-  properties: {
-    value: encryptionKeys
-    contentType: 'oauth-broker BROKER_ENCRYPTION_KEYS: <key-id>:<base64 of 32 bytes>[,...]; the first encrypts'
   }
 }
 
@@ -405,11 +401,13 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       appSettings: concat(brokerSettings, integrationSettingList, integrationSecretSettingList)
     }
   }
+  // The app's first start resolves its @Microsoft.KeyVault(...) settings: the secrets and the role
+  // that reads them exist first. (broker-encryption-keys is created by deploy.sh before the code is
+  // uploaded; on Flex nothing runs before that.)
   dependsOn: [
     deploymentContainer
     table
@@ -417,13 +415,15 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
     tableContributor
     secretsUser
     metricsPublisher
+    integrationSecretValues
   ]
 }
 
-// No FTP publishing credentials (deployment goes through Entra ID-authenticated zip deploy).
-resource ftpPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+// No basic-auth publishing credentials on the SCM site (deployment goes through Entra ID). FTP is not
+// offered on Flex Consumption, so there is no 'ftp' policy to set.
+resource scmPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: app
-  name: 'ftp'
+  name: 'scm'
   properties: {
     allow: false
   }
