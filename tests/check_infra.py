@@ -8,8 +8,15 @@ No Bicep CLI can run here, so:
   the setting must be listed below with the reason it is not set; every BROKER_* setting it sets must
   be one the broker reads; every %NAME% in functions/*/function.json must be set; and the Function App
   must be what the design says (Flex Consumption, runtime `custom`, no FUNCTIONS_WORKER_RUNTIME app
-  setting, HTTPS only, TLS 1.2, FTP off, identity-based storage with shared keys off, Key Vault in RBAC
+  setting, HTTPS only, TLS 1.2, SCM basic-auth publishing off, identity-based storage with shared keys off, Key Vault in RBAC
   mode referenced from app settings, the identity's roles);
+- every resource of infra/main.bicep must have a model in Azure's management SDKs for its type and API
+  version (ARM_MODELS), every property it sets must exist in that model (at any depth, flattened
+  `properties.*` included), every property read from a resource (`storage.properties.primaryEndpoints.blob`)
+  must exist in that type's model, and every resourceId()/subscriptionResourceId() must name a type the
+  template declares or Azure defines (REFERENCED_AZURE_TYPES, checked against the SDK too);
+- the Flex Consumption rules (FLEX_REJECTS, each with its source) and the key-safety rules hold: no
+  encryption key in the template, purge protection, the app depends on its secrets;
 - infra/adf/**/*.json must be valid JSON whose references resolve, whose Azure Function activities call
   a route the broker serves (functions/*/function.json, with the method it allows), with secure output
   and retries, whose POST bodies use only fields the token route accepts, and whose downstream
@@ -20,6 +27,7 @@ Usage: python tests/check_infra.py   (exit status 1 on any failure)
 """
 
 import glob
+import importlib
 import json
 import os
 import re
@@ -42,6 +50,8 @@ NOT_SET_BY_TEMPLATE = {
     "WEBSITE_HOSTNAME": "set by the platform (BROKER_PUBLIC_URL is set explicitly anyway)",
     "IDENTITY_ENDPOINT": "set by the platform for the managed identity",
     "IDENTITY_HEADER": "set by the platform for the managed identity",
+    "MSI_ENDPOINT": "set by older platforms for the managed identity (api-version 2017-09-01 fallback)",
+    "MSI_SECRET": "set by older platforms for the managed identity (api-version 2017-09-01 fallback)",
     "BROKER_PORT": "standalone mode only",
     "BROKER_BIND": "standalone mode only",
     "BROKER_API_KEY": "standalone mode only (function keys protect routes under the host)",
@@ -60,7 +70,7 @@ NOT_SET_BY_TEMPLATE = {
 
 # App settings names the broker (or its platform) reads, as string literals in the source.
 SETTING_LITERAL = re.compile(
-    r'"((?:BROKER|FUNCTIONS|WEBSITE|IDENTITY)_[A-Z0-9_]*[A-Z0-9](?:__[A-Za-z]+)?|AzureWebJobsStorage(?:__[A-Za-z]+)?)"'
+    r'"((?:BROKER|FUNCTIONS|WEBSITE|IDENTITY|MSI)_[A-Z0-9_]*[A-Z0-9](?:__[A-Za-z]+)?|AzureWebJobsStorage(?:__[A-Za-z]+)?)"'
 )
 
 ROLE_IDS = {
@@ -192,7 +202,7 @@ def check_main_template(doc, read):
     check(props.get("httpsOnly") is True, "httpsOnly is true")
     site_config = props.get("siteConfig", {})
     check(site_config.get("minTlsVersion") == "1.2", "minTlsVersion is 1.2")
-    check(site_config.get("ftpsState") == "Disabled", "ftpsState is Disabled")
+    check("ftpsState" not in site_config, "siteConfig.ftpsState is not set (ARM error 51021 on Flex Consumption)")
 
     literal, loops = app_settings(doc, site)
     names = set(literal)
@@ -225,10 +235,9 @@ def check_main_template(doc, read):
     check(any("integrationSettings" in s for s in loop_sources) and any("integrationSecretNames" in s for s in loop_sources),
           "app settings include the integrations' settings and Key Vault references to their secrets")
     params = doc.get("parameters", {})
-    for p in ("namePrefix", "location", "integrationSettings", "integrationSecretNames", "integrationSecrets",
-              "encryptionKeys"):
+    for p in ("namePrefix", "location", "integrationSettings", "integrationSecretNames", "integrationSecrets"):
         check(p in params, f"main.bicep has the parameter {p}")
-    for p in ("integrationSecrets", "encryptionKeys"):
+    for p in ("integrationSecrets",):
         if p in params:
             check(any("secure" in json.dumps(d) for d in params[p].get("decorators", [])), f"{p} is @secure()")
 
@@ -258,6 +267,229 @@ def check_main_template(doc, read):
                         ("4633458b-17de-408a-b874-0445c86b69e6", next(iter(vaults), None))):
         check((role, scope, identity) in granted, f"the app's identity has {ROLE_IDS[role]} on {scope}")
     return doc
+
+
+# --- Azure's own models (azure-mgmt-* SDKs) --------------------------------------------------------
+
+# (type, API version) of every resource main.bicep declares → (SDK models module, model of the body
+# ARM accepts, model of what ARM answers, which reads like `storage.properties.primaryEndpoints` use).
+# Multi-API SDKs name the version in the module; single-API SDKs are checked in SINGLE_API_SDKS.
+ARM_MODELS = {
+    ("Microsoft.ManagedIdentity/userAssignedIdentities", "2023-01-31"):
+        ("azure.mgmt.msi.v2023_01_31.models", "Identity", "Identity"),
+    ("Microsoft.OperationalInsights/workspaces", "2025-07-01"):
+        ("azure.mgmt.loganalytics.models", "Workspace", "Workspace"),
+    ("Microsoft.Insights/components", "2020-02-02"):
+        ("azure.mgmt.applicationinsights.v2020_02_02.models", "ApplicationInsightsComponent", "ApplicationInsightsComponent"),
+    ("Microsoft.Storage/storageAccounts", "2023-05-01"):
+        ("azure.mgmt.storage.v2023_05_01.models", "StorageAccountCreateParameters", "StorageAccount"),
+    ("Microsoft.Storage/storageAccounts/blobServices", "2023-05-01"):
+        ("azure.mgmt.storage.v2023_05_01.models", "BlobServiceProperties", "BlobServiceProperties"),
+    ("Microsoft.Storage/storageAccounts/blobServices/containers", "2023-05-01"):
+        ("azure.mgmt.storage.v2023_05_01.models", "BlobContainer", "BlobContainer"),
+    ("Microsoft.Storage/storageAccounts/tableServices", "2023-05-01"):
+        ("azure.mgmt.storage.v2023_05_01.models", "TableServiceProperties", "TableServiceProperties"),
+    ("Microsoft.Storage/storageAccounts/tableServices/tables", "2023-05-01"):
+        ("azure.mgmt.storage.v2023_05_01.models", "Table", "Table"),
+    ("Microsoft.KeyVault/vaults", "2023-07-01"):
+        ("azure.mgmt.keyvault.v2023_07_01.models", "VaultCreateOrUpdateParameters", "Vault"),
+    ("Microsoft.KeyVault/vaults/secrets", "2023-07-01"):
+        ("azure.mgmt.keyvault.v2023_07_01.models", "SecretCreateOrUpdateParameters", "Secret"),
+    ("Microsoft.Authorization/roleAssignments", "2022-04-01"):
+        ("azure.mgmt.authorization.v2022_04_01.models", "RoleAssignmentCreateParameters", "RoleAssignment"),
+    ("Microsoft.Web/serverfarms", "2024-04-01"):
+        ("azure.mgmt.web.v2024_04_01.models", "AppServicePlan", "AppServicePlan"),
+    ("Microsoft.Web/sites", "2024-04-01"):
+        ("azure.mgmt.web.v2024_04_01.models", "Site", "Site"),
+    ("Microsoft.Web/sites/basicPublishingCredentialsPolicies", "2024-04-01"):
+        ("azure.mgmt.web.v2024_04_01.models", "CsmPublishingCredentialsPoliciesEntity", "CsmPublishingCredentialsPoliciesEntity"),
+}
+
+# SDKs generated for one API version: the version their client sends must be the template's.
+SINGLE_API_SDKS = {"azure.mgmt.loganalytics.models": "azure.mgmt.loganalytics._configuration"}
+
+# Types that resourceId()/subscriptionResourceId() name without the template declaring them: Azure's,
+# each with the SDK model that defines it.
+REFERENCED_AZURE_TYPES = {
+    "Microsoft.Authorization/roleDefinitions": ("azure.mgmt.authorization.v2022_04_01.models", "RoleDefinition"),
+}
+
+RESOURCE_ID_FUNCTIONS = {"resource_id", "subscription_resource_id", "extension_resource_id",
+                         "tenant_resource_id", "management_group_resource_id"}
+
+# What Flex Consumption rejects or ignores, with where each rule comes from.
+FLEX_REJECTS = {
+    # ARM error 51021 "site configuration property (Site.SiteConfig.FtpsState) for Flex Consumption
+    # sites is invalid" (West Europe and other newer regions): microsoft/azure-pipelines-tasks#21032,
+    # Azure/terraform-azurerm-avm-res-web-site #345 and #360.
+    "siteConfig.ftpsState": "ARM error 51021 on Flex (azure-pipelines-tasks#21032, avm-res-web-site #345/#360)",
+    # Flex Consumption plan docs (flex-consumption-plan, "Considerations"): no Always On (scale to zero
+    # is the plan's model); the Flex deployment reference lists alwaysOn among unsupported siteConfig.
+    "siteConfig.alwaysOn": "not supported on Flex Consumption (flex-consumption-plan docs)",
+    # functionAppConfig.runtime replaces linuxFxVersion on Flex (flex-consumption-how-to, ARM/Bicep
+    # samples in Azure-Samples/azure-functions-flex-consumption-samples IaC/bicep).
+    "siteConfig.linuxFxVersion": "replaced by functionAppConfig.runtime on Flex (flex samples, flex-consumption-how-to)",
+}
+FLEX_REJECTED_SETTINGS = {
+    # functions-app-settings reference: each marked as not supported/used on Flex Consumption; the
+    # values live in functionAppConfig (runtime, deployment storage) or do not apply.
+    "FUNCTIONS_WORKER_RUNTIME": "functionAppConfig.runtime.name replaces it (functions-app-settings: not supported on Flex)",
+    "FUNCTIONS_EXTENSION_VERSION": "the platform sets the host version on Flex (functions-app-settings: not supported on Flex)",
+    "WEBSITE_RUN_FROM_PACKAGE": "functionAppConfig.deployment.storage replaces it (functions-app-settings: not supported on Flex)",
+    "WEBSITE_CONTENTSHARE": "no Azure Files content share on Flex (functions-app-settings: not supported on Flex)",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING": "no Azure Files content share on Flex (functions-app-settings: not supported on Flex)",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT": "remote build is a One Deploy parameter on Flex (functions-app-settings: not supported on Flex)",
+}
+
+
+def unwrap(body):
+    while isinstance(body, dict) and "config" in body and ("condition" in body or "loop_type" in body):
+        body = body["config"]
+    return body
+
+
+def accessor_paths(node, out):
+    """Every `a.b.c` property accessor in a pycep tree, and every `${a.b.c}` in interpolated strings."""
+    if isinstance(node, dict):
+        op = node.get("operator")
+        if isinstance(op, dict) and op.get("type") == "property_accessor":
+            out.add(property_path(node))
+            return
+        for v in node.values():
+            accessor_paths(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            accessor_paths(v, out)
+    elif isinstance(node, str):
+        out.update(re.findall(r"\$\{\s*([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)\s*\}", node))
+
+
+def resource_id_types(node, out):
+    if isinstance(node, dict):
+        fn = node.get("function")
+        if isinstance(fn, dict) and fn.get("type") in RESOURCE_ID_FUNCTIONS:
+            out.append(fn.get("parameters", {}).get("resource_type"))
+        for v in node.values():
+            resource_id_types(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            resource_id_types(v, out)
+
+
+def check_against_models(doc):
+    import arm_models
+
+    modules = {}
+
+    def models_of(module):
+        if module not in modules:
+            try:
+                modules[module] = arm_models.Models(module)
+            except ImportError as e:
+                check(False, f"the SDK models module {module} imports ({e})")
+                modules[module] = None
+        return modules[module]
+
+    for module, config in sorted(SINGLE_API_SDKS.items()):
+        versions = {v for (_t, v), (m, _w, _r) in ARM_MODELS.items() if m == module}
+        text = open(importlib.import_module(config).__file__, encoding="utf-8").read()
+        sent = re.findall(r'kwargs\.pop\("api_version", "([^"]+)"\)', text)
+        check(set(sent) == versions and len(versions) == 1,
+              f"{module.rsplit('.', 1)[0]} sends api-version {sent}, the template's {sorted(versions)}")
+
+    declared = {r["type"] for r in doc.get("resources", {}).values()}
+    for symbol, r in sorted(doc.get("resources", {}).items()):
+        key = (r["type"], r.get("api_version"))
+        entry = ARM_MODELS.get(key)
+        where = f"{symbol} ({r['type']}@{r.get('api_version')})"
+        if not check(entry is not None, f"{where} has a model in a pinned SDK (ARM_MODELS)"):
+            continue
+        module, write_name, _read = entry
+        if "._configuration" not in module and module not in SINGLE_API_SDKS:
+            check(r["api_version"].replace("-", "_") in module, f"{where}: the model module {module} is that API version")
+        models = models_of(module)
+        if models is None:
+            continue
+        cls = models.cls(write_name)
+        if not check(cls is not None, f"{where}: {module} has {write_name}"):
+            continue
+        errors = []
+        arm_models.check_object(models, cls, unwrap(r["config"]), symbol, errors, envelope=arm_models.BICEP_ENVELOPE)
+        check(not errors, f"{where}: every property exists in {write_name}@{r['api_version']}"
+              + ("".join(f"\n       {e}" for e in errors)))
+
+    # Reads of resource properties, anywhere in the template.
+    paths = set()
+    accessor_paths({k: v for k, v in doc.items() if k in ("resources", "variables", "outputs")}, paths)
+    resources = doc.get("resources", {})
+    read_checks = 0
+    for path in sorted(paths):
+        root, *steps = path.split(".")
+        if root not in resources or not steps or (len(steps) == 1 and steps[0] in ("id", "name", "type", "apiVersion")):
+            continue
+        entry = ARM_MODELS.get((resources[root]["type"], resources[root].get("api_version")))
+        models = entry and models_of(entry[0])
+        if not models:
+            continue
+        errors = []
+        arm_models.check_read(models, models.cls(entry[2]), steps, path, errors)
+        read_checks += 1
+        check(not errors, f"the template reads {path}, which {entry[2]} has" + "".join(f"\n       {e}" for e in errors))
+    check(read_checks > 0, "the template's reads of resource properties were found and checked")
+
+    # resourceId()/subscriptionResourceId() name declared types or Azure's own.
+    types = []
+    resource_id_types(doc.get("resources", {}), types)
+    resource_id_types(doc.get("variables", {}), types)
+    for t in sorted(set(map(str, types))):
+        if t in declared:
+            check(True, f"resourceId type {t} is declared by the template")
+        elif t in REFERENCED_AZURE_TYPES:
+            module, name = REFERENCED_AZURE_TYPES[t]
+            models = models_of(module)
+            check(models is not None and models.cls(name) is not None, f"resourceId type {t} is Azure's ({name} in {module})")
+        else:
+            check(False, f"resourceId type {t} is neither declared by the template nor listed in REFERENCED_AZURE_TYPES")
+
+
+def check_flex_and_key_safety(doc):
+    sites = resources_of(doc, "Microsoft.Web/sites")
+    for name, site in sites.items():
+        site_config = site.get("properties", {}).get("siteConfig", {})
+        for path, why in FLEX_REJECTS.items():
+            key = path.split(".", 1)[1]
+            check(key not in site_config, f"{name}: {path} is not set ({why})")
+        literal, _loops = app_settings(doc, site)
+        for setting, why in FLEX_REJECTED_SETTINGS.items():
+            check(setting not in literal, f"{name}: app setting {setting} is not set ({why})")
+        params = doc.get("parameters", {})
+        mem = params.get("instanceMemoryMB", {})
+        check(mem.get("default") == 2048, "instanceMemoryMB defaults to 2048 (Flex's documented default)")
+        depends = set(site.get("dependsOn", []))
+        secret_resources = set(resources_of(doc, "Microsoft.KeyVault/vaults/secrets"))
+        check(secret_resources <= depends,
+              f"{name} depends on every Key Vault secret it refers to ({sorted(secret_resources - depends)} missing)")
+        roles_var = doc.get("variables", {}).get("roles", {}).get("value", {})
+        readers = []
+        for rname, ra in resources_of(doc, "Microsoft.Authorization/roleAssignments").items():
+            ref = ra["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+            if roles_var.get(property_path(ref).split(".")[-1]) == "4633458b-17de-408a-b874-0445c86b69e6":
+                readers.append(rname)
+        check(any(r in depends for r in readers), f"{name} depends on its Key Vault Secrets User role assignment")
+    policies = resources_of(doc, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+    check(any(p.get("name") == "scm" and p.get("properties", {}).get("allow") is False for p in policies.values()),
+          "SCM basic-auth publishing credentials are off (basicPublishingCredentialsPolicies 'scm', allow: false)")
+    check(not any(p.get("name") == "ftp" for p in policies.values()), "no 'ftp' publishing policy (FTP is not offered on Flex)")
+    for name, v in resources_of(doc, "Microsoft.KeyVault/vaults").items():
+        props = v.get("properties", {})
+        check(props.get("enablePurgeProtection") is True, f"{name} has purge protection (the encryption key cannot be purged)")
+        check(props.get("enableSoftDelete") is not False, f"{name} keeps soft delete on")
+    # The encryption key is created by deploy.sh once; the template must never write it.
+    secret_name = doc.get("variables", {}).get("encryptionKeysSecretName", {}).get("value")
+    for name, sec in resources_of(doc, "Microsoft.KeyVault/vaults/secrets").items():
+        check(sec.get("name") not in ("encryptionKeysSecretName", secret_name),
+              f"the secret resource {name} is not the encryption key (deploy.sh creates it once; ARM would overwrite it)")
+    check("encryptionKeys" not in doc.get("parameters", {}), "main.bicep takes no encryption key parameter")
 
 
 # --- ADF -----------------------------------------------------------------------------------------
@@ -352,7 +584,12 @@ def check_adf(template_doc):
     placeholders = set(re.findall(r"__[A-Z_]+__", "".join(json.dumps(d) for d in docs.values())))
     for ph in sorted(placeholders):
         check(ph in deploy, f"deploy.sh fills in the placeholder {ph}")
-    check("functionKeySecretName" in deploy, "deploy.sh stores the ADF function key under the template's functionKeySecretName")
+    variables = (template_doc or {}).get("variables", {})
+    for shell_name, var in (("function_key_secret", "functionKeySecretName"), ("encryption_secret", "encryptionKeysSecretName")):
+        m = re.search(rf"^{shell_name}=(\S+)$", deploy, re.M)
+        want = variables.get(var, {}).get("value")
+        check(m is not None and m.group(1) == want,
+              f"deploy.sh's {shell_name} ({m.group(1) if m else None}) is the template's {var} ({want})")
 
     routes = broker_routes()
     post_fields, answer_fields = token_route_contract()
@@ -413,6 +650,8 @@ def main():
     main_doc = parsed.get(os.path.join(ROOT, "infra", "main.bicep"))
     if check(main_doc is not None, "infra/main.bicep parsed"):
         check_main_template(main_doc, read)
+        check_flex_and_key_safety(main_doc)
+        check_against_models(main_doc)
     check_adf(main_doc)
     check_shell()
     print(f"\n{len(failures)} failure(s)" if failures else "\ninfra OK")
