@@ -564,13 +564,60 @@ except (OSError, ValueError, KeyError, TypeError):
     print(f"     {name}: (no consent link: HTTP {status}; create one later with POST {route} and the function key)")
 PY
 done <"$workdir/integration-names"
+
+# A pipeline credential per printed connection (POST .../credentials), its secret stored in Key Vault
+# as broker-cred-<integration>-<connection> for LS_VendorApi_Broker (ADF's REST linked service with the
+# broker as its OAuth 2.0 token endpoint). Re-runs keep existing credentials. The secret is never printed;
+# its client id (not a secret) is kept in the Key Vault secret's content type and printed.
+if [[ -s $workdir/integration-names ]]; then
+  cat <<EOT
+
+3. Pipeline credentials for Data Factory's REST linked service LS_VendorApi_Broker (token endpoint
+   https://$host/api/oauth2/token; secret in Key Vault $vault):
+EOT
+fi
+while read -r name; do
+  [[ -n $name ]] || continue
+  cred_secret="broker-cred-$(tr -c 'A-Za-z0-9\n' '-' <<<"$name")-$(tr -c 'A-Za-z0-9\n' '-' <<<"$connection")"
+  if secret_exists "$vault" "$cred_secret"; then
+    client_id=$(az keyvault secret show --vault-name "$vault" -n "$cred_secret" --query contentType -o tsv 2>/dev/null \
+      | sed -n 's/.*client_id=\([^ ;]*\).*/\1/p') || client_id=""
+    echo "     $name/$connection: client id ${client_id:-(see $cred_secret in Key Vault)}, secret $cred_secret (kept)"
+    continue
+  fi
+  path="/api/connections/$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$name")/$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$connection")/credentials"
+  status=$(curl -sS -o "$workdir/credential.json" -w '%{http_code}' --max-time 30 -X POST -H "@$workdir/key-header" \
+    -H 'Content-Type: application/json' --data-binary '{"description": "Azure Data Factory (infra/deploy.sh)"}' \
+    "https://$host$path") || status=000
+  if [[ $status != 201 ]] || ! client_id=$(python3 - "$workdir/credential.json" "$workdir/credential-secret" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1], encoding="utf-8"))
+if not c.get("client_secret") or not c.get("client_id"):
+    sys.exit(1)
+open(sys.argv[2], "w", encoding="utf-8").write(c["client_secret"])
+print(c["client_id"])
+PY
+  ); then
+    echo "     $name/$connection: (no pipeline credential: HTTP $status; create one later with POST $path and the function key)"
+    rm -f "$workdir/credential.json" "$workdir/credential-secret"
+    continue
+  fi
+  rm -f "$workdir/credential.json"
+  put_secret "$vault" "$cred_secret" "$workdir/credential-secret" "oauth-broker pipeline credential client_id=$client_id"
+  rm -f "$workdir/credential-secret"
+  echo "     $name/$connection: client id $client_id, secret $cred_secret (new)"
+done <"$workdir/integration-names"
 rm -f "$workdir/key-header" "$workdir/link.json"
 
 cat <<EOT
 
-3. Azure Data Factory: the assets are in dist/adf (function app URL and Key Vault filled in).
+4. Azure Data Factory: the assets are in dist/adf (function app URL and Key Vault filled in).
    The function key ADF uses is the Key Vault secret "$function_key_secret" in $vault.
    ${data_factory:+They were imported into $data_factory.}
-   Pipelines call GET token/<integration>/<connection> and send
+   PL_VendorApi_Paged pages through a vendor API with LS_VendorApi_Broker (give it the client id
+   above); PL_BrokerToken_Copy / PL_BrokerToken_Web call GET token/<integration>/<connection> and send
    Authorization: Bearer @{activity('GetToken').output.access_token}.
+   A credential for a later connection: POST https://$host/api/connections/<integration>/<connection>/credentials
+   with the function key, then store its client_secret in Key Vault as broker-cred-<integration>-<connection>
+   (or run infra/deploy.sh again with --connection <connection>).
 EOT

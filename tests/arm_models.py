@@ -36,14 +36,22 @@ class Models:
         return getattr(self.module, name, None)
 
 
-def concrete(cls, value, discriminator_values):
-    """The subclass a discriminator ("type") selects, for polymorphic models."""
-    sub = getattr(cls, "_subtype_map", None) or {}
-    for field, mapping in sub.items():
-        if isinstance(value, dict) and isinstance(value.get(field), str):
-            name = mapping.get(value[field])
-            if name and hasattr(discriminator_values, name):
-                return concrete(getattr(discriminator_values, name), value, discriminator_values)
+def concrete(cls, value, module):
+    """The subclass a discriminator ("type") selects, for polymorphic models, searched through every
+    level (Activity → ExecutionActivity → CopyActivity)."""
+    if not isinstance(value, dict):
+        return cls
+    seen, queue = set(), [cls]
+    while queue:
+        c = queue.pop(0)
+        if c.__name__ in seen:
+            continue
+        seen.add(c.__name__)
+        for field, mapping in (getattr(c, "_subtype_map", None) or {}).items():
+            wanted = value.get(field)
+            if isinstance(wanted, str) and wanted in mapping and hasattr(module, mapping[wanted]):
+                return getattr(module, mapping[wanted])
+            queue += [getattr(module, n) for n in mapping.values() if hasattr(module, n)]
     return cls
 
 

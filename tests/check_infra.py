@@ -591,12 +591,47 @@ def check_adf(template_doc):
         check(m is not None and m.group(1) == want,
               f"deploy.sh's {shell_name} ({m.group(1) if m else None}) is the template's {var} ({want})")
 
+    # Linked services that use oauth-broker as their OAuth 2.0 client-credentials token endpoint.
+    broker_token_services = {}
+    for name, doc in kinds["linkedService"].items():
+        tp = doc["properties"].get("typeProperties", {})
+        if doc["properties"].get("type") == "RestService" and tp.get("authenticationType") == "OAuth2ClientCredential":
+            broker_token_services[name] = tp
+    check(bool(broker_token_services), "a REST linked service uses oauth-broker as its OAuth2ClientCredential token endpoint")
+    served = {r[0]: r for r in broker_routes()}
+    for name, tp in broker_token_services.items():
+        check(tp.get("tokenEndpoint") == "__FUNCTION_APP_URL__/api/oauth2/token",
+              f"{name}.tokenEndpoint is the broker's /api/oauth2/token (got {tp.get('tokenEndpoint')})")
+        route = served.get("oauth2/token")
+        if route is None:
+            # The route is built in parallel (issue 12); until it lands this is reported, not failed.
+            print(f"TODO {name}: the broker serves no oauth2/token route yet (functions/*/function.json)")
+        else:
+            check("POST" in route[1] and route[2] == "anonymous",
+                  f"{name}: the broker's oauth2/token route takes POST and is anonymous (clients authenticate themselves)")
+        secret = tp.get("clientSecret", {})
+        check(secret.get("type") == "AzureKeyVaultSecret"
+              and "broker-cred-" in json.dumps(secret.get("secretName")),
+              f"{name}.clientSecret comes from Key Vault (broker-cred-<integration>-<connection>)")
+        check("broker-cred-" in deploy, f"deploy.sh stores pipeline credentials as broker-cred-* (as {name} reads them)")
+    via_broker_datasets = {n for n, d in kinds["dataset"].items()
+                           if d["properties"].get("linkedServiceName", {}).get("referenceName") in broker_token_services}
+
     routes = broker_routes()
     post_fields, answer_fields = token_route_contract()
     check({"access_token", "expires_in"} <= answer_fields, "the token route answers access_token and expires_in")
     for name, doc in kinds["pipeline"].items():
         activities = doc["properties"].get("activities", [])
         function_activities = {a["name"]: a for a in activities if a["type"] == "AzureFunctionActivity"}
+        inputs = {i["referenceName"] for a in activities for i in a.get("inputs", [])}
+        if inputs and inputs <= via_broker_datasets:
+            check(not function_activities and "GetToken" not in json.dumps(activities)
+                  and "Authorization" not in json.dumps(activities),
+                  f"pipeline {name} reads through the broker's token endpoint: no GetToken activity, no Authorization header")
+            copies = [a for a in activities if a["type"] == "Copy"]
+            check(any(a["typeProperties"].get("source", {}).get("paginationRules") for a in copies),
+                  f"pipeline {name} pages with ADF pagination rules")
+            continue
         check(bool(function_activities), f"pipeline {name} gets a token with an Azure Function activity")
         for aname, a in function_activities.items():
             tp, policy = a["typeProperties"], a.get("policy", {})
@@ -624,8 +659,24 @@ def check_adf(template_doc):
             check(expression_text(headers.get("Authorization")) == bearer,
                   f"{name}.{a['name']} sends Authorization: {bearer}")
             check(a.get("policy", {}).get("secureInput") is True, f"{name}.{a['name']} has secureInput: true (the token)")
+    check_adf_models(kinds)
     types = {a["type"] for d in kinds["pipeline"].values() for a in d["properties"]["activities"]}
     check({"Copy", "WebActivity"} <= types, "there is a Copy (REST source) pipeline and a Web activity pipeline")
+
+
+def check_adf_models(kinds):
+    """Every Data Factory asset against azure-mgmt-datafactory's models (API 2018-06-01): linked
+    services, datasets, activities, sources and sinks are polymorphic by "type"."""
+    import arm_models
+
+    models = arm_models.Models("azure.mgmt.datafactory.models")
+    for kind, resource in (("linkedService", "LinkedServiceResource"), ("dataset", "DatasetResource"),
+                           ("pipeline", "PipelineResource")):
+        for name, doc in sorted(kinds.get(kind, {}).items()):
+            errors = []
+            arm_models.check_object(models, models.cls(resource), doc, name, errors)
+            check(not errors, f"{kind}/{name}: every property exists in azure-mgmt-datafactory's {resource}"
+                  + "".join(f"\n       {e}" for e in errors))
 
 
 # --- shell ---------------------------------------------------------------------------------------

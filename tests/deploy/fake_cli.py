@@ -150,6 +150,8 @@ def az(argv):
                 fail(f"(SecretNotFound) A secret with (name/id) {name} was not found in this key vault.", 3)
             value = v["secrets"][name][-1]
             q = opt(argv, "--query")
+            if q == "contentType":
+                return out(v.get("content_types", {}).get(name), argv)
             return out(len(value) if q == "length(value)" else value, argv)
         if cmd.startswith("keyvault secret list-deleted"):
             return out([f"https://{vault}.vault.azure.net/secrets/{n}" for n in v.get("deleted_secrets", {})], argv)
@@ -213,6 +215,7 @@ def az(argv):
         m = re.search(r"/vaults/([^/]+)/secrets/([^/?]+)\?", url)
         if m and method == "put":
             write_secret(state, m.group(1), m.group(2), body["properties"]["value"])
+            state["vaults"][m.group(1)].setdefault("content_types", {})[m.group(2)] = body["properties"].get("contentType")
             save(state)
             return out(None, argv)
         m = re.search(r"/sites/([^/]+)/host/default/functionKeys/([^/?]+)\?", url)
@@ -292,6 +295,17 @@ def curl(argv):
     elif url.endswith("/api/health"):
         status, body = (200, '{"status":"ok"}') if state["uploaded"] else (503, "")
         state["health"].append(status)
+    elif url.endswith("/credentials"):
+        key = state["app"]["keys"].get("adf")
+        if not key or header.get("x-functions-key") != key:
+            status, body = 401, ""
+        else:
+            m = re.search(r"/api/connections/([^/]+)/([^/]+)/credentials$", url)
+            cred = {"client_id": "bc_" + secrets.token_hex(8), "client_secret": "bcs_" + secrets.token_urlsafe(32),
+                    "integration": m.group(1), "connection": m.group(2),
+                    "created_at": "2026-11-30T18:00:00Z", "expires_at": None}
+            state.setdefault("credentials", []).append(cred)
+            status, body = 201, json.dumps(cred)
     elif url.endswith("/consent-link"):
         key = state["app"]["keys"].get("adf")
         if not key or header.get("x-functions-key") != key:

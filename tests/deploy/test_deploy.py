@@ -142,7 +142,8 @@ class DeployTest(unittest.TestCase):
                 stored = v["secrets"]["broker-function-key"][-1]
                 self.assertTrue(stored, "the function key in Key Vault is empty")
                 self.assertEqual(stored, s["app"]["keys"].get("adf"), "Key Vault and the app disagree on the function key")
-        secrets_known = [CLIENT_SECRET, *s["tokens"], *s["app"]["keys"].values()]
+        secrets_known = [CLIENT_SECRET, *s["tokens"], *s["app"]["keys"].values(),
+                         *[c["client_secret"] for c in s.get("credentials", [])]]
         for v in list(s["vaults"].values()) + list(s["deleted_vaults"].values()):
             for name, values in v["secrets"].items():
                 secrets_known += values
@@ -202,6 +203,26 @@ class DeployTest(unittest.TestCase):
         self.assertIn("/api/auth/start/acme?link=cl_", out)
         self.assertNotIn("code=", out)
         self.assertIn(f"kv-{PREFIX}-", out)
+
+    def test_a_pipeline_credential_per_connection_is_stored_in_key_vault_once(self):
+        env = self.start()
+        r, calls = env.run("--connection", "acme-eu")
+        self.assert_success(r)
+        creds = env.state()["credentials"]
+        self.assertEqual([(c["integration"], c["connection"]) for c in creds], [("acme", "acme-eu")])
+        _, v = self.vault()
+        self.assertEqual(v["secrets"]["broker-cred-acme-acme-eu"], [creds[0]["client_secret"]])
+        self.assertIn(f"client id {creds[0]['client_id']}, secret broker-cred-acme-acme-eu (new)", r.stdout)
+        posts = [c for c in calls if c["tool"] == "curl" and c["argv"][-1].endswith("/api/connections/acme/acme-eu/credentials")]
+        self.assertEqual(len(posts), 1)
+        # A re-run keeps the credential: no new one, the same secret in Key Vault, the client id shown.
+        r, calls = env.run("--connection", "acme-eu")
+        self.assert_success(r)
+        self.assertEqual(len(env.state()["credentials"]), 1)
+        _, v = self.vault()
+        self.assertEqual(v["secrets"]["broker-cred-acme-acme-eu"], [creds[0]["client_secret"]])
+        self.assertIn(f"client id {creds[0]['client_id']}, secret broker-cred-acme-acme-eu (kept)", r.stdout)
+        self.assertFalse([c for c in calls if c["tool"] == "curl" and c["argv"][-1].endswith("/credentials")])
 
     def test_rerun_keeps_the_key_and_the_function_key(self):
         env = self.start()
