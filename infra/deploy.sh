@@ -281,8 +281,9 @@ if [[ -z $vault ]]; then
   fi
 fi
 
-create_key=0
+create_key=0 vault_existed=0
 if [[ -n $vault ]]; then
+  vault_existed=1
   if secret_exists "$vault" "$encryption_secret"; then
     # The key must be readable: a vault whose key cannot be read is never given a new one.
     length=$(az keyvault secret show --vault-name "$vault" -n "$encryption_secret" --query "length(value)" -o tsv 2>/dev/null) || length=""
@@ -290,15 +291,9 @@ if [[ -n $vault ]]; then
       || die "Key Vault $vault holds $encryption_secret but it cannot be read. Nothing was changed. Give yourself Key Vault Secrets Officer on the vault (az role assignment create --role \"Key Vault Secrets Officer\" --assignee <your object id> --scope $(vault_id_of "$vault")) and run infra/deploy.sh again"
     log "keeping the encryption keys already in Key Vault $vault"
   else
-    deleted_secret=$(az keyvault secret list-deleted --vault-name "$vault" --query "[?ends_with(id, '/$encryption_secret')].id" -o tsv 2>/dev/null) \
-      || die "Key Vault $vault has no $encryption_secret and its deleted secrets cannot be listed: give yourself Key Vault Secrets Officer on $(vault_id_of "$vault") and run infra/deploy.sh again"
-    if [[ -n $deleted_secret ]]; then
-      log "$encryption_secret was deleted from $vault: recovering it"
-      az keyvault secret recover --vault-name "$vault" -n "$encryption_secret" -o none \
-        || die "could not recover the deleted secret $encryption_secret: az keyvault secret recover --vault-name $vault -n $encryption_secret"
-    else
-      create_key=1
-    fi
+    # No key (yet): decided after the deployment, which grants the deploying user the role that
+    # lists deleted secrets (a failed first deployment may have created the vault without it).
+    create_key=1
   fi
 else
   create_key=1
@@ -383,6 +378,26 @@ vault_uri=${vault_uri%/}
 # 5. the encryption key: created once, only where none exists (outside the template, so no
 #    deployment can overwrite it)
 
+if [[ $create_key == 1 && $vault_existed == 1 ]]; then
+  # The vault existed without the key: if the key was deleted, recover it rather than make a new one.
+  # Listing deleted secrets needs Key Vault Secrets Officer, granted by the deployment above; a new
+  # role assignment can take a few minutes to apply.
+  for attempt in 1 2 3 4 5 6 7 8 9 10; do
+    if deleted_secret=$(az keyvault secret list-deleted --vault-name "$vault" --query "[?ends_with(id, '/$encryption_secret')].id" -o tsv 2>/dev/null); then
+      break
+    fi
+    [[ $attempt == 10 ]] && die "Key Vault $vault has no $encryption_secret and its deleted secrets cannot be listed, so a deleted key cannot be ruled out: nothing was created. Check that you have Key Vault Secrets Officer on $(vault_id_of "$vault") and run infra/deploy.sh again"
+    log "cannot list the deleted secrets of $vault yet (the role may still be applying); retrying in 30 s"
+    sleep 30
+  done
+  if [[ -n $deleted_secret ]]; then
+    log "$encryption_secret was deleted from $vault: recovering it"
+    az keyvault secret recover --vault-name "$vault" -n "$encryption_secret" -o none \
+      || die "could not recover the deleted secret $encryption_secret: az keyvault secret recover --vault-name $vault -n $encryption_secret"
+    create_key=0
+    restart_settings_reload "$app" "$vault_uri"
+  fi
+fi
 if [[ $create_key == 1 ]]; then
   secret_exists "$vault" "$encryption_secret" \
     && die "$encryption_secret appeared in $vault while this script ran: not touching it; run infra/deploy.sh again"

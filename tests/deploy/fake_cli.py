@@ -10,7 +10,9 @@ CLI's documented behaviour where it matters to the script:
 - `az deployment group show` of a failed deployment has no outputs; of a missing one exits 3;
 - `az deployment group create` fails like ARM when a soft-deleted vault holds the name
   (ConflictError), and creates the vault otherwise (main.bicep's vault, with no secrets of its own);
-- `az keyvault secret show` fails (Forbidden) when the caller has no data-plane role;
+- Key Vault data-plane calls (`az keyvault secret ...`) fail (Forbidden) until a successful
+  deployment has granted the deploying user Key Vault Secrets Officer, and for a few more calls while
+  that role assignment propagates (as RBAC does);
 - One Deploy (`POST https://<scm>/api/publish`) answers the statuses the scenario lists, then 202,
   and requires `Authorization: Bearer <a token az issued>` (read from curl's -H @file);
 - the app answers /api/health 200 only after a successful upload, and the consent-link route only
@@ -143,8 +145,14 @@ def az(argv):
         if vault not in state["vaults"]:
             fail(f"vault {vault} not found", 3)
         v = state["vaults"][vault]
-        if state.get("data_plane_forbidden"):
+        # Data-plane calls need Key Vault Secrets Officer: granted by a successful deployment
+        # (operatorSecretsOfficer), applied only after `role_delay` more calls (RBAC propagation).
+        if state.get("data_plane_forbidden") or not state.get("operator_role"):
             fail("(Forbidden) Caller is not authorized to perform action on resource. Action: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'")
+        if state.get("role_delay"):
+            state["role_delay"] -= 1
+            save(state)
+            fail("(Forbidden) Caller is not authorized to perform action on resource (role assignment not applied yet)")
         if cmd.startswith("keyvault secret show"):
             if name not in v["secrets"]:
                 fail(f"(SecretNotFound) A secret with (name/id) {name} was not found in this key vault.", 3)
@@ -192,6 +200,9 @@ def az(argv):
             state["deployment"] = {"state": "Failed", "outputs": None}
             save(state)
             fail("(DeploymentFailed) At least one resource deployment operation failed.")
+        if params["operatorPrincipalId"]["value"] and not state.get("operator_role"):
+            state["operator_role"] = True
+            state["role_delay"] = state.get("role_delay_after_grant", 0)
         app = f"{state['prefix']}-broker-{state['suffix'][:6]}"
         state["deployment"] = {"state": "Succeeded", "outputs": {
             "functionAppName": app, "functionAppHostName": f"{app}.azurewebsites.net",

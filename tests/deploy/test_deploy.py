@@ -30,7 +30,8 @@ def initial_state(**overrides):
     state = {
         "subscription": "00000000-0000-4000-8000-000000000001",
         "cli_version": "2.67.0",
-        "flex_regions": ["East US", "West Europe", "North Europe", "Australia East"],
+        # As `az functionapp list-flexconsumption-locations --query "[].name"` answers.
+        "flex_regions": ["eastus", "westeurope", "northeurope", "australiaeast"],
         "prefix": PREFIX,
         "suffix": "q3x7mbz2k4wte",
         "groups": {},
@@ -269,6 +270,39 @@ class DeployTest(unittest.TestCase):
         self.assert_success(r)
         self.assertEqual(len(secret_puts(calls, "broker-encryption-keys")), 1)
 
+    def test_a_first_deployment_that_failed_before_the_role_applied_creates_the_key_once_after(self):
+        # The failed deployment created the vault but not the deploying user's role; on the re-run the
+        # deleted secrets cannot be listed until the new role applies (two refusals), then the key is
+        # created, once.
+        env = self.start(deploy_fails=True, role_delay_after_grant=2)
+        r, _ = env.run()
+        self.assertNotEqual(r.returncode, 0)
+        r, calls = env.run()
+        self.assert_success(r)
+        listings = az_calls(calls, "keyvault", "secret", "list-deleted")
+        self.assertEqual(len(listings), 3)
+        self.assertEqual([c["argv"] for c in calls if c["tool"] == "sleep"][:2], [["30"], ["30"]])
+        deployed = calls.index(az_calls(calls, "deployment", "group", "create")[0])
+        self.assertLess(deployed, calls.index(listings[0]), "deleted secrets are listed after the role is granted")
+        self.assertEqual(len(secret_puts(calls, "broker-encryption-keys")), 1)
+
+    def test_a_deleted_key_secret_is_recovered_not_replaced(self):
+        env = self.start()
+        r, _ = env.run()
+        self.assert_success(r)
+        s = env.state()
+        name, _ = self.vault()
+        v = s["vaults"][name]
+        key = v["secrets"]["broker-encryption-keys"][:]
+        v["deleted_secrets"]["broker-encryption-keys"] = v["secrets"].pop("broker-encryption-keys")
+        env.set_state(s)
+        r, calls = env.run()
+        self.assert_success(r)
+        self.assertEqual(len(az_calls(calls, "keyvault", "secret", "recover")), 1)
+        self.assertEqual(secret_puts(calls, "broker-encryption-keys"), [])
+        _, v = self.vault()
+        self.assertEqual(v["secrets"]["broker-encryption-keys"], key)
+
     def test_a_soft_deleted_vault_is_recovered_with_its_key(self):
         env = self.start()
         r, _ = env.run()
@@ -349,6 +383,11 @@ class DeployTest(unittest.TestCase):
         key_puts = [c for c in az_calls(calls, "rest") if "/host/default/functionKeys/adf?" in " ".join(c["argv"])]
         self.assertEqual(len(key_puts), 1)
         self.assertTrue(any(a.startswith("@") for a in key_puts[0]["argv"]), "the key goes in a body file")
+
+    def test_a_region_given_by_display_name_is_recognised(self):
+        env = self.start()
+        r, _ = env.run(location="West Europe")
+        self.assert_success(r)
 
     def test_a_region_without_flex_consumption_stops_before_anything_is_created(self):
         env = self.start()
