@@ -92,6 +92,13 @@ def parts(v):
 have, need = sys.argv[1], sys.argv[2]
 sys.exit(0 if have and parts(have) >= parts(need) else 1)
 PY
+# curl reads headers from a file (-H @file, curl 7.55.0 and later): secrets stay off command lines.
+curl_version=$(curl --version 2>/dev/null | sed -n '1s/^curl \([0-9][0-9.]*\).*/\1/p')
+python3 - "$curl_version" 7.55.0 <<'PY' || die "curl ${curl_version:-(unknown version)} is too old: 7.55.0 or later is needed"
+import sys
+parts = lambda v: [int(p) for p in v.split(".")[:3]] + [0] * (3 - len(v.split(".")[:3]))
+sys.exit(0 if sys.argv[1] and parts(sys.argv[1]) >= parts(sys.argv[2]) else 1)
+PY
 az account show -o none 2>/dev/null || die "not logged in to Azure: run az login"
 if [[ -n $subscription ]]; then
   az account set --subscription "$subscription"

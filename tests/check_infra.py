@@ -683,14 +683,15 @@ def check_adf_models(kinds):
 
 
 def check_shell():
-    scripts = [os.path.join(ROOT, "infra", "deploy.sh")]
+    scripts = [os.path.join(ROOT, "infra", "deploy.sh"),
+               *sorted(glob.glob(os.path.join(ROOT, "tests", "deploy", "bin", "*")))]
     for s in scripts:
         r = subprocess.run(["bash", "-n", s], capture_output=True, text=True)
         check(r.returncode == 0, f"bash -n {rel(s)}" + (f": {r.stderr.strip()}" if r.returncode else ""))
         check(os.access(s, os.X_OK), f"{rel(s)} is executable")
     if shutil.which("shellcheck"):
         r = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
-        check(r.returncode == 0, "shellcheck infra/deploy.sh" + (f":\n{r.stdout}" if r.returncode else ""))
+        check(r.returncode == 0, "shellcheck " + " ".join(rel(x) for x in scripts) + (f":\n{r.stdout}" if r.returncode else ""))
     else:
         print("skip shellcheck is not installed")
 

@@ -261,6 +261,9 @@ def az(argv):
 
 
 def curl(argv):
+    if argv == ["--version"]:
+        print(f"curl {os.environ.get('FAKE_CURL_VERSION', '8.14.1')} (x86_64-pc-linux-gnu) libcurl/8.14.1")
+        return 0
     state = load()
     headers, out_file, write_out, data = [], None, None, None
     i, url = 0, None

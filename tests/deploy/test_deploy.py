@@ -403,6 +403,17 @@ class DeployTest(unittest.TestCase):
         self.assertIn("2.60.0 or later", r.stderr)
         self.assertEqual(az_calls(calls, "group", "create"), [])
 
+    def test_an_old_curl_is_refused(self):
+        env = self.start()
+        os.environ["FAKE_CURL_VERSION"] = "7.54.1"
+        try:
+            r, calls = env.run()
+        finally:
+            del os.environ["FAKE_CURL_VERSION"]
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("7.55.0 or later", r.stderr)
+        self.assertEqual(az_calls(calls, "group", "create"), [])
+
     def test_key_rotation_prepends_a_key(self):
         env = self.start()
         r, _ = env.run()
