@@ -397,6 +397,23 @@ def check_against_models(doc):
         check(set(sent) == versions and len(versions) == 1,
               f"{module.rsplit('.', 1)[0]} sends api-version {sent}, the template's {sorted(versions)}")
 
+    # Self-test: the checker itself rejects what ARM would (so a pass below means something).
+    web = models_of("azure.mgmt.web.v2024_04_01.models")
+    if web is not None:
+        for body, why in (({"properties": {"httpsOnlyy": True}}, "a misspelt property"),
+                          ({"properties": {"siteConfig": {"minTlsVersio": "1.2"}}}, "a misspelt nested property"),
+                          ({"properties": {"functionAppConfig": {"runtime": {"name": "custom", "flavour": "x"}}}},
+                           "a property the API version does not have"),
+                          ({"properties": {"httpsOnly": "yes", "siteConfig": {"http20Enabled": 1}}}, "a wrong literal type")):
+            errors = []
+            arm_models.check_object(web, web.cls("Site"), body, "selftest", errors, envelope=arm_models.BICEP_ENVELOPE)
+            if why == "a wrong literal type":
+                errors = [e for e in errors if "http20Enabled" in e]
+            check(bool(errors), f"the model check rejects {why} (self-test)")
+        errors = []
+        arm_models.check_read(web, web.cls("Site"), ["properties", "defaultHostname"], "selftest", errors)
+        check(bool(errors), "the model check rejects a read of a property the model lacks (self-test)")
+
     declared = {r["type"] for r in doc.get("resources", {}).values()}
     for symbol, r in sorted(doc.get("resources", {}).items()):
         key = (r["type"], r.get("api_version"))
