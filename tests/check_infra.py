@@ -549,6 +549,9 @@ def token_route_contract():
     body = re.search(r"struct PostBody \{(.*?)\n\}", text, re.S)
     fields = set(re.findall(r"^\s*(\w+):", body.group(1), re.M)) if body else set()
     answer = set(re.findall(r'"(\w+)":', text))
+    # The answer may also be a #[derive(Serialize)] struct (TokenBody): its fields are the JSON keys.
+    for m in re.finditer(r"#\[derive\([^)]*Serialize[^)]*\)\]\s*(?:pub\s+)?struct \w+(?:<[^>]*>)? \{(.*?)\n\}", text, re.S):
+        answer |= set(re.findall(r"^\s*(?:pub\s+)?(\w+):", m.group(1), re.M))
     return fields, answer
 
 
