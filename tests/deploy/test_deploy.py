@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -86,9 +87,9 @@ class Env:
         with open(self.log_file) as f:
             return [json.loads(line) for line in f]
 
-    def run(self, *extra, location="westeurope"):
+    def run(self, *extra, location="westeurope", extra_env=None):
         start = len(self.calls())
-        env = dict(os.environ)
+        env = dict(os.environ, **(extra_env or {}))
         env.update({
             "PATH": os.path.join(HERE, "bin") + os.pathsep + env["PATH"],
             "FAKE_STATE": self.state_file,
@@ -405,11 +406,7 @@ class DeployTest(unittest.TestCase):
 
     def test_an_old_curl_is_refused(self):
         env = self.start()
-        os.environ["FAKE_CURL_VERSION"] = "7.54.1"
-        try:
-            r, calls = env.run()
-        finally:
-            del os.environ["FAKE_CURL_VERSION"]
+        r, calls = env.run(extra_env={"FAKE_CURL_VERSION": "7.54.1"})
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("7.55.0 or later", r.stderr)
         self.assertEqual(az_calls(calls, "group", "create"), [])
@@ -427,5 +424,33 @@ class DeployTest(unittest.TestCase):
         self.assertTrue(new.endswith("," + old) and new.count(",") == 1, "the old key stays behind the new one")
 
 
+def run_in_parallel():
+    """Runs every scenario, a few at a time (each is its own temporary directory and fake state),
+    and reports like unittest."""
+    import concurrent.futures
+    import time
+
+    tests = list(unittest.defaultTestLoader.loadTestsFromTestCase(DeployTest))
+    started = time.monotonic()
+
+    def run_one(test):
+        result = unittest.TestResult()
+        test(result)
+        return test, result
+
+    failed = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+        for test, result in pool.map(run_one, tests):
+            problems = result.failures + result.errors
+            print(("FAIL " if problems else "ok   ") + test.id().rsplit(".", 1)[-1], flush=True)
+            for _, trace in problems:
+                print(trace)
+            failed += bool(problems)
+    print(f"\nRan {len(tests)} tests in {time.monotonic() - started:.1f}s")
+    print(f"{len(tests) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
-    unittest.main()
+    # With arguments (e.g. -k upload, -v): unittest's own runner, one scenario at a time.
+    sys.exit(unittest.main() if len(sys.argv) > 1 else run_in_parallel())
