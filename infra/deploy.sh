@@ -36,6 +36,7 @@
 # resource group even when the last deployment failed, a soft-deleted one is recovered, and the script
 # stops if a vault exists whose key it cannot read.
 set -euo pipefail
+caller_dir=$PWD
 cd "$(dirname "$0")/.."
 
 deployment=oauth-broker
@@ -73,6 +74,11 @@ while [[ $# -gt 0 ]]; do
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
+
+# Files named on the command line are relative to where the script was started.
+from_caller() { if [[ -n $1 && $1 != /* && -e $caller_dir/$1 ]]; then echo "$caller_dir/$1"; else echo "$1"; fi; }
+integrations=$(from_caller "$integrations")
+package=$(from_caller "$package")
 
 [[ -n $rg ]] || die "--resource-group is required (see --help)"
 [[ $prefix =~ ^[a-z][a-z0-9]{2,10}$ ]] || die "--prefix must be 3-11 lowercase letters and digits, starting with a letter"

@@ -87,7 +87,7 @@ class Env:
         with open(self.log_file) as f:
             return [json.loads(line) for line in f]
 
-    def run(self, *extra, location="westeurope", extra_env=None):
+    def run(self, *extra, location="westeurope", extra_env=None, from_parent=False):
         start = len(self.calls())
         env = dict(os.environ, **(extra_env or {}))
         env.update({
@@ -97,9 +97,12 @@ class Env:
             "ACME_CLIENT_ID": "acme-client-id-123",
             "ACME_CLIENT_SECRET": CLIENT_SECRET,
         })
-        args = ["bash", "infra/deploy.sh", "-g", RG, "-l", location, "-p", PREFIX,
-                "--integrations", "integrations.json", "--package", "broker.zip", *extra]
-        r = subprocess.run(args, cwd=self.repo, env=env, capture_output=True, text=True, timeout=120)
+        # Started from the repository, or from its parent with paths relative to there.
+        at = "repo/" if from_parent else ""
+        args = ["bash", f"{at}infra/deploy.sh", "-g", RG, "-l", location, "-p", PREFIX,
+                "--integrations", f"{at}integrations.json", "--package", f"{at}broker.zip", *extra]
+        r = subprocess.run(args, cwd=self.dir if from_parent else self.repo, env=env, capture_output=True,
+                           text=True, timeout=120)
         self.outputs.append(r.stdout + r.stderr)
         return r, self.calls()[start:]
 
@@ -384,6 +387,13 @@ class DeployTest(unittest.TestCase):
         key_puts = [c for c in az_calls(calls, "rest") if "/host/default/functionKeys/adf?" in " ".join(c["argv"])]
         self.assertEqual(len(key_puts), 1)
         self.assertTrue(any(a.startswith("@") for a in key_puts[0]["argv"]), "the key goes in a body file")
+
+    def test_files_are_relative_to_where_the_script_was_started(self):
+        env = self.start()
+        r, _ = env.run(from_parent=True)
+        self.assert_success(r)
+        self.assertEqual(env.state()["publish"], [202])
+        self.assertIn("acme: https://", r.stdout)
 
     def test_a_region_given_by_display_name_is_recognised(self):
         env = self.start()
