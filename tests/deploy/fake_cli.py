@@ -92,8 +92,63 @@ def write_secret(state, vault, name, value):
 
 # --- az ------------------------------------------------------------------------------------------
 
+# The commands deploy.sh may call and their options, as the Azure CLI reference documents them
+# (learn.microsoft.com/cli/azure/<group>); an option not listed is refused as az's argument parser
+# does ("unrecognized arguments"), so a misspelt option fails the scenarios.
+GLOBAL_OPTIONS = {"--query", "-o", "--output", "--subscription", "--only-show-errors", "--debug", "--verbose"}
+AZ_OPTIONS = {
+    "version": set(),
+    "account show": {"--name", "-n"},
+    "account set": {"--name", "-n", "-s"},
+    "account get-access-token": {"--resource", "--resource-type", "--scope", "--tenant", "-t"},
+    "ad signed-in-user show": set(),
+    "ad sp show": {"--id"},
+    "functionapp list-flexconsumption-locations": {"--zone-redundant"},
+    "group create": {"--name", "-n", "--resource-group", "-g", "--location", "-l", "--tags", "--managed-by"},
+    "keyvault list": {"--resource-group", "-g", "--resource-type"},
+    "keyvault list-deleted": {"--resource-type"},
+    "keyvault recover": {"--name", "-n", "--hsm-name", "--location", "-l", "--resource-group", "-g", "--no-wait"},
+    "keyvault show": {"--name", "-n", "--hsm-name", "--resource-group", "-g"},
+    "keyvault secret show": {"--vault-name", "--name", "-n", "--id", "--version"},
+    "keyvault secret list-deleted": {"--vault-name", "--id", "--maxresults"},
+    "keyvault secret recover": {"--vault-name", "--name", "-n", "--id"},
+    "keyvault secret set": {"--vault-name", "--name", "-n", "--value", "--file", "-f", "--encoding", "-e",
+                            "--content-type", "--description", "--disabled", "--expires", "--not-before", "--tags"},
+    "resource show": {"--ids", "--name", "-n", "--namespace", "--parent", "--resource-group", "-g",
+                      "--resource-type", "--api-version", "--include-response-body"},
+    "deployment group create": {"--resource-group", "-g", "--name", "-n", "--template-file", "-f", "--parameters",
+                                "-p", "--mode", "--no-wait", "--what-if", "--rollback-on-error"},
+    "deployment group show": {"--resource-group", "-g", "--name", "-n"},
+    "rest": {"--method", "-m", "--url", "-u", "--uri", "--body", "-b", "--headers", "--resource", "--uri-parameters",
+             "--skip-authorization-header", "--output-file"},
+    "functionapp config appsettings set": {"--resource-group", "-g", "--name", "-n", "--settings",
+                                           "--slot-settings", "--slot", "--ids"},
+    "functionapp show": {"--resource-group", "-g", "--name", "-n", "--slot", "--ids"},
+    "functionapp list": {"--resource-group", "-g"},
+    "functionapp keys set": {"--resource-group", "-g", "--name", "-n", "--key-type", "--key-name", "--key-value", "--slot"},
+    "functionapp keys list": {"--resource-group", "-g", "--name", "-n", "--slot"},
+}
+
+
+def check_options(argv):
+    words = []
+    for a in argv:
+        if a.startswith("-"):
+            break
+        words.append(a)
+    for n in range(len(words), 0, -1):
+        command = " ".join(words[:n])
+        if command in AZ_OPTIONS:
+            allowed = AZ_OPTIONS[command] | GLOBAL_OPTIONS
+            bad = [a for a in argv[n:] if a.startswith("-") and a not in allowed]
+            if bad:
+                fail(f"unrecognized arguments: {' '.join(bad)}", 2)
+            return
+    fail(f"'{' '.join(words)}' is not an az command deploy.sh is known to use", 2)
+
 
 def az(argv):
+    check_options(argv)
     state = load()
     words = [a for a in argv if not a.startswith("-")][:4]
     cmd = " ".join(words)
