@@ -3,8 +3,8 @@
 # Flex Consumption Function App, storage, Key Vault, Application Insights, managed identity and
 # roles), the encryption key (created once, never replaced), the code package (scripts/package), a
 # function key for Azure Data Factory (kept in Key Vault), and optionally the Data Factory assets of
-# infra/adf. Then it prints the redirect URI to register at each vendor and a keyless consent link
-# per integration.
+# infra/adf. Then it prints the redirect URI to register at each vendor, a keyless consent link per
+# integration and the client id of each connection's pipeline credential.
 #
 # Usage:
 #   infra/deploy.sh -g <resource-group> -l <location> -p <name-prefix> [options]
@@ -21,7 +21,9 @@
 #   --data-factory <rg>/<name>
 #                           an existing Data Factory: its managed identity may read the function key,
 #                           and the linked services, datasets and pipelines of infra/adf are imported
-#   --connection <id>       connection id used in the printed consent links (default: default)
+#   --connection <id>       connection id of the printed consent links and of the pipeline credential
+#                           created per integration for Data Factory's REST linked service, its secret
+#                           stored in Key Vault as broker-cred-<integration>-<id> (default: default)
 #   --memory <MB>           Flex Consumption instance memory: 512, 2048 (default) or 4096
 #   --package <zip>         deploy this package as it is (no build)
 #   --skip-package          deploy dist/oauth-broker.zip as it is (no build)
