@@ -480,11 +480,14 @@ impl ManagedIdentityCredential {
                 ))
             })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|_| {
-            credential_error(format!(
-                "managed identity endpoint ({name}): the answer could not be read"
-            ))
-        })?;
+        // The platform's endpoint, but read bounded all the same (a token answer is ~2 KiB).
+        let body = crate::vendor_body::read_capped(response, crate::vendor_body::MAX_BODY)
+            .await
+            .map_err(|_| {
+                credential_error(format!(
+                    "managed identity endpoint ({name}): the answer could not be read, or was over 64 KiB"
+                ))
+            })?;
         if !status.is_success() {
             // Error answers carry no token; show their explanation (bounded) for diagnosis.
             let detail = serde_json::from_slice::<Value>(&body)
@@ -528,7 +531,7 @@ impl ManagedIdentityCredential {
                     .expires_in
                     .as_ref()
                     .and_then(seconds)
-                    .map(|s| now + Duration::seconds(s))
+                    .and_then(|s| now.checked_add(Duration::seconds(s)))
             })
             .ok_or_else(|| {
                 credential_error(format!(
