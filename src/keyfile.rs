@@ -1,10 +1,15 @@
 //! Files the standalone broker keeps beside its embedded store, created at
 //! start when absent, readable by the owner only (mode 0600): the encryption
-//! key file. Side effects of start-up, kept out of `config` (which only reads).
+//! key file and, when `BROKER_API_KEY` is unset, the API key file. Side
+//! effects of start-up, kept out of `config` (which only reads).
 
 use std::path::Path;
 
-use crate::config::ConfigError;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use rand::RngCore;
+
+use crate::config::{check_api_key, ConfigError};
 use crate::crypto::Keyring;
 use crate::domain::Secret;
 
@@ -21,6 +26,29 @@ pub fn load_or_create_keyring(path: &Path) -> Result<Keyring, ConfigError> {
         }
     };
     Keyring::parse(&spec).map_err(|e| err(format!("key file {}: {e}", path.display())))
+}
+
+/// Standalone mode's API key from `path`, generating it (32 random bytes,
+/// base64url: 43 characters, safe in a query string) on first start.
+pub fn load_or_create_api_key(path: &Path) -> Result<Secret, ConfigError> {
+    let err = |problem: String| ConfigError::setting("BROKER_API_KEY", problem);
+    let key = read_or_create(path, || {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Secret::new(URL_SAFE_NO_PAD.encode(bytes))
+    })
+    .map_err(|e| {
+        err(format!(
+            "is unset, and the key file {} cannot be read or created: {e}. Set BROKER_API_KEY, or make the directory writable",
+            path.display()
+        ))
+    })?;
+    check_api_key(&key, &format!("unset, and the key in {}", path.display())).map_err(|e| {
+        err(format!(
+            "{e} into that file, or delete it to have a new one generated"
+        ))
+    })?;
+    Ok(key)
 }
 
 /// The trimmed contents of `path`; when it does not exist, writes `fresh()` to it
@@ -63,6 +91,27 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_api_key_file_is_generated_private_long_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.key");
+        let first = load_or_create_api_key(&path).unwrap();
+        assert!(first.expose().len() >= 32);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(load_or_create_api_key(&path).unwrap(), first);
+        std::fs::write(&path, "short\n").unwrap();
+        let err = load_or_create_api_key(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("at least 32") && !err.contains("short\n"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn the_key_file_is_created_once_and_read_back() {

@@ -12,13 +12,15 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::middleware::{from_fn, DefaultHeaders};
 use actix_web::{web, App, HttpServer};
 use url::Url;
 
-use crate::config::{ConfigError, KeySource, Settings, StorageSettings};
+use crate::config::{ApiKeySource, ConfigError, KeySource, Settings, StorageSettings};
 use crate::consent::ConsentService;
 use crate::refresh::Engine;
 use crate::registry::Registry;
+use crate::routes::front_door::FrontDoor;
 use crate::routes::{self, AppState};
 use crate::store::identity::ManagedIdentityCredential;
 use crate::store::sqlite::SqliteBackend;
@@ -96,6 +98,14 @@ impl Application {
             KeySource::Configured(k) => k.clone(),
             KeySource::File(path) => crate::keyfile::load_or_create_keyring(path)?,
         };
+        let api_key = match &settings.api_key {
+            None => None,
+            Some(ApiKeySource::Configured(k)) => Some((k.clone(), None)),
+            Some(ApiKeySource::File(path)) => Some((
+                crate::keyfile::load_or_create_api_key(path)?,
+                Some(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
+            )),
+        };
         let backend = backend(&settings.storage, &http)?;
         if !settings.integrations.found {
             tracing::warn!(
@@ -148,13 +158,32 @@ impl Application {
         let state = web::Data::new(AppState {
             engine: Arc::clone(&engine),
             consent,
-            api_key: settings.api_key.clone(),
         });
+        let front_door = web::Data::new(match &api_key {
+            Some((key, _)) => FrontDoor::standalone(&public_url, addr.port(), key.clone()),
+            None => FrontDoor::functions_host(),
+        });
+        let hsts = public_url.scheme() == "https";
+        let workers = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(settings.max_connections);
         let server = HttpServer::new(move || {
+            let mut headers = DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff"));
+            if hsts {
+                headers = headers.add(("Strict-Transport-Security", "max-age=31536000"));
+            }
             App::new()
                 .app_data(state.clone())
+                .app_data(front_door.clone())
                 .configure(routes::configure)
+                .wrap(from_fn(routes::front_door::check_host))
+                .wrap(headers)
         })
+        // The cap is per worker: split it so the total stays within the setting.
+        .workers(workers)
+        .max_connections(settings.max_connections / workers)
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
         .listen(listener)
         .map_err(|source| StartupError::Listen {
             addr: settings.listen,
@@ -187,12 +216,16 @@ impl Application {
                 }
             });
         }
+        if let Some((_, file)) = &api_key {
+            how_to_call(&public_url, file.as_deref());
+        }
         tracing::info!(
             addr = %addr,
             host_mode = settings.host_mode,
             public_url = %public_url.as_str().trim_end_matches('/'),
             redirect_uri = %redirect_uri,
             integrations = registry.ready_count() + settings.integrations.parsed.discover.len(),
+            max_connections = settings.max_connections / workers * workers,
             "listening"
         );
         Ok(Self { server })
@@ -200,6 +233,23 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Standalone mode: says where the API key is and how to call the token route
+/// with it, never the key itself.
+fn how_to_call(public_url: &Url, file: Option<&std::path::Path>) {
+    let base = public_url.as_str().trim_end_matches('/');
+    match file {
+        Some(file) => tracing::info!(
+            api_key_file = %file.display(),
+            "protected routes require the API key generated in {}. Call the token route with: curl -H \"x-functions-key: $(cat {})\" {base}/api/token/<integration>/<connection>",
+            file.display(),
+            file.display(),
+        ),
+        None => tracing::info!(
+            "protected routes require BROKER_API_KEY. Call the token route with: curl -H \"x-functions-key: $BROKER_API_KEY\" {base}/api/token/<integration>/<connection>"
+        ),
     }
 }
 

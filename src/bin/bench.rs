@@ -256,7 +256,7 @@ fn blocking_status(port: u16, path: &str) -> Option<u16> {
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     s.set_nodelay(true).ok()?;
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nx-functions-key: {BENCH_API_KEY}\r\nConnection: close\r\n\r\n")
             .as_bytes(),
     )
     .ok()?;
@@ -266,8 +266,18 @@ fn blocking_status(port: u16, path: &str) -> Option<u16> {
     head.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The API key the benchmark's brokers run with (standalone mode requires one).
+const BENCH_API_KEY: &str = "bench-api-key-0123456789abcdef0123456789";
+
+/// Every request carries the API key (ignored by everything but the broker).
 fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "x-functions-key",
+        reqwest::header::HeaderValue::from_static(BENCH_API_KEY),
+    );
     reqwest::Client::builder()
+        .default_headers(headers)
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()
@@ -509,6 +519,7 @@ impl Fixture {
             .env("BROKER_TABLE", &self.table)
             .env("BROKER_ENCRYPTION_KEYS", &self.keys)
             .env("BROKER_SWEEP_INTERVAL_SECS", "0")
+            .env("BROKER_API_KEY", BENCH_API_KEY)
             .env("RUST_LOG", "info")
             .current_dir(&env.work);
         for (k, v) in extra {

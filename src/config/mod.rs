@@ -178,6 +178,29 @@ fn seconds(n: u64) -> Duration {
     Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
+/// Where standalone mode's API key comes from.
+#[derive(Debug, Clone)]
+pub enum ApiKeySource {
+    /// `BROKER_API_KEY` (at least [`MIN_API_KEY_LEN`] characters).
+    Configured(Secret),
+    /// Generated at first start into this file beside the embedded store (mode 0600), then read back.
+    File(PathBuf),
+}
+
+/// The shortest API key accepted: a key is the only thing between a caller and the tokens.
+pub const MIN_API_KEY_LEN: usize = 32;
+
+/// Checks an API key's length; the message says how to make a good one.
+pub fn check_api_key(key: &Secret, origin: &str) -> Result<(), String> {
+    let len = key.expose().chars().count();
+    if len < MIN_API_KEY_LEN {
+        return Err(format!(
+            "{origin} is {len} characters long; it must have at least {MIN_API_KEY_LEN}. Generate one with: openssl rand -base64 32"
+        ));
+    }
+    Ok(())
+}
+
 /// Where the encryption keys come from.
 #[derive(Debug, Clone)]
 pub enum KeySource {
@@ -194,8 +217,12 @@ pub struct Settings {
     pub host_mode: bool,
     /// `BROKER_PUBLIC_URL`, or `https://$WEBSITE_HOSTNAME`; `None` means "the address we bound".
     pub public_url: Option<Url>,
-    /// Standalone mode only: the key protected routes require.
-    pub api_key: Option<Secret>,
+    /// Standalone mode only: the key protected routes require (`None` under the Functions host,
+    /// whose function keys protect the routes).
+    pub api_key: Option<ApiKeySource>,
+    /// Concurrent connections served at most (`BROKER_MAX_CONNECTIONS`, default 256); further
+    /// connections wait in the listen backlog.
+    pub max_connections: usize,
     /// Standalone mode only: how often the refresh sweep runs.
     pub sweep_interval: Option<std::time::Duration>,
     pub storage: StorageSettings,
@@ -209,6 +236,8 @@ pub struct Settings {
 
 const DEFAULT_SQLITE: &str = ".broker/broker.db";
 const DEFAULT_TABLE: &str = "oauthbroker";
+/// The generated API key's file name, beside the embedded store.
+const API_KEY_FILE: &str = "api.key";
 
 impl Settings {
     /// Reads every setting through `env` (the process environment in `main`).
@@ -240,13 +269,21 @@ impl Settings {
                 })?,
                 None => IpAddr::V4(Ipv4Addr::LOCALHOST),
             };
-            let api_key = env.get("BROKER_API_KEY").map(Secret::new);
-            if api_key.is_none() && !bind.is_loopback() {
-                return Err(ConfigError::setting(
-                    "BROKER_API_KEY",
-                    format!("is required when BROKER_BIND ({bind}) is not a loopback address: without it anyone who can reach the port can read tokens. Set BROKER_API_KEY to a long random value, or bind to 127.0.0.1"),
-                ));
-            }
+            let api_key = match env.get("BROKER_API_KEY").map(Secret::new) {
+                Some(key) => {
+                    check_api_key(&key, "the key")
+                        .map_err(|e| ConfigError::setting("BROKER_API_KEY", e))?;
+                    ApiKeySource::Configured(key)
+                }
+                None if !bind.is_loopback() => {
+                    return Err(ConfigError::setting(
+                        "BROKER_API_KEY",
+                        format!("is required when BROKER_BIND ({bind}) is not a loopback address: without it anyone who can reach the port can read tokens. Set BROKER_API_KEY to a long random value (openssl rand -base64 32), or bind to 127.0.0.1"),
+                    ));
+                }
+                // Loopback without a key: one is generated beside the embedded store's files.
+                None => ApiKeySource::File(PathBuf::new()),
+            };
             let secs = env.number(
                 "BROKER_SWEEP_INTERVAL_SECS",
                 300,
@@ -254,7 +291,7 @@ impl Settings {
                 "a whole number of seconds (0 = never)",
             )?;
             let sweep = (secs > 0).then(|| std::time::Duration::from_secs(secs));
-            (SocketAddr::new(bind, port as u16), api_key, sweep)
+            (SocketAddr::new(bind, port as u16), Some(api_key), sweep)
         };
 
         let public_url = match env.get("BROKER_PUBLIC_URL") {
@@ -329,6 +366,21 @@ impl Settings {
             }
         };
 
+        // The generated API key lives beside the embedded store (or where it would be).
+        let api_key = api_key.map(|k| match k {
+            ApiKeySource::File(_) => ApiKeySource::File(match &storage {
+                StorageSettings::Sqlite { path } => beside(path, API_KEY_FILE),
+                _ => beside(std::path::Path::new(DEFAULT_SQLITE), API_KEY_FILE),
+            }),
+            configured => configured,
+        });
+        let max_connections = env.number(
+            "BROKER_MAX_CONNECTIONS",
+            256,
+            1..=65_536,
+            "a whole number from 1 to 65536",
+        )? as usize;
+
         let integrations_path = PathBuf::from(
             env.get("BROKER_INTEGRATIONS")
                 .unwrap_or_else(|| "integrations.json".into()),
@@ -349,6 +401,7 @@ impl Settings {
             host_mode,
             public_url,
             api_key,
+            max_connections,
             sweep_interval,
             storage,
             keys,
@@ -520,10 +573,52 @@ pub(crate) mod tests {
         let ok = Settings::load(&env(&[
             ("BROKER_BIND", "0.0.0.0"),
             ("BROKER_STORAGE", &db),
-            ("BROKER_API_KEY", "k"),
+            ("BROKER_API_KEY", "k-0123456789abcdef0123456789abcdef"),
         ]))
         .unwrap();
         assert!(ok.api_key.is_some());
+    }
+
+    #[test]
+    fn an_api_key_shorter_than_32_characters_is_refused_with_how_to_make_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite:{}/b.db", dir.path().display());
+        let short = "0123456789abcdef0123456789abcde";
+        let err = Settings::load(&env(&[("BROKER_STORAGE", &db), ("BROKER_API_KEY", short)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("BROKER_API_KEY"), "{err}");
+        assert!(
+            err.contains("31 characters") && err.contains("at least 32"),
+            "{err}"
+        );
+        assert!(err.contains("openssl rand"), "says how to make one: {err}");
+        assert!(!err.contains(short), "the key is not echoed: {err}");
+        let ok = format!("{short}f");
+        let s = Settings::load(&env(&[("BROKER_STORAGE", &db), ("BROKER_API_KEY", &ok)])).unwrap();
+        assert!(matches!(s.api_key, Some(ApiKeySource::Configured(_))));
+    }
+
+    #[test]
+    fn loopback_without_a_key_gets_a_generated_key_file_beside_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite:{}/data/b.db", dir.path().display());
+        let s = Settings::load(&env(&[("BROKER_STORAGE", &db)])).unwrap();
+        assert!(
+            matches!(&s.api_key, Some(ApiKeySource::File(p)) if p == &dir.path().join("data").join("api.key")),
+            "{:?}",
+            s.api_key
+        );
+        assert_eq!(s.max_connections, 256);
+        let err = Settings::load(&env(&[
+            ("BROKER_STORAGE", &db),
+            ("BROKER_MAX_CONNECTIONS", "0"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("BROKER_MAX_CONNECTIONS"),
+            "{err}"
+        );
     }
 
     #[test]

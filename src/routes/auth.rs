@@ -15,9 +15,6 @@ use crate::oauth::TokenError;
 
 /// `GET /api/auth/start/{integration}?connection=<id>` (protected).
 pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(e) = state.check_key(&req) {
-        return actix_web::ResponseError::error_response(&e);
-    }
     let raw = req.match_info().get("integration").unwrap_or_default();
     let integration = match IntegrationName::parse(raw) {
         Ok(n) => n,

@@ -31,6 +31,13 @@ pub enum ApiError {
     StoreUnavailable,
     #[error("no such route")]
     RouteNotFound,
+    /// Standalone mode: the `Host` header names neither the public URL's host nor a loopback name.
+    #[error("this broker does not answer to that host name: call it at its public URL or at 127.0.0.1, localhost or [::1] with its port")]
+    MisdirectedRequest,
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    RequestTimeout(String),
 }
 
 impl ApiError {
@@ -46,6 +53,9 @@ impl ApiError {
             Self::IntegrationMisconfigured(_) => "integration_misconfigured",
             Self::StoreUnavailable => "store_unavailable",
             Self::RouteNotFound => "not_found",
+            Self::MisdirectedRequest => "misdirected_request",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
         }
     }
 
@@ -98,6 +108,9 @@ impl ResponseError for ApiError {
             Self::StoreUnavailable | Self::IntegrationUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 

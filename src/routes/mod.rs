@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod connections;
 pub mod error;
+pub mod front_door;
 pub mod health;
 pub mod html;
 pub mod timer;
@@ -16,44 +17,23 @@ pub mod token;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest};
 
 use crate::consent::ConsentService;
-use crate::domain::secret::constant_time_eq;
-use crate::domain::{IntegrationName, Secret};
+use crate::domain::IntegrationName;
 use crate::refresh::Engine;
 use crate::registry::Lookup;
 use error::ApiError;
 
-/// What every handler can reach.
+/// What every handler can reach. The key check is the front door's
+/// ([`front_door::require_key`]), done before a handler runs.
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub consent: ConsentService,
-    /// Standalone mode's key; `None` under the host or when unset on loopback.
-    pub api_key: Option<Secret>,
 }
 
 impl AppState {
-    /// Standalone mode: protected routes need the key as `x-functions-key` or `?code=`.
-    pub fn check_key(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let Some(expected) = &self.api_key else {
-            return Ok(());
-        };
-        let given = req
-            .headers()
-            .get("x-functions-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| query(req).remove("code"));
-        match given {
-            Some(g) if constant_time_eq(g.as_bytes(), expected.expose().as_bytes()) => Ok(()),
-            Some(_) => Err(ApiError::Unauthorized("the key is not valid")),
-            None => Err(ApiError::Unauthorized(
-                "this route needs a key: send it as the x-functions-key header or the code query parameter",
-            )),
-        }
-    }
-
     /// A configured, available integration, or the JSON error saying why not.
     pub fn integration(
         &self,
@@ -87,29 +67,50 @@ pub fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpRespons
     b
 }
 
+/// The routes. Protected ones are wrapped in [`front_door::require_key`]
+/// (standalone mode's key, checked before the body is read); the anonymous
+/// ones (health, the callback the vendor sends the browser to, consent links)
+/// are not.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/auth/start/{integration}", web::get().to(auth::start))
-        .route("/api/auth/callback", web::get().to(auth::callback))
-        .route(
-            "/api/token/{integration}/{connection}",
-            web::get().to(token::get),
-        )
-        .route("/api/token", web::post().to(token::post))
-        .route("/api/health", web::get().to(health::health))
-        .route("/api/auth/link", web::get().to(auth::open_link))
-        .route("/api/connections", web::get().to(connections::list))
-        .route(
-            "/api/connections/{integration}/{connection}",
-            web::get().to(connections::show),
-        )
-        .route(
-            "/api/connections/{integration}/{connection}",
-            web::delete().to(connections::delete),
-        )
-        .route(
-            "/api/connections/{integration}/{connection}/consent-link",
-            web::post().to(connections::create_link),
-        )
-        .route("/refresh-timer", web::post().to(timer::refresh_timer))
-        .default_service(web::to(error::not_found));
+    let key = || from_fn(front_door::require_key);
+    cfg.service(
+        web::resource("/api/auth/start/{integration}")
+            .wrap(key())
+            .route(web::get().to(auth::start)),
+    )
+    .service(web::resource("/api/auth/callback").route(web::get().to(auth::callback)))
+    .service(
+        web::resource("/api/token/{integration}/{connection}")
+            .wrap(key())
+            .route(web::get().to(token::get)),
+    )
+    .service(
+        web::resource("/api/token")
+            .wrap(key())
+            .route(web::post().to(token::post)),
+    )
+    .service(web::resource("/api/health").route(web::get().to(health::health)))
+    .service(web::resource("/api/auth/link").route(web::get().to(auth::open_link)))
+    .service(
+        web::resource("/api/connections")
+            .wrap(key())
+            .route(web::get().to(connections::list)),
+    )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}")
+            .wrap(key())
+            .route(web::get().to(connections::show))
+            .route(web::delete().to(connections::delete)),
+    )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/consent-link")
+            .wrap(key())
+            .route(web::post().to(connections::create_link)),
+    )
+    .service(
+        web::resource("/refresh-timer")
+            .wrap(key())
+            .route(web::post().to(timer::refresh_timer)),
+    )
+    .default_service(web::to(error::not_found));
 }

@@ -2,9 +2,10 @@
 //! envelope to `/refresh-timer`; we run one sweep and answer with the
 //! invocation response (`Outputs`, `Logs`, `ReturnValue`).
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
+use super::front_door::{Body, TIMER_BODY_LIMIT};
 use super::AppState;
 use crate::functions_host::InvocationRequest;
 use crate::refresh::SweepSummary;
@@ -29,13 +30,9 @@ enum SweepResult {
 }
 
 pub async fn refresh_timer(
-    req: HttpRequest,
-    body: web::Bytes,
+    Body(body): Body<TIMER_BODY_LIMIT>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if let Err(e) = state.check_key(&req) {
-        return actix_web::ResponseError::error_response(&e);
-    }
     let invocation = InvocationRequest::parse(&body);
     if invocation.timer.as_ref().is_some_and(|t| t.is_past_due) {
         tracing::info!("refresh timer is past due; sweeping now");

@@ -51,14 +51,14 @@ fn protected_routes() -> Vec<Route> {
 
 #[tokio::test]
 async fn protected_routes_require_the_api_key_in_standalone_mode() {
-    let key = format!("key-{}", random_hex(12));
+    let key = format!("key-{}", random_hex(16));
     let app = TestApp::spawn(AppOptions {
         provider: false,
         api_key: Some(key.clone()),
         ..AppOptions::default()
     })
     .await;
-    let wrong = format!("wrong-{}", random_hex(12));
+    let wrong = format!("wrong-{}", random_hex(16));
 
     for route in protected_routes() {
         let refusals = [
@@ -148,7 +148,7 @@ async fn a_non_loopback_bind_without_an_api_key_refuses_to_start() {
 #[tokio::test]
 async fn a_non_loopback_bind_with_an_api_key_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let key = format!("key-{}", random_hex(12));
+    let key = format!("key-{}", random_hex(16));
     let broker = Broker::start(&standalone_spec(&dir, "0.0.0.0", Some(key.clone()))).await;
     let health = host_get(&broker.base_url, "/api/health", None).await;
     assert_eq!(health.status, 200, "{health:?}");

@@ -176,7 +176,7 @@ fn assert_hardened_page(run: &BrowserRun, base_url: &str) {
 async fn a_person_consents_in_chromium_and_lands_on_the_success_page() {
     let started = Instant::now();
     let app = TestApp::spawn(AppOptions {
-        api_key: Some(format!("key-{}", random_hex(12))),
+        api_key: Some(format!("key-{}", random_hex(16))),
         ..AppOptions::on(Store::Table)
     })
     .await;

@@ -106,9 +106,10 @@ async fn one_refresh_for_many_concurrent_callers_across_processes(store: Store) 
     reset_stats(&app).await;
 
     let path = TestApp::token_path("c1");
+    let key = app.broker().key().map(str::to_owned);
     let calls = (0..150).map(|i| {
-        let (base, path) = (bases[i % bases.len()].clone(), path.clone());
-        tokio::spawn(async move { host_get(&base, &path, None).await })
+        let (base, path, key) = (bases[i % bases.len()].clone(), path.clone(), key.clone());
+        tokio::spawn(async move { host_get(&base, &path, key.as_deref()).await })
     });
     let replies = futures::future::join_all(calls).await;
     let mut tokens = std::collections::HashSet::new();
@@ -144,7 +145,12 @@ async fn one_refresh_for_many_concurrent_callers_across_processes(store: Store) 
     );
 
     // A later forced refresh, on another process, still works: the grant is intact.
-    let forced = host_get(&bases[1], &format!("{path}?force_refresh=true"), None).await;
+    let forced = host_get(
+        &bases[1],
+        &format!("{path}?force_refresh=true"),
+        app.broker().key(),
+    )
+    .await;
     let forced = check_token_reply(&forced, "c1")["access_token"]
         .as_str()
         .unwrap()
@@ -190,7 +196,14 @@ async fn a_refresher_killed_while_holding_the_lease_is_taken_over_after_the_leas
     oidc_config(&app, "token_delay_ms=1500&drop_abandoned=1").await;
 
     let victim_url = app.url(&TestApp::token_path("c1"));
-    let doomed = tokio::spawn(async move { reqwest::Client::new().get(victim_url).send().await });
+    let victim_key = app.broker().key().unwrap_or_default().to_owned();
+    let doomed = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(victim_url)
+            .header("x-functions-key", victim_key)
+            .send()
+            .await
+    });
     // Wait until the victim holds the lease, then SIGKILL it mid-refresh.
     let store = open_store(&app);
     let (i, c) = (

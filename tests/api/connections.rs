@@ -13,7 +13,7 @@ async fn api(app: &TestApp, method: Method, path: &str, body: Option<&str>) -> R
 #[tokio::test]
 async fn connections_are_listed_shown_and_deleted_with_revocation_at_the_provider() {
     let app = TestApp::spawn(AppOptions {
-        api_key: Some("admin-key-1".into()),
+        api_key: Some("admin-key-1-for-the-connections-routes".into()),
         ..AppOptions::on(Store::Table)
     })
     .await;
@@ -110,7 +110,7 @@ async fn connections_are_listed_shown_and_deleted_with_revocation_at_the_provide
 async fn a_consent_link_works_without_a_key_survives_a_mail_scanner_and_is_used_up_by_the_consent()
 {
     let app = TestApp::spawn(AppOptions {
-        api_key: Some("admin-key-2".into()),
+        api_key: Some("admin-key-2-for-the-consent-link-route".into()),
         ..AppOptions::on(Store::Sqlite)
     })
     .await;
@@ -245,8 +245,9 @@ async fn vendor_quirks_are_handled_and_metadata_is_returned_with_the_token() {
     let browser = Browser::new();
     let start = browser
         .get(&format!(
-            "{}/api/auth/start/quirky?connection=co1",
-            broker.base_url
+            "{}/api/auth/start/quirky?connection=co1&code={}",
+            broker.base_url,
+            broker.key().unwrap()
         ))
         .await;
     assert_eq!(start.status, 302, "{start:?}");
@@ -274,7 +275,7 @@ async fn vendor_quirks_are_handled_and_metadata_is_returned_with_the_token() {
         "{sent:?}"
     );
 
-    let reply = host_get(&broker.base_url, "/api/token/quirky/co1", None).await;
+    let reply = host_get(&broker.base_url, "/api/token/quirky/co1", broker.key()).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     let v = reply.json();
     assert_eq!(v["access_token"], "at-form");
@@ -288,7 +289,12 @@ async fn vendor_quirks_are_handled_and_metadata_is_returned_with_the_token() {
         (7190..=7200).contains(&expires_in),
         "milliseconds understood: {expires_in}"
     );
-    let conn = host_get(&broker.base_url, "/api/connections/quirky/co1", None).await;
+    let conn = host_get(
+        &broker.base_url,
+        "/api/connections/quirky/co1",
+        broker.key(),
+    )
+    .await;
     assert_eq!(conn.json()["metadata"]["realmId"], "9130355");
 
     // A refresh keeps the callback metadata and updates the token metadata.
@@ -301,7 +307,7 @@ async fn vendor_quirks_are_handled_and_metadata_is_returned_with_the_token() {
     let r = host_get(
         &broker.base_url,
         "/api/token/quirky/co1?force_refresh=true",
-        None,
+        broker.key(),
     )
     .await;
     let v: Value = r.json();
@@ -358,8 +364,9 @@ async fn a_notion_style_vendor_gets_json_token_requests_with_basic_auth() {
     let browser = Browser::new();
     let start = browser
         .get(&format!(
-            "{}/api/auth/start/notes?connection=w1",
-            broker.base_url
+            "{}/api/auth/start/notes?connection=w1&code={}",
+            broker.base_url,
+            broker.key().unwrap()
         ))
         .await;
     let location = start.location();
@@ -385,7 +392,7 @@ async fn a_notion_style_vendor_gets_json_token_requests_with_basic_auth() {
         sent.contains(&("(client-auth)".into(), "basic".into())),
         "{sent:?}"
     );
-    let v = host_get(&broker.base_url, "/api/token/notes/w1", None)
+    let v = host_get(&broker.base_url, "/api/token/notes/w1", broker.key())
         .await
         .json();
     assert_eq!(

@@ -66,7 +66,7 @@ async fn health_is_503_when_table_storage_is_unreachable() {
     let token = host_get(
         &broker.base_url,
         &format!("/api/token/{INTEGRATION}/acme"),
-        None,
+        broker.key(),
     )
     .await;
     assert_eq!(
@@ -110,7 +110,7 @@ async fn a_store_that_comes_up_after_the_broker_is_usable_once_health_says_ok() 
     let start = host_get(
         &broker.base_url,
         &format!("/api/auth/start/{INTEGRATION}?connection=late"),
-        None,
+        broker.key(),
     )
     .await;
     assert_eq!(
@@ -120,7 +120,7 @@ async fn a_store_that_comes_up_after_the_broker_is_usable_once_health_says_ok() 
     let token = host_get(
         &broker.base_url,
         &format!("/api/token/{INTEGRATION}/late"),
-        None,
+        broker.key(),
     )
     .await;
     assert_eq!(

@@ -621,7 +621,19 @@ impl BrokerSpec {
 pub struct Broker {
     pub port: u16,
     pub base_url: String,
+    /// The API key protected routes want: `BROKER_API_KEY`, or the one the broker generated (read
+    /// from the file its start-up log names), as a local operator would.
+    pub api_key: Option<String>,
     proc: Proc,
+}
+
+/// The `api_key_file` a standalone broker logs at start when it generated its key.
+fn api_key_file(line: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    v["api_key_file"]
+        .as_str()
+        .or(v["fields"]["api_key_file"].as_str())
+        .map(str::to_owned)
 }
 
 /// The `addr` of a `listening` event, flattened or under `fields`.
@@ -644,9 +656,13 @@ impl Broker {
         let (tx, rx) = mpsc::channel();
         let mut proc = Proc::spawn("oauth-broker", spec.command(), Some(tx));
         let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let mut key_file = None;
         let addr = loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(line) => {
+                    if let Some(file) = api_key_file(&line) {
+                        key_file = Some(spec.work_dir.join(file));
+                    }
                     if let Some(addr) = listening_addr(&line) {
                         break addr;
                     }
@@ -671,9 +687,18 @@ impl Broker {
         if spec.port != 0 {
             assert_eq!(port, spec.port, "the broker listens on BROKER_PORT");
         }
+        let api_key = spec.api_key.clone().or_else(|| {
+            key_file.map(|f| {
+                std::fs::read_to_string(&f)
+                    .unwrap_or_else(|e| panic!("the generated key file {}: {e}", f.display()))
+                    .trim()
+                    .to_owned()
+            })
+        });
         Broker {
             port,
             base_url: format!("http://127.0.0.1:{port}"),
+            api_key,
             proc,
         }
     }
@@ -706,6 +731,11 @@ impl Broker {
                 );
             }
         }
+    }
+
+    /// The key for protected routes (see [`Broker::api_key`]).
+    pub fn key(&self) -> Option<&str> {
+        self.api_key.as_deref()
     }
 
     /// Stops the broker and returns everything it wrote.
@@ -1164,7 +1194,7 @@ impl AppOptions {
 /// How a request presents the API key.
 #[derive(Clone, Debug)]
 pub enum Key {
-    /// The configured `BROKER_API_KEY` (if any) as `x-functions-key`, as ADF does.
+    /// The broker's key (`BROKER_API_KEY`, or the generated one) as `x-functions-key`, as ADF does.
     Configured,
     None,
     Header(String),
@@ -1343,7 +1373,7 @@ impl TestApp {
 
     fn with_key(&self, key: &Key, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match key {
-            Key::Configured => match &self.spec.api_key {
+            Key::Configured => match self.broker().key() {
                 Some(k) => req.header("x-functions-key", k),
                 None => req,
             },
@@ -1462,8 +1492,8 @@ impl TestApp {
 
     /// Browsers cannot send headers: the API key travels as `?code=` like a function key.
     fn query_key(&self) -> Key {
-        match &self.spec.api_key {
-            Some(k) => Key::Query(k.clone()),
+        match self.broker().key() {
+            Some(k) => Key::Query(k.to_owned()),
             None => Key::None,
         }
     }

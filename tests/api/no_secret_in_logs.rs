@@ -20,7 +20,7 @@ fn has_field(v: &Value, key: &str, value: &str) -> bool {
 
 #[tokio::test]
 async fn no_secret_reaches_the_logs() {
-    let api_key = format!("key-{}", random_hex(12));
+    let api_key = format!("key-{}", random_hex(16));
     let mut app = TestApp::spawn(AppOptions {
         store: Store::Table,
         api_key: Some(api_key.clone()),

@@ -109,9 +109,10 @@ fn record(conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord 
     r
 }
 
-async fn host_post_json(base: &str, path: &str, body: &Value) -> Reply {
+async fn host_post_json(base: &str, path: &str, body: &Value, key: Option<&str>) -> Reply {
     let resp = reqwest::Client::new()
         .post(format!("{base}{path}"))
+        .header("x-functions-key", key.unwrap_or_default())
         .header("User-Agent", format!("Azure-Functions-Host/{HOST_VERSION}"))
         .header("X-Azure-Functions-InvocationId", uuid_ish())
         .json(body)
@@ -136,7 +137,7 @@ impl VendorApp {
         host_get(
             &self.broker.base_url,
             &format!("/api/token/{INTEGRATION}/{conn}{query}"),
-            None,
+            self.broker.key(),
         )
         .await
     }
@@ -428,7 +429,13 @@ async fn the_sweep_refreshes_exactly_the_due_connections_with_bounded_concurrenc
         .for_each_concurrent(16, |r| app.seed(r))
         .await;
 
-    let reply = host_post_json(&app.broker.base_url, "/refresh-timer", &timer_envelope()).await;
+    let reply = host_post_json(
+        &app.broker.base_url,
+        "/refresh-timer",
+        &timer_envelope(),
+        app.broker.key(),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     let rv = reply.json()["ReturnValue"].clone();
     // 600 due + 100 idle refreshed; 50 dead at the vendor; 50 failing; 100 already dead and skipped.
@@ -487,7 +494,13 @@ async fn the_sweep_refreshes_exactly_the_due_connections_with_bounded_concurrenc
     );
 
     // A second run finds nothing new to refresh (the failing ones are cooling down).
-    let again = host_post_json(&app.broker.base_url, "/refresh-timer", &timer_envelope()).await;
+    let again = host_post_json(
+        &app.broker.base_url,
+        "/refresh-timer",
+        &timer_envelope(),
+        app.broker.key(),
+    )
+    .await;
     assert_eq!(
         again.json()["ReturnValue"]["refreshed"],
         json!(0),

@@ -322,7 +322,8 @@ async fn xss_attempts_in_every_reflected_value_come_back_escaped() {
                     let browser = Browser::new();
                     let start = browser
                         .get(&format!(
-                            "{base}/api/auth/start/{INTEGRATION}?connection=xss"
+                            "{base}/api/auth/start/{INTEGRATION}?connection=xss&code={}",
+                            broker.key().unwrap()
                         ))
                         .await;
                     assert_eq!(start.status, 302, "{}: auth-start: {start:?}", case.what);
@@ -341,7 +342,12 @@ async fn xss_attempts_in_every_reflected_value_come_back_escaped() {
         }
     }
     assert_eq!(checked, cases().len() * PAYLOADS.len());
-    let missing = host_get(&base, &format!("/api/token/{INTEGRATION}/xss"), None).await;
+    let missing = host_get(
+        &base,
+        &format!("/api/token/{INTEGRATION}/xss"),
+        broker.key(),
+    )
+    .await;
     assert_eq!(
         missing.status, 404,
         "no failed exchange stored a grant: {missing:?}"
