@@ -15,6 +15,7 @@ mod discovery;
 mod encryption_at_rest;
 mod fake_vendor;
 mod flow;
+mod front_door;
 mod functions_manifest;
 mod health;
 mod hostile_vendor;
