@@ -65,6 +65,7 @@ NOT_SET_BY_TEMPLATE = {
     "BROKER_REFRESH_COOLDOWN_SECS": "tuning; the default is right",
     "BROKER_SWEEP_CONCURRENCY": "tuning; the default is right",
     "BROKER_SWEEP_BUDGET_SECS": "tuning; the default is right",
+    "BROKER_MAX_CONNECTIONS": "tuning; the default is right (the host forwards every request over its own pool)",
     "BROKER_CONSENT_LINK_TTL_SECS": "tuning; the default (24 h) is right",
 }
 

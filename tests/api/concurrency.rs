@@ -237,7 +237,12 @@ async fn a_refresher_killed_while_holding_the_lease_is_taken_over_after_the_leas
         leased.lease_until.is_some(),
         "the dead holder's lease is still in the row"
     );
-    let reply = host_get(&survivor.base_url, &TestApp::token_path("c1"), None).await;
+    let reply = host_get(
+        &survivor.base_url,
+        &TestApp::token_path("c1"),
+        survivor.key(),
+    )
+    .await;
     let token = check_token_reply(&reply, "c1")["access_token"]
         .as_str()
         .unwrap()
@@ -266,7 +271,7 @@ async fn a_refresher_killed_while_holding_the_lease_is_taken_over_after_the_leas
     let forced = host_get(
         &survivor.base_url,
         &format!("{}?force_refresh=true", TestApp::token_path("c1")),
-        None,
+        survivor.key(),
     )
     .await;
     let forced = check_token_reply(&forced, "c1")["access_token"]
