@@ -59,7 +59,10 @@ async fn an_issuer_that_never_answers_leaves_only_its_own_integration_unavailabl
         .await;
     assert_eq!(link.status, 503, "{link:?}");
     let start = Browser::new()
-        .get(&app.url("/api/auth/start/silent?connection=c1"))
+        .get(&app.url(&format!(
+            "/api/auth/start/silent?connection=c1&code={}",
+            app.broker().key().unwrap()
+        )))
         .await;
     assert_eq!(start.status, 503, "a page says to try again: {start:?}");
 
