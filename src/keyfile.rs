@@ -43,9 +43,13 @@ pub fn load_or_create_api_key(path: &Path) -> Result<Secret, ConfigError> {
             path.display()
         ))
     })?;
-    check_api_key(&key, &format!("unset, and the key in {}", path.display())).map_err(|e| {
+    check_api_key(
+        &key,
+        &format!("is unset, and the key in {}", path.display()),
+    )
+    .map_err(|e| {
         err(format!(
-            "{e} into that file, or delete it to have a new one generated"
+            "{e}, or delete the file to have a new one generated"
         ))
     })?;
     Ok(key)

@@ -176,7 +176,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(front_door.clone())
                 .configure(routes::configure)
-                .wrap(from_fn(routes::front_door::check_host))
+                .wrap(from_fn(routes::front_door::admit))
                 .wrap(headers)
         })
         // The cap is per worker: split it so the total stays within the setting.

@@ -3,7 +3,8 @@
 //!
 //! - the `Host` header must name this broker (its public URL, or a loopback
 //!   name with the bound port), so a web page that rebinds its own host name
-//!   to 127.0.0.1 cannot talk to it (DNS rebinding): [`check_host`];
+//!   to 127.0.0.1 cannot talk to it (DNS rebinding): [`admit`], wrapped
+//!   around the whole app;
 //! - protected routes want the API key (`x-functions-key` or `?code=`),
 //!   checked from the head alone, before any byte of the body is read:
 //!   [`require_key`], wrapped around each protected resource, so a route opts
@@ -11,8 +12,8 @@
 //! - bodies are read only by [`Body`], up to the route's limit and within
 //!   [`BODY_TIMEOUT`]; a body left unread (refused request, too large, too
 //!   slow, or a route that takes none) closes the connection after the answer
-//!   instead of being drained: [`check_host`] keeps the request's payload
-//!   alive until the answer is written, which tells actix to close.
+//!   instead of being drained: [`admit`] keeps the request's payload alive
+//!   until the answer is written, which tells actix to close.
 //!
 //! Under the Functions host the host authenticates callers and owns the front
 //! door (the handler's loopback port is unreachable from outside and forwarded
@@ -243,9 +244,9 @@ fn refuse(req: ServiceRequest, e: &ApiError) -> ServiceResponse<BoxBody> {
     )
 }
 
-/// App-wide, outermost: the `Host` check (standalone), and the payload kept
-/// until the answer is written.
-pub async fn check_host(
+/// Around the whole app: the `Host` check (standalone mode), and the request's
+/// payload kept until the answer is written when it was not read to its end.
+pub async fn admit(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
