@@ -150,7 +150,7 @@ impl Hostile {
         host_get(
             self.base(),
             &format!("/api/token/{integration}/{conn}{query}"),
-            None,
+            self.broker.key(),
         )
         .await
     }
@@ -160,8 +160,9 @@ impl Hostile {
         let browser = Browser::new();
         let start = browser
             .get(&format!(
-                "{}/api/auth/start/{integration}?connection={conn}",
-                self.base()
+                "{}/api/auth/start/{integration}?connection={conn}&code={}",
+                self.base(),
+                self.broker.key().unwrap()
             ))
             .await;
         assert_eq!(start.status, 302, "{start:?}");
@@ -370,7 +371,7 @@ async fn vendor_text_never_carries_what_the_broker_sent() {
     let stored = app.stored(INTEGRATION, "refresh").await;
     let last_error = stored.last_error.expect("the failure is recorded");
     assert!(last_error.contains("invalid_request"), "{last_error}");
-    let listed = host_get(app.base(), "/api/connections", None).await;
+    let listed = host_get(app.base(), "/api/connections", app.broker.key()).await;
     assert_eq!(listed.status, 200);
     assert!(listed.body.contains("invalid_request"), "{listed:?}");
 
@@ -387,6 +388,7 @@ async fn vendor_text_never_carries_what_the_broker_sent() {
             "{}/api/connections/{INTEGRATION}/revoked",
             app.base()
         ))
+        .header("x-functions-key", app.broker.key().unwrap())
         .send()
         .await
         .unwrap();
@@ -592,7 +594,7 @@ async fn discovered_endpoints_must_be_https_on_the_issuers_host() {
     assert!(imds.contains("https"), "{imds}");
     unavailable_because(&base, "elsewhere", "issuer's host").await;
     unavailable_because(&base, "huge", "metadata").await;
-    let reply = host_get(&base, "/api/token/imds/c1", None).await;
+    let reply = host_get(&base, "/api/token/imds/c1", broker.key()).await;
     assert_eq!(reply.status, 503, "{reply:?}");
     assert_eq!(reply.error_code(), "integration_unavailable");
     let health = host_get(&base, "/api/health", None).await.json();
@@ -670,11 +672,12 @@ async fn short_lived_tokens_and_unmeetable_needs_cost_one_refresh() {
         app.seed(&record(INTEGRATION, conn, 10, &format!("rt-{conn}")))
             .await;
         let calls = (0..50).map(|_| {
-            let (base, path) = (
+            let (base, path, key) = (
                 app.base().to_owned(),
                 format!("/api/token/{INTEGRATION}/{conn}{query}"),
+                app.broker.key().map(str::to_owned),
             );
-            tokio::spawn(async move { host_get(&base, &path, None).await })
+            tokio::spawn(async move { host_get(&base, &path, key.as_deref()).await })
         });
         let mut tokens = HashSet::new();
         for reply in futures::future::join_all(calls).await {
