@@ -153,6 +153,16 @@ impl Page {
         }
     }
 
+    /// A page that reports success with a caveat the reader must act on.
+    fn warning(title: &'static str) -> Page {
+        Page {
+            status: StatusCode::OK,
+            tone: Tone::Problem,
+            title,
+            body: Html::new(),
+        }
+    }
+
     fn problem(status: StatusCode, title: &'static str) -> Page {
         Page {
             status,
