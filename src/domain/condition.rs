@@ -15,9 +15,11 @@
 //!   keep-alive sweep running (daily by default) a healthy grant never gets
 //!   there; half the window leaves the operator weeks to react.
 
+use std::collections::BTreeMap;
+
 use time::{Duration, OffsetDateTime};
 
-use super::{ConnectionRecord, ConnectionStatus, OAuthErrorCode};
+use super::{ConnectionRecord, ConnectionStatus, IntegrationName, OAuthErrorCode};
 
 /// A connection's condition, most urgent first (the order of the page and the JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -109,6 +111,79 @@ pub fn assess(r: &ConnectionRecord, idle: Option<Duration>, now: OffsetDateTime)
     Condition::Active
 }
 
+/// One connection and its condition.
+#[derive(Debug, Clone)]
+pub struct Assessed {
+    pub record: ConnectionRecord,
+    pub condition: Condition,
+}
+
+/// Every connection assessed, most urgent first, with counts.
+#[derive(Debug, Clone, Default)]
+pub struct Overview {
+    /// Sorted by condition (most urgent first), then integration, then connection.
+    pub connections: Vec<Assessed>,
+    /// Per integration (every configured one, and any with connections), per condition.
+    pub by_integration: BTreeMap<IntegrationName, BTreeMap<Condition, usize>>,
+}
+
+impl Overview {
+    /// `configured`: every configured integration (listed even without
+    /// connections); `idle`: an integration's refresh-token idle window.
+    pub fn build(
+        records: Vec<ConnectionRecord>,
+        configured: impl IntoIterator<Item = IntegrationName>,
+        idle: impl Fn(&IntegrationName) -> Option<Duration>,
+        now: OffsetDateTime,
+    ) -> Overview {
+        let mut by_integration: BTreeMap<IntegrationName, BTreeMap<Condition, usize>> = configured
+            .into_iter()
+            .map(|n| (n, BTreeMap::new()))
+            .collect();
+        let mut connections: Vec<Assessed> = records
+            .into_iter()
+            .map(|record| {
+                let condition = assess(&record, idle(&record.integration), now);
+                *by_integration
+                    .entry(record.integration.clone())
+                    .or_default()
+                    .entry(condition)
+                    .or_default() += 1;
+                Assessed { record, condition }
+            })
+            .collect();
+        connections.sort_by(|a, b| {
+            (a.condition, &a.record.integration, &a.record.connection).cmp(&(
+                b.condition,
+                &b.record.integration,
+                &b.record.connection,
+            ))
+        });
+        Overview {
+            connections,
+            by_integration,
+        }
+    }
+
+    /// Connections per condition over every integration.
+    pub fn counts(&self) -> BTreeMap<Condition, usize> {
+        let mut all = BTreeMap::new();
+        for per in self.by_integration.values() {
+            for (c, n) in per {
+                *all.entry(*c).or_default() += n;
+            }
+        }
+        all
+    }
+
+    /// The connections that need attention, most urgent first.
+    pub fn attention(&self) -> impl Iterator<Item = &Assessed> {
+        self.connections
+            .iter()
+            .filter(|a| a.condition.needs_attention())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +265,42 @@ mod tests {
         );
         assert_eq!(error_code("the provider answered HTTP 502"), None);
         assert_eq!(error_code("the provider could not be reached: x"), None);
+    }
+
+    #[test]
+    fn the_overview_puts_attention_first_and_counts_every_integration() {
+        let named = |i: &str, c: &str, status| {
+            let mut r = record();
+            r.integration = IntegrationName::parse(i).unwrap();
+            r.connection = ConnectionId::parse(c).unwrap();
+            r.status = status;
+            r
+        };
+        let o = Overview::build(
+            vec![
+                named("b", "ok", ConnectionStatus::Active),
+                named("a", "ok", ConnectionStatus::Active),
+                named("b", "dead", ConnectionStatus::ReauthorizationRequired),
+                named("a", "nort", ConnectionStatus::NoRefreshToken),
+            ],
+            [IntegrationName::parse("quiet").unwrap()],
+            |_| None,
+            at(10),
+        );
+        let order: Vec<String> = o
+            .connections
+            .iter()
+            .map(|a| format!("{}/{}", a.record.integration, a.record.connection))
+            .collect();
+        assert_eq!(order, ["b/dead", "a/nort", "a/ok", "b/ok"]);
+        assert_eq!(o.attention().count(), 2);
+        assert_eq!(o.counts()[&Condition::Active], 2);
+        assert!(o.by_integration[&IntegrationName::parse("quiet").unwrap()].is_empty());
+        assert_eq!(
+            o.by_integration[&IntegrationName::parse("b").unwrap()]
+                [&Condition::ReauthorizationRequired],
+            1
+        );
     }
 
     #[test]

@@ -63,13 +63,22 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
             let r = &done.record;
             let expires_at = r.expires_at.format(&Rfc3339).unwrap_or_default();
             let integration = state.integration(&r.integration).ok();
+            // The scopes that were asked for to get a refresh token.
+            let offline_requested: Vec<String> = integration
+                .as_ref()
+                .map(|i| {
+                    i.scopes
+                        .iter()
+                        .filter(|s| i.refresh_token_scopes.contains(s) || *s == "offline_access")
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
             let no_refresh_token =
                 (r.status == ConnectionStatus::NoRefreshToken).then(|| html::NoRefreshToken {
                     expires_at: &expires_at,
                     provider: integration.as_ref().and_then(|i| i.provider.as_deref()),
-                    refresh_token_scopes: integration
-                        .as_ref()
-                        .map_or(&[][..], |i| &i.refresh_token_scopes[..]),
+                    offline_requested: &offline_requested,
                 });
             let mut resp = html::connected_grant(
                 state.consent.public_base(),

@@ -10,6 +10,7 @@ pub mod connections;
 pub mod error;
 pub mod health;
 pub mod html;
+pub mod status;
 pub mod timer;
 pub mod token;
 
@@ -96,6 +97,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route("/api/token", web::post().to(token::post))
         .route("/api/health", web::get().to(health::health))
+        .route("/api/status", web::get().to(status::get))
+        .route("/api/status", web::post().to(status::post))
         .route("/api/auth/link", web::get().to(auth::open_link))
         .route("/api/connections", web::get().to(connections::list))
         .route(

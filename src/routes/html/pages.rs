@@ -81,7 +81,7 @@ pub struct NoRefreshToken<'a> {
     /// The vendor template, if any.
     pub provider: Option<&'a str>,
     /// Scopes that were requested to get a refresh token (`offline_access`).
-    pub refresh_token_scopes: &'a [String],
+    pub offline_requested: &'a [String],
 }
 
 fn scope_list(scopes: &[&str]) -> Html {
@@ -199,7 +199,7 @@ fn no_refresh_token_causes(n: &NoRefreshToken<'_>) -> Vec<Html> {
                 .text(" does not override them)."),
         );
     }
-    if n.refresh_token_scopes.is_empty() {
+    if n.offline_requested.is_empty() {
         causes.push(
             Html::of("The vendor issues a refresh token only when the ")
                 .code("offline_access")
@@ -211,7 +211,7 @@ fn no_refresh_token_causes(n: &NoRefreshToken<'_>) -> Vec<Html> {
         );
     } else {
         let mut asked = Html::of("The broker requested ");
-        for (i, s) in n.refresh_token_scopes.iter().enumerate() {
+        for (i, s) in n.offline_requested.iter().enumerate() {
             if i > 0 {
                 asked = asked.text(", ");
             }
