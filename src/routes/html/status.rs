@@ -54,12 +54,26 @@ fn relative(t: OffsetDateTime, now: OffsetDateTime) -> String {
     }
 }
 
+/// "2026-11-30 18:24:03 UTC": to the second, for people.
+fn readable(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 fn when(t: OffsetDateTime, now: OffsetDateTime) -> Html {
     Html::new()
         .markup("<time datetime=\"")
         .text(rfc3339(t))
         .markup("\">")
-        .text(rfc3339(t))
+        .text(readable(t))
         .markup("</time> (")
         .text(relative(t, now))
         .markup(")")
@@ -153,7 +167,7 @@ fn notice(n: &Notice, now: OffsetDateTime) -> Html {
             .text(format!("{integration}/{connection}"))
             .markup("</strong>, valid until ")
             .then(when(*expires_at, now))
-            .markup(". Copy it and send it to the owner of the vendor account; it works without a function key and once.</p>\n")
+            .markup(". Copy it and send it to the owner of the vendor account; it works without a function key, for one consent.</p>\n")
             .markup("<label for=\"consent-link\">Consent link</label>\n<input class=\"copy\" id=\"consent-link\" type=\"text\" readonly value=\"")
             .text(url)
             .markup("\">\n</div>\n"),
@@ -231,10 +245,15 @@ pub fn status_page(
         Html::of(attention.len())
             .text(" of ")
             .text(total)
-            .text(if attention.len() == 1 {
-                " connection needs attention."
+            .text(if total == 1 {
+                " connection"
             } else {
-                " connections need attention."
+                " connections"
+            })
+            .text(if attention.len() == 1 {
+                " needs attention."
+            } else {
+                " need attention."
             })
     });
     let mut table = Html::new().markup(
@@ -363,5 +382,6 @@ mod tests {
         assert_eq!(relative(now + d(600), now), "in 10 min");
         assert_eq!(relative(now - d(7200), now), "2 h ago");
         assert_eq!(relative(now - d(86_400 * 40), now), "40 days ago");
+        assert_eq!(readable(now), "2023-11-14 22:13:20 UTC");
     }
 }
