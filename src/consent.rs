@@ -365,7 +365,7 @@ impl ConsentService {
             })?;
         tracing::info!(integration = %pending.integration, connection = %pending.connection, status = record.status.as_str(), "consent completed");
         if record.status == ConnectionStatus::NoRefreshToken {
-            emit_no_refresh_token(&record);
+            self.emit_no_refresh_token(&record).await;
         }
         Ok(Completed {
             record,
@@ -489,6 +489,22 @@ impl ConsentService {
         }
     }
 
+    /// The `connection.no_refresh_token` event: a consent returned no refresh
+    /// token for an integration that expects one.
+    ///
+    /// The one call site for the events module. Until it is merged the event is
+    /// this log line (`event = "connection.no_refresh_token"`); then the body
+    /// becomes `if let Some(events) = self.engine.events() { events.emit(events.event(
+    /// EventType::ConnectionNoRefreshToken, &record.integration, Some(&record.connection))).await }`.
+    async fn emit_no_refresh_token(&self, record: &ConnectionRecord) {
+        tracing::warn!(
+            event = "connection.no_refresh_token",
+            integration = record.integration.as_str(),
+            connection = record.connection.as_str(),
+            "the consent returned no refresh token; the access token is served until it expires, then a new consent is needed"
+        );
+    }
+
     /// Whether the public URL is https (cookies are then `Secure`).
     pub fn is_https(&self) -> bool {
         self.public_url.scheme() == "https"
@@ -498,21 +514,6 @@ impl ConsentService {
     pub fn public_base(&self) -> &str {
         self.public_url.as_str().trim_end_matches('/')
     }
-}
-
-/// The `connection.no_refresh_token` event: a consent returned no refresh
-/// token for an integration that expects one.
-///
-/// The one call site for the events module: until it is merged, the event is
-/// this log line (`event = "connection.no_refresh_token"`); then this body
-/// becomes its emit call.
-fn emit_no_refresh_token(record: &ConnectionRecord) {
-    tracing::warn!(
-        event = "connection.no_refresh_token",
-        integration = record.integration.as_str(),
-        connection = record.connection.as_str(),
-        "the consent returned no refresh token; the access token is served until it expires, then a new consent is needed"
-    );
 }
 
 /// Requested scopes the vendor did not grant (`granted` as the vendor sent it).
