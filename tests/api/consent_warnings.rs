@@ -211,3 +211,22 @@ async fn the_success_page_warns_when_the_vendor_grants_fewer_scopes_than_request
         );
     }
 }
+
+#[tokio::test]
+async fn an_openid_provider_that_advertises_offline_access_gets_it_requested() {
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    let issuer = app.oidc().issuer.clone();
+    let file = json!({"integrations": {INTEGRATION: {
+        "issuer": issuer, "client_id": "%DEMO_CLIENT_ID%", "client_secret": "%DEMO_CLIENT_SECRET%",
+        "scopes": ["openid", "api:read"], "refresh_margin_secs": DEFAULT_MARGIN_SECS
+    }}});
+    app.restart_with_integrations(&file).await;
+    crate::discovery::wait_until_discovered(&app).await;
+    let start = app.start_auth(&Browser::new(), "oidc").await;
+    assert_eq!(
+        requested_scopes(&start.location()),
+        ["openid", "api:read", "offline_access"],
+        "oidc-provider lists offline_access in scopes_supported: {}",
+        start.location()
+    );
+}

@@ -133,6 +133,64 @@ async fn the_status_json_counts_by_status_and_lists_the_dead_grant_first() {
 }
 
 #[tokio::test]
+async fn rejected_credentials_read_as_misconfigured_and_an_unreachable_vendor_as_failing() {
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    for conn in ["creds", "down", "dead", "fine"] {
+        app.connect(conn).await;
+    }
+    kill(&app, "dead").await;
+
+    // The vendor rejects the client secret (invalid_client).
+    let issuer = app.oidc().issuer.clone();
+    let mut file = integrations_file(&issuer, DEFAULT_MARGIN_SECS);
+    file["integrations"][INTEGRATION]["client_secret"] = json!("not-the-secret");
+    app.restart_with_integrations(&file).await;
+    let reply = app.token_reply("creds", "?force_refresh=true").await;
+    assert_eq!(reply.error_code(), "integration_misconfigured", "{reply:?}");
+
+    // The right secret again, and the vendor goes away.
+    app.restart_with_integrations(&integrations_file(&issuer, DEFAULT_MARGIN_SECS))
+        .await;
+    drop(app.oidc.take());
+    let reply = app.token_reply("down", "?force_refresh=true").await;
+    assert_eq!(reply.status, 502, "{reply:?}");
+
+    let v = app.get("/api/status?format=json").await.json();
+    let order: Vec<(&str, &str)> = v["attention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["connection"].as_str().unwrap(),
+                a["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("dead", "reauthorization_required"),
+            ("creds", "misconfigured"),
+            ("down", "failing"),
+        ],
+        "{v}"
+    );
+    assert_eq!(v["counts"]["active"], json!(1), "{v}");
+    // Stored statuses are unchanged: only the dead grant is marked.
+    for (conn, stored) in [
+        ("creds", "active"),
+        ("down", "active"),
+        ("dead", "reauthorization_required"),
+    ] {
+        let shown = app
+            .get(&format!("/api/connections/{INTEGRATION}/{conn}"))
+            .await;
+        assert_eq!(shown.json()["status"], json!(stored), "{shown:?}");
+    }
+}
+
+#[tokio::test]
 async fn the_status_page_buttons_post_back_to_it_and_refuse_other_sites() {
     let app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
     app.connect("gone").await;
