@@ -191,6 +191,53 @@ async fn rejected_credentials_read_as_misconfigured_and_an_unreachable_vendor_as
 }
 
 #[tokio::test]
+async fn a_row_with_an_unknown_status_and_hostile_error_text_is_listed_escaped_and_still_served() {
+    let app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    app.connect("odd").await;
+    let evil = "<script>alert(1)</script><img src=x onerror=alert(2)>\u{7}";
+    // A newer version (or a writer to the store) left a status this one does not know.
+    let db = rusqlite::Connection::open(app.dir.path().join("data/broker.db")).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE connections SET status = 'suspended', last_error = ?1 WHERE connection = 'odd'",
+            [evil],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    let v = app.get("/api/status?format=json").await.json();
+    assert_eq!(status_of(&v, "odd").as_deref(), Some("unknown"), "{v}");
+    assert_eq!(v["counts"]["unknown"], json!(1), "{v}");
+    let listed = &v["attention"][0]["last_error"];
+    assert!(
+        listed.as_str().is_some_and(|e| !e.contains('\u{7}')),
+        "control characters are stripped: {v}"
+    );
+
+    let page = get_with_accept(&app, "/api/status", "text/html").await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        !page.body.contains("<script") && !page.body.contains("<img"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{}",
+        page.body
+    );
+
+    // The grant is still used: the token route serves it, and a refresh makes it active.
+    check_token_reply(&app.token_reply("odd", "?force_refresh=true").await, "odd");
+    let shown = app
+        .get(&format!("/api/connections/{INTEGRATION}/odd"))
+        .await;
+    assert_eq!(shown.json()["status"], json!("active"), "{shown:?}");
+    let v = app.get("/api/status?format=json").await.json();
+    assert_eq!(v["attention"], json!([]), "{v}");
+}
+
+#[tokio::test]
 async fn the_status_page_buttons_post_back_to_it_and_refuse_other_sites() {
     let app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
     app.connect("gone").await;
