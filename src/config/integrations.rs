@@ -379,9 +379,11 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
             scopes.push(s.clone());
         }
     }
-    if r.refresh_token_idle_days == Some(0) {
+    if r.refresh_token_idle_days
+        .is_some_and(|d| !(1..=3650).contains(&d))
+    {
         return Err(ctx.fail(
-            "refresh_token_idle_days must be at least 1 (leave it out when the vendor does not expire unused refresh tokens)",
+            "refresh_token_idle_days must be between 1 and 3650 (leave it out when the vendor does not expire unused refresh tokens)",
         ));
     }
     Ok(Integration {
@@ -611,6 +613,13 @@ mod tests {
         assert!(gh.refresh_token_scopes.is_empty() && gh.refresh_token_idle.is_none());
         let text = r#"{"integrations": {"o": {"authorization_url": "https://a.example/auth", "token_url": "https://a.example/token", "client_id": "id", "client_secret": "s", "refresh_token_idle_days": 0}}}"#;
         assert!(parse(text, Path::new("i.json"), &env(&[])).is_err());
+        let text = text.replace(
+            "\"refresh_token_idle_days\": 0",
+            "\"refresh_token_idle_days\": 3651",
+        );
+        assert!(parse(&text, Path::new("i.json"), &env(&[])).is_err());
+        let text = text.replace("3651", "3650");
+        assert!(parse(&text, Path::new("i.json"), &env(&[])).is_ok());
     }
 
     #[test]

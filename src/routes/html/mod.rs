@@ -374,6 +374,44 @@ mod tests {
     }
 
     #[test]
+    fn the_consent_result_escapes_what_the_vendor_granted_and_warns_plainly() {
+        let evil = "\"><img src=x onerror=alert(1)><script>alert(1)</script>'";
+        let requested = vec![evil.to_owned(), "offline_access".to_owned()];
+        let missing = vec![evil.to_owned()];
+        for provider in [None, Some("google")] {
+            let html = body(connected_grant(
+                evil,
+                &Granted {
+                    integration: evil,
+                    connection: evil,
+                    scope: evil,
+                    requested: &requested,
+                    missing_scopes: Some(&missing),
+                    no_refresh_token: Some(NoRefreshToken {
+                        expires_at: evil,
+                        provider,
+                        offline_requested: &requested[1..],
+                    }),
+                },
+            ));
+            assert!(
+                !html.contains("<img") && !html.contains("<script"),
+                "{html}"
+            );
+            assert!(
+                html.contains("<title>Connected without a refresh token"),
+                "{html}"
+            );
+            assert!(html.contains("<dt>Not granted</dt>"), "{html}");
+            assert!(html.contains("prompt=consent"), "{html}");
+            assert!(
+                html.contains("The broker requested <code>offline_access</code>"),
+                "{html}"
+            );
+        }
+    }
+
+    #[test]
     fn pages_are_hardened_and_uncached() {
         let resp = connected("https://b.example", "demo", "default", "read write");
         let h = |name| {
