@@ -128,7 +128,8 @@ th,td{text-align:left;padding:.4rem .5rem;border-bottom:1px solid #d0d7de;vertic
 .conn p{margin:.35rem 0}\
 .conn dl{margin:.5rem 0;padding:.6rem .8rem}\
 .conn dd{overflow-wrap:anywhere}\
-@media (max-width:34rem){.conn dl{grid-template-columns:1fr;gap:.1rem}.conn dd{margin-bottom:.4rem}}\
+.count{white-space:nowrap}\
+@media (max-width:34rem){.conn dl{grid-template-columns:1fr;gap:.1rem}.conn dd{margin-bottom:.4rem}thead{display:none}table,tbody,tr,td{display:block}td:first-child{border-bottom:0;padding-bottom:0}}\
 .badge{display:inline-block;font-size:.85rem;font-weight:600;padding:.05rem .55rem;border-radius:999px;background:#e6f4ea;color:#14532d;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}\
 .attention .badge{background:#fde8e7;color:#8a1c12}\
 .actions{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start;margin-top:.5rem}\

@@ -206,7 +206,12 @@ fn counts_line(per: &BTreeMap<Condition, usize>) -> Html {
         if i > 0 {
             line = line.text(", ");
         }
-        line = line.text(n).text(" ").code(c.as_str());
+        line = line
+            .markup("<span class=\"count\">")
+            .text(n)
+            .text(" ")
+            .code(c.as_str())
+            .markup("</span>");
     }
     line
 }
