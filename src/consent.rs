@@ -22,7 +22,7 @@ use url::Url;
 use crate::config::Integration;
 use crate::domain::clock::now;
 use crate::domain::{
-    ConnectionId, ConnectionRecord, IntegrationName, PendingAuthorization, Secret,
+    ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, PendingAuthorization, Secret,
 };
 use crate::oauth::{self, TokenError};
 use crate::refresh::Engine;
@@ -113,6 +113,13 @@ pub struct Completed {
     pub record: ConnectionRecord,
     /// The binding cookie to remove.
     pub cookie_name: String,
+    /// What was asked for (the integration's scopes, refresh-token scopes included).
+    pub requested_scopes: Vec<String>,
+    /// Scopes requested but not granted; `None` when the vendor did not say
+    /// which scopes it granted. Scopes that only ask for a refresh token
+    /// (`offline_access`) are not missing when one came back: vendors often
+    /// leave them out of the answer.
+    pub missing_scopes: Option<Vec<String>>,
 }
 
 /// A created consent link.
@@ -344,6 +351,10 @@ impl ConsentService {
             .iter()
             .filter_map(|k| Some((k.clone(), oauth::sanitize(params.get(k)?, 500))))
             .collect();
+        let missing_scopes = tokens
+            .scope
+            .as_deref()
+            .map(|granted| missing_scopes(&integration, granted, tokens.refresh_token.is_some()));
         let record = self
             .engine
             .store_consent(&integration, &pending.connection, tokens, captured)
@@ -352,10 +363,15 @@ impl ConsentService {
                 tracing::error!(integration = %pending.integration, connection = %pending.connection, error = %e, "could not store a new grant");
                 ConsentError::Store { grant_lost: true }
             })?;
-        tracing::info!(integration = %pending.integration, connection = %pending.connection, "consent completed");
+        tracing::info!(integration = %pending.integration, connection = %pending.connection, status = record.status.as_str(), "consent completed");
+        if record.status == ConnectionStatus::NoRefreshToken {
+            self.emit_no_refresh_token(&record).await;
+        }
         Ok(Completed {
             record,
             cookie_name: cookie,
+            requested_scopes: integration.scopes.clone(),
+            missing_scopes,
         })
     }
 
@@ -473,6 +489,22 @@ impl ConsentService {
         }
     }
 
+    /// The `connection.no_refresh_token` event: a consent returned no refresh
+    /// token for an integration that expects one.
+    ///
+    /// The one call site for the events module. Until it is merged the event is
+    /// this log line (`event = "connection.no_refresh_token"`); then the body
+    /// becomes `if let Some(events) = self.engine.events() { events.emit(events.event(
+    /// EventType::ConnectionNoRefreshToken, &record.integration, Some(&record.connection))).await }`.
+    async fn emit_no_refresh_token(&self, record: &ConnectionRecord) {
+        tracing::warn!(
+            event = "connection.no_refresh_token",
+            integration = record.integration.as_str(),
+            connection = record.connection.as_str(),
+            "the consent returned no refresh token; the access token is served until it expires, then a new consent is needed"
+        );
+    }
+
     /// Whether the public URL is https (cookies are then `Secure`).
     pub fn is_https(&self) -> bool {
         self.public_url.scheme() == "https"
@@ -482,6 +514,26 @@ impl ConsentService {
     pub fn public_base(&self) -> &str {
         self.public_url.as_str().trim_end_matches('/')
     }
+}
+
+/// Requested scopes the vendor did not grant (`granted` as the vendor sent it).
+fn missing_scopes(
+    integration: &Integration,
+    granted: &str,
+    got_refresh_token: bool,
+) -> Vec<String> {
+    let granted = crate::domain::scope::normalize(granted);
+    let granted: Vec<&str> = granted.split_whitespace().collect();
+    integration
+        .scopes
+        .iter()
+        .filter(|s| !granted.contains(&s.as_str()))
+        .filter(|s| {
+            !(got_refresh_token
+                && (integration.refresh_token_scopes.contains(s) || s.as_str() == "offline_access"))
+        })
+        .cloned()
+        .collect()
 }
 
 /// RFC 9207 §2.4: when the integration knows its issuer, a callback's `iss`

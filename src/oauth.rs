@@ -520,6 +520,42 @@ pub fn sanitize(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    /// The status page reads the class of a refresh failure back from the text
+    /// the engine stores (`sanitize(err.to_string())`): this pins the two together.
+    #[test]
+    fn a_stored_refresh_error_keeps_its_oauth_code() {
+        use crate::domain::condition::error_code;
+        let stored = |e: TokenError| sanitize(&e.to_string(), 300);
+        let rejected = |error| TokenError::Rejected {
+            status: 401,
+            error,
+            description: Some("client secret expired".into()),
+        };
+        assert_eq!(
+            error_code(&stored(rejected(OAuthErrorCode::InvalidClient))),
+            Some(OAuthErrorCode::InvalidClient)
+        );
+        assert_eq!(
+            error_code(&stored(TokenError::Rejected {
+                status: 400,
+                error: OAuthErrorCode::UnauthorizedClient,
+                description: None,
+            })),
+            Some(OAuthErrorCode::UnauthorizedClient)
+        );
+        assert_eq!(
+            error_code(&stored(TokenError::Server {
+                status: 503,
+                retry_after: None
+            })),
+            None
+        );
+        assert_eq!(
+            error_code(&stored(TokenError::Transport("timed out".into()))),
+            None
+        );
+    }
+
     #[test]
     fn parses_standard_and_bent_token_responses() {
         let r = parse_token_response(200, false, br#"{"access_token":"a","token_type":"bearer","expires_in":"3600","refresh_token":"r","scope":"x y"}"#, &[]).unwrap();

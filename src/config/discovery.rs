@@ -126,6 +126,19 @@ pub async fn discover(
             value.insert("pkce".into(), Value::Bool(false));
         }
     }
+    // OpenID providers that advertise offline_access issue a refresh token only
+    // when it is requested (OpenID Connect Core §11); Google, which needs
+    // access_type=offline instead, does not advertise it.
+    if !value.contains_key("refresh_token_scopes")
+        && methods("scopes_supported")
+            .iter()
+            .any(|s| s == "offline_access")
+    {
+        value.insert(
+            "refresh_token_scopes".into(),
+            Value::Array(vec![Value::String("offline_access".into())]),
+        );
+    }
     let no_settings = |_: &str| None;
     let ctx = Ctx {
         path: path.display().to_string(),

@@ -75,6 +75,14 @@ pub struct Integration {
     /// The callback must carry `iss` (the server advertises
     /// `authorization_response_iss_parameter_supported`, or `require_iss: true`).
     pub require_iss: bool,
+    /// A consent that returns no refresh token is a problem (default true;
+    /// false for vendors whose tokens never expire).
+    pub expects_refresh_token: bool,
+    /// Scopes the vendor needs before it issues a refresh token
+    /// (`offline_access`); already included in `scopes`.
+    pub refresh_token_scopes: Vec<String>,
+    /// The vendor drops a refresh token unused for this long (Xero 60 days).
+    pub refresh_token_idle: Option<Duration>,
 }
 
 impl Integration {
@@ -213,6 +221,12 @@ struct RawIntegration {
     default_expires_in_secs: Option<u32>,
     #[serde(default)]
     expires_in_unit: Option<String>,
+    #[serde(default)]
+    expects_refresh_token: Option<bool>,
+    #[serde(default)]
+    refresh_token_scopes: Vec<String>,
+    #[serde(default)]
+    refresh_token_idle_days: Option<u32>,
 }
 
 /// Parses the integrations file text. `get` reads settings for `%NAME%` values.
@@ -349,9 +363,37 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
         return Err(ctx
             .fail("require_iss needs the issuer the callback's iss is compared with: set issuer"));
     }
+    let refresh_token_scopes: Vec<String> = r
+        .refresh_token_scopes
+        .iter()
+        .map(|s| expand(ctx, "refresh_token_scopes", s))
+        .collect::<Result<_, _>>()?;
+    let mut scopes: Vec<String> = r
+        .scopes
+        .iter()
+        .map(|s| expand(ctx, "scopes", s))
+        .collect::<Result<_, _>>()?;
+    // An explicit `scopes` never has to repeat what the vendor needs for a refresh token.
+    for s in &refresh_token_scopes {
+        if !scopes.contains(s) {
+            scopes.push(s.clone());
+        }
+    }
+    if r.refresh_token_idle_days
+        .is_some_and(|d| !(1..=3650).contains(&d))
+    {
+        return Err(ctx.fail(
+            "refresh_token_idle_days must be between 1 and 3650 (leave it out when the vendor does not expire unused refresh tokens)",
+        ));
+    }
     Ok(Integration {
         issuer,
         require_iss,
+        expects_refresh_token: r.expects_refresh_token.unwrap_or(true),
+        refresh_token_scopes,
+        refresh_token_idle: r
+            .refresh_token_idle_days
+            .map(|d| Duration::days(i64::from(d))),
         authorization_url: url_of("authorization_url", &r.authorization_url)?,
         token_url: url_of("token_url", &r.token_url)?,
         revocation_url: r
@@ -361,11 +403,7 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
             .transpose()?,
         client_id,
         client_secret: Secret::new(expand(ctx, "client_secret", &r.client_secret)?),
-        scopes: r
-            .scopes
-            .iter()
-            .map(|s| expand(ctx, "scopes", s))
-            .collect::<Result<_, _>>()?,
+        scopes,
         scope_separator: r.scope_separator.unwrap_or_else(|| " ".into()),
         client_auth,
         token_body,
@@ -545,6 +583,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("xero"), "lists the known providers: {err}");
+    }
+
+    #[test]
+    fn templates_add_the_scopes_a_refresh_token_needs_without_repeating_them() {
+        let text = r#"{"integrations": {"ms": {"provider": "microsoft", "client_id": "id", "client_secret": "s", "scopes": ["User.Read"]}}}"#;
+        let ms = one(text, &env(&[])).unwrap();
+        assert_eq!(ms.scopes, ["User.Read", "offline_access"]);
+        assert_eq!(ms.refresh_token_idle, Some(Duration::days(90)));
+        assert!(ms.expects_refresh_token);
+        let text = r#"{"integrations": {"x": {"provider": "xero", "client_id": "id", "client_secret": "s", "scopes": ["offline_access", "openid"]}}}"#;
+        assert_eq!(
+            one(text, &env(&[])).unwrap().scopes,
+            ["offline_access", "openid"],
+            "an explicit offline_access is not repeated"
+        );
+        let text = r#"{"integrations": {"x": {"provider": "xero", "client_id": "id", "client_secret": "s", "scopes": ["a"], "refresh_token_scopes": []}}}"#;
+        assert_eq!(
+            one(text, &env(&[])).unwrap().scopes,
+            ["a"],
+            "an explicit empty list opts out"
+        );
+        let text = r#"{"integrations": {"g": {"provider": "github", "client_id": "id", "client_secret": "s"}}}"#;
+        let gh = one(text, &env(&[])).unwrap();
+        assert!(
+            !gh.expects_refresh_token,
+            "GitHub OAuth App tokens never expire"
+        );
+        assert!(gh.refresh_token_scopes.is_empty() && gh.refresh_token_idle.is_none());
+        let text = r#"{"integrations": {"o": {"authorization_url": "https://a.example/auth", "token_url": "https://a.example/token", "client_id": "id", "client_secret": "s", "refresh_token_idle_days": 0}}}"#;
+        assert!(parse(text, Path::new("i.json"), &env(&[])).is_err());
+        let text = text.replace(
+            "\"refresh_token_idle_days\": 0",
+            "\"refresh_token_idle_days\": 3651",
+        );
+        assert!(parse(&text, Path::new("i.json"), &env(&[])).is_err());
+        let text = text.replace("3651", "3650");
+        assert!(parse(&text, Path::new("i.json"), &env(&[])).is_ok());
     }
 
     #[test]

@@ -13,12 +13,24 @@ pub struct TokenSet {
     pub refresh_token: Option<Secret>,
 }
 
-/// Whether a grant can still be refreshed.
+/// Whether a grant can still be refreshed: the status stored with the row.
+///
+/// Only what the broker learnt from the vendor is stored; "failing" and
+/// "misconfigured" are read from `last_error` / `last_error_at` instead (see
+/// [`condition`](super::condition)), so a successful refresh clears them with
+/// no extra write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionStatus {
     Active,
     /// The vendor answered `invalid_grant`: only a new consent restores it.
     ReauthorizationRequired,
+    /// The consent returned no refresh token although the integration expects
+    /// one: the access token is served while it lasts, then a new consent is needed.
+    NoRefreshToken,
+    /// A status this version does not know (written by a newer version, or
+    /// edited): treated like `active` (the grant is used and refreshed, and a
+    /// successful refresh stores `active`), and listed for attention.
+    Unknown,
 }
 
 impl ConnectionStatus {
@@ -26,15 +38,24 @@ impl ConnectionStatus {
         match self {
             Self::Active => "active",
             Self::ReauthorizationRequired => "reauthorization_required",
+            Self::NoRefreshToken => "no_refresh_token",
+            Self::Unknown => "unknown",
         }
     }
 
+    /// A status this version writes; `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "active" => Some(Self::Active),
             "reauthorization_required" => Some(Self::ReauthorizationRequired),
+            "no_refresh_token" => Some(Self::NoRefreshToken),
             _ => None,
         }
+    }
+
+    /// A stored status as read back: an unknown one is [`Self::Unknown`], not an error.
+    pub fn read(s: &str) -> Self {
+        Self::parse(s).unwrap_or(Self::Unknown)
     }
 }
 
@@ -231,5 +252,19 @@ mod tests {
             assert_eq!(ConnectionStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(ConnectionStatus::parse("x"), None);
+    }
+
+    #[test]
+    fn every_written_status_reads_back_and_others_read_as_unknown() {
+        for s in [
+            ConnectionStatus::Active,
+            ConnectionStatus::ReauthorizationRequired,
+            ConnectionStatus::NoRefreshToken,
+        ] {
+            assert_eq!(ConnectionStatus::read(s.as_str()), s);
+        }
+        for other in ["suspended", "", "Active", "unknown"] {
+            assert_eq!(ConnectionStatus::read(other), ConnectionStatus::Unknown);
+        }
     }
 }

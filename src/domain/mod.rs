@@ -6,12 +6,14 @@
 //! depends on none of them.
 
 pub mod clock;
+pub mod condition;
 pub mod grant;
 pub mod ids;
 pub mod oauth_error;
 pub mod scope;
 pub mod secret;
 
+pub use condition::Condition;
 pub use grant::{ConnectionRecord, ConnectionStatus, PendingAuthorization, TokenSet};
 pub use ids::{ConnectionId, IntegrationName, InvalidName};
 pub use oauth_error::OAuthErrorCode;

@@ -4,8 +4,10 @@
 
 use super::{Engine, RefreshError};
 use crate::config::Integration;
+use crate::domain::condition::Overview;
 use crate::domain::{ConnectionId, ConnectionRecord, IntegrationName, OAuthErrorCode};
 use crate::oauth;
+use crate::registry::Lookup;
 use crate::store::StoreError;
 
 impl Engine {
@@ -22,6 +24,26 @@ impl Engine {
     /// Every connection (the admin listing; never on the token path).
     pub async fn connections(&self) -> Result<Vec<ConnectionRecord>, StoreError> {
         self.store.list().await
+    }
+
+    /// Every connection with its condition, most urgent first (the status page).
+    pub async fn overview(&self) -> Result<Overview, StoreError> {
+        let records = self.store.list().await?;
+        let configured = self
+            .integrations
+            .ready()
+            .into_iter()
+            .map(|i| i.name.clone())
+            .chain(self.integrations.unavailable().into_iter().map(|(n, _)| n));
+        Ok(Overview::build(
+            records,
+            configured,
+            |name| match self.integrations.get(name) {
+                Lookup::Ready(i) => i.refresh_token_idle,
+                _ => None,
+            },
+            super::now(),
+        ))
     }
 
     /// One connection, whatever its status (the admin view).

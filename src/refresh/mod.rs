@@ -150,7 +150,8 @@ impl Engine {
     }
 
     /// Stores the grant from a completed consent, replacing any earlier grant
-    /// of the same connection (and restoring it to `active`).
+    /// of the same connection (and restoring it to `active`, or
+    /// `no_refresh_token` when the vendor sent none and the integration expects one).
     pub async fn store_consent(
         &self,
         integration: &Integration,
@@ -184,6 +185,9 @@ impl Engine {
         );
         record.created_at = created_at;
         record.metadata = metadata;
+        if record.tokens.refresh_token.is_none() && integration.expects_refresh_token {
+            record.status = ConnectionStatus::NoRefreshToken;
+        }
         self.store.upsert(&record).await?;
         Ok(record)
     }
@@ -477,6 +481,8 @@ impl Engine {
                     next.scope = scope::normalize(&scope);
                 }
                 next.token_type = resp.token_type;
+                // A refresh that worked proves the grant alive (an unknown status included).
+                next.status = ConnectionStatus::Active;
                 next.refreshed_at = now;
                 next.last_error = None;
                 next.last_error_at = None;

@@ -10,8 +10,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::html;
 use super::{query, AppState};
 use crate::consent::{Callback, ConsentError, Started, PENDING_LIFETIME};
-use crate::domain::{ConnectionId, IntegrationName};
+use crate::domain::{ConnectionId, ConnectionStatus, IntegrationName};
 use crate::oauth::TokenError;
+use time::format_description::well_known::Rfc3339;
 
 /// `GET /api/auth/start/{integration}?connection=<id>` (protected).
 pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -57,11 +58,35 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     {
         Ok(done) => {
             let r = &done.record;
-            let mut resp = html::connected(
+            let expires_at = r.expires_at.format(&Rfc3339).unwrap_or_default();
+            let integration = state.integration(&r.integration).ok();
+            // The scopes that were asked for to get a refresh token.
+            let offline_requested: Vec<String> = integration
+                .as_ref()
+                .map(|i| {
+                    i.scopes
+                        .iter()
+                        .filter(|s| i.refresh_token_scopes.contains(s) || *s == "offline_access")
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let no_refresh_token =
+                (r.status == ConnectionStatus::NoRefreshToken).then(|| html::NoRefreshToken {
+                    expires_at: &expires_at,
+                    provider: integration.as_ref().and_then(|i| i.provider.as_deref()),
+                    offline_requested: &offline_requested,
+                });
+            let mut resp = html::connected_grant(
                 state.consent.public_base(),
-                r.integration.as_str(),
-                r.connection.as_str(),
-                &r.scope,
+                &html::Granted {
+                    integration: r.integration.as_str(),
+                    connection: r.connection.as_str(),
+                    scope: &r.scope,
+                    requested: &done.requested_scopes,
+                    missing_scopes: done.missing_scopes.as_deref(),
+                    no_refresh_token,
+                },
             );
             let mut gone = Cookie::build(done.cookie_name, "")
                 .path("/api/auth/callback")

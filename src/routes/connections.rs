@@ -121,28 +121,35 @@ pub async fn delete(
             ))
         }
     };
-    let integration = match state.engine.integration(&i) {
+    delete_connection(&state, &i, &c, revoke).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Deletes a connection (revoking it at the vendor when `revoke` and the
+/// integration can); the connection of a removed integration is deleted without revocation.
+pub(super) async fn delete_connection(
+    state: &AppState,
+    i: &IntegrationName,
+    c: &ConnectionId,
+    revoke: bool,
+) -> Result<(), ApiError> {
+    let integration = match state.engine.integration(i) {
         // An unavailable integration answers 503: revocation needs its endpoints.
-        Lookup::Ready(_) | Lookup::Unavailable { .. } => state.integration(&i)?,
+        Lookup::Ready(_) | Lookup::Unavailable { .. } => state.integration(i)?,
         Lookup::Unknown => {
             // The integration was removed from the file: its rows can still be deleted, without revocation.
-            return match state
-                .engine
-                .delete_orphan(&i, &c)
-                .await
-                .map_err(store_err)?
-            {
-                true => Ok(HttpResponse::NoContent().finish()),
+            return match state.engine.delete_orphan(i, c).await.map_err(store_err)? {
+                true => Ok(()),
                 false => Err(not_found()),
             };
         }
     };
-    match state.engine.delete(&integration, &c, revoke).await {
-        Ok(()) => Ok(HttpResponse::NoContent().finish()),
+    match state.engine.delete(&integration, c, revoke).await {
+        Ok(()) => Ok(()),
         Err(RefreshError::Upstream(e)) => Err(ApiError::Upstream(format!(
             "revoking the grant at the provider failed ({e}); the connection was kept. Retry, or delete with ?revoke=false"
         ))),
-        Err(e) => Err(ApiError::from_refresh(e, state.consent.authorize_link(&i, &c))),
+        Err(e) => Err(ApiError::from_refresh(e, state.consent.authorize_link(i, c))),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod front_door;
 pub mod health;
 pub mod html;
+pub mod status;
 pub mod timer;
 pub mod token;
 
@@ -90,6 +91,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(token::post)),
     )
     .service(web::resource("/api/health").route(web::get().to(health::health)))
+    .service(
+        web::resource("/api/status")
+            .wrap(key())
+            .route(web::get().to(status::get))
+            .route(web::post().to(status::post)),
+    )
     .service(web::resource("/api/auth/link").route(web::get().to(auth::open_link)))
     .service(
         web::resource("/api/connections")

@@ -571,7 +571,7 @@ impl Store {
                 .map_err(|_| corrupt("integration name"))?,
             connection: ConnectionId::parse(&row.connection)
                 .map_err(|_| corrupt("connection id"))?,
-            status: ConnectionStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+            status: ConnectionStatus::read(&row.status),
             tokens: TokenSet {
                 access_token: Secret::new(t.a),
                 refresh_token: t.r.map(Secret::new),

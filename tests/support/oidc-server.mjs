@@ -18,6 +18,8 @@
 //                           request the client abandoned is still consumed).
 //   OIDC_DROP_ABANDONED=1   instead, drop a delayed request whose client disconnected during the delay
 //                           (as if it never reached the vendor; counted in /__stats "abandoned").
+//   OIDC_NO_REFRESH_TOKEN=1 the code grant issues no refresh token (like a vendor asked without
+//                           offline_access, or Google without prompt=consent); default: always issue one.
 //   OIDC_LOG=1              one stderr line per token request (default: stderr stays quiet after
 //                           start-up, so a parent that never drains a stderr pipe cannot block us).
 //
@@ -43,8 +45,9 @@
 //                   /token by its "error" code; refresh_success every 200 to a refresh_token grant;
 //                   grants_revoked every oidc-provider "grant.revoked" event (replay, revocation).
 //   POST /__reset   zero all counters (and last_token_request) -> {"ok":true}
-//   POST /__config?token_delay_ms=<n>&drop_abandoned=<0|1>   change those at run time
-//                                       -> {"token_delay_ms":n,"drop_abandoned":bool}
+//   POST /__config?token_delay_ms=<n>&drop_abandoned=<0|1>&issue_refresh_token=<0|1>
+//                                       change those at run time
+//                                       -> {"token_delay_ms":n,"drop_abandoned":bool,"issue_refresh_token":bool}
 //   GET  /__introspect?token=<t>  {"active":bool}: a live (unexpired, unconsumed, grant not revoked)
 //                   access token or refresh token of this server. No client auth.
 //
@@ -111,6 +114,8 @@ let tokenDelayMs = intEnv('OIDC_TOKEN_DELAY_MS', 0);
 // OIDC_DROP_ABANDONED=1: a delayed token request whose client disconnected is not processed.
 let dropAbandoned = process.env.OIDC_DROP_ABANDONED === '1';
 const LOG = process.env.OIDC_LOG === '1';
+// OIDC_NO_REFRESH_TOKEN=1: the code grant issues no refresh token.
+let issueRefreshTokens = process.env.OIDC_NO_REFRESH_TOKEN !== '1';
 
 let clients;
 try {
@@ -190,8 +195,9 @@ function buildProvider(issuer) {
     pkce: { required: () => true },
     clockTolerance: 0,
     rotateRefreshToken: true,
-    // Always issue a refresh token from the code grant (no offline_access / prompt=consent dance).
-    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+    // Always issue a refresh token from the code grant (no offline_access / prompt=consent dance),
+    // unless told not to (OIDC_NO_REFRESH_TOKEN=1 or /__config?issue_refresh_token=0).
+    issueRefreshToken: async (_ctx, client) => issueRefreshTokens && client.grantTypeAllowed('refresh_token'),
     // Tokens outlive the browser session (as with offline_access at real vendors).
     expiresWithSession: async () => false,
     features: {
@@ -315,7 +321,11 @@ async function testRoute(req, res, url) {
     }
     const d = url.searchParams.get('drop_abandoned');
     if (d !== null) dropAbandoned = d === '1' || d === 'true';
-    return json(res, 200, { token_delay_ms: tokenDelayMs, drop_abandoned: dropAbandoned });
+    const r = url.searchParams.get('issue_refresh_token');
+    if (r !== null) issueRefreshTokens = r === '1' || r === 'true';
+    return json(res, 200, {
+      token_delay_ms: tokenDelayMs, drop_abandoned: dropAbandoned, issue_refresh_token: issueRefreshTokens,
+    });
   }
   if (req.method === 'GET' && url.pathname === '/__introspect') {
     return json(res, 200, { active: await isActive(provider, url.searchParams.get('token')) });

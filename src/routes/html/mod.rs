@@ -119,14 +119,44 @@ code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,\"Liberation Mono\",
 ol,ul{padding-left:1.4rem}\
 li{margin:.35rem 0}\
 footer{margin-top:2.5rem;padding-top:.75rem;border-top:1px solid #d0d7de;font-size:.875rem;color:#4b5563}\
+main.wide{max-width:60rem}\
+table{border-collapse:collapse;width:100%;margin:.5rem 0 1rem}\
+th,td{text-align:left;padding:.4rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}\
+.conn{border:1px solid #d0d7de;border-radius:6px;padding:.75rem 1rem;margin:.75rem 0}\
+.conn.attention{border-left:.4rem solid #b42318}\
+.conn h3{font-size:1.05rem;margin:0 0 .35rem;overflow-wrap:anywhere}\
+.conn p{margin:.35rem 0}\
+.conn dl{margin:.5rem 0;padding:.6rem .8rem}\
+.conn dd{overflow-wrap:anywhere}\
+.count{white-space:nowrap}\
+@media (max-width:34rem){.conn dl{grid-template-columns:1fr;gap:.1rem}.conn dd{margin-bottom:.4rem}thead{display:none}table,tbody,tr,td{display:block}td:first-child{border-bottom:0;padding-bottom:0}}\
+.badge{display:inline-block;font-size:.85rem;font-weight:600;padding:.05rem .55rem;border-radius:999px;background:#e6f4ea;color:#14532d;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}\
+.attention .badge{background:#fde8e7;color:#8a1c12}\
+.actions{display:flex;flex-wrap:wrap;gap:.5rem;align-items:flex-start;margin-top:.5rem}\
+.actions form{margin:0}\
+button,summary{font:inherit;font-size:.95rem;padding:.35rem .8rem;border:1px solid #4b5563;border-radius:6px;background:#f6f8fa;color:#1b1b1b;cursor:pointer}\
+summary{display:inline-block;list-style:none;border-color:#b42318;color:#8a1c12;background:#fff}\
+summary::-webkit-details-marker{display:none}\
+details p{margin:.5rem 0}\
+button.danger{border-color:#b42318;background:#b42318;color:#fff}\
+.notice{padding:.75rem 1rem;border:1px solid #1a7f37;border-radius:6px;background:#eef8f0;margin:1rem 0}\
+.notice.failed{border-color:#b42318;background:#fde8e7}\
+.notice p{margin:.25rem 0}\
+input.copy{display:block;width:100%;box-sizing:border-box;margin:.4rem 0;padding:.5rem;font:.9rem ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;border:1px solid #4b5563;border-radius:4px;background:#fff;color:#1b1b1b}\
 ";
 
-static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| {
+static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| csp("'none'"));
+
+/// The status page's policy: the same, except that its forms may post to this
+/// broker (`form-action 'self'`); they post back to the page's own URL.
+static FORMS_CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| csp("'self'"));
+
+fn csp(form_action: &str) -> String {
     let hash = STANDARD.encode(Sha256::digest(STYLE.as_bytes()));
     format!(
-        "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        "default-src 'none'; style-src 'sha256-{hash}'; base-uri 'none'; form-action {form_action}; frame-ancestors 'none'"
     )
-});
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tone {
@@ -141,6 +171,10 @@ pub struct Page {
     tone: Tone,
     title: &'static str,
     body: Html,
+    /// A wider layout (the status page).
+    wide: bool,
+    /// The page has forms that post back to it.
+    forms: bool,
 }
 
 impl Page {
@@ -150,6 +184,20 @@ impl Page {
             tone: Tone::Ok,
             title,
             body: Html::new(),
+            wide: false,
+            forms: false,
+        }
+    }
+
+    /// A page that reports success with a caveat the reader must act on.
+    fn warning(title: &'static str) -> Page {
+        Page {
+            status: StatusCode::OK,
+            tone: Tone::Problem,
+            title,
+            body: Html::new(),
+            wide: false,
+            forms: false,
         }
     }
 
@@ -159,6 +207,8 @@ impl Page {
             tone: Tone::Problem,
             title,
             body: Html::new(),
+            wide: false,
+            forms: false,
         }
     }
 
@@ -207,11 +257,19 @@ impl Page {
         self
     }
 
+    /// Any block of safe HTML.
+    fn block(mut self, content: Html) -> Page {
+        self.body = self.body.then(content);
+        self
+    }
+
     /// The whole document.
     pub fn render(&self) -> String {
-        let class = match self.tone {
-            Tone::Ok => "ok",
-            Tone::Problem => "problem",
+        let class = match (self.tone, self.wide) {
+            (Tone::Ok, false) => "ok",
+            (Tone::Problem, false) => "problem",
+            (Tone::Ok, true) => "ok wide",
+            (Tone::Problem, true) => "problem wide",
         };
         Html::new()
             .markup("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n")
@@ -238,7 +296,11 @@ impl Page {
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .insert_header((
                 header::CONTENT_SECURITY_POLICY,
-                CONTENT_SECURITY_POLICY.as_str(),
+                if self.forms {
+                    FORMS_CONTENT_SECURITY_POLICY.as_str()
+                } else {
+                    CONTENT_SECURITY_POLICY.as_str()
+                },
             ))
             .insert_header((header::X_FRAME_OPTIONS, "DENY"))
             .insert_header((header::REFERRER_POLICY, "no-referrer"))
@@ -248,7 +310,9 @@ impl Page {
 }
 
 mod pages;
+mod status;
 pub use pages::*;
+pub use status::{status_page, Notice};
 
 #[cfg(test)]
 mod tests {
@@ -307,6 +371,44 @@ mod tests {
             assert!(!html.contains("<img"), "{html}");
             assert!(!html.contains("<script"), "{html}");
             assert!(!html.contains("'>"), "{html}");
+        }
+    }
+
+    #[test]
+    fn the_consent_result_escapes_what_the_vendor_granted_and_warns_plainly() {
+        let evil = "\"><img src=x onerror=alert(1)><script>alert(1)</script>'";
+        let requested = vec![evil.to_owned(), "offline_access".to_owned()];
+        let missing = vec![evil.to_owned()];
+        for provider in [None, Some("google")] {
+            let html = body(connected_grant(
+                evil,
+                &Granted {
+                    integration: evil,
+                    connection: evil,
+                    scope: evil,
+                    requested: &requested,
+                    missing_scopes: Some(&missing),
+                    no_refresh_token: Some(NoRefreshToken {
+                        expires_at: evil,
+                        provider,
+                        offline_requested: &requested[1..],
+                    }),
+                },
+            ));
+            assert!(
+                !html.contains("<img") && !html.contains("<script"),
+                "{html}"
+            );
+            assert!(
+                html.contains("<title>Connected without a refresh token"),
+                "{html}"
+            );
+            assert!(html.contains("<dt>Not granted</dt>"), "{html}");
+            assert!(html.contains("prompt=consent"), "{html}");
+            assert!(
+                html.contains("The broker requested <code>offline_access</code>"),
+                "{html}"
+            );
         }
     }
 

@@ -1,0 +1,314 @@
+//! What an operator needs to know about a connection (the status page and its
+//! JSON): its *condition*, derived at read time from the stored status, the
+//! last refresh error and the vendor's refresh-token idle window.
+//!
+//! Stored (written by the consent and the refresh engine): `active`,
+//! `reauthorization_required`, `no_refresh_token`, and `unknown` for a status
+//! this version does not know. Derived here, never stored:
+//! - `misconfigured` / `failing`: the last refresh failed (`last_error_at`
+//!   after `refreshed_at`) with `invalid_client` / `unauthorized_client`, or
+//!   with anything else. The engine keeps such rows `active` on purpose (the
+//!   next refresh may succeed), and a successful refresh clears the error, so
+//!   deriving them needs no extra write and cannot go stale;
+//! - `refresh_token_expiring`: the refresh token was last used more than half
+//!   of the vendor's idle window ago (`refresh_token_idle_days`). With the
+//!   keep-alive sweep running (daily by default) a healthy grant never gets
+//!   there; half the window leaves the operator weeks to react.
+
+use std::collections::BTreeMap;
+
+use time::{Duration, OffsetDateTime};
+
+use super::{ConnectionRecord, ConnectionStatus, IntegrationName, OAuthErrorCode};
+
+/// A connection's condition, most urgent first (the order of the page and the JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Condition {
+    /// Dead: the vendor answered `invalid_grant`; only a new consent helps.
+    ReauthorizationRequired,
+    /// The vendor rejects the integration's client credentials.
+    Misconfigured,
+    /// The last refresh failed (transient, or an error the broker cannot classify).
+    Failing,
+    /// The consent returned no refresh token: works until the access token expires.
+    NoRefreshToken,
+    /// The refresh token has been unused for more than half the vendor's idle window.
+    RefreshTokenExpiring,
+    /// A stored status this version does not know.
+    Unknown,
+    Active,
+}
+
+impl Condition {
+    pub const ALL: [Condition; 7] = [
+        Self::ReauthorizationRequired,
+        Self::Misconfigured,
+        Self::Failing,
+        Self::NoRefreshToken,
+        Self::RefreshTokenExpiring,
+        Self::Unknown,
+        Self::Active,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReauthorizationRequired => "reauthorization_required",
+            Self::Misconfigured => "misconfigured",
+            Self::Failing => "failing",
+            Self::NoRefreshToken => "no_refresh_token",
+            Self::RefreshTokenExpiring => "refresh_token_expiring",
+            Self::Unknown => "unknown",
+            Self::Active => "active",
+        }
+    }
+
+    pub fn needs_attention(self) -> bool {
+        self != Self::Active
+    }
+}
+
+/// The prefix of a stored `last_error` when the vendor answered with an OAuth
+/// error (the refresh engine stores the error's text, sanitised).
+const REJECTED_PREFIX: &str = "the provider answered ";
+
+/// The OAuth error code in a stored `last_error`, when the vendor sent one.
+pub fn error_code(last_error: &str) -> Option<OAuthErrorCode> {
+    let rest = last_error.strip_prefix(REJECTED_PREFIX)?;
+    let code = rest.split([':', ' ']).next().filter(|c| !c.is_empty())?;
+    // "the provider answered HTTP 503" is a status, not an OAuth error.
+    (code != "HTTP").then(|| OAuthErrorCode::parse(code))
+}
+
+/// The condition of `r` at `now`; `idle` is the vendor's refresh-token idle
+/// window, when it has one.
+pub fn assess(r: &ConnectionRecord, idle: Option<Duration>, now: OffsetDateTime) -> Condition {
+    match r.status {
+        ConnectionStatus::ReauthorizationRequired => return Condition::ReauthorizationRequired,
+        ConnectionStatus::NoRefreshToken => return Condition::NoRefreshToken,
+        ConnectionStatus::Active | ConnectionStatus::Unknown => {}
+    }
+    let failed_since_refresh = r.last_error_at.is_some_and(|at| at > r.refreshed_at);
+    if failed_since_refresh {
+        let blames_client = r
+            .last_error
+            .as_deref()
+            .and_then(error_code)
+            .is_some_and(|c| c.blames_client());
+        return if blames_client {
+            Condition::Misconfigured
+        } else {
+            Condition::Failing
+        };
+    }
+    if let Some(idle) = idle {
+        if r.tokens.refresh_token.is_some() && now - r.refreshed_at > idle / 2 {
+            return Condition::RefreshTokenExpiring;
+        }
+    }
+    if r.status == ConnectionStatus::Unknown {
+        return Condition::Unknown;
+    }
+    Condition::Active
+}
+
+/// One connection and its condition.
+#[derive(Debug, Clone)]
+pub struct Assessed {
+    pub record: ConnectionRecord,
+    pub condition: Condition,
+}
+
+/// Every connection assessed, most urgent first, with counts.
+#[derive(Debug, Clone, Default)]
+pub struct Overview {
+    /// Sorted by condition (most urgent first), then integration, then connection.
+    pub connections: Vec<Assessed>,
+    /// Per integration (every configured one, and any with connections), per condition.
+    pub by_integration: BTreeMap<IntegrationName, BTreeMap<Condition, usize>>,
+}
+
+impl Overview {
+    /// `configured`: every configured integration (listed even without
+    /// connections); `idle`: an integration's refresh-token idle window.
+    pub fn build(
+        records: Vec<ConnectionRecord>,
+        configured: impl IntoIterator<Item = IntegrationName>,
+        idle: impl Fn(&IntegrationName) -> Option<Duration>,
+        now: OffsetDateTime,
+    ) -> Overview {
+        let mut by_integration: BTreeMap<IntegrationName, BTreeMap<Condition, usize>> = configured
+            .into_iter()
+            .map(|n| (n, BTreeMap::new()))
+            .collect();
+        let mut connections: Vec<Assessed> = records
+            .into_iter()
+            .map(|record| {
+                let condition = assess(&record, idle(&record.integration), now);
+                *by_integration
+                    .entry(record.integration.clone())
+                    .or_default()
+                    .entry(condition)
+                    .or_default() += 1;
+                Assessed { record, condition }
+            })
+            .collect();
+        connections.sort_by(|a, b| {
+            (a.condition, &a.record.integration, &a.record.connection).cmp(&(
+                b.condition,
+                &b.record.integration,
+                &b.record.connection,
+            ))
+        });
+        Overview {
+            connections,
+            by_integration,
+        }
+    }
+
+    /// Connections per condition over every integration.
+    pub fn counts(&self) -> BTreeMap<Condition, usize> {
+        let mut all = BTreeMap::new();
+        for per in self.by_integration.values() {
+            for (c, n) in per {
+                *all.entry(*c).or_default() += n;
+            }
+        }
+        all
+    }
+
+    /// The connections that need attention, most urgent first.
+    pub fn attention(&self) -> impl Iterator<Item = &Assessed> {
+        self.connections
+            .iter()
+            .filter(|a| a.condition.needs_attention())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ConnectionId, IntegrationName, Secret, TokenSet};
+
+    fn at(secs: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap()
+    }
+
+    fn record() -> ConnectionRecord {
+        ConnectionRecord::new_grant(
+            IntegrationName::parse("demo").unwrap(),
+            ConnectionId::parse("c1").unwrap(),
+            TokenSet {
+                access_token: Secret::new("a"),
+                refresh_token: Some(Secret::new("r")),
+            },
+            "Bearer".into(),
+            String::new(),
+            at(3600),
+            at(0),
+        )
+    }
+
+    #[test]
+    fn stored_statuses_come_first() {
+        let mut r = record();
+        r.status = ConnectionStatus::ReauthorizationRequired;
+        r.last_error = Some("the provider answered invalid_client".into());
+        r.last_error_at = Some(at(10));
+        assert_eq!(assess(&r, None, at(20)), Condition::ReauthorizationRequired);
+        r.status = ConnectionStatus::NoRefreshToken;
+        assert_eq!(assess(&r, None, at(20)), Condition::NoRefreshToken);
+    }
+
+    #[test]
+    fn a_failure_after_the_last_refresh_is_failing_or_misconfigured() {
+        let mut r = record();
+        r.last_error = Some("the provider answered HTTP 503".into());
+        r.last_error_at = Some(at(10));
+        assert_eq!(assess(&r, None, at(20)), Condition::Failing);
+        r.last_error = Some("the provider answered unauthorized_client: nope".into());
+        assert_eq!(assess(&r, None, at(20)), Condition::Misconfigured);
+        // Refreshed since: the error is history.
+        r.refreshed_at = at(15);
+        assert_eq!(assess(&r, None, at(20)), Condition::Active);
+    }
+
+    #[test]
+    fn an_idle_refresh_token_warns_after_half_its_window() {
+        let r = record();
+        let idle = Some(Duration::days(60));
+        assert_eq!(
+            assess(&r, idle, at(0) + Duration::days(30)),
+            Condition::Active
+        );
+        assert_eq!(
+            assess(&r, idle, at(0) + Duration::days(31)),
+            Condition::RefreshTokenExpiring
+        );
+        assert_eq!(
+            assess(&r, None, at(0) + Duration::days(400)),
+            Condition::Active
+        );
+        let mut unknown = record();
+        unknown.status = ConnectionStatus::Unknown;
+        assert_eq!(assess(&unknown, idle, at(10)), Condition::Unknown);
+    }
+
+    #[test]
+    fn error_codes_are_read_from_the_stored_text() {
+        assert_eq!(
+            error_code("the provider answered invalid_client: bad secret"),
+            Some(OAuthErrorCode::InvalidClient)
+        );
+        assert_eq!(
+            error_code("the provider answered invalid_grant"),
+            Some(OAuthErrorCode::InvalidGrant)
+        );
+        assert_eq!(error_code("the provider answered HTTP 502"), None);
+        assert_eq!(error_code("the provider could not be reached: x"), None);
+    }
+
+    #[test]
+    fn the_overview_puts_attention_first_and_counts_every_integration() {
+        let named = |i: &str, c: &str, status| {
+            let mut r = record();
+            r.integration = IntegrationName::parse(i).unwrap();
+            r.connection = ConnectionId::parse(c).unwrap();
+            r.status = status;
+            r
+        };
+        let o = Overview::build(
+            vec![
+                named("b", "ok", ConnectionStatus::Active),
+                named("a", "ok", ConnectionStatus::Active),
+                named("b", "dead", ConnectionStatus::ReauthorizationRequired),
+                named("a", "nort", ConnectionStatus::NoRefreshToken),
+            ],
+            [IntegrationName::parse("quiet").unwrap()],
+            |_| None,
+            at(10),
+        );
+        let order: Vec<String> = o
+            .connections
+            .iter()
+            .map(|a| format!("{}/{}", a.record.integration, a.record.connection))
+            .collect();
+        assert_eq!(order, ["b/dead", "a/nort", "a/ok", "b/ok"]);
+        assert_eq!(o.attention().count(), 2);
+        assert_eq!(o.counts()[&Condition::Active], 2);
+        assert!(o.by_integration[&IntegrationName::parse("quiet").unwrap()].is_empty());
+        assert_eq!(
+            o.by_integration[&IntegrationName::parse("b").unwrap()]
+                [&Condition::ReauthorizationRequired],
+            1
+        );
+    }
+
+    #[test]
+    fn conditions_sort_most_urgent_first() {
+        let mut all = Condition::ALL;
+        all.reverse();
+        all.sort();
+        assert_eq!(all, Condition::ALL);
+        assert!(!Condition::Active.needs_attention());
+    }
+}

@@ -1,0 +1,196 @@
+//! `GET /api/status` (protected): every connection's condition for operators,
+//! as an HTML page or, with `Accept: application/json` or `?format=json`, as
+//! JSON for monitoring (same order). `POST /api/status` takes the page's
+//! buttons (form fields `action` = `consent_link` | `delete`, `integration`,
+//! `connection`) and answers the page again with the outcome on top.
+//!
+//! The forms post back to the page's own URL, so the function key travels
+//! in `?code=` as it did for the page, never inside the page. A POST that a
+//! browser marks as coming from another site (`Sec-Fetch-Site`) is refused, so
+//! a page elsewhere cannot press the buttons of a broker reachable without a
+//! key (standalone on loopback).
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::connections::delete_connection;
+use super::error::ApiError;
+use super::front_door::{Body, JSON_BODY_LIMIT};
+use super::html::{self, Notice};
+use super::{no_store, query, AppState};
+use crate::consent::ConsentError;
+use crate::domain::clock::now;
+use crate::domain::condition::Overview;
+use crate::domain::{Condition, ConnectionId, IntegrationName};
+use crate::registry::Lookup;
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    counts: BTreeMap<&'static str, usize>,
+    by_integration: BTreeMap<&'a str, BTreeMap<&'static str, usize>>,
+    attention: Vec<AttentionJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct AttentionJson<'a> {
+    integration: &'a str,
+    connection: &'a str,
+    status: &'static str,
+    last_error: Option<String>,
+    last_error_at: Option<String>,
+    refreshed_at: String,
+    expires_at: String,
+}
+
+/// Every condition with its count (zeros included, so monitors can compare).
+fn all_counts(per: &BTreeMap<Condition, usize>) -> BTreeMap<&'static str, usize> {
+    Condition::ALL
+        .iter()
+        .map(|c| (c.as_str(), per.get(c).copied().unwrap_or(0)))
+        .collect()
+}
+
+fn json(o: &Overview) -> StatusJson<'_> {
+    StatusJson {
+        counts: all_counts(&o.counts()),
+        by_integration: o
+            .by_integration
+            .iter()
+            .map(|(name, per)| (name.as_str(), all_counts(per)))
+            .collect(),
+        attention: o
+            .attention()
+            .map(|a| AttentionJson {
+                integration: a.record.integration.as_str(),
+                connection: a.record.connection.as_str(),
+                status: a.condition.as_str(),
+                last_error: a
+                    .record
+                    .last_error
+                    .as_deref()
+                    .map(|e| crate::oauth::sanitize(e, 300)),
+                last_error_at: a.record.last_error_at.map(rfc3339),
+                refreshed_at: rfc3339(a.record.refreshed_at),
+                expires_at: rfc3339(a.record.expires_at),
+            })
+            .collect(),
+    }
+}
+
+fn wants_json(req: &HttpRequest) -> bool {
+    match query(req).get("format").map(String::as_str) {
+        Some("json") => return true,
+        Some(_) => return false,
+        None => {}
+    }
+    req.headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .any(|m| m.trim().starts_with("application/json"))
+        })
+}
+
+async fn overview(state: &AppState) -> Result<Overview, ApiError> {
+    state.engine.overview().await.map_err(|e| {
+        tracing::error!(error = %e, "store failure on the status route");
+        ApiError::StoreUnavailable
+    })
+}
+
+fn page(state: &AppState, o: &Overview, notice: Option<&Notice>) -> HttpResponse {
+    let unavailable: Vec<(String, String)> = state
+        .engine
+        .unavailable_integrations()
+        .into_iter()
+        .map(|(n, r)| (n.as_str().to_owned(), r))
+        .collect();
+    html::status_page(o, &unavailable, now(), notice)
+}
+
+/// `GET /api/status[?format=json]`
+pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let o = overview(&state).await?;
+    if wants_json(&req) {
+        return Ok(no_store(HttpResponse::Ok()).json(json(&o)));
+    }
+    Ok(page(&state, &o, None))
+}
+
+/// `POST /api/status` with the form of a button on the page.
+pub async fn post(
+    req: HttpRequest,
+    Body(body): Body<JSON_BODY_LIMIT>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let site = req
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok());
+    if site.is_some_and(|s| s != "same-origin" && s != "none") {
+        tracing::warn!(
+            sec_fetch_site = site.unwrap_or_default(),
+            "status page action from another site refused"
+        );
+        return Err(ApiError::InvalidRequest(
+            "status page actions are only accepted from the status page itself".into(),
+        ));
+    }
+    let form: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    let bad = || {
+        ApiError::InvalidRequest(
+            "expected the form of a status page button: action (consent_link or delete), integration, connection"
+                .into(),
+        )
+    };
+    let i = IntegrationName::parse(field("integration")).map_err(|_| bad())?;
+    let c = ConnectionId::parse(field("connection")).map_err(|_| bad())?;
+    let notice = match field("action") {
+        "consent_link" => match state.consent.create_link(&i, &c, None).await {
+            Ok(created) => Notice::LinkCreated {
+                integration: i.as_str().to_owned(),
+                connection: c.as_str().to_owned(),
+                url: created.url,
+                expires_at: created.link.expires_at,
+            },
+            Err(e) => Notice::Failed {
+                what: "No consent link was created:",
+                reason: match e {
+                    ConsentError::Store { .. } => ApiError::StoreUnavailable.to_string(),
+                    other => other.to_string(),
+                },
+            },
+        },
+        "delete" => {
+            let revocable = matches!(
+                state.engine.integration(&i),
+                Lookup::Ready(ref integ) if integ.revocation_url.is_some()
+            );
+            match delete_connection(&state, &i, &c, true).await {
+                Ok(()) => Notice::Deleted {
+                    integration: i.as_str().to_owned(),
+                    connection: c.as_str().to_owned(),
+                    revoked: revocable,
+                },
+                Err(e) => Notice::Failed {
+                    what: "The connection was not deleted:",
+                    reason: e.to_string(),
+                },
+            }
+        }
+        _ => return Err(bad()),
+    };
+    let o = overview(&state).await?;
+    Ok(page(&state, &o, Some(&notice)))
+}
