@@ -222,6 +222,14 @@ async fn a_refresher_killed_while_holding_the_lease_is_taken_over_after_the_leas
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // ... and its refresh request has reached the vendor (counted on arrival; it answers in 1.5 s).
+    while app.oidc().stats().await.refreshes() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first process never called the vendor"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let victim_output = app.stop_broker(); // SIGKILL
     assert!(
         doomed.await.unwrap().is_err(),
