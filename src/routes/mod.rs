@@ -7,11 +7,13 @@
 
 pub mod auth;
 pub mod connections;
+pub mod credentials;
 pub mod error;
 pub mod front_door;
 pub mod health;
 pub mod html;
 pub mod status;
+pub mod oauth2;
 pub mod timer;
 pub mod token;
 
@@ -22,6 +24,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest};
 
 use crate::consent::ConsentService;
+use crate::credentials::Credentials;
 use crate::domain::IntegrationName;
 use crate::refresh::Engine;
 use crate::registry::Lookup;
@@ -32,6 +35,8 @@ use error::ApiError;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub consent: ConsentService,
+    /// Pipeline credentials (the token endpoint, Basic on the token route).
+    pub credentials: Arc<Credentials>,
 }
 
 impl AppState {

@@ -1,0 +1,221 @@
+//! `POST /api/oauth2/token`: the broker as an OAuth 2.0 token endpoint for
+//! the client credentials grant (RFC 6749 §4.4), so that a REST connector
+//! configured with `OAuth2ClientCredential` (ADF, Synapse, Fabric, Power
+//! Query, …) obtains the vendor access token of one connection by itself.
+//!
+//! Anonymous at the Functions host: the broker authenticates the client
+//! (a pipeline credential) itself, by `client_secret_basic` or
+//! `client_secret_post` (RFC 6749 §2.3.1). Answers follow §5.1 and §5.2
+//! exactly; `scope` and `resource` are accepted and ignored.
+
+use std::collections::HashMap;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::credentials::{basic_credentials, source};
+use super::AppState;
+use crate::credentials::{AuthError, IssueError};
+use crate::domain::clock::now;
+use crate::domain::Secret;
+use crate::refresh::RefreshError;
+
+/// An RFC 6749 §5.2 error answer. Descriptions are fixed texts plus names,
+/// never a secret and never a cause chain.
+#[derive(Debug)]
+enum OAuthError {
+    InvalidRequest(&'static str),
+    InvalidClient,
+    UnsupportedGrantType,
+    InvalidGrant(String),
+    TemporarilyUnavailable(&'static str),
+    SlowDown(u64),
+}
+
+impl OAuthError {
+    fn response(&self) -> HttpResponse {
+        let (status, code, description) = match self {
+            Self::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d.to_string()),
+            Self::InvalidClient => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed".to_owned(),
+            ),
+            Self::UnsupportedGrantType => (
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only grant_type=client_credentials is supported".to_owned(),
+            ),
+            Self::InvalidGrant(d) => (StatusCode::BAD_REQUEST, "invalid_grant", d.clone()),
+            Self::TemporarilyUnavailable(d) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                d.to_string(),
+            ),
+            Self::SlowDown(secs) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                format!("too many failed client authentications; retry in {secs} s"),
+            ),
+        };
+        let mut reply = HttpResponse::build(status);
+        reply
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::PRAGMA, "no-cache"));
+        match self {
+            Self::InvalidClient => {
+                reply.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"oauth-broker\""));
+            }
+            Self::SlowDown(secs) => {
+                reply.insert_header((header::RETRY_AFTER, secs.to_string()));
+            }
+            _ => {}
+        }
+        reply.json(json!({ "error": code, "error_description": description }))
+    }
+}
+
+/// The form parameters, refusing repeats (RFC 6749 §3.2) and treating empty
+/// values as absent.
+fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut out = HashMap::new();
+    for (k, v) in form_urlencoded::parse(body) {
+        if v.is_empty() {
+            continue;
+        }
+        if out.insert(k.into_owned(), v.into_owned()).is_some() {
+            return Err(OAuthError::InvalidRequest(
+                "a parameter is repeated; send each parameter once",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn is_form(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// `POST /api/oauth2/token`
+pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    match issue(&req, &body, &state).await {
+        Ok(reply) => reply,
+        Err(e) => e.response(),
+    }
+}
+
+async fn issue(
+    req: &HttpRequest,
+    body: &[u8],
+    state: &AppState,
+) -> Result<HttpResponse, OAuthError> {
+    if !is_form(req) {
+        return Err(OAuthError::InvalidRequest(
+            "the body must be application/x-www-form-urlencoded (RFC 6749 section 4.4.2)",
+        ));
+    }
+    let mut form = parse_form(body)?;
+    match form.get("grant_type").map(String::as_str) {
+        None => {
+            return Err(OAuthError::InvalidRequest(
+                "grant_type is missing; send grant_type=client_credentials",
+            ))
+        }
+        Some("client_credentials") => {}
+        Some(_) => return Err(OAuthError::UnsupportedGrantType),
+    }
+    let posted_secret = form.remove("client_secret").map(Secret::new);
+    let posted_id = form.remove("client_id");
+    let (client_id, secret) = match (basic_credentials(req), posted_id, posted_secret) {
+        (Some(_), _, Some(_)) => {
+            return Err(OAuthError::InvalidRequest(
+                "use one client authentication method: HTTP Basic or client_secret in the body, not both",
+            ))
+        }
+        (Some(Err(())), _, None) => return Err(OAuthError::InvalidClient),
+        (Some(Ok((id, secret))), posted, None) => {
+            if posted.is_some_and(|p| p != id) {
+                return Err(OAuthError::InvalidRequest(
+                    "client_id in the body differs from the one in the Authorization header",
+                ));
+            }
+            (id, secret)
+        }
+        (None, Some(id), Some(secret)) => (id, secret),
+        (None, _, _) => return Err(OAuthError::InvalidClient),
+    };
+    let credential = match state
+        .credentials
+        .authenticate(&client_id, &secret, source(req))
+        .await
+    {
+        Ok(c) => c,
+        Err(AuthError::InvalidClient) => return Err(OAuthError::InvalidClient),
+        Err(AuthError::RateLimited { retry_after_secs }) => {
+            return Err(OAuthError::SlowDown(retry_after_secs))
+        }
+        Err(AuthError::Store(_)) => {
+            return Err(OAuthError::TemporarilyUnavailable(
+                "the token store is unavailable; try again shortly",
+            ))
+        }
+    };
+    let (i, c) = (
+        credential.integration.as_str(),
+        credential.connection.as_str(),
+    );
+    let record = match state.credentials.token_for(&credential).await {
+        Ok(r) => r,
+        Err(e) => {
+            let authorize = state
+                .consent
+                .authorize_link(&credential.integration, &credential.connection);
+            return Err(match e {
+                IssueError::IntegrationGone => OAuthError::InvalidGrant(format!(
+                    "integration {i} is no longer configured in the broker; this credential cannot be used"
+                )),
+                IssueError::IntegrationUnavailable => OAuthError::TemporarilyUnavailable(
+                    "the integration is not available yet (its provider metadata is being fetched); try again shortly",
+                ),
+                IssueError::Refresh(RefreshError::NotFound) => OAuthError::InvalidGrant(format!(
+                    "connection {i}/{c} has no grant: an operator must consent first ({authorize})"
+                )),
+                IssueError::Refresh(RefreshError::ReauthorizationRequired) => {
+                    OAuthError::InvalidGrant(format!(
+                        "the grant of connection {i}/{c} is no longer valid at the provider: an operator must consent again ({authorize})"
+                    ))
+                }
+                IssueError::Refresh(RefreshError::Misconfigured(_)) => {
+                    OAuthError::TemporarilyUnavailable(
+                        "the provider rejected the integration's client credentials; an operator must fix the integration",
+                    )
+                }
+                IssueError::Refresh(RefreshError::Store(err)) => {
+                    tracing::error!(error = %err, "store failure on the token endpoint");
+                    OAuthError::TemporarilyUnavailable(
+                        "the token store is unavailable; try again shortly",
+                    )
+                }
+                IssueError::Refresh(_) => OAuthError::TemporarilyUnavailable(
+                    "the provider could not refresh the access token; try again shortly",
+                ),
+            });
+        }
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"))
+        .json(json!({
+            "access_token": record.tokens.access_token.expose(),
+            "token_type": "Bearer",
+            "expires_in": record.expires_in(now()),
+        })))
+}
