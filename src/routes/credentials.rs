@@ -224,7 +224,7 @@ pub enum TokenCaller {
     /// The API key (standalone) or a function key (checked by the Functions host).
     Admin,
     /// A pipeline credential: its own connection only.
-    Pipeline(PipelineCredential),
+    Pipeline(Box<PipelineCredential>),
 }
 
 impl TokenCaller {
@@ -264,7 +264,7 @@ pub async fn token_caller(state: &AppState, req: &HttpRequest) -> Result<TokenCa
         .authenticate(&id, &secret, source(req))
         .await
     {
-        Ok(c) => Ok(TokenCaller::Pipeline(c)),
+        Ok(c) => Ok(TokenCaller::Pipeline(Box::new(c))),
         Err(AuthError::InvalidClient) => Err(ApiError::Unauthorized(
             "the client credentials are not valid",
         )),
