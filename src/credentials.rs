@@ -128,6 +128,9 @@ pub struct Credentials {
     store: Store,
     by_client: Limiter,
     by_source: Limiter,
+    /// When this process last recorded a use of each credential, so a burst
+    /// of calls writes `last_used_at` once.
+    touched: Mutex<HashMap<ClientId, Instant>>,
 }
 
 impl Credentials {
@@ -137,6 +140,7 @@ impl Credentials {
             store,
             by_client: Limiter::new(FAILURES_PER_CLIENT),
             by_source: Limiter::new(FAILURES_PER_SOURCE),
+            touched: Mutex::new(HashMap::new()),
         }
     }
 
@@ -336,7 +340,7 @@ impl Credentials {
             let (key_id, hash) = keys.mac(&input);
             SecretHash { key_id, hash }
         });
-        if stale || rehash.is_some() {
+        if (stale || rehash.is_some()) && self.first_touch(&id) {
             // Off the request path: bookkeeping never delays or fails a token.
             let store = store.clone();
             let id = id.clone();
@@ -371,6 +375,22 @@ impl Credentials {
                 },
             )
             .await?)
+    }
+}
+
+impl Credentials {
+    /// True when this process has not recorded a use of `id` recently.
+    fn first_touch(&self, id: &ClientId) -> bool {
+        let mut map = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+        let every = std::time::Duration::try_from(TOUCH_EVERY).unwrap_or_default();
+        if map.get(id).is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        if map.len() >= LIMITER_CAPACITY {
+            map.retain(|_, t| t.elapsed() < every);
+        }
+        map.insert(id.clone(), Instant::now());
+        true
     }
 }
 
