@@ -817,3 +817,54 @@ async fn failed_authentications_are_limited_per_client_id_and_per_source() {
     assert_eq!(reply.status, 429, "the source is cooling down: {reply:?}");
     check_endpoint_success(&from("203.0.113.10".into(), &other_id, &other_secret).await);
 }
+
+#[tokio::test]
+async fn credentials_survive_an_encryption_key_rotation_and_move_to_the_new_key() {
+    let mut app = TestApp::spawn(keyed_app(Store::Table)).await;
+    app.connect("rot").await;
+    let (id, secret) = create_credential(&app, "rot", None).await;
+    assert_eq!(key_id_of(&app, &id).await, "k1");
+
+    // A new key in front; the old one still listed.
+    let old = app.spec.encryption_keys.clone().unwrap();
+    let new_key = base64::engine::general_purpose::STANDARD.encode(random_bytes(32));
+    app.spec.encryption_keys = Some(format!("k2:{new_key},{old}"));
+    app.restart_with_margin(DEFAULT_MARGIN_SECS).await;
+    check_endpoint_success(&adf_token_request(&app.base_url(), &id, &secret).await);
+    let mut moved = false;
+    for _ in 0..50 {
+        if key_id_of(&app, &id).await == "k2" {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(moved, "the hash was rewritten under the new key on use");
+    let list = app.get(&credentials_path("rot")).await;
+    assert!(
+        list.json()["credentials"][0]["last_used_at"].is_string(),
+        "the use is recorded: {list:?}"
+    );
+    // Re-seal the grant under the new key too, then drop the old key: the credential still works.
+    let forced = app.token_reply("rot", "?force_refresh=true").await;
+    check_token_reply(&forced, "rot");
+    app.spec.encryption_keys = Some(format!("k2:{new_key}"));
+    app.restart_with_margin(DEFAULT_MARGIN_SECS).await;
+    let token = check_endpoint_success(&adf_token_request(&app.base_url(), &id, &secret).await);
+    assert!(works_at_the_vendor(&app, &token).await);
+    check_endpoint_error(
+        &adf_token_request(&app.base_url(), &id, &format!("{secret}x")).await,
+        401,
+        "invalid_client",
+    );
+}
+
+/// The key id stored with a credential's hash, read from the raw table.
+async fn key_id_of(app: &TestApp, id: &str) -> String {
+    let rows = app.azurite.as_ref().unwrap().dump_all_tables().await;
+    let row = rows
+        .into_iter()
+        .find(|(_, e)| e["RowKey"] == json!(id))
+        .expect("the credential row");
+    row.1["KeyId"].as_str().unwrap_or_default().to_owned()
+}
