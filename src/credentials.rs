@@ -97,6 +97,12 @@ pub enum IssueError {
     /// The integration's endpoints are still being discovered.
     #[error("the integration of this credential is not available yet")]
     IntegrationUnavailable,
+    /// A `scope` outside the integration's `pipeline_scopes`.
+    #[error("scope {0} is not allowed for this integration")]
+    InvalidScope(String),
+    /// A `resource` outside the integration's `pipeline_resources`.
+    #[error("resource is not allowed for this integration")]
+    InvalidTarget,
     #[error(transparent)]
     Refresh(#[from] RefreshError),
 }
@@ -357,12 +363,35 @@ impl Credentials {
     /// it is due or would not stay valid for the credential's `min_validity`
     /// (capped at half the lifetime the vendor gives its tokens, so a wish
     /// longer than a token can live does not refresh on every call).
-    pub async fn token_for(&self, c: &PipelineCredential) -> Result<ConnectionRecord, IssueError> {
+    ///
+    /// `scope` and `resource` (as the client sent them) are ignored unless the
+    /// integration lists what pipelines may ask for (`pipeline_scopes`,
+    /// `pipeline_resources`); then anything else is refused before any refresh.
+    pub async fn token_for(
+        &self,
+        c: &PipelineCredential,
+        scope: Option<&str>,
+        resource: Option<&str>,
+    ) -> Result<ConnectionRecord, IssueError> {
         let integration = match self.engine.integration(&c.integration) {
             Lookup::Ready(i) => i,
             Lookup::Unavailable { .. } => return Err(IssueError::IntegrationUnavailable),
             Lookup::Unknown => return Err(IssueError::IntegrationGone),
         };
+        if let (Some(allowed), Some(scope)) = (&integration.pipeline_scopes, scope) {
+            if let Some(bad) = scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .find(|s| !allowed.iter().any(|a| a == s))
+            {
+                return Err(IssueError::InvalidScope(bad.to_owned()));
+            }
+        }
+        if let (Some(allowed), Some(resource)) = (&integration.pipeline_resources, resource) {
+            if !allowed.iter().any(|a| a == resource) {
+                return Err(IssueError::InvalidTarget);
+            }
+        }
         Ok(self
             .engine
             .ensure_fresh(

@@ -6,7 +6,9 @@
 //! Anonymous at the Functions host: the broker authenticates the client
 //! (a pipeline credential) itself, by `client_secret_basic` or
 //! `client_secret_post` (RFC 6749 §2.3.1). Answers follow §5.1 and §5.2
-//! exactly; `scope` and `resource` are accepted and ignored.
+//! exactly; `scope` and `resource` are accepted and ignored unless the
+//! integration lists what pipelines may ask for (then `invalid_scope`, or
+//! RFC 8707's `invalid_target`, for anything else).
 
 use std::collections::HashMap;
 
@@ -29,6 +31,8 @@ enum OAuthError {
     InvalidClient,
     UnsupportedGrantType,
     InvalidGrant(String),
+    InvalidScope,
+    InvalidTarget,
     TemporarilyUnavailable(&'static str),
     SlowDown(u64),
 }
@@ -48,6 +52,16 @@ impl OAuthError {
                 "only grant_type=client_credentials is supported".to_owned(),
             ),
             Self::InvalidGrant(d) => (StatusCode::BAD_REQUEST, "invalid_grant", d.clone()),
+            Self::InvalidScope => (
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "a requested scope is not in the integration's pipeline_scopes".to_owned(),
+            ),
+            Self::InvalidTarget => (
+                StatusCode::BAD_REQUEST,
+                "invalid_target",
+                "the requested resource is not in the integration's pipeline_resources".to_owned(),
+            ),
             Self::TemporarilyUnavailable(d) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -172,7 +186,16 @@ async fn issue(
         credential.integration.as_str(),
         credential.connection.as_str(),
     );
-    let record = match state.credentials.token_for(&credential).await {
+    let (scope, resource) = (form.get("scope"), form.get("resource"));
+    let record = match state
+        .credentials
+        .token_for(
+            &credential,
+            scope.map(String::as_str),
+            resource.map(String::as_str),
+        )
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             let authorize = state
@@ -185,6 +208,8 @@ async fn issue(
                 IssueError::IntegrationUnavailable => OAuthError::TemporarilyUnavailable(
                     "the integration is not available yet (its provider metadata is being fetched); try again shortly",
                 ),
+                IssueError::InvalidScope(_) => OAuthError::InvalidScope,
+                IssueError::InvalidTarget => OAuthError::InvalidTarget,
                 IssueError::Refresh(RefreshError::NotFound) => OAuthError::InvalidGrant(format!(
                     "connection {i}/{c} has no grant: an operator must consent first ({authorize})"
                 )),

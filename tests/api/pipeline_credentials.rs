@@ -868,3 +868,46 @@ async fn key_id_of(app: &TestApp, id: &str) -> String {
         .expect("the credential row");
     row.1["KeyId"].as_str().unwrap_or_default().to_owned()
 }
+
+#[tokio::test]
+async fn scope_and_resource_are_ignored_unless_the_integration_lists_them() {
+    let mut app = TestApp::spawn(keyed_app(Store::Sqlite)).await;
+    app.connect("s").await;
+    let (id, secret) = create_credential(&app, "s", None).await;
+    let ask = |app: &TestApp, scope: &str, resource: &str| {
+        reqwest::Client::new().post(app.url(ENDPOINT)).form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", id.as_str()),
+            ("client_secret", secret.as_str()),
+            ("scope", scope),
+            ("resource", resource),
+        ])
+    };
+    let send =
+        |req: reqwest::RequestBuilder| async move { Reply::from(req.send().await.unwrap()).await };
+    check_endpoint_success(
+        &send(ask(
+            &app,
+            "anything:at-all other",
+            "https://anywhere.example",
+        ))
+        .await,
+    );
+
+    let mut file = integrations_file(&app.oidc().issuer, DEFAULT_MARGIN_SECS);
+    file["integrations"][INTEGRATION]["pipeline_scopes"] = json!(["api:read", "openid"]);
+    file["integrations"][INTEGRATION]["pipeline_resources"] = json!(["https://api.vendor.example"]);
+    app.restart_with_integrations(&file).await;
+    check_endpoint_success(&send(ask(&app, "api:read openid", "https://api.vendor.example")).await);
+    check_endpoint_success(&send(ask(&app, "", "")).await);
+    check_endpoint_error(
+        &send(ask(&app, "api:read admin", "")).await,
+        400,
+        "invalid_scope",
+    );
+    check_endpoint_error(
+        &send(ask(&app, "", "https://other.example")).await,
+        400,
+        "invalid_target",
+    );
+}
