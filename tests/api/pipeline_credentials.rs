@@ -911,3 +911,55 @@ async fn scope_and_resource_are_ignored_unless_the_integration_lists_them() {
         "invalid_target",
     );
 }
+
+#[tokio::test]
+async fn under_the_functions_host_the_endpoint_authenticates_itself_and_basic_stays_scoped() {
+    let mut app = TestApp::spawn(AppOptions {
+        sqlite_encryption_keys: true,
+        ..AppOptions::on(Store::Sqlite)
+    })
+    .await;
+    app.connect("h1").await;
+    app.connect("h2").await;
+    let (id, secret) = create_credential(&app, "h1", None).await;
+    // As the Functions host starts it: the port from FUNCTIONS_CUSTOMHANDLER_PORT, no key of its own
+    // (the host checks function keys; the token endpoint is anonymous there).
+    app.spec.env.push((
+        "FUNCTIONS_CUSTOMHANDLER_PORT".into(),
+        app.spec.port.to_string(),
+    ));
+    app.restart_with_margin(DEFAULT_MARGIN_SECS).await;
+
+    let anonymous = reqwest::Client::new()
+        .post(app.url(ENDPOINT))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    check_endpoint_error(&Reply::from(anonymous).await, 401, "invalid_client");
+    check_endpoint_error(
+        &adf_token_request(&app.base_url(), &id, &format!("{secret}x")).await,
+        401,
+        "invalid_client",
+    );
+    let token = check_endpoint_success(&adf_token_request(&app.base_url(), &id, &secret).await);
+    assert!(works_at_the_vendor(&app, &token).await);
+
+    // The token route (authLevel function: the host let the request through) with the credential
+    // as Basic: its own connection only.
+    for (conn, status) in [("h1", 200), ("h2", 403)] {
+        let req =
+            host_headers_for_test(reqwest::Client::new().get(app.url(&TestApp::token_path(conn))))
+                .header("x-functions-key", "checked-by-the-host")
+                .header("Authorization", basic(&id, &secret));
+        let reply = Reply::from(req.send().await.unwrap()).await;
+        assert_eq!(reply.status, status, "{conn}: {reply:?}");
+    }
+}
+
+/// The headers the Functions host adds to a forwarded request.
+fn host_headers_for_test(req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    req.header("User-Agent", format!("Azure-Functions-Host/{HOST_VERSION}"))
+        .header("X-Azure-Functions-HostVersion", HOST_VERSION)
+        .header("X-Azure-Functions-InvocationId", uuid_ish())
+}
