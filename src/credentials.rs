@@ -91,9 +91,24 @@ pub enum AuthError {
 /// Why the token of an authenticated credential could not be handed out.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
+    /// The client could not be authenticated (or is rate limited).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The credential's integration was removed from the integrations file.
-    #[error("the integration of this credential is no longer configured")]
-    IntegrationGone,
+    #[error("integration {0} is no longer configured")]
+    IntegrationGone(IntegrationName),
+    /// The connection was never consented (or was deleted and consented to nothing since).
+    #[error("connection {integration}/{connection} has no grant")]
+    NoGrant {
+        integration: IntegrationName,
+        connection: ConnectionId,
+    },
+    /// The vendor said `invalid_grant`: only a new consent restores it.
+    #[error("the grant of connection {integration}/{connection} is no longer valid")]
+    DeadGrant {
+        integration: IntegrationName,
+        connection: ConnectionId,
+    },
     /// The integration's endpoints are still being discovered.
     #[error("the integration of this credential is not available yet")]
     IntegrationUnavailable,
@@ -359,6 +374,20 @@ impl Credentials {
         Ok(c)
     }
 
+    /// The token endpoint's one call: authenticates the client presented by
+    /// `source`, then hands out its connection's access token (`token_for`).
+    pub async fn issue(
+        &self,
+        client_id: &str,
+        secret: &Secret,
+        source: Option<IpAddr>,
+        scope: Option<&str>,
+        resource: Option<&str>,
+    ) -> Result<ConnectionRecord, IssueError> {
+        let credential = self.authenticate(client_id, secret, source).await?;
+        self.token_for(&credential, scope, resource).await
+    }
+
     /// The access token of the credential's connection, refreshed first when
     /// it is due or would not stay valid for the credential's `min_validity`
     /// (capped at half the lifetime the vendor gives its tokens, so a wish
@@ -376,7 +405,7 @@ impl Credentials {
         let integration = match self.engine.integration(&c.integration) {
             Lookup::Ready(i) => i,
             Lookup::Unavailable { .. } => return Err(IssueError::IntegrationUnavailable),
-            Lookup::Unknown => return Err(IssueError::IntegrationGone),
+            Lookup::Unknown => return Err(IssueError::IntegrationGone(c.integration.clone())),
         };
         if let (Some(allowed), Some(scope)) = (&integration.pipeline_scopes, scope) {
             if let Some(bad) = scope
@@ -392,18 +421,27 @@ impl Credentials {
                 return Err(IssueError::InvalidTarget);
             }
         }
-        Ok(self
+        let need = Need {
+            min_validity: c.min_validity,
+            cap_by_lifetime: true,
+            ..Need::default()
+        };
+        match self
             .engine
-            .ensure_fresh(
-                &integration,
-                &c.connection,
-                Need {
-                    min_validity: c.min_validity,
-                    cap_by_lifetime: true,
-                    ..Need::default()
-                },
-            )
-            .await?)
+            .ensure_fresh(&integration, &c.connection, need)
+            .await
+        {
+            Ok(record) => Ok(record),
+            Err(RefreshError::NotFound) => Err(IssueError::NoGrant {
+                integration: c.integration.clone(),
+                connection: c.connection.clone(),
+            }),
+            Err(RefreshError::ReauthorizationRequired) => Err(IssueError::DeadGrant {
+                integration: c.integration.clone(),
+                connection: c.connection.clone(),
+            }),
+            Err(e) => Err(IssueError::Refresh(e)),
+        }
     }
 }
 

@@ -9,13 +9,12 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::error::ApiError;
-use super::AppState;
+use super::{no_store, AppState};
 use crate::credentials::{AuthError, CredentialError, NewCredential};
 use crate::domain::{ConnectionId, IntegrationName, PipelineCredential, Secret};
 
@@ -46,14 +45,43 @@ fn api_error(e: CredentialError) -> ApiError {
 }
 
 /// What the list shows of a credential: never its secret or hash.
-fn view(c: &PipelineCredential) -> Value {
-    json!({
-        "client_id": c.client_id.as_str(),
-        "description": c.description,
-        "created_at": rfc3339(c.created_at),
-        "expires_at": c.expires_at.map(rfc3339),
-        "last_used_at": c.last_used_at.map(rfc3339),
-    })
+#[derive(Serialize)]
+struct CredentialView<'a> {
+    client_id: &'a str,
+    description: &'a str,
+    created_at: String,
+    expires_at: Option<String>,
+    last_used_at: Option<String>,
+}
+
+impl<'a> From<&'a PipelineCredential> for CredentialView<'a> {
+    fn from(c: &'a PipelineCredential) -> Self {
+        Self {
+            client_id: c.client_id.as_str(),
+            description: &c.description,
+            created_at: rfc3339(c.created_at),
+            expires_at: c.expires_at.map(rfc3339),
+            last_used_at: c.last_used_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct CredentialList<'a> {
+    integration: &'a str,
+    connection: &'a str,
+    credentials: Vec<CredentialView<'a>>,
+}
+
+/// The one answer that carries a client secret: the 201 that creates it.
+#[derive(Serialize)]
+struct Created<'a> {
+    client_id: &'a str,
+    client_secret: &'a str,
+    integration: &'a str,
+    connection: &'a str,
+    created_at: String,
+    expires_at: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,17 +135,16 @@ pub async fn create(
         .await
         .map_err(api_error)?;
     let cred = &issued.credential;
-    Ok(HttpResponse::Created()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
+    Ok(no_store(HttpResponse::Created())
         .insert_header((header::PRAGMA, "no-cache"))
-        .json(json!({
-            "client_id": cred.client_id.as_str(),
-            "client_secret": issued.secret.expose(),
-            "integration": i.as_str(),
-            "connection": c.as_str(),
-            "created_at": rfc3339(cred.created_at),
-            "expires_at": cred.expires_at.map(rfc3339),
-        })))
+        .json(Created {
+            client_id: cred.client_id.as_str(),
+            client_secret: issued.secret.expose(),
+            integration: i.as_str(),
+            connection: c.as_str(),
+            created_at: rfc3339(cred.created_at),
+            expires_at: cred.expires_at.map(rfc3339),
+        }))
 }
 
 /// `GET /api/connections/{integration}/{connection}/credentials`
@@ -125,14 +152,11 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     state.check_key(&req)?;
     let (i, c) = names(&req)?;
     let all = state.credentials.list(&i, &c).await.map_err(api_error)?;
-    let credentials: Vec<Value> = all.iter().map(view).collect();
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({
-            "integration": i.as_str(),
-            "connection": c.as_str(),
-            "credentials": credentials,
-        })))
+    Ok(no_store(HttpResponse::Ok()).json(CredentialList {
+        integration: i.as_str(),
+        connection: c.as_str(),
+        credentials: all.iter().map(CredentialView::from).collect(),
+    }))
 }
 
 /// `DELETE /api/connections/{integration}/{connection}/credentials/{client_id}`

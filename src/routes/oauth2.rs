@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
 
 use super::credentials::{basic_credentials, source};
 use super::AppState;
@@ -22,6 +22,21 @@ use crate::credentials::{AuthError, IssueError};
 use crate::domain::clock::now;
 use crate::domain::Secret;
 use crate::refresh::RefreshError;
+
+/// RFC 6749 §5.1: exactly these fields (the vendor's token, "Bearer", seconds left).
+#[derive(Serialize)]
+struct Success<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    expires_in: i64,
+}
+
+/// RFC 6749 §5.2.
+#[derive(Serialize)]
+struct ErrorBody {
+    error: &'static str,
+    error_description: String,
+}
 
 /// An RFC 6749 §5.2 error answer. Descriptions are fixed texts plus names,
 /// never a secret and never a cause chain.
@@ -86,7 +101,10 @@ impl OAuthError {
             }
             _ => {}
         }
-        reply.json(json!({ "error": code, "error_description": description }))
+        reply.json(ErrorBody {
+            error: code,
+            error_description: description,
+        })
     }
 }
 
@@ -116,6 +134,50 @@ fn is_form(req: &HttpRequest) -> bool {
             t.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
+}
+
+/// The RFC 6749 answer for a failure of the service.
+fn oauth_error(state: &AppState, e: IssueError) -> OAuthError {
+    let unavailable = "the token store is unavailable; try again shortly";
+    match e {
+        IssueError::Auth(AuthError::InvalidClient) => OAuthError::InvalidClient,
+        IssueError::Auth(AuthError::RateLimited { retry_after_secs }) => {
+            OAuthError::SlowDown(retry_after_secs)
+        }
+        IssueError::Auth(AuthError::Store(_)) => OAuthError::TemporarilyUnavailable(unavailable),
+        IssueError::IntegrationGone(i) => OAuthError::InvalidGrant(format!(
+            "integration {i} is no longer configured in the broker; this credential cannot be used"
+        )),
+        IssueError::IntegrationUnavailable => OAuthError::TemporarilyUnavailable(
+            "the integration is not available yet (its provider metadata is being fetched); try again shortly",
+        ),
+        IssueError::InvalidScope(_) => OAuthError::InvalidScope,
+        IssueError::InvalidTarget => OAuthError::InvalidTarget,
+        IssueError::NoGrant {
+            integration: i,
+            connection: c,
+        } => OAuthError::InvalidGrant(format!(
+            "connection {i}/{c} has no grant: an operator must consent first ({})",
+            state.consent.authorize_link(&i, &c)
+        )),
+        IssueError::DeadGrant {
+            integration: i,
+            connection: c,
+        } => OAuthError::InvalidGrant(format!(
+            "the grant of connection {i}/{c} is no longer valid at the provider: an operator must consent again ({})",
+            state.consent.authorize_link(&i, &c)
+        )),
+        IssueError::Refresh(RefreshError::Misconfigured(_)) => OAuthError::TemporarilyUnavailable(
+            "the provider rejected the integration's client credentials; an operator must fix the integration",
+        ),
+        IssueError::Refresh(RefreshError::Store(err)) => {
+            tracing::error!(error = %err, "store failure on the token endpoint");
+            OAuthError::TemporarilyUnavailable(unavailable)
+        }
+        IssueError::Refresh(_) => OAuthError::TemporarilyUnavailable(
+            "the provider could not refresh the access token; try again shortly",
+        ),
+    }
 }
 
 /// `POST /api/oauth2/token`
@@ -166,81 +228,24 @@ async fn issue(
         (None, Some(id), Some(secret)) => (id, secret),
         (None, _, _) => return Err(OAuthError::InvalidClient),
     };
-    let credential = match state
-        .credentials
-        .authenticate(&client_id, &secret, source(req))
-        .await
-    {
-        Ok(c) => c,
-        Err(AuthError::InvalidClient) => return Err(OAuthError::InvalidClient),
-        Err(AuthError::RateLimited { retry_after_secs }) => {
-            return Err(OAuthError::SlowDown(retry_after_secs))
-        }
-        Err(AuthError::Store(_)) => {
-            return Err(OAuthError::TemporarilyUnavailable(
-                "the token store is unavailable; try again shortly",
-            ))
-        }
-    };
-    let (i, c) = (
-        credential.integration.as_str(),
-        credential.connection.as_str(),
-    );
     let (scope, resource) = (form.get("scope"), form.get("resource"));
-    let record = match state
+    let record = state
         .credentials
-        .token_for(
-            &credential,
+        .issue(
+            &client_id,
+            &secret,
+            source(req),
             scope.map(String::as_str),
             resource.map(String::as_str),
         )
         .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let authorize = state
-                .consent
-                .authorize_link(&credential.integration, &credential.connection);
-            return Err(match e {
-                IssueError::IntegrationGone => OAuthError::InvalidGrant(format!(
-                    "integration {i} is no longer configured in the broker; this credential cannot be used"
-                )),
-                IssueError::IntegrationUnavailable => OAuthError::TemporarilyUnavailable(
-                    "the integration is not available yet (its provider metadata is being fetched); try again shortly",
-                ),
-                IssueError::InvalidScope(_) => OAuthError::InvalidScope,
-                IssueError::InvalidTarget => OAuthError::InvalidTarget,
-                IssueError::Refresh(RefreshError::NotFound) => OAuthError::InvalidGrant(format!(
-                    "connection {i}/{c} has no grant: an operator must consent first ({authorize})"
-                )),
-                IssueError::Refresh(RefreshError::ReauthorizationRequired) => {
-                    OAuthError::InvalidGrant(format!(
-                        "the grant of connection {i}/{c} is no longer valid at the provider: an operator must consent again ({authorize})"
-                    ))
-                }
-                IssueError::Refresh(RefreshError::Misconfigured(_)) => {
-                    OAuthError::TemporarilyUnavailable(
-                        "the provider rejected the integration's client credentials; an operator must fix the integration",
-                    )
-                }
-                IssueError::Refresh(RefreshError::Store(err)) => {
-                    tracing::error!(error = %err, "store failure on the token endpoint");
-                    OAuthError::TemporarilyUnavailable(
-                        "the token store is unavailable; try again shortly",
-                    )
-                }
-                IssueError::Refresh(_) => OAuthError::TemporarilyUnavailable(
-                    "the provider could not refresh the access token; try again shortly",
-                ),
-            });
-        }
-    };
+        .map_err(|e| oauth_error(state, e))?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"))
-        .json(json!({
-            "access_token": record.tokens.access_token.expose(),
-            "token_type": "Bearer",
-            "expires_in": record.expires_in(now()),
-        })))
+        .json(Success {
+            access_token: record.tokens.access_token.expose(),
+            token_type: "Bearer",
+            expires_in: record.expires_in(now()),
+        }))
 }
