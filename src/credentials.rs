@@ -294,13 +294,18 @@ impl Credentials {
     ) -> Result<PipelineCredential, AuthError> {
         let client_key: String = client_id.chars().take(64).collect();
         let source_key = source.map(|s| s.to_string()).unwrap_or_default();
+        // Only an id of the shape the broker issues is logged: a secret pasted
+        // into the client id field by mistake must not reach the log.
+        let shown = ClientId::parse(client_id)
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "(malformed)".to_owned());
         let retry = self
             .by_client
             .blocked(&client_key)
             .max(self.by_source.blocked(&source_key));
         if let Some(retry_after_secs) = retry {
             tracing::warn!(
-                client_id = %client_key,
+                client_id = %shown,
                 source = %source_key,
                 outcome = "rate_limited",
                 "client authentication refused: too many failures"
@@ -313,7 +318,7 @@ impl Credentials {
                 self.by_client.fail(&client_key);
                 self.by_source.fail(&source_key);
                 tracing::warn!(
-                    client_id = %client_key,
+                    client_id = %shown,
                     source = %source_key,
                     outcome = failure.as_str(),
                     "client authentication failed"

@@ -236,6 +236,10 @@ async fn an_adf_shaped_client_gets_the_vendor_token_by_post_and_basic_and_no_sec
     assert!(creds[0].get("last_used_at").is_some(), "{list:?}");
     assert!(creds[0].get("client_secret").is_none(), "{list:?}");
 
+    // A pipeline with its fields swapped (the secret as client id) fails, and the log must not show it.
+    let swapped = adf_token_request(&app.base_url(), &secret, &id).await;
+    check_endpoint_error(&swapped, 401, "invalid_client");
+
     // No form of the secret in the table (only its keyed hash), the list or the logs.
     let logs = app.stop_broker();
     let azurite = app.azurite.as_ref().unwrap();
