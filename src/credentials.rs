@@ -6,8 +6,10 @@
 //!   HMAC-SHA256 under a key derived from the encryption keyring (with the key
 //!   id, so hashes survive a rotation; a hash made with an older key is
 //!   rewritten under the current one on the next use).
-//! - Every authentication reads the credential from the store (a point read),
-//!   so a deleted credential stops working at once on every instance.
+//! - Every authentication reads the credential from the store (a point read,
+//!   shared by concurrent callers of one client id, but only ever a read that
+//!   started after the caller arrived), so a deleted credential stops working
+//!   at once on every instance.
 //! - Unknown, deleted, expired and wrong credentials fail alike, after the
 //!   same work (a keyed hash is computed even when there is nothing to compare
 //!   it with), so client ids cannot be probed.
@@ -25,6 +27,7 @@ use std::time::Instant;
 use rand::RngCore;
 use time::Duration;
 
+use crate::coalesce::Coalescer;
 use crate::domain::clock::now;
 use crate::domain::credential::{self, client_secret_from_random, hash_input};
 use crate::domain::{
@@ -152,6 +155,10 @@ pub struct Credentials {
     /// When this process last recorded a use of each credential, so a burst
     /// of calls writes `last_used_at` once.
     touched: Mutex<HashMap<ClientId, Instant>>,
+    /// Concurrent authentications of one client id share a point read that
+    /// started after each of them arrived (see `coalesce`): a deletion that
+    /// completed before a request arrived is always seen by it.
+    reads: Coalescer<ClientId, Result<Option<PipelineCredential>, StoreError>>,
 }
 
 impl Credentials {
@@ -162,6 +169,7 @@ impl Credentials {
             by_client: Limiter::new(FAILURES_PER_CLIENT),
             by_source: Limiter::new(FAILURES_PER_SOURCE),
             touched: Mutex::new(HashMap::new()),
+            reads: Coalescer::default(),
         }
     }
 
@@ -344,7 +352,11 @@ impl Credentials {
             burn(keys, secret);
             return Err(Ok(Failure::Malformed));
         };
-        let Some(c) = store.get_credential(&id).await.map_err(Err)? else {
+        let read = {
+            let (store, id) = (store.clone(), id.clone());
+            move || async move { store.get_credential(&id).await }
+        };
+        let Some(c) = self.reads.read(&id, read).await.map_err(Err)? else {
             burn(keys, secret);
             return Err(Ok(Failure::Unknown));
         };
