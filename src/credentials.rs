@@ -29,7 +29,7 @@ use time::Duration;
 
 use crate::coalesce::Coalescer;
 use crate::domain::clock::now;
-use crate::domain::credential::{self, client_secret_from_random, hash_input};
+use crate::domain::credential::{self, client_secret_from_random};
 use crate::domain::{
     ClientId, ConnectionId, ConnectionRecord, IntegrationName, PipelineCredential, Secret,
     SecretHash,
@@ -222,8 +222,7 @@ impl Credentials {
             rand::rngs::OsRng.fill_bytes(&mut secret);
             let client_id = ClientId::from_random(&id);
             let secret = client_secret_from_random(&secret);
-            let (key_id, hash) = store.keyring().mac(&hash_input(&client_id, &secret));
-            let c = PipelineCredential {
+            let mut c = PipelineCredential {
                 client_id,
                 integration: integration.clone(),
                 connection: connection.clone(),
@@ -236,8 +235,13 @@ impl Credentials {
                 min_validity: request
                     .min_validity_secs
                     .map(|s| Duration::seconds(i64::from(s))),
-                secret_hash: SecretHash { key_id, hash },
+                secret_hash: SecretHash {
+                    key_id: String::new(),
+                    hash: String::new(),
+                },
             };
+            let (key_id, hash) = store.keyring().mac(&c.hash_input(&secret));
+            c.secret_hash = SecretHash { key_id, hash };
             match store.insert_credential(&c).await {
                 Ok(()) => {
                     tracing::info!(
@@ -360,7 +364,7 @@ impl Credentials {
             burn(keys, secret);
             return Err(Ok(Failure::Unknown));
         };
-        let input = hash_input(&id, secret);
+        let input = c.hash_input(secret);
         match keys.verify_mac(&c.secret_hash.key_id, &input, &c.secret_hash.hash) {
             Ok(true) => {}
             Ok(false) => return Err(Ok(Failure::WrongSecret)),

@@ -563,23 +563,25 @@ impl Fixture {
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut secret);
         let client_id = ClientId::from_random(&id);
         let secret = credential::client_secret_from_random(&secret);
-        let (key_id, hash) = self
-            .store
-            .keyring()
-            .mac(&credential::hash_input(&client_id, &secret));
         let now = time::OffsetDateTime::now_utc();
+        let mut c = PipelineCredential {
+            client_id: client_id.clone(),
+            integration: IntegrationName::parse(INTEGRATION).map_err(|e| e.to_string())?,
+            connection: ConnectionId::parse(conn).map_err(|e| e.to_string())?,
+            description: "bench".into(),
+            created_at: now,
+            expires_at: None,
+            last_used_at: None,
+            min_validity: None,
+            secret_hash: SecretHash {
+                key_id: String::new(),
+                hash: String::new(),
+            },
+        };
+        let (key_id, hash) = self.store.keyring().mac(&c.hash_input(&secret));
+        c.secret_hash = SecretHash { key_id, hash };
         self.store
-            .insert_credential(&PipelineCredential {
-                client_id: client_id.clone(),
-                integration: IntegrationName::parse(INTEGRATION).map_err(|e| e.to_string())?,
-                connection: ConnectionId::parse(conn).map_err(|e| e.to_string())?,
-                description: "bench".into(),
-                created_at: now,
-                expires_at: None,
-                last_used_at: None,
-                min_validity: None,
-                secret_hash: SecretHash { key_id, hash },
-            })
+            .insert_credential(&c)
             .await
             .map_err(|e| e.to_string())?;
         Ok((client_id.as_str().to_owned(), secret))

@@ -65,17 +65,6 @@ pub fn client_secret_from_random(bytes: &[u8; SECRET_BYTES]) -> Secret {
     ))
 }
 
-/// What is hashed for a credential: the secret bound to its client id, so a
-/// hash copied onto another credential's row does not verify there.
-pub fn hash_input(client_id: &ClientId, secret: &Secret) -> Vec<u8> {
-    format!(
-        "oauth-broker/v1/credential/{}/{}",
-        client_id.as_str(),
-        secret.expose()
-    )
-    .into_bytes()
-}
-
 /// The stored keyed hash of a secret and the id of the key that made it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretHash {
@@ -113,6 +102,27 @@ impl PipelineCredential {
         self.expires_at.is_some_and(|e| e <= now)
     }
 
+    /// What is hashed for this credential: the secret bound to every field that
+    /// decides what the credential may do (client id, integration, connection,
+    /// expiry, minimum validity), so a row edited in the table (moved to another
+    /// connection, its expiry pushed back) no longer verifies. Times count in
+    /// milliseconds, the precision every backend stores.
+    pub fn hash_input(&self, secret: &Secret) -> Vec<u8> {
+        let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000).to_string();
+        format!(
+            "oauth-broker/v2/credential\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.client_id.as_str(),
+            self.integration.as_str(),
+            self.connection.as_str(),
+            self.expires_at.map(ms).unwrap_or_else(|| "-".into()),
+            self.min_validity
+                .map(|d| d.whole_seconds().to_string())
+                .unwrap_or_else(|| "-".into()),
+            secret.expose()
+        )
+        .into_bytes()
+    }
+
     /// True when this credential may obtain the token of `integration`/`connection`.
     pub fn covers(&self, integration: &IntegrationName, connection: &ConnectionId) -> bool {
         &self.integration == integration && &self.connection == connection
@@ -143,14 +153,60 @@ mod tests {
         }
     }
 
+    fn credential() -> PipelineCredential {
+        PipelineCredential {
+            client_id: ClientId::from_random(&[1; ID_BYTES]),
+            integration: IntegrationName::parse("demo").unwrap(),
+            connection: ConnectionId::parse("a").unwrap(),
+            description: "d".into(),
+            created_at: OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap(),
+            expires_at: None,
+            last_used_at: None,
+            min_validity: None,
+            secret_hash: SecretHash {
+                key_id: "k1".into(),
+                hash: String::new(),
+            },
+        }
+    }
+
     #[test]
-    fn secrets_are_prefixed_and_hashes_bind_the_client_id() {
+    fn secrets_are_prefixed_and_hashes_bind_what_the_credential_may_do() {
         let s = client_secret_from_random(&[7; SECRET_BYTES]);
         assert!(s.expose().starts_with("pcs_"));
         assert_eq!(s.expose().len(), 4 + 43);
-        let a = ClientId::from_random(&[1; ID_BYTES]);
-        let b = ClientId::from_random(&[2; ID_BYTES]);
-        assert_ne!(hash_input(&a, &s), hash_input(&b, &s));
+        let base = credential();
+        let input = base.hash_input(&s);
+        let mut changed = Vec::new();
+        let mut c = base.clone();
+        c.client_id = ClientId::from_random(&[2; ID_BYTES]);
+        changed.push(c);
+        let mut c = base.clone();
+        c.integration = IntegrationName::parse("other").unwrap();
+        changed.push(c);
+        let mut c = base.clone();
+        c.connection = ConnectionId::parse("b").unwrap();
+        changed.push(c);
+        let mut c = base.clone();
+        c.expires_at = Some(base.created_at + Duration::days(1));
+        changed.push(c);
+        let mut c = base.clone();
+        c.min_validity = Some(Duration::seconds(60));
+        changed.push(c);
+        for c in changed {
+            assert_ne!(c.hash_input(&s), input, "{c:?}");
+        }
+        // Neither the description nor the bookkeeping is bound.
+        let mut c = base.clone();
+        c.description = "renamed".into();
+        c.last_used_at = Some(base.created_at);
+        assert_eq!(c.hash_input(&s), input);
+        // Sub-millisecond parts are not stored, so they are not hashed.
+        let mut a = base.clone();
+        a.expires_at = Some(base.created_at + Duration::nanoseconds(1_000_400));
+        let mut b = base;
+        b.expires_at = Some(a.expires_at.unwrap() - Duration::nanoseconds(400));
+        assert_eq!(a.hash_input(&s), b.hash_input(&s));
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! `client_secret_basic` do; the vendor is oidc-provider, whose userinfo endpoint proves the token.
 
 use base64::Engine as _;
-use oauth_broker::domain::credential::hash_input;
 use oauth_broker::domain::{
     ClientId, ConnectionId, IntegrationName, PipelineCredential, Secret, SecretHash,
 };
@@ -332,24 +331,32 @@ async fn bad_credentials_get_invalid_client_and_never_reach_the_vendor() {
     let store = open_store(&app);
     let expired_id = ClientId::parse(&format!("pc_{}", "E".repeat(24))).unwrap();
     let expired_secret = Secret::new(format!("pcs_{}", random_hex(20)));
-    let (key_id, hash) = store
-        .keyring()
-        .mac(&hash_input(&expired_id, &expired_secret));
     let now = OffsetDateTime::now_utc();
-    store
-        .insert_credential(&PipelineCredential {
-            client_id: expired_id.clone(),
-            integration: IntegrationName::parse(INTEGRATION).unwrap(),
-            connection: ConnectionId::parse("a").unwrap(),
-            description: String::new(),
-            created_at: now - Duration::days(2),
-            expires_at: Some(now - Duration::seconds(1)),
-            last_used_at: None,
-            min_validity: None,
-            secret_hash: SecretHash { key_id, hash },
-        })
-        .await
-        .unwrap();
+    let mut expired = PipelineCredential {
+        client_id: expired_id.clone(),
+        integration: IntegrationName::parse(INTEGRATION).unwrap(),
+        connection: ConnectionId::parse("a").unwrap(),
+        description: String::new(),
+        created_at: now - Duration::days(2),
+        expires_at: Some(now - Duration::seconds(1)),
+        last_used_at: None,
+        min_validity: None,
+        secret_hash: SecretHash {
+            key_id: String::new(),
+            hash: String::new(),
+        },
+    };
+    let (key_id, hash) = store.keyring().mac(&expired.hash_input(&expired_secret));
+    expired.secret_hash = SecretHash { key_id, hash };
+    store.insert_credential(&expired).await.unwrap();
+
+    // A credential for a, moved to connection b in the table by someone with write access to it.
+    let (moved_id, moved_secret) = create_credential(&app, "a", None).await;
+    let moved_client = ClientId::parse(&moved_id).unwrap();
+    let mut moved = store.get_credential(&moved_client).await.unwrap().unwrap();
+    moved.connection = ConnectionId::parse("b").unwrap();
+    assert!(store.delete_credential(&moved_client).await.unwrap());
+    store.insert_credential(&moved).await.unwrap();
 
     set_expiry(&app, "a", 5).await; // a good credential would refresh now
     reset_stats(&app).await;
@@ -376,6 +383,11 @@ async fn bad_credentials_get_invalid_client_and_never_reach_the_vendor() {
             "another credential's secret",
             revoked_id.clone(),
             secret.clone(),
+        ),
+        (
+            "a credential moved to another connection in the table",
+            moved_id.clone(),
+            moved_secret.clone(),
         ),
     ];
     let mut bodies = std::collections::HashSet::new();
