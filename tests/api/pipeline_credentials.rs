@@ -979,3 +979,21 @@ fn host_headers_for_test(req: reqwest::RequestBuilder) -> reqwest::RequestBuilde
         .header("X-Azure-Functions-HostVersion", HOST_VERSION)
         .header("X-Azure-Functions-InvocationId", uuid_ish())
 }
+
+#[tokio::test]
+async fn a_credential_asking_more_validity_than_a_token_lives_does_not_refresh_on_every_call() {
+    let app = TestApp::spawn(keyed_app(Store::Sqlite)).await;
+    app.connect("long").await;
+    // The provider's tokens live 60 s; this credential wants an hour: capped at half the lifetime.
+    let (id, secret) =
+        create_credential(&app, "long", Some(json!({"min_validity_secs": 3600}))).await;
+    reset_stats(&app).await;
+    let first = check_endpoint_success(&adf_token_request(&app.base_url(), &id, &secret).await);
+    let second = check_endpoint_success(&adf_token_request(&app.base_url(), &id, &secret).await);
+    assert_eq!(first, second, "the second call reuses the token");
+    let refreshes = app.oidc().stats().await.refreshes();
+    assert_eq!(
+        refreshes, 0,
+        "a fresh 60 s token satisfies the wish capped at 30 s (uncapped, every call would refresh)"
+    );
+}
