@@ -13,7 +13,13 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::HttpMessage;
+
 use super::error::ApiError;
+use super::front_door::{self, Body, JSON_BODY_LIMIT};
 use super::{no_store, AppState};
 use crate::credentials::{AuthError, CredentialError, NewCredential};
 use crate::domain::{ConnectionId, IntegrationName, PipelineCredential, Secret};
@@ -100,10 +106,9 @@ const CREATE_SHAPE: &str = "the body must be empty or a JSON object {\"descripti
 /// `POST /api/connections/{integration}/{connection}/credentials`
 pub async fn create(
     req: HttpRequest,
-    body: web::Bytes,
+    Body(body): Body<JSON_BODY_LIMIT>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.check_key(&req)?;
     let (i, c) = names(&req)?;
     let b: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateBody::default()
@@ -149,7 +154,6 @@ pub async fn create(
 
 /// `GET /api/connections/{integration}/{connection}/credentials`
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.check_key(&req)?;
     let (i, c) = names(&req)?;
     let all = state.credentials.list(&i, &c).await.map_err(api_error)?;
     Ok(no_store(HttpResponse::Ok()).json(CredentialList {
@@ -164,7 +168,6 @@ pub async fn delete(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.check_key(&req)?;
     let (i, c) = names(&req)?;
     let id = req.match_info().get("client_id").unwrap_or_default();
     state
@@ -271,31 +274,65 @@ impl TokenCaller {
     }
 }
 
-/// The token route's caller: HTTP Basic with a pipeline credential when the
-/// request carries one (checked whatever key comes with it), else the key.
-pub async fn token_caller(state: &AppState, req: &HttpRequest) -> Result<TokenCaller, ApiError> {
-    let Some(basic) = basic_credentials(req) else {
-        state.check_key(req)?;
-        return Ok(TokenCaller::Admin);
-    };
-    let Ok((id, secret)) = basic else {
-        return Err(ApiError::Unauthorized(
-            "the Authorization header is not valid HTTP Basic credentials (base64 of client_id:client_secret)",
-        ));
-    };
-    match state
-        .credentials
-        .authenticate(&id, &secret, source(req))
-        .await
-    {
-        Ok(c) => Ok(TokenCaller::Pipeline(Box::new(c))),
-        Err(AuthError::InvalidClient) => Err(ApiError::Unauthorized(
-            "the client credentials are not valid",
-        )),
-        Err(AuthError::RateLimited { retry_after_secs }) => {
-            Err(ApiError::TooManyFailures { retry_after_secs })
+/// The credential a token-route request was authenticated with (set by
+/// [`require_key_or_credential`]).
+#[derive(Clone)]
+struct AuthenticatedPipeline(Box<PipelineCredential>);
+
+impl TokenCaller {
+    /// Who the front door let through: a pipeline credential, else the key holder.
+    pub fn of(req: &HttpRequest) -> Self {
+        match req.extensions().get::<AuthenticatedPipeline>() {
+            Some(p) => Self::Pipeline(p.0.clone()),
+            None => Self::Admin,
         }
-        Err(AuthError::Store(_)) => Err(ApiError::StoreUnavailable),
+    }
+}
+
+/// Around the token routes, in place of [`front_door::require_key`]: a
+/// request with `Authorization: Basic` is a pipeline credential, checked here
+/// from the head (before any byte of the body is read, whatever key comes
+/// with it) and handed to the handler; any other request needs the key, as on
+/// every protected route.
+pub async fn require_key_or_credential(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(basic) = basic_credentials(req.request()) else {
+        return front_door::require_key(req, next).await;
+    };
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .expect("the app state is registered in startup")
+        .clone();
+    let verdict = match basic {
+        Err(()) => Err(ApiError::Unauthorized(
+            "the Authorization header is not valid HTTP Basic credentials (base64 of client_id:client_secret)",
+        )),
+        Ok((id, secret)) => match state
+            .credentials
+            .authenticate(&id, &secret, source(req.request()))
+            .await
+        {
+            Ok(c) => Ok(c),
+            Err(AuthError::InvalidClient) => Err(ApiError::Unauthorized(
+                "the client credentials are not valid",
+            )),
+            Err(AuthError::RateLimited { retry_after_secs }) => {
+                Err(ApiError::TooManyFailures { retry_after_secs })
+            }
+            Err(AuthError::Store(_)) => Err(ApiError::StoreUnavailable),
+        },
+    };
+    match verdict {
+        Ok(c) => {
+            req.extensions_mut()
+                .insert(AuthenticatedPipeline(Box::new(c)));
+            next.call(req)
+                .await
+                .map(ServiceResponse::map_into_boxed_body)
+        }
+        Err(e) => Ok(front_door::refuse(req, &e)),
     }
 }
 

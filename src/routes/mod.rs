@@ -12,8 +12,8 @@ pub mod error;
 pub mod front_door;
 pub mod health;
 pub mod html;
-pub mod status;
 pub mod oauth2;
+pub mod status;
 pub mod timer;
 pub mod token;
 
@@ -87,12 +87,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/api/auth/callback").route(web::get().to(auth::callback)))
     .service(
         web::resource("/api/token/{integration}/{connection}")
-            .wrap(key())
+            .wrap(from_fn(credentials::require_key_or_credential))
             .route(web::get().to(token::get)),
     )
     .service(
         web::resource("/api/token")
-            .wrap(key())
+            .wrap(from_fn(credentials::require_key_or_credential))
             .route(web::post().to(token::post)),
     )
     .service(web::resource("/api/health").route(web::get().to(health::health)))
@@ -119,6 +119,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .wrap(key())
             .route(web::post().to(connections::create_link)),
     )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/credentials")
+            .wrap(key())
+            .route(web::get().to(credentials::list))
+            .route(web::post().to(credentials::create)),
+    )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/credentials/{client_id}")
+            .wrap(key())
+            .route(web::delete().to(credentials::delete)),
+    )
+    // Anonymous: the broker authenticates the client itself (RFC 6749 §2.3).
+    .service(web::resource("/api/oauth2/token").route(web::post().to(oauth2::token)))
     .service(
         web::resource("/refresh-timer")
             .wrap(key())

@@ -13,11 +13,16 @@
 use std::collections::HashMap;
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 
 use super::credentials::{basic_credentials, source};
+use super::error::ApiError;
+use super::front_door::Body;
 use super::AppState;
+
+/// Body limit of the token endpoint: the form ADF sends is a few hundred bytes.
+pub const FORM_BODY_LIMIT: usize = 4 * 1024;
 use crate::credentials::{AuthError, IssueError};
 use crate::domain::clock::now;
 use crate::domain::Secret;
@@ -181,7 +186,15 @@ fn oauth_error(state: &AppState, e: IssueError) -> OAuthError {
 }
 
 /// `POST /api/oauth2/token`
-pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+pub async fn token(
+    req: HttpRequest,
+    body: Result<Body<FORM_BODY_LIMIT>, ApiError>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let body = match body {
+        Ok(Body(b)) => b,
+        Err(e) => return e.error_response(),
+    };
     match issue(&req, &body, &state).await {
         Ok(reply) => reply,
         Err(e) => e.response(),

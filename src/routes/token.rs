@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::Duration;
 
-use super::credentials::{token_caller, TokenCaller};
+use super::credentials::TokenCaller;
 use super::error::ApiError;
 use super::front_door::{Body, JSON_BODY_LIMIT};
 use super::{query, AppState};
@@ -100,7 +100,7 @@ fn flag(v: Option<&String>, name: &str) -> Result<bool, ApiError> {
 }
 
 pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let caller = token_caller(&state, &req).await?;
+    let caller = TokenCaller::of(&req);
     let (integration, connection) = names(
         req.match_info().get("integration").unwrap_or_default(),
         req.match_info().get("connection").unwrap_or_default(),
@@ -138,7 +138,7 @@ pub async fn post(
     Body(body): Body<JSON_BODY_LIMIT>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = token_caller(&state, &req).await?;
+    let caller = TokenCaller::of(&req);
     // serde would also read a struct from a JSON array; the contract is an object.
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::InvalidRequest(

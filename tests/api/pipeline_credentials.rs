@@ -163,7 +163,7 @@ async fn reset_stats(app: &TestApp) {
 
 fn keyed_app(store: Store) -> AppOptions {
     AppOptions {
-        api_key: Some(format!("key-{}", random_hex(12))),
+        api_key: Some(format!("key-{}", random_hex(16))),
         sqlite_encryption_keys: true,
         ..AppOptions::on(store)
     }
