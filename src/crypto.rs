@@ -2,13 +2,25 @@
 //! row's identity as associated data (a sealed blob moved to another row does
 //! not open), and a key id stored beside each blob so keys can rotate: the
 //! first key of `BROKER_ENCRYPTION_KEYS` seals, every listed key opens.
+//!
+//! The same keys also key the hashes of pipeline credential secrets: each
+//! key yields a separate HMAC-SHA256 key (HKDF-Expand with its own label), so
+//! a stored hash can be checked only with the keyring, and it names the key id
+//! it was made with, so it keeps verifying through a rotation.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use rand::RngCore;
+use sha2::Sha256;
 use std::fmt;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The HKDF-Expand label of the credential-hash key (RFC 5869, one block).
+const MAC_LABEL: &[u8] = b"oauth-broker/v1/credential-hash";
 
 use crate::domain::Secret;
 
@@ -30,6 +42,8 @@ pub struct KeyParseError(String);
 #[derive(Clone)]
 pub struct Keyring {
     keys: Vec<(String, Aes256Gcm)>,
+    /// Per key id, in the same order: the derived HMAC key for credential hashes.
+    macs: Vec<[u8; 32]>,
 }
 
 impl fmt::Debug for Keyring {
@@ -45,6 +59,7 @@ impl Keyring {
     /// Parses `<key-id>:<base64 of 32 bytes>[,<key-id>:<base64>...]`.
     pub fn parse(spec: &Secret) -> Result<Self, KeyParseError> {
         let mut keys = Vec::new();
+        let mut macs = Vec::new();
         for item in spec
             .expose()
             .split(',')
@@ -82,11 +97,12 @@ impl Keyring {
             }
             let cipher = Aes256Gcm::new_from_slice(&bytes).expect("length checked above");
             keys.push((id.to_owned(), cipher));
+            macs.push(derive_mac_key(&bytes));
         }
         if keys.is_empty() {
             return Err(KeyParseError("no key given".into()));
         }
-        Ok(Self { keys })
+        Ok(Self { keys, macs })
     }
 
     /// A fresh random key spec `<id>:<base64>` for the embedded store's key file.
@@ -116,6 +132,41 @@ impl Keyring {
         (id.clone(), STANDARD.encode(blob))
     }
 
+    /// The keyed hash of `data` with the sealing key: (key id, base64 of HMAC-SHA256).
+    pub fn mac(&self, data: &[u8]) -> (String, String) {
+        (
+            self.keys[0].0.clone(),
+            STANDARD.encode(mac_with(&self.macs[0], data)),
+        )
+    }
+
+    /// True when `expected` (base64) is the keyed hash of `data` under `key_id`,
+    /// compared in constant time. An unknown key id is an error (a removed key).
+    pub fn verify_mac(
+        &self,
+        key_id: &str,
+        data: &[u8],
+        expected: &str,
+    ) -> Result<bool, CryptoError> {
+        let i = self
+            .keys
+            .iter()
+            .position(|(id, _)| id == key_id)
+            .ok_or_else(|| CryptoError::UnknownKey(key_id.to_owned()))?;
+        let expected = STANDARD
+            .decode(expected)
+            .map_err(|_| CryptoError::Corrupt)?;
+        let mut m =
+            <HmacSha256 as Mac>::new_from_slice(&self.macs[i]).expect("HMAC takes any key length");
+        m.update(data);
+        Ok(m.verify_slice(&expected).is_ok())
+    }
+
+    /// The id of the key that seals and hashes now (the first listed).
+    pub fn current_key_id(&self) -> &str {
+        &self.keys[0].0
+    }
+
     pub fn open(&self, key_id: &str, sealed: &str, aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let cipher = self
             .keys
@@ -132,6 +183,20 @@ impl Keyring {
             .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
             .map_err(|_| CryptoError::Corrupt)
     }
+}
+
+/// HKDF-Expand (RFC 5869) of one block with the key as PRK: the key is already
+/// 32 uniformly random bytes, so no extract step is needed.
+fn derive_mac_key(key: &[u8]) -> [u8; 32] {
+    let mut info = MAC_LABEL.to_vec();
+    info.push(1);
+    mac_with(key, &info)
+}
+
+fn mac_with(key: &[u8], data: &[u8]) -> [u8; 32] {
+    let mut m = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(data);
+    m.finalize().into_bytes().into()
 }
 
 #[cfg(test)]
@@ -176,6 +241,38 @@ mod tests {
             let err = Keyring::parse(&Secret::new(bad)).unwrap_err().to_string();
             assert!(!err.contains("AAAA"), "{err}");
         }
+    }
+
+    #[test]
+    fn keyed_hashes_verify_across_a_rotation_and_only_with_the_key() {
+        let old = Keyring::generate_spec("old");
+        let new = Keyring::generate_spec("new");
+        let before = ring(old.expose());
+        let (id, h) = before.mac(b"client/secret");
+        assert_eq!(id, "old");
+        assert!(before.verify_mac(&id, b"client/secret", &h).unwrap());
+        assert!(!before.verify_mac(&id, b"client/secreT", &h).unwrap());
+        let after = ring(&format!("{},{}", new.expose(), old.expose()));
+        assert!(after.verify_mac(&id, b"client/secret", &h).unwrap());
+        assert_eq!(after.current_key_id(), "new");
+        let (id2, h2) = after.mac(b"client/secret");
+        assert_eq!(id2, "new");
+        assert_ne!(h2, h, "each key hashes differently");
+        let other = Keyring::parse(&Keyring::generate_spec("old")).unwrap();
+        assert!(!other.verify_mac(&id, b"client/secret", &h).unwrap());
+        assert!(matches!(
+            new_only(&new).verify_mac("old", b"client/secret", &h),
+            Err(CryptoError::UnknownKey(_))
+        ));
+        // The hash key is not the sealing key: the raw key never hashes to the stored value.
+        let raw = STANDARD
+            .decode(old.expose().split_once(':').unwrap().1)
+            .unwrap();
+        assert_ne!(STANDARD.encode(mac_with(&raw, b"client/secret")), h);
+    }
+
+    fn new_only(spec: &Secret) -> Keyring {
+        ring(spec.expose())
     }
 
     #[test]

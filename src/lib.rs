@@ -13,6 +13,7 @@
 pub mod coalesce;
 pub mod config;
 pub mod consent;
+pub mod credentials;
 pub mod crypto;
 pub mod domain;
 pub mod functions_host;

@@ -18,6 +18,7 @@ use url::Url;
 
 use crate::config::{ApiKeySource, ConfigError, KeySource, Settings, StorageSettings};
 use crate::consent::ConsentService;
+use crate::credentials::Credentials;
 use crate::refresh::Engine;
 use crate::registry::Registry;
 use crate::routes::front_door::FrontDoor;
@@ -146,6 +147,7 @@ impl Application {
                     .expect("an IP address and port make a URL")
             }
         };
+        let credentials = Arc::new(Credentials::new(Arc::clone(&engine), store.clone()));
         let consent = ConsentService::new(
             Arc::clone(&engine),
             store,
@@ -158,6 +160,7 @@ impl Application {
         let state = web::Data::new(AppState {
             engine: Arc::clone(&engine),
             consent,
+            credentials,
         });
         let front_door = web::Data::new(match &api_key {
             Some((key, _)) => FrontDoor::standalone(&public_url, addr.port(), key.clone()),

@@ -30,7 +30,11 @@ use azure_storage::{CloudLocation, StorageCredentials};
 use base64::Engine as _;
 use futures::{FutureExt, StreamExt};
 use oauth_broker::crypto::Keyring;
-use oauth_broker::domain::{ConnectionId, ConnectionRecord, IntegrationName, Secret, TokenSet};
+use oauth_broker::domain::credential;
+use oauth_broker::domain::{
+    ClientId, ConnectionId, ConnectionRecord, IntegrationName, PipelineCredential, Secret,
+    SecretHash, TokenSet,
+};
 use oauth_broker::startup::http_client;
 use oauth_broker::store::sqlite::SqliteBackend;
 use oauth_broker::store::table::TableBackend;
@@ -551,6 +555,38 @@ impl Fixture {
         })
     }
 
+    /// A pipeline credential for `conn`, stored as the broker stores one; returns (client id, secret).
+    async fn credential(&self, conn: &str) -> Res<(String, Secret)> {
+        let mut id = [0u8; credential::ID_BYTES];
+        let mut secret = [0u8; credential::SECRET_BYTES];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut secret);
+        let client_id = ClientId::from_random(&id);
+        let secret = credential::client_secret_from_random(&secret);
+        let now = time::OffsetDateTime::now_utc();
+        let mut c = PipelineCredential {
+            client_id: client_id.clone(),
+            integration: IntegrationName::parse(INTEGRATION).map_err(|e| e.to_string())?,
+            connection: ConnectionId::parse(conn).map_err(|e| e.to_string())?,
+            description: "bench".into(),
+            created_at: now,
+            expires_at: None,
+            last_used_at: None,
+            min_validity: None,
+            secret_hash: SecretHash {
+                key_id: String::new(),
+                hash: String::new(),
+            },
+        };
+        let (key_id, hash) = self.store.keyring().mac(&c.hash_input(&secret));
+        c.secret_hash = SecretHash { key_id, hash };
+        self.store
+            .insert_credential(&c)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((client_id.as_str().to_owned(), secret))
+    }
+
     async fn seed(&self, conn: &str, expires_in: i64, refresh_token: &str) -> Res<()> {
         self.seed_in(INTEGRATION, conn, expires_in, refresh_token)
             .await
@@ -754,6 +790,20 @@ where
 
 fn get_ok(http: &reqwest::Client, url: &str) -> impl Future<Output = bool> {
     let req = http.get(url);
+    async move {
+        match req.send().await {
+            Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
+            _ => false,
+        }
+    }
+}
+
+fn post_form_ok(
+    http: &reqwest::Client,
+    url: &str,
+    form: &[(&str, String)],
+) -> impl Future<Output = bool> {
+    let req = http.post(url).form(form);
     async move {
         match req.send().await {
             Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
@@ -1146,8 +1196,23 @@ async fn token(env: &Env, report: &mut Report) -> Res<()> {
     if v["access_token"].as_str().is_none() {
         return Err(format!("the token route answered {v}"));
     }
+    // A pipeline credential for the same connection, for the OAuth 2.0 token endpoint.
+    let (client_id, client_secret) = fx.credential("warm").await?;
+    let endpoint = format!("{}/api/oauth2/token", broker.base);
+    let form = [
+        ("grant_type", "client_credentials".to_owned()),
+        ("client_id", client_id),
+        ("client_secret", client_secret.expose().to_owned()),
+    ];
+    if !post_form_ok(&http, &endpoint, &form).await {
+        return Err("the token endpoint refused the seeded credential".into());
+    }
     let subjects: Vec<(&str, Op)> = vec![
         ("token route", Box::new(|_| get_ok(&http, &url).boxed())),
+        (
+            "token endpoint (oauth2)",
+            Box::new(|_| post_form_ok(&http, &endpoint, &form).boxed()),
+        ),
         ("raw point read", Box::new(|_| raw_read(&raw).boxed())),
         (
             "Store::get (read + open)",
@@ -1284,6 +1349,25 @@ async fn token(env: &Env, report: &mut Report) -> Res<()> {
                 None,
             );
         }
+        let (endpoint, route) = (get("token endpoint (oauth2)"), get("token route"));
+        report.add(
+            "token",
+            format!("token endpoint (POST /api/oauth2/token) p50, concurrency {c}{same}"),
+            ms(endpoint.p50()),
+            format!("token route p50 {}", ms(route.p50())),
+            Some(ratio(endpoint.p50(), route.p50())),
+            "(informative)",
+            None,
+        );
+        report.add(
+            "token",
+            format!("token endpoint (POST /api/oauth2/token) p99, concurrency {c}{same}"),
+            ms(endpoint.p99()),
+            format!("token route p99 {}", ms(route.p99())),
+            Some(ratio(endpoint.p99(), route.p99())),
+            "(informative)",
+            None,
+        );
         let route = get("token route");
         for (floor_name, what) in [
             ("actix + raw point read", "actix route + one raw point read"),

@@ -83,6 +83,11 @@ pub struct Integration {
     pub refresh_token_scopes: Vec<String>,
     /// The vendor drops a refresh token unused for this long (Xero 60 days).
     pub refresh_token_idle: Option<Duration>,
+    /// Scopes a pipeline may name at the token endpoint (`/api/oauth2/token`);
+    /// `None`: any `scope` is accepted and ignored.
+    pub pipeline_scopes: Option<Vec<String>>,
+    /// Resources a pipeline may name there; `None`: any `resource` is accepted and ignored.
+    pub pipeline_resources: Option<Vec<String>>,
 }
 
 impl Integration {
@@ -227,6 +232,10 @@ struct RawIntegration {
     refresh_token_scopes: Vec<String>,
     #[serde(default)]
     refresh_token_idle_days: Option<u32>,
+    #[serde(default)]
+    pipeline_scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pipeline_resources: Option<Vec<String>>,
 }
 
 /// Parses the integrations file text. `get` reads settings for `%NAME%` values.
@@ -418,6 +427,8 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
             r.default_expires_in_secs.unwrap_or(3600).max(1),
         )),
         expires_in_ms,
+        pipeline_scopes: r.pipeline_scopes,
+        pipeline_resources: r.pipeline_resources,
         provider: r.provider,
         name,
     })

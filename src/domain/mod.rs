@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod condition;
+pub mod credential;
 pub mod grant;
 pub mod ids;
 pub mod oauth_error;
@@ -14,6 +15,7 @@ pub mod scope;
 pub mod secret;
 
 pub use condition::Condition;
+pub use credential::{ClientId, PipelineCredential, SecretHash};
 pub use grant::{ConnectionRecord, ConnectionStatus, PendingAuthorization, TokenSet};
 pub use ids::{ConnectionId, IntegrationName, InvalidName};
 pub use oauth_error::OAuthErrorCode;

@@ -91,6 +91,10 @@ pub struct Need {
     /// token's lifetime (so a short-lived token is refreshed once per sweep
     /// and callers rarely wait for one).
     pub whole_margin: bool,
+    /// Cap `min_validity` too at half the stored token's lifetime (pipeline
+    /// credentials), so a wish longer than the vendor's tokens live does not
+    /// refresh on every call.
+    pub cap_by_lifetime: bool,
 }
 
 /// What one sweep did.
@@ -200,14 +204,20 @@ impl Engine {
         need: &Need,
         now: OffsetDateTime,
     ) -> bool {
+        let min_validity = match need.min_validity {
+            Some(m) if need.cap_by_lifetime && record.issued_lifetime() > Duration::ZERO => {
+                Some(m.min(record.issued_lifetime() / 2))
+            }
+            m => m,
+        };
         let threshold = if need.whole_margin {
-            need.min_validity.map_or(integration.refresh_margin, |m| {
+            min_validity.map_or(integration.refresh_margin, |m| {
                 m.max(integration.refresh_margin)
             })
         } else {
             refresh_threshold(
                 integration.refresh_margin,
-                need.min_validity,
+                min_validity,
                 record.issued_lifetime(),
             )
         };

@@ -14,6 +14,14 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// Authenticated, but not for this connection (a pipeline credential of another one).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("no credential with this client id for this connection")]
+    CredentialNotFound,
+    /// Too many failed authentications from this client id or source.
+    #[error("too many failed authentications; retry in {retry_after_secs} s")]
+    TooManyFailures { retry_after_secs: u64 },
     #[error("{0}")]
     IntegrationNotFound(String),
     /// The integration's endpoints are still being discovered.
@@ -45,6 +53,9 @@ impl ApiError {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::CredentialNotFound => "credential_not_found",
+            Self::TooManyFailures { .. } => "too_many_failures",
             Self::IntegrationNotFound(_) => "integration_not_found",
             Self::IntegrationUnavailable(_) => "integration_unavailable",
             Self::ConnectionNotFound(_) => "connection_not_found",
@@ -100,6 +111,9 @@ impl ResponseError for ApiError {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::CredentialNotFound => StatusCode::NOT_FOUND,
+            Self::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::IntegrationNotFound(_) | Self::ConnectionNotFound(_) | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -123,9 +137,12 @@ impl ResponseError for ApiError {
                 _ => None,
             },
         };
-        HttpResponse::build(self.status_code())
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .json(body)
+        let mut reply = HttpResponse::build(self.status_code());
+        reply.insert_header((header::CACHE_CONTROL, "no-store"));
+        if let Self::TooManyFailures { retry_after_secs } = self {
+            reply.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+        }
+        reply.json(body)
     }
 }
 

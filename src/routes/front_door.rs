@@ -231,7 +231,7 @@ fn has_body(req: &HttpRequest) -> bool {
 }
 
 /// An early answer: the error, and the connection closed when a body was announced.
-fn refuse(req: ServiceRequest, e: &ApiError) -> ServiceResponse<BoxBody> {
+pub(super) fn refuse(req: ServiceRequest, e: &ApiError) -> ServiceResponse<BoxBody> {
     let (http, payload) = req.into_parts();
     let mut resp = e.error_response();
     if !has_body(&http) {

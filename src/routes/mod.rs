@@ -7,10 +7,12 @@
 
 pub mod auth;
 pub mod connections;
+pub mod credentials;
 pub mod error;
 pub mod front_door;
 pub mod health;
 pub mod html;
+pub mod oauth2;
 pub mod status;
 pub mod timer;
 pub mod token;
@@ -22,6 +24,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest};
 
 use crate::consent::ConsentService;
+use crate::credentials::Credentials;
 use crate::domain::IntegrationName;
 use crate::refresh::Engine;
 use crate::registry::Lookup;
@@ -32,6 +35,8 @@ use error::ApiError;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub consent: ConsentService,
+    /// Pipeline credentials (the token endpoint, Basic on the token route).
+    pub credentials: Arc<Credentials>,
 }
 
 impl AppState {
@@ -82,12 +87,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/api/auth/callback").route(web::get().to(auth::callback)))
     .service(
         web::resource("/api/token/{integration}/{connection}")
-            .wrap(key())
+            .wrap(from_fn(credentials::require_key_or_credential))
             .route(web::get().to(token::get)),
     )
     .service(
         web::resource("/api/token")
-            .wrap(key())
+            .wrap(from_fn(credentials::require_key_or_credential))
             .route(web::post().to(token::post)),
     )
     .service(web::resource("/api/health").route(web::get().to(health::health)))
@@ -114,6 +119,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .wrap(key())
             .route(web::post().to(connections::create_link)),
     )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/credentials")
+            .wrap(key())
+            .route(web::get().to(credentials::list))
+            .route(web::post().to(credentials::create)),
+    )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/credentials/{client_id}")
+            .wrap(key())
+            .route(web::delete().to(credentials::delete)),
+    )
+    // Anonymous: the broker authenticates the client itself (RFC 6749 §2.3).
+    .service(web::resource("/api/oauth2/token").route(web::post().to(oauth2::token)))
     .service(
         web::resource("/refresh-timer")
             .wrap(key())

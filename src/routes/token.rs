@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::Duration;
 
+use super::credentials::TokenCaller;
 use super::error::ApiError;
 use super::front_door::{Body, JSON_BODY_LIMIT};
 use super::{query, AppState};
@@ -50,6 +51,24 @@ struct TokenRequest {
     force: bool,
 }
 
+/// A pipeline credential's own `min_validity` applies when the request names
+/// none (then capped by the token's lifetime, as on the token endpoint).
+fn need(caller: &TokenCaller, r: &TokenRequest) -> Need {
+    match (r.min_validity, caller.min_validity()) {
+        (None, Some(own)) => Need {
+            min_validity: Some(own),
+            force: r.force,
+            cap_by_lifetime: true,
+            ..Need::default()
+        },
+        (asked, _) => Need {
+            min_validity: asked,
+            force: r.force,
+            ..Need::default()
+        },
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PostBody {
@@ -81,10 +100,12 @@ fn flag(v: Option<&String>, name: &str) -> Result<bool, ApiError> {
 }
 
 pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let caller = TokenCaller::of(&req);
     let (integration, connection) = names(
         req.match_info().get("integration").unwrap_or_default(),
         req.match_info().get("connection").unwrap_or_default(),
     )?;
+    caller.allow(&integration, &connection)?;
     let q = query(&req);
     let min_validity = q
         .get("min_validity_secs")
@@ -101,6 +122,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     let force = flag(q.get("force_refresh"), "force_refresh")?;
     serve(
         &state,
+        &caller,
         TokenRequest {
             integration,
             connection,
@@ -116,6 +138,7 @@ pub async fn post(
     Body(body): Body<JSON_BODY_LIMIT>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let caller = TokenCaller::of(&req);
     // serde would also read a struct from a JSON array; the contract is an object.
     if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::InvalidRequest(
@@ -136,8 +159,10 @@ pub async fn post(
         &b.integration,
         b.connection.as_deref().unwrap_or(ConnectionId::DEFAULT),
     )?;
+    caller.allow(&integration, &connection)?;
     serve(
         &state,
+        &caller,
         TokenRequest {
             integration,
             connection,
@@ -149,20 +174,15 @@ pub async fn post(
     .await
 }
 
-async fn serve(state: &AppState, r: TokenRequest) -> Result<HttpResponse, ApiError> {
+async fn serve(
+    state: &AppState,
+    caller: &TokenCaller,
+    r: TokenRequest,
+) -> Result<HttpResponse, ApiError> {
     let integration = state.integration(&r.integration)?;
     let record = state
         .engine
-        .ensure_fresh(
-            &integration,
-            &r.connection,
-            Need {
-                min_validity: r.min_validity,
-                force: r.force,
-                refreshed_before: None,
-                whole_margin: false,
-            },
-        )
+        .ensure_fresh(&integration, &r.connection, need(caller, &r))
         .await
         .map_err(|e| {
             ApiError::from_refresh(

@@ -6,6 +6,7 @@
 //! plaintext tokens never reach a backend and the rest of the crate never sees
 //! sealed blobs. Only `startup` names a concrete backend.
 
+pub mod credentials;
 pub mod identity;
 pub mod sqlite;
 pub mod table;
@@ -13,6 +14,8 @@ pub mod table;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
+
+pub use credentials::CredentialRow;
 
 use crate::crypto::Keyring;
 use crate::domain::{
@@ -145,6 +148,41 @@ pub trait Backend: Send + Sync + 'static {
         integration: &'a str,
         connection: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Stores a pipeline credential (`Conflict` if the client id exists).
+    fn insert_credential<'a>(
+        &'a self,
+        row: &'a CredentialRow,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// A point read by client id; `Ok(None)` when absent.
+    fn get_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>>;
+    /// The credentials of one connection (a filtered query, following continuations).
+    fn list_credentials<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CredentialRow>, StoreError>>;
+    /// Sets `last_used_at` (and the hash, when given) of an existing
+    /// credential; `NotFound` when it was deleted (it is never re-created).
+    fn touch_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+        last_used_at: OffsetDateTime,
+        rehashed: Option<&'a crate::domain::SecretHash>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Deletes one credential; `Ok(false)` when it did not exist.
+    fn delete_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Deletes every credential of a connection; returns how many.
+    fn delete_credentials_of<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
 
 /// The store the rest of the crate uses: a backend plus sealing.
@@ -252,6 +290,11 @@ impl Store {
             .get_or_try_init(|| self.backend.init())
             .await
             .map(|_| ())
+    }
+
+    /// The keys (for the keyed hashes of credential secrets).
+    pub fn keyring(&self) -> &Keyring {
+        &self.keys
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -484,12 +527,28 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes a connection and, first, every pipeline credential of it (so a
+    /// failure leaves the connection in place and the delete can be retried,
+    /// and a later consent under the same name never revives an old credential).
+    /// `Ok(false)` when the connection did not exist.
     pub async fn delete(
         &self,
         integration: &IntegrationName,
         connection: &ConnectionId,
     ) -> Result<bool, StoreError> {
         self.ready().await?;
+        let removed = self
+            .backend
+            .delete_credentials_of(integration.as_str(), connection.as_str())
+            .await?;
+        if removed > 0 {
+            tracing::info!(
+                integration = integration.as_str(),
+                connection = connection.as_str(),
+                credentials = removed,
+                "pipeline credentials of a deleted connection removed"
+            );
+        }
         self.backend
             .delete_connection(integration.as_str(), connection.as_str())
             .await

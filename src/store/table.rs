@@ -2,7 +2,9 @@
 //!
 //! Layout: one table; a connection is the entity (PartitionKey = integration,
 //! RowKey = connection id); a pending authorization is the entity
-//! (PartitionKey = `~pending`, RowKey = SHA-256 of its state). Names are
+//! (PartitionKey = `~pending`, RowKey = SHA-256 of its state); a pipeline
+//! credential is the entity (PartitionKey = `~credential`, RowKey = client
+//! id). Names are
 //! limited by `domain::ids` to characters that are safe in keys and URLs.
 //! Writes are conditional on ETags; reads are point reads; the sweep uses a
 //! server-side `$filter`. The HTTP transport is the broker's pooled reqwest
@@ -21,10 +23,14 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{Backend, BoxFuture, ConnectionRow, PendingRow, StoreError, Version, Versioned};
-use crate::domain::Secret;
+use super::{
+    Backend, BoxFuture, ConnectionRow, CredentialRow, PendingRow, StoreError, Version, Versioned,
+};
+use crate::domain::{Secret, SecretHash};
 
 const PENDING_PARTITION: &str = "~pending";
+/// Pipeline credentials: RowKey = client id (a point read on every use).
+const CREDENTIAL_PARTITION: &str = "~credential";
 
 /// A storage connection string the broker cannot use (never echoes it: it holds a key).
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +179,36 @@ impl TableBackend {
         Ok(out)
     }
 
+    /// The credentials of one connection (a filter inside their partition).
+    async fn query_credentials(
+        &self,
+        integration: &str,
+        connection: &str,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        let filter = format!(
+            "PartitionKey eq '{CREDENTIAL_PARTITION}' and Integration eq {} and Connection eq {}",
+            odata_string(integration),
+            odata_string(connection)
+        );
+        let mut pages = self
+            .table
+            .query()
+            .filter(filter)
+            .into_stream::<Map<String, Value>>();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            for m in page.map_err(classify)?.entities {
+                match credential_row(&m) {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping an unreadable credential entity")
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn entity(&self, pk: &str, rk: &str) -> EntityClient {
         self.table.partition_key_client(pk).entity_client(rk)
     }
@@ -288,6 +324,66 @@ fn pending_row(m: &Map<String, Value>) -> Result<PendingRow, StoreError> {
         expires_at: get_time(m, "ExpiresAt")?,
         link_hash: opt_str(m, "LinkHash"),
     })
+}
+
+fn put_i64(m: &mut Map<String, Value>, name: &str, v: Option<i64>) {
+    if let Some(v) = v {
+        m.insert(name.to_owned(), Value::String(v.to_string()));
+        m.insert(
+            format!("{name}@odata.type"),
+            Value::String("Edm.Int64".into()),
+        );
+    }
+}
+
+fn opt_i64(m: &Map<String, Value>, name: &str) -> Result<Option<i64>, StoreError> {
+    match m.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt(format!("property {name} is not a number"))),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("property {name} is not a number"))),
+    }
+}
+
+fn credential_entity(r: &CredentialRow) -> Map<String, Value> {
+    let mut m = Map::new();
+    put_str(&mut m, "PartitionKey", Some(CREDENTIAL_PARTITION));
+    put_str(&mut m, "RowKey", Some(&r.client_id));
+    put_str(&mut m, "Integration", Some(&r.integration));
+    put_str(&mut m, "Connection", Some(&r.connection));
+    put_str(&mut m, "Description", Some(&r.description));
+    put_time(&mut m, "CreatedAt", Some(r.created_at));
+    put_time(&mut m, "ExpiresAt", r.expires_at);
+    put_time(&mut m, "LastUsedAt", r.last_used_at);
+    put_i64(&mut m, "MinValiditySecs", r.min_validity_secs);
+    put_str(&mut m, "KeyId", Some(&r.key_id));
+    put_str(&mut m, "SecretHash", Some(&r.secret_hash));
+    m
+}
+
+fn credential_row(m: &Map<String, Value>) -> Result<CredentialRow, StoreError> {
+    Ok(CredentialRow {
+        client_id: get_str(m, "RowKey")?,
+        integration: get_str(m, "Integration")?,
+        connection: get_str(m, "Connection")?,
+        description: opt_str(m, "Description").unwrap_or_default(),
+        created_at: get_time(m, "CreatedAt")?,
+        expires_at: opt_time(m, "ExpiresAt")?,
+        last_used_at: opt_time(m, "LastUsedAt")?,
+        min_validity_secs: opt_i64(m, "MinValiditySecs")?,
+        key_id: get_str(m, "KeyId")?,
+        secret_hash: get_str(m, "SecretHash")?,
+    })
+}
+
+/// An OData string literal (quotes doubled).
+fn odata_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn etag_of(m: &Map<String, Value>) -> Result<Version, StoreError> {
@@ -500,7 +596,9 @@ impl Backend for TableBackend {
 
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         Box::pin(async move {
-            let filter = format!("PartitionKey ne '{PENDING_PARTITION}'");
+            let filter = format!(
+                "PartitionKey ne '{PENDING_PARTITION}' and PartitionKey ne '{CREDENTIAL_PARTITION}'"
+            );
             self.query_connections(filter).await
         })
     }
@@ -521,6 +619,105 @@ impl Backend for TableBackend {
                 Err(StoreError::NotFound) => Ok(false),
                 Err(e) => Err(e),
             }
+        })
+    }
+
+    fn insert_credential<'a>(
+        &'a self,
+        row: &'a CredentialRow,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.table
+                .insert::<_, Map<String, Value>>(credential_entity(row))
+                .map_err(classify)?
+                .await
+                .map_err(classify)?;
+            Ok(())
+        })
+    }
+
+    fn get_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>> {
+        Box::pin(async move {
+            match self
+                .entity(CREDENTIAL_PARTITION, client_id)
+                .get::<Map<String, Value>>()
+                .await
+                .map_err(classify)
+            {
+                Ok(r) => Ok(Some(credential_row(&r.entity)?)),
+                Err(StoreError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn list_credentials<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CredentialRow>, StoreError>> {
+        Box::pin(async move { self.query_credentials(integration, connection).await })
+    }
+
+    fn touch_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+        last_used_at: OffsetDateTime,
+        rehashed: Option<&'a SecretHash>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut m = Map::new();
+            put_str(&mut m, "PartitionKey", Some(CREDENTIAL_PARTITION));
+            put_str(&mut m, "RowKey", Some(client_id));
+            put_time(&mut m, "LastUsedAt", Some(last_used_at));
+            if let Some(h) = rehashed {
+                put_str(&mut m, "KeyId", Some(&h.key_id));
+                put_str(&mut m, "SecretHash", Some(&h.hash));
+            }
+            // A merge with If-Match: * fails with 404 on a deleted row instead of re-creating it.
+            self.entity(CREDENTIAL_PARTITION, client_id)
+                .merge(m, IfMatchCondition::Any)
+                .map_err(classify)?
+                .await
+                .map_err(classify)?;
+            Ok(())
+        })
+    }
+
+    fn delete_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self
+                .entity(CREDENTIAL_PARTITION, client_id)
+                .delete()
+                .await
+                .map_err(classify)
+            {
+                Ok(_) => Ok(true),
+                Err(StoreError::NotFound) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn delete_credentials_of<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut removed = 0;
+            for c in self.query_credentials(integration, connection).await? {
+                if self.delete_credential(&c.client_id).await? {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
         })
     }
 }

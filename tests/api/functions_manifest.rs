@@ -80,9 +80,13 @@ fn fill_route(route: &str) -> String {
 }
 
 /// The routes a caller without a function key must reach: health, the
-/// vendor's redirect back, and consent links (whose token is the credential).
+/// vendor's redirect back, consent links (whose token is the credential) and
+/// the OAuth 2.0 token endpoint (the broker authenticates the client itself).
 fn is_anonymous_route(shape: &str) -> bool {
-    shape == "health" || shape.starts_with("auth/callback") || shape == "auth/link"
+    shape == "health"
+        || shape.starts_with("auth/callback")
+        || shape == "auth/link"
+        || shape == "oauth2/token"
 }
 
 #[test]
@@ -237,6 +241,10 @@ fn every_function_json_is_a_plain_http_or_the_refresh_timer() {
         ("get", "token/{}/{}"),
         ("post", "token"),
         ("get", "health"),
+        ("post", "oauth2/token"),
+        ("get", "connections/{}/{}/credentials"),
+        ("post", "connections/{}/{}/credentials"),
+        ("delete", "connections/{}/{}/credentials/{}"),
     ];
     for (m, shape) in contract {
         assert!(

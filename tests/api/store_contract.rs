@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use oauth_broker::domain::Secret;
+use oauth_broker::domain::SecretHash;
 use oauth_broker::startup::http_client;
 use oauth_broker::store::sqlite::SqliteBackend;
 use oauth_broker::store::table::TableBackend;
-use oauth_broker::store::{Backend, ConnectionRow, PendingRow, StoreError, Version};
+use oauth_broker::store::{Backend, ConnectionRow, CredentialRow, PendingRow, StoreError, Version};
 use time::{Duration, OffsetDateTime};
 
 use crate::helpers::{fresh_table_name, Azurite};
@@ -257,8 +258,10 @@ async fn conformance(b: Arc<dyn Backend>) {
 #[tokio::test]
 async fn the_sqlite_backend_meets_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let b = SqliteBackend::open(&dir.path().join("nested/broker.db")).unwrap();
-    conformance(Arc::new(b)).await;
+    let b: Arc<dyn Backend> =
+        Arc::new(SqliteBackend::open(&dir.path().join("nested/broker.db")).unwrap());
+    conformance(b.clone()).await;
+    credential_conformance(b).await;
 }
 
 #[tokio::test]
@@ -270,7 +273,9 @@ async fn the_table_storage_backend_meets_the_store_contract_on_azurite() {
         http_client(),
     )
     .unwrap();
-    conformance(Arc::new(b)).await;
+    let b: Arc<dyn Backend> = Arc::new(b);
+    conformance(b.clone()).await;
+    credential_conformance(b).await;
 }
 
 #[tokio::test]
@@ -301,4 +306,97 @@ fn malformed_connection_strings_are_refused_without_echoing_them() {
             .to_string();
         assert!(!err.contains("SECRETKEYVALUE"), "{err}");
     }
+}
+
+fn credential(id: &str, connection: &str, created: i64) -> CredentialRow {
+    CredentialRow {
+        client_id: id.into(),
+        integration: "demo".into(),
+        connection: connection.into(),
+        description: "ADF \"LS\" – é".into(),
+        created_at: t(created),
+        expires_at: Some(t(86_400)),
+        last_used_at: None,
+        min_validity_secs: Some(600),
+        key_id: "k1".into(),
+        secret_hash: "aGFzaA==".into(),
+    }
+}
+
+/// Pipeline credentials: point reads by client id, listings per connection, a
+/// touch that never re-creates, and the deletion that goes with a connection.
+async fn credential_conformance(b: Arc<dyn Backend>) {
+    b.init().await.expect("init");
+    let (a1, a2, b1) = (
+        format!("pc_{}", "a".repeat(24)),
+        format!("pc_{}", "b".repeat(24)),
+        format!("pc_{}", "c".repeat(24)),
+    );
+    b.upsert_connection(&row("demo", "ca", "active", t(100)))
+        .await
+        .unwrap();
+    let first = credential(&a1, "ca", 1);
+    b.insert_credential(&first).await.unwrap();
+    b.insert_credential(&credential(&a2, "ca", 2))
+        .await
+        .unwrap();
+    let mut never = credential(&b1, "cb", 3);
+    never.expires_at = None;
+    never.min_validity_secs = None;
+    b.insert_credential(&never).await.unwrap();
+    assert!(matches!(
+        b.insert_credential(&first).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(b.get_credential(&a1).await.unwrap(), Some(first.clone()));
+    assert_eq!(b.get_credential(&b1).await.unwrap(), Some(never.clone()));
+    assert_eq!(b.get_credential("pc_missing").await.unwrap(), None);
+
+    let mut listed = b.list_credentials("demo", "ca").await.unwrap();
+    listed.sort_by(|x, y| x.client_id.cmp(&y.client_id));
+    let ids: Vec<&str> = listed.iter().map(|c| c.client_id.as_str()).collect();
+    assert_eq!(ids, [a1.as_str(), a2.as_str()]);
+    assert!(b.list_credentials("other", "ca").await.unwrap().is_empty());
+
+    let rehashed = SecretHash {
+        key_id: "k2".into(),
+        hash: "bmV3".into(),
+    };
+    b.touch_credential(&a1, t(50), Some(&rehashed))
+        .await
+        .unwrap();
+    let touched = b.get_credential(&a1).await.unwrap().unwrap();
+    assert_eq!(touched.last_used_at, Some(t(50)));
+    assert_eq!(
+        (touched.key_id.as_str(), touched.secret_hash.as_str()),
+        ("k2", "bmV3")
+    );
+    assert_eq!(touched.description, first.description);
+    b.touch_credential(&a2, t(60), None).await.unwrap();
+    let touched = b.get_credential(&a2).await.unwrap().unwrap();
+    assert_eq!(
+        (touched.last_used_at, touched.key_id.as_str()),
+        (Some(t(60)), "k1")
+    );
+
+    assert!(b.delete_credential(&a2).await.unwrap());
+    assert!(!b.delete_credential(&a2).await.unwrap());
+    assert!(matches!(
+        b.touch_credential(&a2, t(70), None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        b.get_credential(&a2).await.unwrap(),
+        None,
+        "a touch never re-creates"
+    );
+
+    assert_eq!(b.delete_credentials_of("demo", "ca").await.unwrap(), 1);
+    assert_eq!(b.get_credential(&a1).await.unwrap(), None);
+    assert_eq!(
+        b.get_credential(&b1).await.unwrap(),
+        Some(never),
+        "other connections keep theirs"
+    );
+    assert_eq!(b.delete_credentials_of("demo", "ca").await.unwrap(), 0);
 }

@@ -10,13 +10,16 @@ use std::sync::Arc;
 use oauth_broker::config::integrations::parse;
 use oauth_broker::config::RefreshPolicy;
 use oauth_broker::crypto::Keyring;
-use oauth_broker::domain::{ConnectionId, ConnectionRecord, IntegrationName, Secret, TokenSet};
+use oauth_broker::domain::{
+    ConnectionId, ConnectionRecord, IntegrationName, Secret, SecretHash, TokenSet,
+};
 use oauth_broker::refresh::{Engine, SweepSummary};
 use oauth_broker::registry::Registry;
 use oauth_broker::startup::http_client;
 use oauth_broker::store::sqlite::SqliteBackend;
 use oauth_broker::store::{
-    Backend, BoxFuture, ConnectionRow, PendingRow, Store, StoreError, Version, Versioned,
+    Backend, BoxFuture, ConnectionRow, CredentialRow, PendingRow, Store, StoreError, Version,
+    Versioned,
 };
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
@@ -95,6 +98,46 @@ impl Backend for PanicsOnBoom {
         connection: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.0.delete_connection(integration, connection)
+    }
+    fn insert_credential<'a>(
+        &'a self,
+        row: &'a CredentialRow,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.insert_credential(row)
+    }
+    fn get_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>> {
+        self.0.get_credential(client_id)
+    }
+    fn list_credentials<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CredentialRow>, StoreError>> {
+        self.0.list_credentials(integration, connection)
+    }
+    fn touch_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+        last_used_at: OffsetDateTime,
+        rehashed: Option<&'a SecretHash>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.0.touch_credential(client_id, last_used_at, rehashed)
+    }
+    fn delete_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.delete_credential(client_id)
+    }
+    fn delete_credentials_of<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        self.0.delete_credentials_of(integration, connection)
     }
 }
 

@@ -1,0 +1,132 @@
+//! Pipeline credentials in the store: the row type the backends keep, and the
+//! [`Store`] methods that turn rows into domain values (and back). A row holds
+//! the secret only as a keyed hash (see `crypto::Keyring::mac`).
+
+use time::{Duration, OffsetDateTime};
+
+use super::{Store, StoreError};
+use crate::domain::{ClientId, ConnectionId, IntegrationName, PipelineCredential, SecretHash};
+
+/// A pipeline credential as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialRow {
+    pub client_id: String,
+    pub integration: String,
+    pub connection: String,
+    pub description: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<OffsetDateTime>,
+    pub min_validity_secs: Option<i64>,
+    pub key_id: String,
+    pub secret_hash: String,
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("credential row: {what}"))
+}
+
+fn to_row(c: &PipelineCredential) -> CredentialRow {
+    CredentialRow {
+        client_id: c.client_id.as_str().to_owned(),
+        integration: c.integration.as_str().to_owned(),
+        connection: c.connection.as_str().to_owned(),
+        description: c.description.clone(),
+        created_at: c.created_at,
+        expires_at: c.expires_at,
+        last_used_at: c.last_used_at,
+        min_validity_secs: c.min_validity.map(|d| d.whole_seconds()),
+        key_id: c.secret_hash.key_id.clone(),
+        secret_hash: c.secret_hash.hash.clone(),
+    }
+}
+
+/// Rows come back through the same rules as requests: a tampered row does not
+/// become a credential for another shape of name.
+fn from_row(r: CredentialRow) -> Result<PipelineCredential, StoreError> {
+    Ok(PipelineCredential {
+        client_id: ClientId::parse(&r.client_id).ok_or_else(|| corrupt("client id"))?,
+        integration: IntegrationName::parse(&r.integration)
+            .map_err(|_| corrupt("integration name"))?,
+        connection: ConnectionId::parse(&r.connection).map_err(|_| corrupt("connection id"))?,
+        description: r.description,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        last_used_at: r.last_used_at,
+        min_validity: match r.min_validity_secs {
+            None => None,
+            Some(s) if (0..=i64::from(u32::MAX)).contains(&s) => Some(Duration::seconds(s)),
+            Some(_) => return Err(corrupt("min validity")),
+        },
+        secret_hash: SecretHash {
+            key_id: r.key_id,
+            hash: r.secret_hash,
+        },
+    })
+}
+
+impl Store {
+    /// Stores a new credential (`Conflict` if its client id exists).
+    pub async fn insert_credential(&self, c: &PipelineCredential) -> Result<(), StoreError> {
+        self.ready().await?;
+        self.backend.insert_credential(&to_row(c)).await
+    }
+
+    /// `Ok(None)` when no credential has this client id.
+    pub async fn get_credential(
+        &self,
+        client_id: &ClientId,
+    ) -> Result<Option<PipelineCredential>, StoreError> {
+        self.ready().await?;
+        self.backend
+            .get_credential(client_id.as_str())
+            .await?
+            .map(from_row)
+            .transpose()
+    }
+
+    /// The credentials of one connection, oldest first (unreadable rows are skipped and logged).
+    pub async fn list_credentials(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<Vec<PipelineCredential>, StoreError> {
+        self.ready().await?;
+        let rows = self
+            .backend
+            .list_credentials(integration.as_str(), connection.as_str())
+            .await?;
+        let mut out: Vec<PipelineCredential> = rows
+            .into_iter()
+            .filter_map(|r| match from_row(r) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping a credential row that cannot be read");
+                    None
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.client_id).cmp(&(b.created_at, &b.client_id)));
+        Ok(out)
+    }
+
+    /// Records a use (and, after a key rotation, the hash under the current
+    /// key). Never re-creates a deleted credential: `NotFound` then.
+    pub async fn touch_credential(
+        &self,
+        client_id: &ClientId,
+        last_used_at: OffsetDateTime,
+        rehashed: Option<&SecretHash>,
+    ) -> Result<(), StoreError> {
+        self.ready().await?;
+        self.backend
+            .touch_credential(client_id.as_str(), last_used_at, rehashed)
+            .await
+    }
+
+    /// Deletes one credential; `Ok(false)` when it did not exist.
+    pub async fn delete_credential(&self, client_id: &ClientId) -> Result<bool, StoreError> {
+        self.ready().await?;
+        self.backend.delete_credential(client_id.as_str()).await
+    }
+}
