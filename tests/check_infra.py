@@ -624,12 +624,8 @@ def check_adf(template_doc):
         check(tp.get("tokenEndpoint") == "__FUNCTION_APP_URL__/api/oauth2/token",
               f"{name}.tokenEndpoint is the broker's /api/oauth2/token (got {tp.get('tokenEndpoint')})")
         route = served.get("oauth2/token")
-        if route is None:
-            # The route is built in parallel (issue 12); until it lands this is reported, not failed.
-            print(f"TODO {name}: the broker serves no oauth2/token route yet (functions/*/function.json)")
-        else:
-            check("POST" in route[1] and route[2] == "anonymous",
-                  f"{name}: the broker's oauth2/token route takes POST and is anonymous (clients authenticate themselves)")
+        check(route is not None and "POST" in route[1] and route[2] == "anonymous",
+              f"{name}: the broker serves oauth2/token, takes POST and is anonymous (clients authenticate themselves)")
         secret = tp.get("clientSecret", {})
         check(secret.get("type") == "AzureKeyVaultSecret"
               and "broker-cred-" in json.dumps(secret.get("secretName")),
