@@ -136,6 +136,7 @@ pub struct Callback<'a> {
     pub cookie: &'a dyn Fn(&str) -> Option<String>,
 }
 
+#[derive(Clone)]
 pub struct ConsentService {
     engine: Arc<Engine>,
     store: Store,
@@ -534,6 +535,25 @@ fn missing_scopes(
         })
         .cloned()
         .collect()
+}
+
+/// Keyless consent links for `connection.reauthorization_required` events
+/// (default lifetime, `BROKER_CONSENT_LINK_TTL_SECS`).
+#[async_trait::async_trait]
+impl crate::events::ConsentLinks for ConsentService {
+    async fn consent_link(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Option<Secret> {
+        match self.create_link(integration, connection, None).await {
+            Ok(created) => Some(Secret::new(created.url)),
+            Err(e) => {
+                tracing::warn!(integration = integration.as_str(), connection = connection.as_str(), error = %e, "no consent link for the event");
+                None
+            }
+        }
+    }
 }
 
 /// RFC 9207 §2.4: when the integration knows its issuer, a callback's `iss`

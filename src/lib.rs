@@ -16,6 +16,7 @@ pub mod consent;
 pub mod credentials;
 pub mod crypto;
 pub mod domain;
+pub mod events;
 pub mod functions_host;
 pub mod keyfile;
 pub mod oauth;

@@ -19,6 +19,7 @@ use url::Url;
 use crate::config::{ApiKeySource, ConfigError, KeySource, Settings, StorageSettings};
 use crate::consent::ConsentService;
 use crate::credentials::Credentials;
+use crate::events::Events;
 use crate::refresh::Engine;
 use crate::registry::Registry;
 use crate::routes::front_door::FrontDoor;
@@ -116,6 +117,7 @@ impl Application {
         }
         let store = Store::new(backend, keys);
         spawn_init(store.clone());
+        let events = Events::new(store.clone(), http.clone(), settings.events.clone());
         let registry = Registry::new(&settings.integrations, http.clone());
         let engine = Arc::new(Engine::new(
             store.clone(),
@@ -123,6 +125,7 @@ impl Application {
             Arc::clone(&registry),
             settings.refresh.clone(),
         ));
+        engine.set_events(events.clone());
 
         let listener =
             TcpListener::bind(settings.listen).map_err(|source| StartupError::Listen {
@@ -156,6 +159,7 @@ impl Application {
             public_url.clone(),
             settings.consent_link_lifetime,
         );
+        events.set_consent_links(Arc::new(consent.clone()));
         let redirect_uri = consent.redirect_uri().clone();
         let state = web::Data::new(AppState {
             engine: Arc::clone(&engine),
@@ -197,6 +201,7 @@ impl Application {
 
         // Bound: now the slow work.
         registry.spawn_discovery();
+        events.spawn_dispatcher();
         if let Some(every) = settings.sweep_interval {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);

@@ -13,6 +13,7 @@
 
 pub mod discovery;
 pub mod error;
+pub mod events;
 mod expand;
 pub mod integrations;
 pub mod templates;
@@ -26,6 +27,7 @@ use url::Url;
 use crate::crypto::Keyring;
 use crate::domain::Secret;
 pub use error::ConfigError;
+pub use events::{EventSettings, WebhookFormat, WebhookReceiver};
 pub use integrations::{ClientAuth, Integration, IntegrationsFile};
 
 /// Reads settings by name; empty values count as unset.
@@ -232,6 +234,8 @@ pub struct Settings {
     pub refresh: RefreshPolicy,
     /// Default lifetime of consent links (`BROKER_CONSENT_LINK_TTL_SECS`, default 24 h).
     pub consent_link_lifetime: Duration,
+    /// Webhook receivers and event thresholds (`BROKER_WEBHOOK_*`).
+    pub events: EventSettings,
 }
 
 const DEFAULT_SQLITE: &str = ".broker/broker.db";
@@ -394,9 +398,11 @@ impl Settings {
             60..=2_592_000,
             "a whole number of seconds from 60 to 2592000 (30 days)",
         )?);
+        let events = EventSettings::load(&env)?;
         Ok(Self {
             refresh,
             consent_link_lifetime,
+            events,
             listen,
             host_mode,
             public_url,

@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod condition;
 pub mod credential;
+pub mod event;
 pub mod grant;
 pub mod ids;
 pub mod oauth_error;
@@ -16,6 +17,7 @@ pub mod secret;
 
 pub use condition::Condition;
 pub use credential::{ClientId, PipelineCredential, SecretHash};
+pub use event::{Event, EventType};
 pub use grant::{ConnectionRecord, ConnectionStatus, PendingAuthorization, TokenSet};
 pub use ids::{ConnectionId, IntegrationName, InvalidName};
 pub use oauth_error::OAuthErrorCode;

@@ -66,7 +66,11 @@ impl Engine {
         integration: &IntegrationName,
         connection: &ConnectionId,
     ) -> Result<bool, StoreError> {
-        self.store.delete(integration, connection).await
+        let deleted = self.store.delete(integration, connection).await?;
+        if deleted {
+            self.on_deleted(integration, connection).await;
+        }
+        Ok(deleted)
     }
 
     /// Deletes a connection, first revoking its grant at the vendor (RFC 7009)
@@ -108,13 +112,17 @@ impl Engine {
                 Err(e) => return Err(RefreshError::Upstream(e)),
             }
         }
-        self.store.delete(&integration.name, connection).await?;
+        let deleted = self.store.delete(&integration.name, connection).await?;
         tracing::info!(
             integration = integration.name.as_str(),
             connection = connection.as_str(),
             revoked = revoke && integration.revocation_url.is_some(),
             "connection deleted"
         );
+        // Of concurrent deletes, the one that removed the row tells.
+        if deleted {
+            self.on_deleted(&integration.name, connection).await;
+        }
         Ok(())
     }
 }

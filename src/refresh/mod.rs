@@ -40,6 +40,7 @@ use rand::{Rng, RngCore};
 use time::{Duration, OffsetDateTime};
 
 mod manage;
+mod notify;
 mod sweep;
 
 use crate::coalesce::Coalescer;
@@ -122,6 +123,8 @@ pub struct Engine {
     reads: Coalescer<Key, Result<Option<Versioned<ConnectionRecord>>, StoreError>>,
     /// Identifies this process in leases.
     owner: String,
+    /// Where changes of state are told (see `notify`); set once at start.
+    events: std::sync::OnceLock<crate::events::Events>,
 }
 
 fn std_duration(d: Duration) -> std::time::Duration {
@@ -145,6 +148,7 @@ impl Engine {
             inflight: Mutex::new(HashMap::new()),
             reads: Coalescer::default(),
             owner: id.iter().map(|b| format!("{b:02x}")).collect(),
+            events: std::sync::OnceLock::new(),
         }
     }
 
@@ -165,10 +169,12 @@ impl Engine {
     ) -> Result<ConnectionRecord, StoreError> {
         metadata.extend(resp.metadata);
         let now = now();
-        let created_at = match self.store.get(&integration.name, connection).await? {
-            Some(existing) => existing.value.created_at,
-            None => now,
-        };
+        let previous = self
+            .store
+            .get(&integration.name, connection)
+            .await?
+            .map(|v| v.value);
+        let created_at = previous.as_ref().map_or(now, |p| p.created_at);
         let scope = resp
             .scope
             .map(|s| scope::normalize(&s))
@@ -193,6 +199,7 @@ impl Engine {
             record.status = ConnectionStatus::NoRefreshToken;
         }
         self.store.upsert(&record).await?;
+        self.on_consent(previous.as_ref(), &record).await;
         Ok(record)
     }
 
@@ -506,6 +513,7 @@ impl Engine {
                             duration_ms,
                             "refresh"
                         );
+                        self.on_refreshed(record).await;
                         Ok(next)
                     }
                     Err(StoreError::Conflict) => {
@@ -532,12 +540,15 @@ impl Engine {
                     "failed"
                 };
                 tracing::warn!(integration = iname, connection = cid, outcome, attempts, duration_ms, error = %err, "refresh");
-                match self.store.replace(&next, &leased.version).await {
-                    Ok(_) | Err(StoreError::Conflict) => {}
+                let recorded = match self.store.replace(&next, &leased.version).await {
+                    Ok(_) => true,
+                    Err(StoreError::Conflict) => false,
                     Err(e) => {
-                        tracing::error!(integration = iname, connection = cid, error = %e, "the refresh failure could not be recorded")
+                        tracing::error!(integration = iname, connection = cid, error = %e, "the refresh failure could not be recorded");
+                        false
                     }
-                }
+                };
+                self.on_failure(record, &err, recorded).await;
                 if err.is_dead_grant() {
                     Err(RefreshError::ReauthorizationRequired)
                 } else if !force && record.expires_in(now) > 0 {

@@ -10,6 +10,10 @@ use super::AppState;
 use crate::functions_host::InvocationRequest;
 use crate::refresh::SweepSummary;
 
+/// How long a timer invocation spends delivering due events after its sweep
+/// (inside the 5-minute function timeout, after the sweep's budget).
+const EVENT_DRAIN_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The custom-handler invocation response.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -37,13 +41,28 @@ pub async fn refresh_timer(
     if invocation.timer.as_ref().is_some_and(|t| t.is_past_due) {
         tracing::info!("refresh timer is past due; sweeping now");
     }
-    match state.engine.sweep().await {
+    let swept = state.engine.sweep().await;
+    // The invocation keeps the instance alive: deliver what is due (events of
+    // this sweep included) before answering.
+    let mut logs = Vec::new();
+    if let Some(events) = state.engine.events() {
+        let d = events.drain(EVENT_DRAIN_BUDGET).await;
+        if d.delivered + d.failed > 0 {
+            logs.push(format!(
+                "events: {} delivered, {} failed (retried later)",
+                d.delivered, d.failed
+            ));
+        }
+    }
+    match swept {
         Ok(s) => HttpResponse::Ok().json(InvocationResponse {
             outputs: Empty {},
-            logs: vec![format!(
+            logs: std::iter::once(format!(
                 "refresh sweep: {} refreshed, {} failed, {} need reauthorization",
                 s.refreshed, s.failed, s.reauthorization_required
-            )],
+            ))
+            .chain(logs)
+            .collect(),
             return_value: SweepResult::Done(s),
         }),
         Err(e) => {

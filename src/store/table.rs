@@ -4,7 +4,8 @@
 //! RowKey = connection id); a pending authorization is the entity
 //! (PartitionKey = `~pending`, RowKey = SHA-256 of its state); a pipeline
 //! credential is the entity (PartitionKey = `~credential`, RowKey = client
-//! id). Names are
+//! id); event deliveries and markers are side rows in `~outbox` and
+//! `~marker`. Names are
 //! limited by `domain::ids` to characters that are safe in keys and URLs.
 //! Writes are conditional on ETags; reads are point reads; the sweep uses a
 //! server-side `$filter`. The HTTP transport is the broker's pooled reqwest
@@ -24,11 +25,21 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{
-    Backend, BoxFuture, ConnectionRow, CredentialRow, PendingRow, StoreError, Version, Versioned,
+    AuxKind, AuxRow, Backend, BoxFuture, ConnectionRow, CredentialRow, PendingRow, StoreError,
+    Version, Versioned,
 };
 use crate::domain::{Secret, SecretHash};
 
 const PENDING_PARTITION: &str = "~pending";
+
+/// Side rows (outbox, markers) live in partitions that sort after every
+/// integration name (`[a-z0-9-]`), like `~pending`.
+fn aux_partition(kind: AuxKind) -> &'static str {
+    match kind {
+        AuxKind::Outbox => "~outbox",
+        AuxKind::Marker => "~marker",
+    }
+}
 /// Pipeline credentials: RowKey = client id (a point read on every use).
 const CREDENTIAL_PARTITION: &str = "~credential";
 
@@ -386,6 +397,24 @@ fn odata_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+fn aux_entity(r: &AuxRow) -> Map<String, Value> {
+    let mut m = Map::new();
+    put_str(&mut m, "PartitionKey", Some(aux_partition(r.kind)));
+    put_str(&mut m, "RowKey", Some(&r.key));
+    put_time(&mut m, "DueAt", Some(r.due_at));
+    put_str(&mut m, "Body", Some(&r.body));
+    m
+}
+
+fn aux_row(kind: AuxKind, m: &Map<String, Value>) -> Result<AuxRow, StoreError> {
+    Ok(AuxRow {
+        kind,
+        key: get_str(m, "RowKey")?,
+        due_at: get_time(m, "DueAt")?,
+        body: get_str(m, "Body")?,
+    })
+}
+
 fn etag_of(m: &Map<String, Value>) -> Result<Version, StoreError> {
     opt_str(m, "odata.etag")
         .map(Version)
@@ -596,9 +625,8 @@ impl Backend for TableBackend {
 
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         Box::pin(async move {
-            let filter = format!(
-                "PartitionKey ne '{PENDING_PARTITION}' and PartitionKey ne '{CREDENTIAL_PARTITION}'"
-            );
+            // Every partition that is not an integration starts with `~`.
+            let filter = "PartitionKey lt '~'".to_owned();
             self.query_connections(filter).await
         })
     }
@@ -718,6 +746,109 @@ impl Backend for TableBackend {
                 }
             }
             Ok(removed)
+        })
+    }
+
+    fn insert_aux<'a>(&'a self, row: &'a AuxRow) -> BoxFuture<'a, Result<Version, StoreError>> {
+        Box::pin(async move {
+            let r = self
+                .table
+                .insert::<_, Map<String, Value>>(aux_entity(row))
+                .map_err(classify)?
+                .await
+                .map_err(classify)?;
+            Ok(Version(r.etag.to_string()))
+        })
+    }
+
+    fn get_aux<'a>(
+        &'a self,
+        kind: AuxKind,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Versioned<AuxRow>>, StoreError>> {
+        Box::pin(async move {
+            match self
+                .entity(aux_partition(kind), key)
+                .get::<Map<String, Value>>()
+                .await
+                .map_err(classify)
+            {
+                Ok(r) => Ok(Some(Versioned {
+                    value: aux_row(kind, &r.entity)?,
+                    version: Version(r.etag.to_string()),
+                })),
+                Err(StoreError::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn replace_aux<'a>(
+        &'a self,
+        row: &'a AuxRow,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+        Box::pin(async move {
+            let cond = IfMatchCondition::Etag(version.0.clone().into());
+            let r = self
+                .entity(aux_partition(row.kind), &row.key)
+                .update(aux_entity(row), cond)
+                .map_err(classify)?
+                .await
+                .map_err(classify)?;
+            Ok(Version(r.etag.to_string()))
+        })
+    }
+
+    fn delete_aux<'a>(
+        &'a self,
+        kind: AuxKind,
+        key: &'a str,
+        version: Option<&'a Version>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let mut delete = self.entity(aux_partition(kind), key).delete();
+            if let Some(v) = version {
+                delete = delete.if_match(IfMatchCondition::Etag(v.0.clone().into()));
+            }
+            match delete.await.map_err(classify) {
+                Ok(_) => Ok(true),
+                Err(StoreError::NotFound) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn due_aux(
+        &self,
+        kind: AuxKind,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Versioned<AuxRow>>, StoreError>> {
+        Box::pin(async move {
+            let filter = format!(
+                "PartitionKey eq '{}' and DueAt le {}",
+                aux_partition(kind),
+                odata_datetime(before)
+            );
+            let mut pages = self
+                .table
+                .query()
+                .filter(filter)
+                .top(limit.max(1))
+                .into_stream::<Map<String, Value>>();
+            let mut out = Vec::new();
+            // One page: the rest waits for the next drain.
+            if let Some(page) = pages.next().await {
+                for m in page.map_err(classify)?.entities {
+                    out.push(Versioned {
+                        value: aux_row(kind, &m)?,
+                        version: etag_of(&m)?,
+                    });
+                }
+            }
+            out.sort_by_key(|v| v.value.due_at);
+            Ok(out)
         })
     }
 }

@@ -1,0 +1,227 @@
+//! Event settings: the webhook receivers (`BROKER_WEBHOOK_URL`), the signing
+//! secret (`BROKER_WEBHOOK_SECRET`), the first retry delay
+//! (`BROKER_WEBHOOK_RETRY_SECS`) and when failing refreshes become an event
+//! (`BROKER_REFRESH_FAILING_SECS`).
+//!
+//! A receiver URL is a secret (a Teams or Slack webhook URL is its own
+//! credential): it is kept as a [`Secret`] and logged only by host and id.
+
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::{ConfigError, Env};
+use crate::domain::Secret;
+
+/// How a receiver wants its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// The event as a signed JSON object.
+    Json,
+    /// A Microsoft Teams incoming webhook or Workflows URL: an Adaptive Card message.
+    Teams,
+    /// A Slack incoming webhook: `{"text": …}`.
+    Slack,
+}
+
+/// One webhook receiver.
+#[derive(Debug, Clone)]
+pub struct WebhookReceiver {
+    /// Where to POST (without a `format=` suffix).
+    pub url: Secret,
+    pub format: WebhookFormat,
+    /// A short stable id (a hash of the URL): names the receiver in the outbox and in logs.
+    pub id: String,
+    /// The URL's host, for logs.
+    pub host: String,
+}
+
+/// Events and their delivery.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    pub receivers: Vec<WebhookReceiver>,
+    /// Signs every delivery (`X-Broker-Signature`).
+    pub secret: Option<Secret>,
+    /// Delay before the first retry of a failed delivery; doubles up to an hour.
+    pub retry: std::time::Duration,
+    /// Transient refresh failures for this long make a `connection.refresh_failing` event.
+    pub refresh_failing_after: time::Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            receivers: Vec::new(),
+            secret: None,
+            retry: std::time::Duration::from_secs(10),
+            refresh_failing_after: time::Duration::hours(6),
+        }
+    }
+}
+
+const FORMATS: [(&str, WebhookFormat); 3] = [
+    ("json", WebhookFormat::Json),
+    ("teams", WebhookFormat::Teams),
+    ("slack", WebhookFormat::Slack),
+];
+
+/// The receiver id of a URL: 12 hex digits of its SHA-256.
+pub fn receiver_id(url: &str) -> String {
+    Sha256::digest(url.as_bytes())[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Parses one receiver: `https://…[?|&]format=teams|slack|json`; without the
+/// suffix, Teams and Slack are recognised by host.
+fn receiver(raw: &str) -> Result<WebhookReceiver, ConfigError> {
+    let bad = |problem: String| ConfigError::setting("BROKER_WEBHOOK_URL", problem);
+    let mut url = raw;
+    let mut format = None;
+    for (name, f) in FORMATS {
+        for sep in ['?', '&'] {
+            if let Some(stripped) = raw.strip_suffix(&format!("{sep}format={name}")) {
+                url = stripped;
+                format = Some(f);
+            }
+        }
+    }
+    let parsed = Url::parse(url).map_err(|e| {
+        bad(format!(
+            "an entry is not a URL ({e}); example: https://example.com/hooks/broker"
+        ))
+    })?;
+    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(bad(format!(
+                "the entry for {host} must be an https URL (events carry consent links); http is allowed only for 127.0.0.1/localhost"
+            )))
+        }
+    }
+    let format = format.unwrap_or_else(|| {
+        if host == "hooks.slack.com" {
+            WebhookFormat::Slack
+        } else if host.ends_with(".webhook.office.com")
+            || host.ends_with(".logic.azure.com")
+            || host.ends_with(".api.powerplatform.com")
+        {
+            WebhookFormat::Teams
+        } else {
+            WebhookFormat::Json
+        }
+    });
+    Ok(WebhookReceiver {
+        id: receiver_id(url),
+        url: Secret::new(url),
+        format,
+        host,
+    })
+}
+
+impl EventSettings {
+    pub(super) fn load(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let mut receivers: Vec<WebhookReceiver> = Vec::new();
+        if let Some(list) = env.get("BROKER_WEBHOOK_URL") {
+            for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let r = receiver(raw)?;
+                if !receivers.iter().any(|x| x.id == r.id) {
+                    receivers.push(r);
+                }
+            }
+        }
+        let secret = env.get("BROKER_WEBHOOK_SECRET").map(Secret::new);
+        if let Some(s) = &secret {
+            if s.expose().len() < 16 {
+                return Err(ConfigError::setting(
+                    "BROKER_WEBHOOK_SECRET",
+                    "must be at least 16 characters; generate one with openssl rand -hex 32",
+                ));
+            }
+        }
+        if secret.is_none() && receivers.iter().any(|r| r.format == WebhookFormat::Json) {
+            return Err(ConfigError::setting(
+                "BROKER_WEBHOOK_SECRET",
+                "is required when BROKER_WEBHOOK_URL names a JSON receiver: every delivery is signed with it (X-Broker-Signature). Generate one with openssl rand -hex 32 and give it to the receiver",
+            ));
+        }
+        let retry = env.seconds("BROKER_WEBHOOK_RETRY_SECS", 10, 1..=3600)?;
+        let failing = env.seconds("BROKER_REFRESH_FAILING_SECS", 21_600, 60..=2_592_000)?;
+        Ok(Self {
+            receivers,
+            secret,
+            retry: std::time::Duration::from_secs(retry),
+            refresh_failing_after: super::seconds(failing),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<EventSettings, ConfigError> {
+        let get = crate::config::tests::env(pairs);
+        EventSettings::load(&Env { get: &get })
+    }
+
+    #[test]
+    fn receivers_are_recognised_by_suffix_or_host() {
+        let s = load(&[
+            (
+                "BROKER_WEBHOOK_URL",
+                "https://example.com/hook, https://hooks.slack.com/services/T/B/x ,https://prod-1.westeurope.logic.azure.com/workflows/abc?api-version=2016-06-01&sig=s,https://chat.example.com/in?format=slack,http://127.0.0.1:9/x&format=teams",
+            ),
+            ("BROKER_WEBHOOK_SECRET", "0123456789abcdef"),
+        ])
+        .unwrap();
+        let formats: Vec<_> = s.receivers.iter().map(|r| r.format).collect();
+        assert_eq!(
+            formats,
+            [
+                WebhookFormat::Json,
+                WebhookFormat::Slack,
+                WebhookFormat::Teams,
+                WebhookFormat::Slack,
+                WebhookFormat::Teams
+            ]
+        );
+        assert_eq!(s.receivers[3].url.expose(), "https://chat.example.com/in");
+        assert_eq!(s.receivers[4].url.expose(), "http://127.0.0.1:9/x");
+        assert_eq!(s.retry.as_secs(), 10);
+        assert_eq!(s.refresh_failing_after, time::Duration::hours(6));
+    }
+
+    #[test]
+    fn a_json_receiver_needs_a_secret_and_https() {
+        let err = load(&[("BROKER_WEBHOOK_URL", "https://example.com/hook")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("BROKER_WEBHOOK_SECRET"),
+            "{err}"
+        );
+        // Chat receivers do not verify signatures: no secret needed.
+        assert!(load(&[("BROKER_WEBHOOK_URL", "https://hooks.slack.com/services/x")]).is_ok());
+        let err = load(&[
+            ("BROKER_WEBHOOK_URL", "http://example.com/hook"),
+            ("BROKER_WEBHOOK_SECRET", "0123456789abcdef"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("https"), "{err}");
+        let err = load(&[
+            ("BROKER_WEBHOOK_URL", "https://example.com/hook"),
+            ("BROKER_WEBHOOK_SECRET", "short"),
+        ])
+        .unwrap_err();
+        assert!(
+            !err.to_string().contains("short"),
+            "never echoes the secret: {err}"
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! Events: a change of state of a connection or an integration, as webhook
+//! receivers and the log are told about it. Pure: no I/O (the `events`
+//! module stores, signs and delivers them).
+
+use time::OffsetDateTime;
+
+use super::{ConnectionId, IntegrationName, Secret};
+
+/// What happened. The wire names (`as_str`) are a public contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// The first consent of a connection.
+    ConnectionCreated,
+    /// The vendor answered `invalid_grant`: only a new consent restores the grant.
+    ConnectionReauthorizationRequired,
+    /// A new consent restored a grant that needed one.
+    ConnectionRecovered,
+    /// The connection was deleted (through the API).
+    ConnectionDeleted,
+    /// Refreshes have failed transiently for longer than the configured time.
+    ConnectionRefreshFailing,
+    /// A consent returned no refresh token (the grant cannot be kept alive).
+    ConnectionNoRefreshToken,
+    /// The vendor rejected the integration's client credentials (`invalid_client`)
+    /// after they had worked: once per breakage, not once per call.
+    IntegrationMisconfigured,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 7] = [
+        Self::ConnectionCreated,
+        Self::ConnectionReauthorizationRequired,
+        Self::ConnectionRecovered,
+        Self::ConnectionDeleted,
+        Self::ConnectionRefreshFailing,
+        Self::ConnectionNoRefreshToken,
+        Self::IntegrationMisconfigured,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionCreated => "connection.created",
+            Self::ConnectionReauthorizationRequired => "connection.reauthorization_required",
+            Self::ConnectionRecovered => "connection.recovered",
+            Self::ConnectionDeleted => "connection.deleted",
+            Self::ConnectionRefreshFailing => "connection.refresh_failing",
+            Self::ConnectionNoRefreshToken => "connection.no_refresh_token",
+            Self::IntegrationMisconfigured => "integration.misconfigured",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// A one-line summary for chat receivers (Teams, Slack).
+    pub fn headline(self) -> &'static str {
+        match self {
+            Self::ConnectionCreated => "A connection was created",
+            Self::ConnectionReauthorizationRequired => {
+                "A connection needs a new consent: the vendor no longer accepts its grant"
+            }
+            Self::ConnectionRecovered => "A connection was restored by a new consent",
+            Self::ConnectionDeleted => "A connection was deleted",
+            Self::ConnectionRefreshFailing => "Refreshing a connection has been failing",
+            Self::ConnectionNoRefreshToken => {
+                "A consent returned no refresh token: the connection stops working when its access token expires"
+            }
+            Self::IntegrationMisconfigured => {
+                "The vendor rejects the integration's client credentials (invalid_client)"
+            }
+        }
+    }
+}
+
+/// One event. It carries no token, code or secret: the consent link is a
+/// keyless link to consent again (a [`Secret`], so it is never logged; it
+/// goes only into the signed webhook body).
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Stable across retries and instances: receivers de-duplicate on it.
+    pub id: String,
+    pub kind: EventType,
+    pub occurred_at: OffsetDateTime,
+    pub integration: IntegrationName,
+    pub connection: Option<ConnectionId>,
+    /// The connection's status after the event (`active`, `reauthorization_required`, `deleted`).
+    pub status: Option<String>,
+    /// The vendor's error code (or a short class of failure), sanitised.
+    pub error: Option<String>,
+    pub consent_link: Option<Secret>,
+}
+
+impl Event {
+    /// An event of `kind` about `integration` (and `connection`), identified by `id`.
+    pub fn new(
+        id: String,
+        kind: EventType,
+        occurred_at: OffsetDateTime,
+        integration: IntegrationName,
+        connection: Option<ConnectionId>,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            occurred_at,
+            integration,
+            connection,
+            status: None,
+            error: None,
+            consent_link: None,
+        }
+    }
+
+    pub fn with_status(mut self, status: impl Into<String>) -> Self {
+        self.status = Some(status.into());
+        self
+    }
+
+    pub fn with_error(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_round_trip() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(EventType::parse("connection.nope"), None);
+        assert_eq!(
+            EventType::ConnectionNoRefreshToken.as_str(),
+            "connection.no_refresh_token"
+        );
+    }
+}

@@ -1,0 +1,613 @@
+//! Events and their delivery: every change of state of a connection or an
+//! integration is one JSON log line (`"event": "<type>"`, the input of the
+//! Azure Monitor alert) and, when `BROKER_WEBHOOK_URL` is set, one signed POST
+//! per receiver, delivered at least once from an outbox in the store.
+//!
+//! Delivery:
+//! - [`Events::emit`] logs the line, writes one outbox entry per receiver
+//!   (already claimed by this process: due only when the claim lapses) and
+//!   hands the entries to a spawned task; the caller waits for the store
+//!   write, never for a receiver;
+//! - a failed attempt (connection error, 10 s timeout, non-2xx) is rescheduled
+//!   `BROKER_WEBHOOK_RETRY_SECS` later, doubling up to an hour, and abandoned
+//!   (with an error line) at the first failure 24 hours after the event;
+//! - [`Events::drain`] delivers what is due: the background dispatcher calls it
+//!   (standalone, and under the Functions host while the instance lives), and
+//!   so does every timer invocation, which the host keeps alive until it
+//!   answers. Each entry is claimed with a conditional write first, so two
+//!   instances never deliver the same entry at once; a crash mid-delivery lets
+//!   the claim lapse (30 s) and the entry is delivered again, with the same id.
+//!
+//! Nothing here logs a receiver's URL (a Teams or Slack URL is a credential),
+//! a consent link, or more than a bounded, sanitised snippet of an answer.
+//!
+//! Depends on `domain`, `config` and `store`.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration as StdDuration;
+
+use futures::StreamExt;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use time::format_description::well_known::Rfc3339;
+use time::{Duration, OffsetDateTime};
+
+use crate::config::{EventSettings, WebhookFormat, WebhookReceiver};
+use crate::domain::clock::now;
+use crate::domain::{ConnectionId, Event, EventType, IntegrationName, Secret};
+use crate::store::{OutboxEntry, Store, StoreError, Versioned};
+
+/// One delivery attempt's limit.
+pub const DELIVERY_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+/// How long an instance holds an entry it is delivering.
+const CLAIM: Duration = Duration::seconds(30);
+/// The longest pause between two attempts.
+const MAX_BACKOFF: Duration = Duration::hours(1);
+/// Failed deliveries are retried for at least this long after the event.
+pub const RETRY_FOR: Duration = Duration::hours(24);
+/// Entries delivered at once by one drain.
+const CONCURRENCY: usize = 8;
+/// Bytes of a receiver's answer read (and at most 120 characters logged).
+const ANSWER_BYTES: usize = 512;
+
+/// Makes keyless consent links for `connection.reauthorization_required`
+/// (the consent service implements it; set once at start).
+#[async_trait::async_trait]
+pub trait ConsentLinks: Send + Sync {
+    async fn consent_link(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Option<Secret>;
+}
+
+/// What one drain did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DrainSummary {
+    pub delivered: u32,
+    pub failed: u32,
+}
+
+#[derive(Clone)]
+pub struct Events {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    http: reqwest::Client,
+    settings: EventSettings,
+    links: OnceLock<Arc<dyn ConsentLinks>>,
+}
+
+/// A new event id: `evt_`, the time in milliseconds (12 hex digits, so ids sort
+/// by time) and 64 random bits.
+pub fn new_event_id(at: OffsetDateTime) -> String {
+    let mut r = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut r);
+    let ms = (at.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+    let rand: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!("evt_{ms:012x}{rand}")
+}
+
+/// A vendor error code or failure class as events carry it: `[A-Za-z0-9_.:-]`,
+/// at most 64 characters (safe in chat markup and log queries).
+pub fn error_code(raw: &str) -> String {
+    raw.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
+        .take(64)
+        .collect()
+}
+
+/// `X-Broker-Signature` for `body` at unix time `t`:
+/// `t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub fn signature(secret: &Secret, t: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t={t},v1={hex}")
+}
+
+/// The event as receivers get it (JSON receivers).
+pub fn json_body(e: &Event) -> Value {
+    json!({
+        "id": e.id,
+        "type": e.kind.as_str(),
+        "occurred_at": e.occurred_at.format(&Rfc3339).unwrap_or_default(),
+        "integration": e.integration.as_str(),
+        "connection": e.connection.as_ref().map(ConnectionId::as_str),
+        "status": e.status,
+        "error": e.error,
+        "consent_link": e.consent_link.as_ref().map(Secret::expose),
+    })
+}
+
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// The facts of an event, for chat receivers.
+fn facts(e: &Event) -> Vec<(&'static str, String)> {
+    let mut f = vec![("Integration", e.integration.as_str().to_owned())];
+    if let Some(c) = &e.connection {
+        f.push(("Connection", c.as_str().to_owned()));
+    }
+    if let Some(s) = &e.status {
+        f.push(("Status", s.clone()));
+    }
+    if let Some(err) = &e.error {
+        f.push(("Error", err.clone()));
+    }
+    f.push(("Event", format!("{} {}", e.kind.as_str(), e.id)));
+    f
+}
+
+/// A Teams message: one Adaptive Card (incoming webhooks and Workflows accept it).
+pub fn teams_body(e: &Event) -> Value {
+    let facts: Vec<Value> = facts(e)
+        .into_iter()
+        .map(|(k, v)| json!({"title": k, "value": v}))
+        .collect();
+    let mut card = json!({
+        "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+        "type": "AdaptiveCard",
+        "version": "1.4",
+        "body": [
+            {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
+             "text": format!("oauth-broker: {}", e.kind.headline())},
+            {"type": "FactSet", "facts": facts}
+        ]
+    });
+    if let Some(link) = &e.consent_link {
+        card["actions"] =
+            json!([{"type": "Action.OpenUrl", "title": "Consent again", "url": link.expose()}]);
+    }
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": card
+        }]
+    })
+}
+
+/// A Slack message (`text` with mrkdwn).
+pub fn slack_body(e: &Event) -> Value {
+    let mut text = format!("*oauth-broker: {}*", slack_escape(e.kind.headline()));
+    for (k, v) in facts(e) {
+        text.push_str(&format!("\n{k}: `{}`", slack_escape(&v)));
+    }
+    if let Some(link) = &e.consent_link {
+        text.push_str(&format!(
+            "\n<{}|Consent again> (the link expires; it works once)",
+            slack_escape(link.expose())
+        ));
+    }
+    json!({ "text": text })
+}
+
+fn body_for(format: WebhookFormat, e: &Event) -> Value {
+    match format {
+        WebhookFormat::Json => json_body(e),
+        WebhookFormat::Teams => teams_body(e),
+        WebhookFormat::Slack => slack_body(e),
+    }
+}
+
+/// The delay before attempt `attempts + 1`: `first`, doubling, at most an hour.
+pub fn backoff(first: StdDuration, attempts: u32) -> Duration {
+    let first = Duration::try_from(first).unwrap_or(Duration::seconds(10));
+    let factor = 1i32 << attempts.saturating_sub(1).min(20);
+    (first * factor).min(MAX_BACKOFF)
+}
+
+/// Replaces every consent-link token of `payload` found in `text` (a receiver
+/// that echoes its request must not put the link into the log).
+fn redact(text: &str, payload: &str) -> String {
+    let mut out = text.to_owned();
+    let mut rest = payload;
+    while let Some(at) = rest.find("link?t=") {
+        let token: String = rest[at + 7..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '%'))
+            .collect();
+        if token.len() >= 8 {
+            out = out.replace(&token, "[redacted]");
+        }
+        rest = &rest[at + 7..];
+    }
+    out
+}
+
+impl Events {
+    pub fn new(store: Store, http: reqwest::Client, settings: EventSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                http,
+                settings,
+                links: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Where `connection.reauthorization_required` gets its consent link (set once, by `startup`).
+    pub fn set_consent_links(&self, links: Arc<dyn ConsentLinks>) {
+        let _ = self.inner.links.set(links);
+    }
+
+    pub fn settings(&self) -> &EventSettings {
+        &self.inner.settings
+    }
+
+    /// A new event of `kind`, now, with a fresh id.
+    pub fn event(
+        &self,
+        kind: EventType,
+        integration: &IntegrationName,
+        connection: Option<&ConnectionId>,
+    ) -> Event {
+        let at = now();
+        Event::new(
+            new_event_id(at),
+            kind,
+            at,
+            integration.clone(),
+            connection.cloned(),
+        )
+    }
+
+    /// Emits an event: one log line, and one outbox entry per receiver whose
+    /// delivery starts in the background. Waits for the store, never for a
+    /// receiver. A `connection.reauthorization_required` event gets a fresh
+    /// consent link when receivers are configured.
+    pub async fn emit(&self, mut event: Event) {
+        let receivers = &self.inner.settings.receivers;
+        if event.kind == EventType::ConnectionReauthorizationRequired
+            && event.consent_link.is_none()
+            && !receivers.is_empty()
+        {
+            if let (Some(links), Some(c)) = (self.inner.links.get(), &event.connection) {
+                event.consent_link = links.consent_link(&event.integration, c).await;
+            }
+        }
+        tracing::info!(
+            event = event.kind.as_str(),
+            event_id = %event.id,
+            integration = event.integration.as_str(),
+            connection = event.connection.as_ref().map(ConnectionId::as_str),
+            status = event.status.as_deref(),
+            error = event.error.as_deref(),
+            consent_link = event.consent_link.is_some(),
+            receivers = receivers.len(),
+            "event"
+        );
+        let at = now();
+        let mut claimed = Vec::new();
+        for r in receivers {
+            let body = body_for(r.format, &event).to_string();
+            let entry = OutboxEntry {
+                key: format!("{}.{}", event.id, r.id),
+                event_id: event.id.clone(),
+                event_type: event.kind.as_str().to_owned(),
+                receiver: r.id.clone(),
+                occurred_at: event.occurred_at,
+                next_attempt_at: at + CLAIM,
+                attempts: 0,
+                last_error: None,
+                payload: Secret::new(body),
+            };
+            match self.add(&entry).await {
+                Ok(version) => claimed.push(Versioned {
+                    value: entry,
+                    version,
+                }),
+                Err(e) => {
+                    tracing::error!(event = event.kind.as_str(), event_id = %event.id, receiver = %r.id, error = %e, "could not put an event into the outbox; it is not delivered")
+                }
+            }
+        }
+        if !claimed.is_empty() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                futures::stream::iter(claimed)
+                    .for_each_concurrent(CONCURRENCY, |v| async {
+                        this.deliver(v).await;
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// Writes an outbox entry, retrying a store failure briefly.
+    async fn add(&self, entry: &OutboxEntry) -> Result<crate::store::Version, StoreError> {
+        let mut delay = StdDuration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.inner.store.outbox_add(entry).await {
+                Err(StoreError::Unavailable(_)) if tries < 3 => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Delivers every due entry (claiming each first) until none is due or
+    /// `budget` has passed.
+    pub async fn drain(&self, budget: StdDuration) -> DrainSummary {
+        let mut summary = DrainSummary::default();
+        if self.inner.settings.receivers.is_empty() {
+            return summary;
+        }
+        let started = tokio::time::Instant::now();
+        loop {
+            let due = match self.inner.store.outbox_due(now(), 32).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the event outbox");
+                    return summary;
+                }
+            };
+            if due.is_empty() {
+                return summary;
+            }
+            let mut claimed = Vec::new();
+            for v in due {
+                let mut entry = v.value.clone();
+                entry.next_attempt_at = now() + CLAIM;
+                match self.inner.store.outbox_update(&entry, &v.version).await {
+                    Ok(version) => claimed.push(Versioned {
+                        value: entry,
+                        version,
+                    }),
+                    // Another instance claimed or finished it.
+                    Err(StoreError::Conflict | StoreError::NotFound) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not claim an outbox entry"),
+                }
+            }
+            let results: Vec<bool> = futures::stream::iter(claimed)
+                .map(|v| self.deliver(v))
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for ok in results {
+                if ok {
+                    summary.delivered += 1;
+                } else {
+                    summary.failed += 1;
+                }
+            }
+            if started.elapsed() > budget {
+                return summary;
+            }
+        }
+    }
+
+    /// Delivers entries as they fall due, for as long as the process lives.
+    pub fn spawn_dispatcher(&self) {
+        if self.inner.settings.receivers.is_empty() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.drain(StdDuration::from_secs(60)).await;
+                tokio::time::sleep(this.inner.settings.retry).await;
+            }
+        });
+    }
+
+    fn receiver(&self, id: &str) -> Option<&WebhookReceiver> {
+        self.inner.settings.receivers.iter().find(|r| r.id == id)
+    }
+
+    /// One attempt at one claimed entry; true when the receiver took it.
+    async fn deliver(&self, v: Versioned<OutboxEntry>) -> bool {
+        let Versioned {
+            value: mut entry,
+            version,
+        } = v;
+        let store = &self.inner.store;
+        let Some(receiver) = self.receiver(&entry.receiver) else {
+            tracing::warn!(event = %entry.event_type, event_id = %entry.event_id, receiver = %entry.receiver, "dropping an outbox entry for a receiver that is no longer configured");
+            let _ = store.outbox_remove(&entry.key, &version).await;
+            return false;
+        };
+        entry.attempts += 1;
+        let started = std::time::Instant::now();
+        let outcome = self.post(receiver, &entry).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (ev, id, rid, host) = (
+            entry.event_type.clone(),
+            entry.event_id.clone(),
+            receiver.id.as_str(),
+            receiver.host.as_str(),
+        );
+        match outcome {
+            Ok(status) => {
+                tracing::info!(event = %ev, event_id = %id, receiver = rid, host, status, attempts = entry.attempts, duration_ms, "event delivered");
+                if let Err(e) = store.outbox_remove(&entry.key, &version).await {
+                    // Delivered, but may be delivered again (receivers de-duplicate on the id).
+                    tracing::warn!(event_id = %id, error = %e, "could not remove a delivered event from the outbox");
+                }
+                true
+            }
+            Err(problem) => {
+                let at = now();
+                if at - entry.occurred_at >= RETRY_FOR {
+                    tracing::error!(event = %ev, event_id = %id, receiver = rid, host, attempts = entry.attempts, error = %problem, "event delivery abandoned after 24 hours of failures");
+                    let _ = store.outbox_remove(&entry.key, &version).await;
+                    return false;
+                }
+                let wait = backoff(self.inner.settings.retry, entry.attempts);
+                entry.next_attempt_at = at + wait;
+                entry.last_error = Some(problem.clone());
+                tracing::warn!(event = %ev, event_id = %id, receiver = rid, host, attempts = entry.attempts, duration_ms, error = %problem, retry_in_secs = wait.whole_seconds(), "event delivery failed; it will be retried");
+                match store.outbox_update(&entry, &version).await {
+                    Ok(_) | Err(StoreError::Conflict | StoreError::NotFound) => {}
+                    // The claim lapses and the entry is retried anyway.
+                    Err(e) => {
+                        tracing::warn!(event_id = %id, error = %e, "could not reschedule an event delivery")
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// POSTs the entry's body; `Ok(status)` on 2xx, else why not (no secret,
+    /// a bounded and sanitised snippet of the answer at most).
+    async fn post(&self, receiver: &WebhookReceiver, entry: &OutboxEntry) -> Result<u16, String> {
+        let body = entry.payload.expose().as_bytes().to_vec();
+        let mut req = self
+            .inner
+            .http
+            .post(receiver.url.expose())
+            .timeout(DELIVERY_TIMEOUT)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("X-Broker-Event-Id", &entry.event_id)
+            .header("X-Broker-Event-Type", &entry.event_type);
+        if let Some(secret) = &self.inner.settings.secret {
+            req = req.header(
+                "X-Broker-Signature",
+                signature(secret, now().unix_timestamp(), &body),
+            );
+        }
+        let mut resp = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Err("timed out".into()),
+            Err(e) if e.is_connect() => return Err("could not connect".into()),
+            Err(_) => return Err("the request failed".into()),
+        };
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(status);
+        }
+        let mut answer = Vec::new();
+        while answer.len() < ANSWER_BYTES {
+            match resp.chunk().await {
+                Ok(Some(c)) => answer.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+        answer.truncate(ANSWER_BYTES);
+        let snippet = crate::oauth::sanitize(&String::from_utf8_lossy(&answer), 120);
+        let snippet = redact(&snippet, entry.payload.expose());
+        Err(if snippet.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status}: {snippet}")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_of_time_dot_body() {
+        // RFC 4231 test case 2 shape: key "Jefe"; here the message is "<t>.<body>".
+        let s = signature(&Secret::new("Jefe"), 0, b"what do ya want for nothing?");
+        assert!(s.starts_with("t=0,v1="), "{s}");
+        assert_eq!(s.len(), "t=0,v1=".len() + 64);
+        let direct = {
+            let mut m = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+            m.update(b"0.what do ya want for nothing?");
+            m.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        assert_eq!(s, format!("t=0,v1={direct}"));
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_first_delay_up_to_an_hour() {
+        let first = StdDuration::from_secs(10);
+        let secs: Vec<i64> = (1..=11)
+            .map(|n| backoff(first, n).whole_seconds())
+            .collect();
+        assert_eq!(
+            secs,
+            [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600]
+        );
+    }
+
+    #[test]
+    fn error_codes_keep_only_a_safe_alphabet() {
+        assert_eq!(error_code("invalid_grant"), "invalid_grant");
+        assert_eq!(error_code("x](http://evil)<b>"), "xhttp:evilb");
+        assert_eq!(error_code(&"a".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn an_echoed_consent_link_is_redacted() {
+        let payload = r#"{"consent_link":"https://b.example/api/auth/link?t=AbCdEf123456_-xyz"}"#;
+        let echoed = "bad request: https://b.example/api/auth/link?t=AbCdEf123456_-xyz";
+        let out = redact(echoed, payload);
+        assert!(!out.contains("AbCdEf123456"), "{out}");
+    }
+
+    #[test]
+    fn chat_bodies_carry_the_facts_and_the_link() {
+        let mut e = Event::new(
+            "evt_1".into(),
+            EventType::ConnectionReauthorizationRequired,
+            OffsetDateTime::UNIX_EPOCH,
+            IntegrationName::parse("xero").unwrap(),
+            Some(ConnectionId::parse("acme").unwrap()),
+        )
+        .with_status("reauthorization_required")
+        .with_error("invalid_grant");
+        e.consent_link = Some(Secret::new("https://b.example/api/auth/link?t=abc"));
+        let teams = teams_body(&e).to_string();
+        assert!(teams.contains("AdaptiveCard") && teams.contains("acme"));
+        assert!(teams.contains("Action.OpenUrl") && teams.contains("link?t=abc"));
+        let slack = slack_body(&e)["text"].as_str().unwrap().to_owned();
+        assert!(
+            slack.contains("`invalid_grant`")
+                && slack.contains("<https://b.example/api/auth/link?t=abc|Consent again>")
+        );
+        let json = json_body(&e);
+        for k in [
+            "id",
+            "type",
+            "occurred_at",
+            "integration",
+            "connection",
+            "status",
+            "error",
+            "consent_link",
+        ] {
+            assert!(json.get(k).is_some(), "{k} in {json}");
+        }
+        assert_eq!(json["occurred_at"], "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn event_ids_sort_by_time() {
+        let a = new_event_id(OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap());
+        let b = new_event_id(OffsetDateTime::from_unix_timestamp(1_700_000_001).unwrap());
+        assert!(
+            a < b && a.starts_with("evt_") && a.len() == 4 + 12 + 16,
+            "{a} {b}"
+        );
+    }
+}

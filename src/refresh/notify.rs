@@ -1,0 +1,254 @@
+//! The engine's events: which outcome of a consent, refresh or delete is a
+//! change of state worth telling (see `events`). Each event is emitted by the
+//! one process whose store write made the change, or, for states that are not
+//! in a connection row, by the one that wins a conditional write of a marker:
+//! - `misconfigured:<integration>`: present from the first `invalid_client`
+//!   until a connection that had failed refreshes again, so the integration
+//!   gets one `integration.misconfigured` per breakage, not one per call;
+//! - `failing:<integration>:<connection>`: when transient failures began, and
+//!   whether `connection.refresh_failing` was sent; removed by a success.
+
+use serde::{Deserialize, Serialize};
+
+use super::Engine;
+use crate::domain::clock::now;
+use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, EventType, IntegrationName};
+use crate::events::{error_code, Events};
+use crate::oauth::TokenError;
+use crate::store::StoreError;
+
+#[derive(Serialize, Deserialize)]
+struct Failing {
+    /// Unix milliseconds of the first failure since the last success.
+    since: i64,
+    notified: bool,
+}
+
+fn misconfigured_key(integration: &IntegrationName) -> String {
+    format!("misconfigured:{integration}")
+}
+
+fn failing_key(integration: &IntegrationName, connection: &ConnectionId) -> String {
+    format!("failing:{integration}:{connection}")
+}
+
+/// A failure as events name it: the vendor's OAuth error code, else its class.
+pub(super) fn failure_code(err: &TokenError) -> String {
+    match err {
+        TokenError::Rejected { error, .. } => error_code(error.as_str()),
+        TokenError::Server { status, .. } => format!("http_{status}"),
+        TokenError::Transport(_) => "unreachable".into(),
+        TokenError::InvalidResponse(_) => "invalid_response".into(),
+    }
+}
+
+impl Engine {
+    /// Events go out through `events` from now on (set once, by `startup`).
+    pub fn set_events(&self, events: Events) {
+        let _ = self.events.set(events);
+    }
+
+    /// The event emitter, for other services (e.g. `connection.no_refresh_token`
+    /// at consent): `engine.events().emit(events.event(...))`.
+    pub fn events(&self) -> Option<&Events> {
+        self.events.get()
+    }
+
+    async fn emit(
+        &self,
+        kind: EventType,
+        record: &ConnectionRecord,
+        status: &str,
+        error: Option<String>,
+    ) {
+        let Some(events) = self.events.get() else {
+            return;
+        };
+        let mut event = events
+            .event(kind, &record.integration, Some(&record.connection))
+            .with_status(status);
+        event.error = error;
+        events.emit(event).await;
+    }
+
+    /// A consent stored `record`, replacing `previous` (if any).
+    pub(super) async fn on_consent(
+        &self,
+        previous: Option<&ConnectionRecord>,
+        record: &ConnectionRecord,
+    ) {
+        match previous {
+            None => {
+                self.emit(EventType::ConnectionCreated, record, "active", None)
+                    .await
+            }
+            Some(p) => {
+                if p.last_error.is_some() {
+                    self.clear_failure_markers(p).await;
+                }
+                if p.status == ConnectionStatus::ReauthorizationRequired {
+                    self.emit(EventType::ConnectionRecovered, record, "active", None)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// A refresh succeeded on a connection whose previous state was `previous`.
+    pub(super) async fn on_refreshed(&self, previous: &ConnectionRecord) {
+        if previous.last_error.is_some() {
+            self.clear_failure_markers(previous).await;
+        }
+    }
+
+    /// A refresh failed with `err`; `recorded`: this process's write of the
+    /// outcome into the row won (it made the change of state).
+    pub(super) async fn on_failure(
+        &self,
+        record: &ConnectionRecord,
+        err: &TokenError,
+        recorded: bool,
+    ) {
+        if err.is_dead_grant() {
+            if recorded {
+                self.emit(
+                    EventType::ConnectionReauthorizationRequired,
+                    record,
+                    ConnectionStatus::ReauthorizationRequired.as_str(),
+                    Some(failure_code(err)),
+                )
+                .await;
+                if record.last_error.is_some() {
+                    self.forget(&failing_key(&record.integration, &record.connection))
+                        .await;
+                }
+            }
+        } else if err.is_misconfigured() {
+            self.misconfigured(record, err).await;
+        } else {
+            self.failing(record, err).await;
+        }
+    }
+
+    /// A connection was deleted.
+    pub(super) async fn on_deleted(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) {
+        let Some(events) = self.events.get() else {
+            return;
+        };
+        self.forget(&failing_key(integration, connection)).await;
+        let event = events
+            .event(EventType::ConnectionDeleted, integration, Some(connection))
+            .with_status("deleted");
+        events.emit(event).await;
+    }
+
+    async fn clear_failure_markers(&self, previous: &ConnectionRecord) {
+        self.forget(&failing_key(&previous.integration, &previous.connection))
+            .await;
+        self.forget(&misconfigured_key(&previous.integration)).await;
+    }
+
+    async fn forget(&self, key: &str) {
+        if let Err(e) = self.store.marker_delete(key).await {
+            tracing::warn!(marker = key, error = %e, "could not clear an event marker");
+        }
+    }
+
+    /// `integration.misconfigured`, once: for the process that creates the marker.
+    async fn misconfigured(&self, record: &ConnectionRecord, err: &TokenError) {
+        if self.events.get().is_none() {
+            return;
+        }
+        let key = misconfigured_key(&record.integration);
+        match self.store.marker_put(&key, "{}", None).await {
+            Ok(_) => {
+                self.emit(
+                    EventType::IntegrationMisconfigured,
+                    record,
+                    record.status.as_str(),
+                    Some(failure_code(err)),
+                )
+                .await
+            }
+            Err(StoreError::Conflict) => {}
+            Err(e) => tracing::warn!(marker = %key, error = %e, "could not record an event marker"),
+        }
+    }
+
+    /// `connection.refresh_failing`, once, when transient failures have lasted
+    /// longer than the configured time.
+    async fn failing(&self, record: &ConnectionRecord, err: &TokenError) {
+        let Some(events) = self.events.get() else {
+            return;
+        };
+        let key = failing_key(&record.integration, &record.connection);
+        let at = now();
+        let at_ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+        let threshold = events.settings().refresh_failing_after;
+        for _ in 0..3 {
+            let current = match self.store.marker_get(&key).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(marker = %key, error = %e, "could not read an event marker");
+                    return;
+                }
+            };
+            let (state, version) = match current {
+                None => {
+                    let first = Failing {
+                        since: at_ms,
+                        notified: false,
+                    };
+                    let value = serde_json::to_string(&first).unwrap_or_default();
+                    match self.store.marker_put(&key, &value, None).await {
+                        Ok(version) => (first, version),
+                        Err(StoreError::Conflict) => continue,
+                        Err(e) => {
+                            tracing::warn!(marker = %key, error = %e, "could not record an event marker");
+                            return;
+                        }
+                    }
+                }
+                Some(v) => match serde_json::from_str::<Failing>(&v.value) {
+                    Ok(state) => (state, v.version),
+                    Err(_) => {
+                        self.forget(&key).await;
+                        continue;
+                    }
+                },
+            };
+            let failing_for = time::Duration::milliseconds(at_ms - state.since);
+            if state.notified || failing_for < threshold {
+                return;
+            }
+            let value = serde_json::to_string(&Failing {
+                notified: true,
+                ..state
+            })
+            .unwrap_or_default();
+            match self.store.marker_put(&key, &value, Some(&version)).await {
+                Ok(_) => {
+                    let mut error = failure_code(err);
+                    error.truncate(64);
+                    self.emit(
+                        EventType::ConnectionRefreshFailing,
+                        record,
+                        record.status.as_str(),
+                        Some(error),
+                    )
+                    .await;
+                    return;
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(marker = %key, error = %e, "could not record an event marker");
+                    return;
+                }
+            }
+        }
+    }
+}
