@@ -315,7 +315,7 @@ impl Events {
                     version,
                 }),
                 Err(e) => {
-                    tracing::error!(event = event.kind.as_str(), event_id = %event.id, receiver = %r.id, error = %e, "could not put an event into the outbox; it is not delivered")
+                    tracing::error!(event_type = event.kind.as_str(), event_id = %event.id, receiver = %r.id, error = %e, "could not put an event into the outbox; it is not delivered")
                 }
             }
         }
@@ -424,7 +424,7 @@ impl Events {
         } = v;
         let store = &self.inner.store;
         let Some(receiver) = self.receiver(&entry.receiver) else {
-            tracing::warn!(event = %entry.event_type, event_id = %entry.event_id, receiver = %entry.receiver, "dropping an outbox entry for a receiver that is no longer configured");
+            tracing::warn!(event_type = %entry.event_type, event_id = %entry.event_id, receiver = %entry.receiver, "dropping an outbox entry for a receiver that is no longer configured");
             let _ = store.outbox_remove(&entry.key, &version).await;
             return false;
         };
@@ -440,7 +440,7 @@ impl Events {
         );
         match outcome {
             Ok(status) => {
-                tracing::info!(event = %ev, event_id = %id, receiver = rid, host, status, attempts = entry.attempts, duration_ms, "event delivered");
+                tracing::info!(event_type = %ev, event_id = %id, receiver = rid, host, status, attempts = entry.attempts, duration_ms, "event delivered");
                 if let Err(e) = store.outbox_remove(&entry.key, &version).await {
                     // Delivered, but may be delivered again (receivers de-duplicate on the id).
                     tracing::warn!(event_id = %id, error = %e, "could not remove a delivered event from the outbox");
@@ -450,14 +450,14 @@ impl Events {
             Err(problem) => {
                 let at = now();
                 if at - entry.occurred_at >= RETRY_FOR {
-                    tracing::error!(event = %ev, event_id = %id, receiver = rid, host, attempts = entry.attempts, error = %problem, "event delivery abandoned after 24 hours of failures");
+                    tracing::error!(event_type = %ev, event_id = %id, receiver = rid, host, attempts = entry.attempts, error = %problem, "event delivery abandoned after 24 hours of failures");
                     let _ = store.outbox_remove(&entry.key, &version).await;
                     return false;
                 }
                 let wait = backoff(self.inner.settings.retry, entry.attempts);
                 entry.next_attempt_at = at + wait;
                 entry.last_error = Some(problem.clone());
-                tracing::warn!(event = %ev, event_id = %id, receiver = rid, host, attempts = entry.attempts, duration_ms, error = %problem, retry_in_secs = wait.whole_seconds(), "event delivery failed; it will be retried");
+                tracing::warn!(event_type = %ev, event_id = %id, receiver = rid, host, attempts = entry.attempts, duration_ms, error = %problem, retry_in_secs = wait.whole_seconds(), "event delivery failed; it will be retried");
                 match store.outbox_update(&entry, &version).await {
                     Ok(_) | Err(StoreError::Conflict | StoreError::NotFound) => {}
                     // The claim lapses and the entry is retried anyway.
