@@ -153,7 +153,7 @@ impl EventSettings {
             ));
         }
         let retry = env.seconds("BROKER_WEBHOOK_RETRY_SECS", 10, 1..=3600)?;
-        let failing = env.seconds("BROKER_REFRESH_FAILING_SECS", 21_600, 60..=2_592_000)?;
+        let failing = env.seconds("BROKER_REFRESH_FAILING_SECS", 21_600, 1..=2_592_000)?;
         Ok(Self {
             receivers,
             secret,

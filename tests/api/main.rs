@@ -14,6 +14,7 @@ mod consent_edges;
 mod consent_warnings;
 mod discovery;
 mod encryption_at_rest;
+mod events_once;
 mod fake_vendor;
 mod flow;
 mod front_door;
