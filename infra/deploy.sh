@@ -25,6 +25,9 @@
 #                           created per integration for Data Factory's REST linked service, its secret
 #                           stored in Key Vault as broker-cred-<integration>-<id> (default: default)
 #   --memory <MB>           Flex Consumption instance memory: 512, 2048 (default) or 4096
+#   --alert-email <address> e-mail this address when a connection needs a new consent or an
+#                           integration is misconfigured (an action group and a log alert rule on the
+#                           broker's event lines in Application Insights; infra/alerts.bicep)
 #   --package <zip>         deploy this package as it is (no build)
 #   --skip-package          deploy dist/oauth-broker.zip as it is (no build)
 #   --rotate-encryption-key put a new encryption key in front of the current ones (needs Key Vault
@@ -50,7 +53,7 @@ function_key_secret=broker-function-key
 kv_api=2023-07-01
 web_api=2024-04-01
 rg="" location="" prefix="" subscription="" public_url="" data_factory="" connection=default
-integrations="" skip_package=0 rotate=0 memory=2048 package=""
+integrations="" skip_package=0 rotate=0 memory=2048 package="" alert_email=""
 [[ -f integrations.json ]] && integrations=integrations.json
 
 die() { echo "infra/deploy.sh: $*" >&2; exit 1; }
@@ -69,6 +72,7 @@ while [[ $# -gt 0 ]]; do
     --data-factory) data_factory=${2:?}; shift 2 ;;
     --connection) connection=${2:?}; shift 2 ;;
     --memory) memory=${2:?}; shift 2 ;;
+    --alert-email) alert_email=${2:?}; shift 2 ;;
     --package) package=${2:?}; skip_package=1; shift 2 ;;
     --skip-package) skip_package=1; shift ;;
     --rotate-encryption-key) rotate=1; shift ;;
@@ -85,6 +89,8 @@ package=$(from_caller "$package")
 [[ -n $rg ]] || die "--resource-group is required (see --help)"
 [[ $prefix =~ ^[a-z][a-z0-9]{2,10}$ ]] || die "--prefix must be 3-11 lowercase letters and digits, starting with a letter"
 [[ $memory =~ ^(512|2048|4096)$ ]] || die "--memory must be 512, 2048 or 4096"
+[[ -z $alert_email || $alert_email =~ ^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$ ]] \
+  || die "--alert-email must be an e-mail address"
 for tool in az python3 curl; do
   command -v "$tool" >/dev/null || die "$tool is required"
 done
@@ -351,7 +357,7 @@ fi
 # Parameters go through a private file (secure values never appear on a command line).
 DEPLOY_PREFIX=$prefix DEPLOY_LOCATION=$location DEPLOY_PUBLIC_URL=$public_url \
   DEPLOY_OPERATOR_ID=$operator_id DEPLOY_OPERATOR_TYPE=$operator_type DEPLOY_ADF_PRINCIPAL=$adf_principal \
-  DEPLOY_MEMORY=$memory \
+  DEPLOY_MEMORY=$memory DEPLOY_ALERT_EMAIL=$alert_email \
   python3 - "$workdir/settings.json" "$workdir/params.json" <<'PY'
 import json, os, sys
 s = json.load(open(sys.argv[1]))
@@ -367,6 +373,7 @@ params = {
     "operatorPrincipalType": e["DEPLOY_OPERATOR_TYPE"],
     "dataFactoryPrincipalId": e["DEPLOY_ADF_PRINCIPAL"],
     "instanceMemoryMB": int(e["DEPLOY_MEMORY"]),
+    "alertEmail": e["DEPLOY_ALERT_EMAIL"],
 }
 with open(sys.argv[2], "w") as f:
     json.dump({"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#",

@@ -78,6 +78,9 @@ param dataFactoryPrincipalId string = ''
 @description('Tags for every resource.')
 param tags object = {}
 
+@description('E-mail address alerted when a connection needs a new consent or an integration is misconfigured (alerts.bicep). Empty: no alerts.')
+param alertEmail string = ''
+
 // ------------------------------------------------------------------------------------------------
 // names
 
@@ -426,6 +429,21 @@ resource scmPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-
   name: 'scm'
   properties: {
     allow: false
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// alerts on the broker's event lines (README, Operations)
+
+module alerts 'alerts.bicep' = if (!empty(alertEmail)) {
+  name: 'broker-alerts'
+  params: {
+    alertEmail: alertEmail
+    location: location
+    namePrefix: prefix
+    nameSuffix: short
+    applicationInsightsId: insights.id
+    tags: tags
   }
 }
 

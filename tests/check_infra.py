@@ -38,6 +38,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checklib import check, failures  # noqa: E402
+from check_alerts import check_alerts  # noqa: E402
 
 
 def rel(path):
@@ -67,6 +68,10 @@ NOT_SET_BY_TEMPLATE = {
     "BROKER_SWEEP_BUDGET_SECS": "tuning; the default is right",
     "BROKER_MAX_CONNECTIONS": "tuning; the default is right (the host forwards every request over its own pool)",
     "BROKER_CONSENT_LINK_TTL_SECS": "tuning; the default (24 h) is right",
+    "BROKER_WEBHOOK_URL": "the operator's receivers, set as an app setting after deployment (README, Operations); alerts need none",
+    "BROKER_WEBHOOK_SECRET": "set with BROKER_WEBHOOK_URL (a Key Vault reference); only the operator knows the receivers",
+    "BROKER_WEBHOOK_RETRY_SECS": "tuning; the default (10 s, doubling) is right",
+    "BROKER_REFRESH_FAILING_SECS": "tuning; the default (6 h) is right",
 }
 
 # App settings names the broker (or its platform) reads, as string literals in the source.
@@ -722,6 +727,7 @@ def main():
         check_flex_and_key_safety(main_doc)
         check_against_models(main_doc)
     check_adf(main_doc)
+    check_alerts(parsed, ROOT)
     check_shell()
     print(f"\n{len(failures)} failure(s)" if failures else "\ninfra OK")
     return 1 if failures else 0

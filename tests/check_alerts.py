@@ -1,0 +1,110 @@
+"""Offline checks of the alerts on the broker's events (called by tests/check_infra.py):
+
+- infra/alerts.bicep has an action group that e-mails its alertEmail parameter, and a scheduled query
+  rule (a log alert) on the Application Insights component, wired to that action group;
+- the rule's query reads `traces`, parses the message with parse_json(message) (the Functions host
+  passes a custom handler's stdout line unparsed), selects exactly connection.reauthorization_required
+  and integration.misconfigured (event types the broker defines, in src/domain/event.rs), and reads
+  only fields the broker writes on its event lines (the `tracing::info!` that emits them in
+  src/events.rs); the API test tests/api/alert_query.rs runs the same query over real log lines;
+- infra/main.bicep deploys it when alertEmail is set, scoped to its Application Insights component, and
+  infra/deploy.sh passes --alert-email through as alertEmail;
+- host.json keeps traces out of adaptive sampling (so an event line is never sampled away).
+"""
+
+import json
+import os
+import re
+
+from checklib import check
+
+ALERTED = {"connection.reauthorization_required", "integration.misconfigured"}
+
+
+def unwrap(body):
+    while isinstance(body, dict) and "config" in body and ("condition" in body or "loop_type" in body):
+        body = body["config"]
+    return body
+
+
+def event_types(root):
+    text = open(os.path.join(root, "src", "domain", "event.rs"), encoding="utf-8").read()
+    return set(re.findall(r'=> "((?:connection|integration)\.[a-z_]+)"', text))
+
+
+def event_line_fields(root):
+    """Field names of the log line every event is (the tracing call with the "event" message)."""
+    text = open(os.path.join(root, "src", "events.rs"), encoding="utf-8").read()
+    m = re.search(r"tracing::info!\(\s*event = (.*?)\"event\"\s*\)", text, re.S)
+    if not m:
+        return set()
+    return {"event"} | set(re.findall(r"^\s*(\w+) = ", m.group(1), re.M))
+
+
+def check_alerts(parsed, root):
+    path = os.path.join(root, "infra", "alerts.bicep")
+    doc = parsed.get(path)
+    if not check(doc is not None, "infra/alerts.bicep parsed"):
+        return
+    groups = {n: unwrap(r["config"]) for n, r in doc["resources"].items()
+              if r["type"].lower() == "microsoft.insights/actiongroups"}
+    rules = {n: unwrap(r["config"]) for n, r in doc["resources"].items()
+             if r["type"].lower() == "microsoft.insights/scheduledqueryrules"}
+    if check(len(groups) == 1, "alerts.bicep has one action group"):
+        (gname, group), = groups.items()
+        receivers = group["properties"].get("emailReceivers", [])
+        check([r.get("emailAddress") for r in receivers] == ["alertEmail"],
+              "the action group e-mails the alertEmail parameter")
+        check(len(group["properties"].get("groupShortName", "")) <= 12 or "take(" in json.dumps(group["properties"]["groupShortName"]),
+              "the action group's short name fits 12 characters")
+    if not check(len(rules) == 1, "alerts.bicep has one scheduled query rule"):
+        return
+    (rname, rule), = rules.items()
+    props = rule["properties"]
+    check(rule.get("kind") == "LogAlert", "the rule is a log search alert (kind LogAlert)")
+    check(props.get("scopes") == ["applicationInsightsId"], "the rule is scoped to the Application Insights component")
+    actions = json.dumps(props.get("actions", {}))
+    check(all(n in actions for n in groups), "the rule notifies the action group")
+    criteria = props.get("criteria", {}).get("allOf", [])
+    if not check(len(criteria) == 1, "the rule has one condition"):
+        return
+    query_ref = criteria[0].get("query")
+    query = doc.get("variables", {}).get(query_ref, {}).get("value", query_ref)
+    check(isinstance(query, str) and query.lstrip().startswith("traces"), "the query reads traces")
+    check("parse_json(message)" in query, "the query parses the message with parse_json(message)")
+    selected = set(re.findall(r'"((?:connection|integration)\.[a-z_]+)"', query))
+    check(selected == ALERTED, f"the query selects exactly {sorted(ALERTED)} (found {sorted(selected)})")
+    known = event_types(root)
+    for t in sorted(selected):
+        check(t in known, f"{t} is an event type the broker emits (src/domain/event.rs)")
+    fields = event_line_fields(root)
+    check("event" in fields and "integration" in fields, "the broker's event line fields are found in src/events.rs")
+    for f in sorted(set(re.findall(r"\be\.(\w+)", query))):
+        check(f in fields, f"the query reads e.{f}, a field of the broker's event lines")
+    dims = {d["name"] for d in criteria[0].get("dimensions", [])}
+    projected = set(re.findall(r"(\w+)\s*=\s*tostring", query)) | {"event"}
+    for d in sorted(dims):
+        check(d in projected, f"the rule's dimension {d} is a column of the query")
+    check(criteria[0].get("operator") == "GreaterThan" and criteria[0].get("threshold") == 0
+          and criteria[0].get("timeAggregation") == "Count", "the rule fires on any matching line")
+
+    main = parsed.get(os.path.join(root, "infra", "main.bicep"), {})
+    modules = {n: m for n, m in main.get("modules", {}).items() if m.get("detail", {}).get("path") == "alerts.bicep"}
+    if check(len(modules) == 1, "main.bicep deploys alerts.bicep as a module"):
+        (_, m), = modules.items()
+        cond = json.dumps(m["config"].get("condition", {}))
+        check("alertEmail" in cond and "empty" in cond, "the alerts module is deployed only when alertEmail is set")
+        params = unwrap(m["config"]).get("params", {})
+        check(params.get("alertEmail") == "alertEmail", "the module gets main.bicep's alertEmail")
+        app_insights = json.dumps(params.get("applicationInsightsId"))
+        check('"insights"' in app_insights and '"id"' in app_insights,
+              "the module's applicationInsightsId is the app's Application Insights component (insights.id)")
+    check("alertEmail" in main.get("parameters", {}), "main.bicep has an alertEmail parameter")
+    deploy = open(os.path.join(root, "infra", "deploy.sh"), encoding="utf-8").read()
+    check("--alert-email" in deploy and '"alertEmail"' in deploy, "deploy.sh passes --alert-email as alertEmail")
+
+    host = json.load(open(os.path.join(root, "host.json"), encoding="utf-8"))
+    sampling = host.get("logging", {}).get("applicationInsights", {}).get("samplingSettings", {})
+    excluded = {t.strip() for t in sampling.get("excludedTypes", "").split(";")}
+    check(sampling.get("isEnabled") is False or "Trace" in excluded,
+          "host.json keeps traces (the event lines) out of adaptive sampling")
