@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod alert_query;
 mod api_keys;
 mod auth_start;
 mod bad_input;
