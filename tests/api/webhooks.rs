@@ -46,6 +46,10 @@ struct ReceiverState {
     script: VecDeque<u16>,
     /// Answer the first `n` requests of every event id with 500.
     fail_first_per_event: usize,
+    /// Never answer: hold every request open until the sender gives up.
+    hang: bool,
+    /// Event types of the requests whose sender hung up while we held them (`hang`).
+    abandoned: Vec<String>,
     requests: Vec<Received>,
 }
 
@@ -107,11 +111,22 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<Request> {
 
 impl Receiver {
     pub async fn start(script: &[u16], fail_first_per_event: usize) -> Receiver {
+        Self::spawn(script, fail_first_per_event, false).await
+    }
+
+    /// A receiver that takes each request and never answers (a stuck system).
+    pub async fn hanging() -> Receiver {
+        Self::spawn(&[], 0, true).await
+    }
+
+    async fn spawn(script: &[u16], fail_first_per_event: usize, hang: bool) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks/broker", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(ReceiverState {
             script: script.iter().copied().collect(),
             fail_first_per_event,
+            hang,
+            abandoned: Vec::new(),
             requests: Vec::new(),
         }));
         let shared = state.clone();
@@ -144,7 +159,24 @@ impl Receiver {
                             status,
                             at: Instant::now(),
                         });
-                        status
+                        if s.hang {
+                            None
+                        } else {
+                            Some(status)
+                        }
+                    };
+                    let Some(status) = status else {
+                        // Hold the request until the sender hangs up.
+                        let mut sink = [0u8; 256];
+                        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                        let mut s = shared.lock().unwrap();
+                        let kind = s
+                            .requests
+                            .last()
+                            .map(Received::event_type)
+                            .unwrap_or_default();
+                        s.abandoned.push(kind);
+                        return;
                     };
                     let reply = format!(
                         "HTTP/1.1 {status} X\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno"
@@ -155,6 +187,11 @@ impl Receiver {
             }
         });
         Receiver { url, state, task }
+    }
+
+    /// The event types of the held requests the sender gave up on (`hanging` receivers).
+    pub fn abandoned(&self) -> Vec<String> {
+        self.state.lock().unwrap().abandoned.clone()
     }
 
     pub fn requests(&self) -> Vec<Received> {
@@ -552,4 +589,40 @@ async fn teams_and_slack_receivers_get_readable_messages() {
     // The format suffix is the broker's, not sent to the receiver.
     assert_eq!(s[0].target, "/hooks/broker");
     assert_eq!(t[0].target, "/hooks/broker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_receiver_delays_neither_the_token_answer_nor_the_other_receivers() {
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    let stuck = Receiver::hanging().await;
+    let fine = Receiver::start(&[], 0).await;
+    with_webhooks(&mut app, &[&stuck.url, &fine.url], &[]).await;
+    app.connect("acme").await;
+    fine.delivered("connection.created").await;
+    stuck
+        .wait_until("the held delivery", |r| !r.is_empty())
+        .await;
+
+    // The grant dies; the 409 comes back while the stuck receiver still holds its deliveries
+    // (the broker gives up on a delivery only after 10 s), and the other receiver gets the event.
+    let token = app.access_token("acme").await;
+    app.oidc().revoke(&token, "access_token").await;
+    let reply = app.token_reply("acme", "?force_refresh=true").await;
+    assert_eq!(reply.error_code(), "reauthorization_required");
+    assert!(
+        !stuck
+            .abandoned()
+            .contains(&"connection.reauthorization_required".to_owned()),
+        "the token answer did not wait for the stuck receiver to time out"
+    );
+    fine.delivered("connection.reauthorization_required").await;
+    // The broker gives up on the stuck deliveries by itself (its 10 s timeout).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stuck.abandoned().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker times out stuck deliveries"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
