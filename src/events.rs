@@ -347,16 +347,18 @@ impl Events {
         }
     }
 
-    /// Delivers every due entry (claiming each first) until none is due or
-    /// `budget` has passed.
+    /// Delivers due entries (claiming each first), a batch at a time, until
+    /// none is due or `budget` has passed; no batch starts after the budget,
+    /// and one batch takes at most one delivery timeout plus store calls.
     pub async fn drain(&self, budget: StdDuration) -> DrainSummary {
         let mut summary = DrainSummary::default();
         if self.inner.settings.receivers.is_empty() {
             return summary;
         }
         let started = tokio::time::Instant::now();
-        loop {
-            let due = match self.inner.store.outbox_due(now(), 32).await {
+        while started.elapsed() < budget {
+            // One batch is delivered all at once, well inside the claims it takes.
+            let due = match self.inner.store.outbox_due(now(), CONCURRENCY as u32).await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the event outbox");
@@ -380,6 +382,10 @@ impl Events {
                     Err(e) => tracing::warn!(error = %e, "could not claim an outbox entry"),
                 }
             }
+            if claimed.is_empty() {
+                // Due entries that others hold, or a store that does not answer: later.
+                return summary;
+            }
             let results: Vec<bool> = futures::stream::iter(claimed)
                 .map(|v| self.deliver(v))
                 .buffer_unordered(CONCURRENCY)
@@ -392,10 +398,8 @@ impl Events {
                     summary.failed += 1;
                 }
             }
-            if started.elapsed() > budget {
-                return summary;
-            }
         }
+        summary
     }
 
     /// Delivers entries as they fall due, for as long as the process lives.

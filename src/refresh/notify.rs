@@ -54,6 +54,18 @@ impl Engine {
         self.events.get()
     }
 
+    /// Emits `kind` about a connection with its `status` (for other services,
+    /// e.g. `connection.no_refresh_token` from the consent checks). Waits for the
+    /// outbox write, never for a receiver; nothing happens before `set_events`.
+    pub async fn emit_connection_event(
+        &self,
+        kind: EventType,
+        record: &ConnectionRecord,
+        status: &str,
+    ) {
+        self.emit(kind, record, status, None).await
+    }
+
     async fn emit(
         &self,
         kind: EventType,

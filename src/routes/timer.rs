@@ -1,6 +1,7 @@
 //! The timer function `refresh-timer`: the Functions host POSTs its invocation
-//! envelope to `/refresh-timer`; we run one sweep and answer with the
-//! invocation response (`Outputs`, `Logs`, `ReturnValue`).
+//! envelope to `/refresh-timer`; we run one sweep, deliver the events that are
+//! due (see `events`), and answer with the invocation response (`Outputs`,
+//! `Logs`, `ReturnValue`).
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
@@ -10,9 +11,11 @@ use super::AppState;
 use crate::functions_host::InvocationRequest;
 use crate::refresh::SweepSummary;
 
-/// How long a timer invocation spends delivering due events after its sweep
-/// (inside the 5-minute function timeout, after the sweep's budget).
+/// How long a timer invocation spends delivering due events after its sweep.
 const EVENT_DRAIN_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+/// No delivery batch starts this long after the invocation began: a batch
+/// takes at most one 10 s delivery timeout, inside the 5-minute function timeout.
+const EVENT_DRAIN_UNTIL: std::time::Duration = std::time::Duration::from_secs(270);
 
 /// The custom-handler invocation response.
 #[derive(Serialize)]
@@ -41,12 +44,16 @@ pub async fn refresh_timer(
     if invocation.timer.as_ref().is_some_and(|t| t.is_past_due) {
         tracing::info!("refresh timer is past due; sweeping now");
     }
+    let started = std::time::Instant::now();
     let swept = state.engine.sweep().await;
     // The invocation keeps the instance alive: deliver what is due (events of
-    // this sweep included) before answering.
+    // this sweep included) before answering, inside the function timeout.
     let mut logs = Vec::new();
     if let Some(events) = state.engine.events() {
-        let d = events.drain(EVENT_DRAIN_BUDGET).await;
+        let budget = EVENT_DRAIN_UNTIL
+            .saturating_sub(started.elapsed())
+            .min(EVENT_DRAIN_BUDGET);
+        let d = events.drain(budget).await;
         if d.delivered + d.failed > 0 {
             logs.push(format!(
                 "events: {} delivered, {} failed (retried later)",
