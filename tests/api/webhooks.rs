@@ -409,6 +409,10 @@ async fn a_revoked_grant_reaches_the_webhook_within_one_sweep_with_a_consent_lin
         !out.contains(&receiver.url),
         "the receiver's URL is never logged"
     );
+    assert!(
+        !out.contains(WEBHOOK_SECRET),
+        "the signing secret is never logged"
+    );
 }
 
 #[tokio::test]
