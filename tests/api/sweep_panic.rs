@@ -18,8 +18,8 @@ use oauth_broker::registry::Registry;
 use oauth_broker::startup::http_client;
 use oauth_broker::store::sqlite::SqliteBackend;
 use oauth_broker::store::{
-    Backend, BoxFuture, ConnectionRow, CredentialRow, PendingRow, Store, StoreError, Version,
-    Versioned,
+    AuxKind, AuxRow, Backend, BoxFuture, ConnectionRow, CredentialRow, PendingRow, Store,
+    StoreError, Version, Versioned,
 };
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
@@ -138,6 +138,39 @@ impl Backend for PanicsOnBoom {
         connection: &'a str,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         self.0.delete_credentials_of(integration, connection)
+    }
+    fn insert_aux<'a>(&'a self, row: &'a AuxRow) -> BoxFuture<'a, Result<Version, StoreError>> {
+        self.0.insert_aux(row)
+    }
+    fn get_aux<'a>(
+        &'a self,
+        kind: AuxKind,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Versioned<AuxRow>>, StoreError>> {
+        self.0.get_aux(kind, key)
+    }
+    fn replace_aux<'a>(
+        &'a self,
+        row: &'a AuxRow,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+        self.0.replace_aux(row, version)
+    }
+    fn delete_aux<'a>(
+        &'a self,
+        kind: AuxKind,
+        key: &'a str,
+        version: Option<&'a Version>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.0.delete_aux(kind, key, version)
+    }
+    fn due_aux(
+        &self,
+        kind: AuxKind,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Versioned<AuxRow>>, StoreError>> {
+        self.0.due_aux(kind, before, limit)
     }
 }
 
