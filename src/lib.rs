@@ -6,6 +6,8 @@
 //!   `vendor_body` (capped reads of vendor answers);
 //! - `config` (settings and the integrations file, validated once);
 //! - `oauth` (the vendor side of the protocol), `store` (sealed persistence);
+//! - `events` (changes of state as log lines and signed webhooks, from an
+//!   outbox in the store);
 //! - `registry` (integrations, with background discovery), `refresh` (the
 //!   refresh engine), `consent` (consent flows and links);
 //! - `routes` and `functions_host` (HTTP), `keyfile` and `startup` (composition).
