@@ -7,6 +7,9 @@
   and integration.misconfigured (event types the broker defines, in src/domain/event.rs), and reads
   only fields the broker writes on its event lines (the `tracing::info!` that emits them in
   src/events.rs); the API test tests/api/alert_query.rs runs the same query over real log lines;
+- every property the two resources set exists in Azure's model of that type and API version
+  (azure-mgmt-monitor 7.0.0, whose operations send exactly these API versions), with tests/arm_models.py
+  as for main.bicep;
 - infra/main.bicep deploys it when alertEmail is set, scoped to its Application Insights component, and
   infra/deploy.sh passes --alert-email through as alertEmail;
 - host.json keeps traces out of adaptive sampling (so an event line is never sampled away).
@@ -17,6 +20,17 @@ import os
 import re
 
 from checklib import check
+
+# Each alert resource type and API version → (model module, model class, the operations module
+# whose client sends that API version). azure-mgmt-monitor 7.0.0 has one API version per
+# operation group, so the operations module proves the model is of the template's version.
+MONITOR_MODELS = {
+    ("Microsoft.Insights/actionGroups", "2023-01-01"):
+        ("azure.mgmt.monitor.models", "ActionGroupResource", "azure.mgmt.monitor.operations._action_groups_operations"),
+    ("Microsoft.Insights/scheduledQueryRules", "2023-12-01"):
+        ("azure.mgmt.monitor.models", "ScheduledQueryRuleResource",
+         "azure.mgmt.monitor.operations._scheduled_query_rules_operations"),
+}
 
 ALERTED = {"connection.reauthorization_required", "integration.misconfigured"}
 
@@ -41,11 +55,44 @@ def event_line_fields(root):
     return {"event"} | set(re.findall(r"^\s*(\w+) = ", m.group(1), re.M))
 
 
+def check_models(doc):
+    import importlib
+
+    import arm_models
+
+    for symbol, r in sorted(doc.get("resources", {}).items()):
+        where = f"{symbol} ({r['type']}@{r.get('api_version')})"
+        entry = MONITOR_MODELS.get((r["type"], r.get("api_version")))
+        if not check(entry is not None, f"{where} has a model in azure-mgmt-monitor (MONITOR_MODELS)"):
+            continue
+        module, cls_name, operations = entry
+        try:
+            models = arm_models.Models(module)
+            ops = open(importlib.import_module(operations).__file__, encoding="utf-8").read()
+        except ImportError as e:
+            check(False, f"{where}: azure-mgmt-monitor imports ({e})")
+            continue
+        sent = set(re.findall(r'_params\.pop\("api-version", "([^"]+)"\)', ops))
+        check(sent == {r["api_version"]}, f"{where}: the SDK's operations send api-version {sorted(sent)}")
+        errors = []
+        arm_models.check_object(models, models.cls(cls_name), unwrap(r["config"]), symbol, errors,
+                                envelope=arm_models.BICEP_ENVELOPE)
+        check(not errors, f"{where}: every property exists in {cls_name}@{r['api_version']}"
+              + "".join(f"\n       {e}" for e in errors))
+    # Self-test: a misspelt property of the rule is caught.
+    models = arm_models.Models("azure.mgmt.monitor.models")
+    errors = []
+    arm_models.check_object(models, models.cls("ScheduledQueryRuleResource"),
+                            {"properties": {"evaluationFrequncy": "PT5M"}}, "selftest", errors)
+    check(bool(errors), "the model check rejects a misspelt scheduled query rule property (self-test)")
+
+
 def check_alerts(parsed, root):
     path = os.path.join(root, "infra", "alerts.bicep")
     doc = parsed.get(path)
     if not check(doc is not None, "infra/alerts.bicep parsed"):
         return
+    check_models(doc)
     groups = {n: unwrap(r["config"]) for n, r in doc["resources"].items()
               if r["type"].lower() == "microsoft.insights/actiongroups"}
     rules = {n: unwrap(r["config"]) for n, r in doc["resources"].items()
