@@ -421,6 +421,19 @@ class DeployTest(unittest.TestCase):
         self.assertIn("7.55.0 or later", r.stderr)
         self.assertEqual(az_calls(calls, "group", "create"), [])
 
+    def test_alert_email_reaches_the_template_and_a_bad_one_stops_before_anything(self):
+        env = self.start()
+        r, _ = env.run("--alert-email", "ops@example.com")
+        self.assert_success(r)
+        self.assertEqual(env.state()["deployments"][-1]["alertEmail"], "ops@example.com")
+        r, _ = env.run()
+        self.assert_success(r)
+        self.assertEqual(env.state()["deployments"][-1]["alertEmail"], "", "no alerts unless asked")
+        r, calls = env.run("--alert-email", "not an address")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--alert-email must be an e-mail address", r.stderr)
+        self.assertEqual(az_calls(calls, "deployment", "group", "create"), [])
+
     def test_key_rotation_prepends_a_key(self):
         env = self.start()
         r, _ = env.run()
