@@ -109,10 +109,10 @@ fn receiver(raw: &str) -> Result<WebhookReceiver, ConfigError> {
     let format = format.unwrap_or_else(|| {
         if host == "hooks.slack.com" {
             WebhookFormat::Slack
-        } else if host.ends_with(".webhook.office.com")
-            || host.ends_with(".logic.azure.com")
-            || host.ends_with(".api.powerplatform.com")
+        } else if host.ends_with(".webhook.office.com") || host.ends_with(".api.powerplatform.com")
         {
+            // Not *.logic.azure.com: Teams Workflows there share the host with every
+            // Logic App HTTP trigger, which wants the JSON event (`?format=teams` says otherwise).
             WebhookFormat::Teams
         } else {
             WebhookFormat::Json
@@ -177,7 +177,7 @@ mod tests {
         let s = load(&[
             (
                 "BROKER_WEBHOOK_URL",
-                "https://example.com/hook, https://hooks.slack.com/services/T/B/x ,https://prod-1.westeurope.logic.azure.com/workflows/abc?api-version=2016-06-01&sig=s,https://chat.example.com/in?format=slack,http://127.0.0.1:9/x&format=teams",
+                "https://example.com/hook, https://hooks.slack.com/services/T/B/x ,https://prod-1.westeurope.logic.azure.com/workflows/abc?api-version=2016-06-01&sig=s&format=teams,https://prod-2.westeurope.logic.azure.com/workflows/def?sig=s,https://x.webhook.office.com/webhookb2/abc,https://chat.example.com/in?format=slack,http://127.0.0.1:9/x&format=teams",
             ),
             ("BROKER_WEBHOOK_SECRET", "0123456789abcdef"),
         ])
@@ -189,12 +189,18 @@ mod tests {
                 WebhookFormat::Json,
                 WebhookFormat::Slack,
                 WebhookFormat::Teams,
+                WebhookFormat::Json,
+                WebhookFormat::Teams,
                 WebhookFormat::Slack,
                 WebhookFormat::Teams
             ]
         );
-        assert_eq!(s.receivers[3].url.expose(), "https://chat.example.com/in");
-        assert_eq!(s.receivers[4].url.expose(), "http://127.0.0.1:9/x");
+        assert_eq!(
+            s.receivers[2].url.expose(),
+            "https://prod-1.westeurope.logic.azure.com/workflows/abc?api-version=2016-06-01&sig=s"
+        );
+        assert_eq!(s.receivers[5].url.expose(), "https://chat.example.com/in");
+        assert_eq!(s.receivers[6].url.expose(), "http://127.0.0.1:9/x");
         assert_eq!(s.retry.as_secs(), 10);
         assert_eq!(s.refresh_failing_after, time::Duration::hours(6));
     }
