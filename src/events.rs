@@ -80,6 +80,9 @@ struct Inner {
     http: reqwest::Client,
     settings: EventSettings,
     links: OnceLock<Arc<dyn ConsentLinks>>,
+    /// Integrations whose `misconfigured` marker this process has cleared
+    /// since it last saw their credentials rejected (see [`Events::suspect`]).
+    cleared: std::sync::Mutex<std::collections::HashSet<IntegrationName>>,
 }
 
 /// A new event id: `evt_`, the time in milliseconds (12 hex digits, so ids sort
@@ -239,6 +242,7 @@ impl Events {
                 http,
                 settings,
                 links: OnceLock::new(),
+                cleared: Default::default(),
             }),
         }
     }
@@ -246,6 +250,22 @@ impl Events {
     /// Where `connection.reauthorization_required` gets its consent link (set once, by `startup`).
     pub fn set_consent_links(&self, links: Arc<dyn ConsentLinks>) {
         let _ = self.inner.links.set(links);
+    }
+
+    /// This process saw `integration`'s credentials rejected: its next success
+    /// clears the integration's marker (see `refresh::notify`).
+    pub fn suspect(&self, integration: &IntegrationName) {
+        self.cleared_set().remove(integration);
+    }
+
+    /// True the first time after start, or after [`Events::suspect`], that a
+    /// refresh of `integration` succeeds here: time to clear its marker.
+    pub fn take_suspect(&self, integration: &IntegrationName) -> bool {
+        self.cleared_set().insert(integration.clone())
+    }
+
+    fn cleared_set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<IntegrationName>> {
+        self.inner.cleared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn settings(&self) -> &EventSettings {

@@ -3,8 +3,10 @@
 //! one process whose store write made the change, or, for states that are not
 //! in a connection row, by the one that wins a conditional write of a marker:
 //! - `misconfigured:<integration>`: present from the first `invalid_client`
-//!   until a connection that had failed refreshes again, so the integration
-//!   gets one `integration.misconfigured` per breakage, not one per call;
+//!   until a refresh succeeds again (of a connection that had failed, or the
+//!   first success in a process since start or since it saw the rejection),
+//!   so the integration gets one `integration.misconfigured` per breakage,
+//!   not one per call;
 //! - `failing:<integration>:<connection>`: when transient failures began, and
 //!   whether `connection.refresh_failing` was sent; removed by a success.
 
@@ -108,8 +110,14 @@ impl Engine {
 
     /// A refresh succeeded on a connection whose previous state was `previous`.
     pub(super) async fn on_refreshed(&self, previous: &ConnectionRecord) {
+        let suspect = self
+            .events
+            .get()
+            .is_some_and(|e| e.take_suspect(&previous.integration));
         if previous.last_error.is_some() {
             self.clear_failure_markers(previous).await;
+        } else if suspect {
+            self.forget(&misconfigured_key(&previous.integration)).await;
         }
     }
 
@@ -172,9 +180,10 @@ impl Engine {
 
     /// `integration.misconfigured`, once: for the process that creates the marker.
     async fn misconfigured(&self, record: &ConnectionRecord, err: &TokenError) {
-        if self.events.get().is_none() {
+        let Some(events) = self.events.get() else {
             return;
-        }
+        };
+        events.suspect(&record.integration);
         let key = misconfigured_key(&record.integration);
         match self.store.marker_put(&key, "{}", None).await {
             Ok(_) => {

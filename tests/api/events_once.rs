@@ -127,3 +127,48 @@ async fn transient_failures_longer_than_the_threshold_are_told_once() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn a_breakage_is_told_again_after_a_fix_even_when_the_failed_connection_is_gone() {
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    let receiver = Receiver::start(&[], 0).await;
+    with_webhooks(
+        &mut app,
+        &[&receiver.url],
+        &[("BROKER_REFRESH_COOLDOWN_SECS", "0")],
+    )
+    .await;
+    app.connect("c1").await;
+    app.connect("c2").await;
+    set_env(&mut app, "DEMO_CLIENT_SECRET", "not-the-secret");
+    app.restart_with_margin(DEFAULT_MARGIN_SECS).await;
+    let reply = app.token_reply("c1", "?force_refresh=true").await;
+    assert_eq!(reply.error_code(), "integration_misconfigured", "{reply:?}");
+    receiver.delivered("integration.misconfigured").await;
+    // The only connection that saw the rejection is deleted; the secret is fixed; another
+    // connection (which never failed) refreshes; then the secret breaks again.
+    let reply = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/connections/{INTEGRATION}/c1?revoke=false"),
+            None,
+            Key::Configured,
+        )
+        .await;
+    assert_eq!(reply.status, 204, "{reply:?}");
+    set_env(&mut app, "DEMO_CLIENT_SECRET", CLIENT_SECRET);
+    app.restart_with_margin(DEFAULT_MARGIN_SECS).await;
+    check_token_reply(&app.token_reply("c2", "?force_refresh=true").await, "c2");
+    set_env(&mut app, "DEMO_CLIENT_SECRET", "broken-again");
+    app.restart_with_margin(DEFAULT_MARGIN_SECS).await;
+    let reply = app.token_reply("c2", "?force_refresh=true").await;
+    assert_eq!(reply.error_code(), "integration_misconfigured", "{reply:?}");
+    receiver
+        .wait_until("a second integration.misconfigured", |r| {
+            r.iter()
+                .filter(|x| x.status == 200 && x.event_type() == "integration.misconfigured")
+                .count()
+                == 2
+        })
+        .await;
+}
