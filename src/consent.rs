@@ -491,19 +491,16 @@ impl ConsentService {
     }
 
     /// The `connection.no_refresh_token` event: a consent returned no refresh
-    /// token for an integration that expects one.
-    ///
-    /// The one call site for the events module. Until it is merged the event is
-    /// this log line (`event = "connection.no_refresh_token"`); then the body
-    /// becomes `if let Some(events) = self.engine.events() { events.emit(events.event(
-    /// EventType::ConnectionNoRefreshToken, &record.integration, Some(&record.connection))).await }`.
+    /// token for an integration that expects one (a log line with
+    /// `"event": "connection.no_refresh_token"`, and a webhook; see `events`).
     async fn emit_no_refresh_token(&self, record: &ConnectionRecord) {
-        tracing::warn!(
-            event = "connection.no_refresh_token",
-            integration = record.integration.as_str(),
-            connection = record.connection.as_str(),
-            "the consent returned no refresh token; the access token is served until it expires, then a new consent is needed"
-        );
+        self.engine
+            .emit_connection_event(
+                crate::domain::EventType::ConnectionNoRefreshToken,
+                record,
+                record.status.as_str(),
+            )
+            .await;
     }
 
     /// Whether the public URL is https (cookies are then `Secure`).

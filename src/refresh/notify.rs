@@ -91,17 +91,23 @@ impl Engine {
         previous: Option<&ConnectionRecord>,
         record: &ConnectionRecord,
     ) {
+        let status = record.status.as_str();
         match previous {
             None => {
-                self.emit(EventType::ConnectionCreated, record, "active", None)
+                self.emit(EventType::ConnectionCreated, record, status, None)
                     .await
             }
             Some(p) => {
                 if p.last_error.is_some() {
                     self.clear_failure_markers(p).await;
                 }
-                if p.status == ConnectionStatus::ReauthorizationRequired {
-                    self.emit(EventType::ConnectionRecovered, record, "active", None)
+                // A dead grant (or one that could not be kept alive) works again.
+                let was_dead = matches!(
+                    p.status,
+                    ConnectionStatus::ReauthorizationRequired | ConnectionStatus::NoRefreshToken
+                );
+                if was_dead && record.status == ConnectionStatus::Active {
+                    self.emit(EventType::ConnectionRecovered, record, status, None)
                         .await;
                 }
             }

@@ -172,3 +172,39 @@ async fn a_breakage_is_told_again_after_a_fix_even_when_the_failed_connection_is
         })
         .await;
 }
+
+/// oidc-provider issues refresh tokens (or not) from now on.
+async fn issue_refresh_tokens(app: &TestApp, issue: bool) {
+    let url = format!(
+        "{}/__config?issue_refresh_token={}",
+        app.oidc().issuer,
+        u8::from(issue)
+    );
+    let resp = reqwest::Client::new().post(url).send().await.unwrap();
+    assert!(resp.status().is_success());
+}
+
+#[tokio::test]
+async fn a_consent_without_a_refresh_token_is_told_and_a_new_one_with_it_recovers() {
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    let receiver = Receiver::start(&[], 0).await;
+    with_webhooks(&mut app, &[&receiver.url], &[]).await;
+    issue_refresh_tokens(&app, false).await;
+    app.connect("nort").await;
+    let told = receiver.delivered("connection.no_refresh_token").await;
+    assert_signed(&told);
+    let e = told.json();
+    assert_eq!(
+        (e["connection"].as_str(), e["status"].as_str()),
+        (Some("nort"), Some("no_refresh_token")),
+        "{e}"
+    );
+    let created = receiver.delivered("connection.created").await.json();
+    assert_eq!(created["status"], "no_refresh_token", "{created}");
+
+    issue_refresh_tokens(&app, true).await;
+    app.connect("nort").await;
+    let recovered = receiver.delivered("connection.recovered").await.json();
+    assert_eq!(recovered["status"], "active", "{recovered}");
+    assert_eq!(of_type(&receiver, "connection.no_refresh_token").len(), 1);
+}
