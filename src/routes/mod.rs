@@ -13,6 +13,7 @@ pub mod front_door;
 pub mod health;
 pub mod html;
 pub mod oauth2;
+pub mod openapi;
 pub mod status;
 pub mod timer;
 pub mod token;
@@ -75,8 +76,8 @@ pub fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpRespons
 
 /// The routes. Protected ones are wrapped in [`front_door::require_key`]
 /// (standalone mode's key, checked before the body is read); the anonymous
-/// ones (health, the callback the vendor sends the browser to, consent links)
-/// are not.
+/// ones (health, the API description, the callback the vendor sends the
+/// browser to, consent links) are not.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let key = || from_fn(front_door::require_key);
     cfg.service(
@@ -96,6 +97,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(token::post)),
     )
     .service(web::resource("/api/health").route(web::get().to(health::health)))
+    .service(web::resource("/api/openapi.json").route(web::get().to(openapi::document)))
     .service(
         web::resource("/api/status")
             .wrap(key())

@@ -21,6 +21,7 @@ mod functions_manifest;
 mod health;
 mod hostile_vendor;
 mod no_secret_in_logs;
+mod openapi;
 mod pipeline_credentials;
 mod reauthorization;
 mod reconsent;
