@@ -26,6 +26,7 @@ mod pipeline_credentials;
 mod reauthorization;
 mod reconsent;
 mod row_integrity;
+mod schemathesis;
 mod status_page;
 mod store_contract;
 mod sweep_panic;
