@@ -17,6 +17,8 @@ pub mod credentials;
 pub mod crypto;
 pub mod domain;
 pub mod functions_host;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keyfile;
 pub mod oauth;
 pub mod refresh;
