@@ -67,26 +67,34 @@ fn stored_row_corpus() {
 #[test]
 fn the_sealed_seed_rows_decode_past_decryption() {
     use oauth_broker::fuzzing::stored_row;
-    for (name, field) in [("connection", "connection"), ("pending", "pending")] {
+    for (name, field) in [
+        ("connection", "connection"),
+        ("pending", "pending"),
+        ("link", "link"),
+    ] {
         let (_, bytes) = corpus("stored_row")
             .into_iter()
             .find(|(p, _)| p.ends_with(name))
             .unwrap_or_else(|| panic!("fuzz/corpus/stored_row/{name}"));
-        let nul = bytes.iter().position(|&b| b == 0).unwrap();
+        let nul = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         let serde_json::Value::Object(entity) = serde_json::from_slice(&bytes[..nul]).unwrap()
         else {
             panic!("{name} is an object")
         };
-        let read = stored_row(entity, &bytes[nul + 1..]);
+        let read = stored_row(entity, bytes.get(nul + 1..).unwrap_or_default());
         match field {
             "connection" => {
                 let r = read.connection.expect("the seed connection decodes");
                 let r = r.expect("and exists");
                 assert_eq!(r.tokens.access_token.expose(), "at-0123456789abcdef");
             }
-            _ => {
+            "pending" => {
                 let p = read.pending.expect("the seed pending row decodes");
                 assert!(p.expect("and exists").pkce_verifier.is_some());
+            }
+            _ => {
+                let l = read.link.expect("the seed consent link decodes");
+                assert_eq!(l.expect("and exists").connection.as_str(), "acme");
             }
         }
     }
