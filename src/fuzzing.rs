@@ -70,15 +70,9 @@ pub fn callback(query_string: &str) -> Option<CallbackQuery> {
     let description = params
         .get("error_description")
         .map(|d| oauth::sanitize(d, 300));
-    let page = error.as_ref().map(|e| {
-        let resp = crate::routes::html::access_not_granted(
-            e,
-            description.as_deref(),
-            "https://broker.example/api/auth/callback",
-        );
-        let body = resp.into_body().try_into_bytes().unwrap_or_default();
-        String::from_utf8_lossy(&body).into_owned()
-    });
+    let page = error
+        .as_ref()
+        .map(|e| refusal_page(e, description.as_deref()));
     Some(CallbackQuery {
         state_hash,
         code,
@@ -86,6 +80,18 @@ pub fn callback(query_string: &str) -> Option<CallbackQuery> {
         description,
         page,
     })
+}
+
+/// The page the callback shows when the vendor sent an error (RFC 6749
+/// §4.1.2.1), as HTML text.
+pub fn refusal_page(error: &str, description: Option<&str>) -> String {
+    let resp = crate::routes::html::access_not_granted(
+        error,
+        description,
+        "https://broker.example/api/auth/callback",
+    );
+    let body = resp.into_body().try_into_bytes().unwrap_or_default();
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// The keyring the stored-row entry points seal and open with (a fixed test key).
