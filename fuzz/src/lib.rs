@@ -10,6 +10,26 @@ use oauth_broker::functions_host::InvocationRequest;
 use oauth_broker::fuzzing;
 use serde_json::Value;
 use std::path::Path;
+use std::sync::OnceLock;
+
+use oauth_broker::config::integrations::MAX_LIFETIME;
+use oauth_broker::config::Integration;
+use time::{Duration, OffsetDateTime};
+
+/// Two integrations whose lifetimes a token response sets: in seconds and in milliseconds.
+fn lifetime_integrations() -> &'static [Integration] {
+    static INTEGRATIONS: OnceLock<Vec<Integration>> = OnceLock::new();
+    INTEGRATIONS.get_or_init(|| {
+        let file = r#"{"integrations": {
+            "s": {"authorization_url": "https://a.example/auth", "token_url": "https://a.example/token",
+                  "client_id": "c", "client_secret": "s"},
+            "ms": {"authorization_url": "https://a.example/auth", "token_url": "https://a.example/token",
+                   "client_id": "c", "client_secret": "s", "expires_in_unit": "milliseconds"}}}"#;
+        let parsed = parse(file, Path::new("integrations.json"), &|_| None)
+            .unwrap_or_else(|e| panic!("the fixed integrations file parses: {e}"));
+        parsed.ready.into_values().collect()
+    })
+}
 
 /// The token endpoint's answer (code exchange, refresh): any status, JSON or form body.
 pub fn token_response(data: &[u8]) {
@@ -35,6 +55,16 @@ pub fn token_response(data: &[u8]) {
                 !r.metadata.contains_key("refresh_token") && !r.metadata.contains_key("id_token")
             );
             assert_eq!(format!("{:?}", r.access_token), "Secret([redacted])");
+            // Whatever `expires_in` says, the lifetime believed is 1 s to 10 years and meets a clock
+            // without overflow (issue 10 item 1).
+            for i in lifetime_integrations() {
+                let l = i.lifetime(r.expires_in);
+                assert!(
+                    l >= Duration::seconds(1) && l <= MAX_LIFETIME,
+                    "lifetime {l}"
+                );
+                let _ = OffsetDateTime::now_utc().saturating_add(l);
+            }
         }
         Err(e) => {
             let _ = (e.to_string(), e.is_transient(), e.is_dead_grant());
