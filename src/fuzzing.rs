@@ -17,8 +17,8 @@ use crate::domain::{
 };
 use crate::oauth::{self, TokenError, TokenResponse};
 use crate::store::{
-    table, Backend, BoxFuture, ConnectionRow, ConsentLink, PendingRow, Store, StoreError, Version,
-    Versioned,
+    table, Backend, BoxFuture, ConnectionRow, ConsentLink, CredentialRow, PendingRow, Store,
+    StoreError, Version, Versioned,
 };
 
 /// A token endpoint's answer (code exchange or refresh), as `oauth` reads it.
@@ -193,6 +193,43 @@ impl Backend for OneEntity {
                 })
                 .collect())
         })
+    }
+    fn insert_credential<'a>(
+        &'a self,
+        _: &'a CredentialRow,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
+    }
+    fn get_credential<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn list_credentials<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CredentialRow>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn touch_credential<'a>(
+        &'a self,
+        _: &'a str,
+        _: OffsetDateTime,
+        _: Option<&'a crate::domain::SecretHash>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
+    }
+    fn delete_credential<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
+    fn delete_credentials_of<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async { Ok(0) })
     }
     fn delete_connection<'a>(
         &'a self,

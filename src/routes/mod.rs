@@ -60,10 +60,10 @@ impl AppState {
     }
 }
 
-/// serde: an optional whole number of seconds from 0 to `u32::MAX`. JSON has
-/// one number type, so `60.0` and `6e1` are the integer 60 (as JSON Schema,
-/// and so the API description, says); a fraction, a negative or a larger
-/// number is refused.
+/// serde: an optional whole number (of seconds, of days) from 0 to
+/// `u32::MAX`. JSON has one number type, so `60.0` and `6e1` are the integer 60
+/// (as JSON Schema, and so the API description, says); a fraction, a negative
+/// or a larger number is refused.
 pub(crate) fn whole_seconds<'de, D>(d: D) -> Result<Option<u32>, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -82,7 +82,7 @@ where
     };
     whole
         .map(Some)
-        .ok_or_else(|| D::Error::custom("expected a whole number of seconds from 0 to 4294967295"))
+        .ok_or_else(|| D::Error::custom("expected a whole number from 0 to 4294967295"))
 }
 
 /// The query string as a map (last value wins; the Functions host already
