@@ -20,6 +20,8 @@ pub mod crypto;
 pub mod domain;
 pub mod events;
 pub mod functions_host;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keyfile;
 pub mod oauth;
 pub mod refresh;

@@ -423,7 +423,7 @@ fn transport_reason(e: &reqwest::Error) -> String {
     }
 }
 
-fn parse_token_response(
+pub(crate) fn parse_token_response(
     status: u16,
     is_form: bool,
     body: &[u8],

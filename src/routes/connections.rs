@@ -156,7 +156,7 @@ pub(super) async fn delete_connection(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct LinkBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     expires_in_secs: Option<u32>,
 }
 

@@ -95,9 +95,9 @@ struct Created<'a> {
 struct CreateBody {
     #[serde(default)]
     description: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     expires_in_days: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     min_validity_secs: Option<u32>,
 }
 

@@ -13,6 +13,7 @@ pub mod front_door;
 pub mod health;
 pub mod html;
 pub mod oauth2;
+pub mod openapi;
 pub mod status;
 pub mod timer;
 pub mod token;
@@ -59,6 +60,31 @@ impl AppState {
     }
 }
 
+/// serde: an optional whole number (of seconds, of days) from 0 to
+/// `u32::MAX`. JSON has one number type, so `60.0` and `6e1` are the integer 60
+/// (as JSON Schema, and so the API description, says); a fraction, a negative
+/// or a larger number is refused.
+pub(crate) fn whole_seconds<'de, D>(d: D) -> Result<Option<u32>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    use serde::Deserialize as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = match n.as_u64() {
+        Some(v) => u32::try_from(v).ok(),
+        None => n
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+            .map(|f| f as u32),
+    };
+    whole
+        .map(Some)
+        .ok_or_else(|| D::Error::custom("expected a whole number from 0 to 4294967295"))
+}
+
 /// The query string as a map (last value wins; the Functions host already
 /// joins repeated keys with commas).
 pub fn query(req: &HttpRequest) -> HashMap<String, String> {
@@ -75,8 +101,8 @@ pub fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpRespons
 
 /// The routes. Protected ones are wrapped in [`front_door::require_key`]
 /// (standalone mode's key, checked before the body is read); the anonymous
-/// ones (health, the callback the vendor sends the browser to, consent links)
-/// are not.
+/// ones (health, the API description, the callback the vendor sends the
+/// browser to, consent links) are not.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let key = || from_fn(front_door::require_key);
     cfg.service(
@@ -96,6 +122,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(token::post)),
     )
     .service(web::resource("/api/health").route(web::get().to(health::health)))
+    .service(web::resource("/api/openapi.json").route(web::get().to(openapi::document)))
     .service(
         web::resource("/api/status")
             .wrap(key())

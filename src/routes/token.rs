@@ -75,7 +75,7 @@ struct PostBody {
     integration: String,
     #[serde(default)]
     connection: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::whole_seconds")]
     min_validity_secs: Option<u32>,
     #[serde(default)]
     force_refresh: Option<bool>,

@@ -309,7 +309,7 @@ fn aad_outbox(key: &str, b: &OutboxBody) -> Vec<u8> {
 
 /// Sealed values written since row integrity (format 2) start with this; the
 /// base64 of format 1 never contains a dot.
-const SEALED_V2: &str = "v2.";
+pub(crate) const SEALED_V2: &str = "v2.";
 
 /// Format 1: the tokens were bound to the row's identity only. Still read, so
 /// grants stored before format 2 survive; every write uses format 2.
@@ -326,7 +326,7 @@ fn millis(t: OffsetDateTime) -> i128 {
 /// expiry, metadata), so a writer to the table cannot change any of them
 /// without the row failing to open. Status, errors, leases and times of the
 /// last refresh are state, not bound (see the README's Security section).
-fn aad_connection(r: &ConnectionRow) -> Vec<u8> {
+pub(crate) fn aad_connection(r: &ConnectionRow) -> Vec<u8> {
     serde_json::to_vec(&(
         "oauth-broker/v2/connection",
         &r.integration,
@@ -340,7 +340,7 @@ fn aad_connection(r: &ConnectionRow) -> Vec<u8> {
 }
 
 /// A pending authorization's verifier is bound to everything the callback trusts.
-fn aad_pending(r: &PendingRow) -> Vec<u8> {
+pub(crate) fn aad_pending(r: &PendingRow) -> Vec<u8> {
     serde_json::to_vec(&(
         "oauth-broker/v2/pending",
         &r.state_hash,
@@ -355,7 +355,7 @@ fn aad_pending(r: &PendingRow) -> Vec<u8> {
 
 /// A consent link seals nothing but proves its fields with the key (an empty
 /// plaintext under this associated data).
-fn aad_link(r: &PendingRow) -> Vec<u8> {
+pub(crate) fn aad_link(r: &PendingRow) -> Vec<u8> {
     serde_json::to_vec(&(
         "oauth-broker/v2/link",
         &r.state_hash,

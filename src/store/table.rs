@@ -290,7 +290,7 @@ fn connection_entity(r: &ConnectionRow) -> Map<String, Value> {
     m
 }
 
-fn connection_row(m: &Map<String, Value>) -> Result<ConnectionRow, StoreError> {
+pub(crate) fn connection_row(m: &Map<String, Value>) -> Result<ConnectionRow, StoreError> {
     Ok(ConnectionRow {
         integration: get_str(m, "PartitionKey")?,
         connection: get_str(m, "RowKey")?,
@@ -324,7 +324,7 @@ fn pending_entity(r: &PendingRow) -> Map<String, Value> {
     m
 }
 
-fn pending_row(m: &Map<String, Value>) -> Result<PendingRow, StoreError> {
+pub(crate) fn pending_row(m: &Map<String, Value>) -> Result<PendingRow, StoreError> {
     Ok(PendingRow {
         state_hash: get_str(m, "RowKey")?,
         integration: get_str(m, "Integration")?,

@@ -79,11 +79,13 @@ fn fill_route(route: &str) -> String {
         .join("/")
 }
 
-/// The routes a caller without a function key must reach: health, the
-/// vendor's redirect back, consent links (whose token is the credential) and
-/// the OAuth 2.0 token endpoint (the broker authenticates the client itself).
+/// The routes a caller without a function key must reach: health, the API
+/// description, the vendor's redirect back, consent links (whose token is the
+/// credential) and the OAuth 2.0 token endpoint (the broker authenticates the
+/// client itself).
 fn is_anonymous_route(shape: &str) -> bool {
     shape == "health"
+        || shape == "openapi.json"
         || shape.starts_with("auth/callback")
         || shape == "auth/link"
         || shape == "oauth2/token"
