@@ -17,8 +17,8 @@ use crate::domain::{
 };
 use crate::oauth::{self, TokenError, TokenResponse};
 use crate::store::{
-    table, Backend, BoxFuture, ConnectionRow, ConsentLink, CredentialRow, PendingRow, Store,
-    StoreError, Version, Versioned,
+    table, AuxKind, AuxRow, Backend, BoxFuture, ConnectionRow, ConsentLink, CredentialRow,
+    PendingRow, Store, StoreError, Version, Versioned,
 };
 
 /// A token endpoint's answer (code exchange or refresh), as `oauth` reads it.
@@ -237,6 +237,39 @@ impl Backend for OneEntity {
         _: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async { Ok(false) })
+    }
+    fn insert_aux<'a>(&'a self, _: &'a AuxRow) -> BoxFuture<'a, Result<Version, StoreError>> {
+        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
+    }
+    fn get_aux<'a>(
+        &'a self,
+        _: AuxKind,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Versioned<AuxRow>>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn replace_aux<'a>(
+        &'a self,
+        _: &'a AuxRow,
+        _: &'a Version,
+    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
+    }
+    fn delete_aux<'a>(
+        &'a self,
+        _: AuxKind,
+        _: &'a str,
+        _: Option<&'a Version>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
+    fn due_aux(
+        &self,
+        _: AuxKind,
+        _: OffsetDateTime,
+        _: u32,
+    ) -> BoxFuture<'_, Result<Vec<Versioned<AuxRow>>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 
