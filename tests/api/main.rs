@@ -1,6 +1,8 @@
 //! Black-box tests: the real `oauth-broker` binary, real Azurite, real oidc-provider, called exactly as
-//! the Azure Functions host, ADF and a browser call it. Run them with `scripts/test`, which installs
-//! the Node fixtures; `cargo test --test api` works once `tests/support/node_modules` exists.
+//! the Azure Functions host, ADF and a browser call it; plus the store contract and identity-based
+//! storage, which also drive the library directly. The fixtures are the broker-testkit crate
+//! (`tests/support`, re-exported by `helpers`). Run them with `scripts/test`, which installs the Node
+//! fixtures; `cargo test --test api` works once `tests/support/node_modules` exists.
 
 mod helpers;
 
