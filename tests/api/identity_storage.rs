@@ -659,15 +659,17 @@ async fn table_storage_works_with_only_the_managed_identity_token_on_azurite() {
         .await
         .expect("create the table with a bearer token");
     backend.ping().await.expect("point read");
+    // One row, built once: its expiry is read from the clock, which may tick between two calls.
+    let row = pending_row("0123abcd");
     backend
-        .insert_pending(&pending_row("0123abcd"))
+        .insert_pending(&row)
         .await
         .expect("insert an entity");
     let taken = backend
         .take_pending("0123abcd")
         .await
         .expect("read + delete");
-    assert_eq!(taken, Some(pending_row("0123abcd")));
+    assert_eq!(taken, Some(row));
     assert_eq!(backend.take_pending("0123abcd").await.unwrap(), None);
     assert_eq!(
         fake.issued().len(),
