@@ -89,8 +89,6 @@ ROLE_IDS = {
 def settings_read_by_broker():
     names = set()
     for path in glob.glob(os.path.join(ROOT, "src", "**", "*.rs"), recursive=True):
-        if os.path.join("src", "bin") in path:
-            continue  # developer tools (benchmarks), not the broker
         with open(path, encoding="utf-8") as f:
             text = f.read()
         # Ignore unit tests: they name settings only to exercise them.

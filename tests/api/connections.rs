@@ -3,8 +3,8 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::fake_vendor::{Answer, FakeVendor};
 use crate::helpers::*;
+use crate::helpers::{Answer, FakeVendor};
 
 async fn api(app: &TestApp, method: Method, path: &str, body: Option<&str>) -> Reply {
     app.call(method, path, body, Key::Configured).await

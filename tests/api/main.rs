@@ -1,6 +1,8 @@
 //! Black-box tests: the real `oauth-broker` binary, real Azurite, real oidc-provider, called exactly as
-//! the Azure Functions host, ADF and a browser call it. Run them with `scripts/test`, which installs
-//! the Node fixtures; `cargo test --test api` works once `tests/support/node_modules` exists.
+//! the Azure Functions host, ADF and a browser call it; plus the store contract and identity-based
+//! storage, which also drive the library directly. The fixtures are the broker-testkit crate
+//! (`tests/support`, re-exported by `helpers`). Run them with `scripts/test`, which installs the Node
+//! fixtures; `cargo test --test api` works once `tests/support/node_modules` exists.
 
 mod helpers;
 
@@ -16,12 +18,12 @@ mod consent_warnings;
 mod discovery;
 mod encryption_at_rest;
 mod events_once;
-mod fake_vendor;
 mod flow;
 mod front_door;
 mod functions_manifest;
 mod health;
 mod hostile_vendor;
+mod identity_storage;
 mod no_secret_in_logs;
 mod openapi;
 mod outbox_store;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::browser_consent::artifacts_dir;
 use crate::helpers::*;
 
 /// Makes `conn` a dead grant: the vendor revokes it, the next refresh gets invalid_grant.

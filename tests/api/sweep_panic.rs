@@ -24,7 +24,7 @@ use oauth_broker::store::{
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
 
-use crate::fake_vendor::FakeVendor;
+use crate::helpers::FakeVendor;
 use crate::helpers::*;
 
 /// SQLite, except that writing a lease for connection `boom` panics.

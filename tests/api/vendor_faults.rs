@@ -16,8 +16,8 @@ use oauth_broker::store::{Backend, Store as BrokerStore};
 use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
 
-use crate::fake_vendor::{Answer, FakeVendor};
 use crate::helpers::*;
+use crate::helpers::{Answer, FakeVendor};
 
 struct VendorApp {
     vendor: FakeVendor,

@@ -6,8 +6,8 @@
 
 use serde_json::json;
 
-use crate::fake_vendor::{Answer, FakeVendor};
 use crate::helpers::*;
+use crate::helpers::{Answer, FakeVendor};
 
 const PAYLOADS: [&str; 5] = [
     "<script>alert(1)</script>",

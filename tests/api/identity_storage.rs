@@ -13,12 +13,15 @@
 //! - The real binary wired through settings and startup, against the fake identity endpoint and a fake
 //!   table endpoint (the binary trusts only public CAs, and Azurite refuses bearer tokens over HTTP):
 //!   health answers 200 with `Authorization: Bearer <token>` on every storage call and one token fetch.
+//!
+//! The fakes of the identity endpoint and of a Table Storage endpoint (a tiny HTTP server) are here,
+//! the only place they are used; Azurite, the certificates and the broker process are the shared
+//! fixtures.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +35,8 @@ use oauth_broker::store::identity::{
 use oauth_broker::store::table::TableBackend;
 use oauth_broker::store::{Backend, PendingRow, StoreError};
 use serde_json::{json, Value};
+
+use crate::helpers::{free_port, Azurite, Broker, BrokerSpec, TestPki};
 
 const IDENTITY_HEADER: &str = "idh-5bW8qZ2mK7xR4tY9";
 const CLIENT_ID: &str = "7f1c2d3e-0000-4000-8000-00000000c1d0";
@@ -418,7 +423,7 @@ async fn without_a_usable_token_the_error_says_why_and_shows_no_secret() {
 
     let unreachable = ManagedIdentityCredential::new(
         reqwest::Client::new(),
-        &format!("http://127.0.0.1:{}/msi/token", closed_port()),
+        &format!("http://127.0.0.1:{}/msi/token", free_port()),
         Secret::new(IDENTITY_HEADER),
         None,
     )
@@ -428,14 +433,6 @@ async fn without_a_usable_token_the_error_says_why_and_shows_no_secret() {
     .unwrap_err()
     .to_string();
     assert!(unreachable.contains("unreachable"), "{unreachable}");
-}
-
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -614,153 +611,6 @@ fn identity_based_storage_refuses_to_start_without_what_it_needs() {
 // ------------------------------------------------------------------------------------------------
 // real Azurite over HTTPS with --oauth basic
 
-fn node_modules() -> PathBuf {
-    let dir = std::env::var_os("BROKER_TEST_NODE_MODULES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/node_modules")
-        });
-    assert!(
-        dir.join("azurite/dist/src/table/main.js").is_file(),
-        "Azurite not found under {}: run scripts/test (it installs the test fixtures)",
-        dir.display()
-    );
-    dir
-}
-
-/// A throwaway CA and a server certificate for 127.0.0.1 signed by it (rustls accepts no self-signed
-/// leaf as its own anchor, so two certificates).
-struct TestPki {
-    _dir: tempfile::TempDir,
-    ca_pem: Vec<u8>,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the openssl command is needed to make a test certificate (Debian: apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn make_pki() -> TestPki {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(
-        d.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend_from_slice(&ec);
-    ca.extend_from_slice(&[
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=oauth-broker test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(d, &ca);
-    let mut csr = vec!["req"];
-    csr.extend_from_slice(&ec);
-    csr.extend_from_slice(&[
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(d, &csr);
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "leaf.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-        ],
-    );
-    TestPki {
-        ca_pem: std::fs::read(d.join("ca.pem")).unwrap(),
-        cert: d.join("leaf.pem"),
-        key: d.join("leaf.key"),
-        _dir: dir,
-    }
-}
-
-struct Azurite {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_azurite_https_oauth(pki: &TestPki) -> Azurite {
-    let nm = node_modules();
-    let port = closed_port();
-    let child = Command::new("node")
-        .arg(nm.join("azurite/dist/src/table/main.js"))
-        .args(["--tableHost", "127.0.0.1", "--tablePort", &port.to_string()])
-        .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
-        .args(["--oauth", "basic"])
-        .arg("--cert")
-        .arg(&pki.cert)
-        .arg("--key")
-        .arg(&pki.key)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node is needed to run Azurite");
-    let azurite = Azurite { child, port };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "Azurite did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    azurite
-}
-
 fn pending_row(state_hash: &str) -> PendingRow {
     let t = time::OffsetDateTime::from_unix_timestamp(now() + 600).unwrap();
     PendingRow {
@@ -777,8 +627,8 @@ fn pending_row(state_hash: &str) -> PendingRow {
 
 #[tokio::test]
 async fn table_storage_works_with_only_the_managed_identity_token_on_azurite() {
-    let pki = make_pki();
-    let azurite = start_azurite_https_oauth(&pki);
+    let pki = TestPki::new();
+    let azurite = Azurite::start_https_oauth(&pki);
     let fake = FakeIdentity::start(Issue::Jwt {
         ttl: 3600,
         audience: "https://storage.azure.com",
@@ -809,15 +659,17 @@ async fn table_storage_works_with_only_the_managed_identity_token_on_azurite() {
         .await
         .expect("create the table with a bearer token");
     backend.ping().await.expect("point read");
+    // One row, built once: its expiry is read from the clock, which may tick between two calls.
+    let row = pending_row("0123abcd");
     backend
-        .insert_pending(&pending_row("0123abcd"))
+        .insert_pending(&row)
         .await
         .expect("insert an entity");
     let taken = backend
         .take_pending("0123abcd")
         .await
         .expect("read + delete");
-    assert_eq!(taken, Some(pending_row("0123abcd")));
+    assert_eq!(taken, Some(row));
     assert_eq!(backend.take_pending("0123abcd").await.unwrap(), None);
     assert_eq!(
         fake.issued().len(),
@@ -854,48 +706,30 @@ async fn table_storage_works_with_only_the_managed_identity_token_on_azurite() {
 // ------------------------------------------------------------------------------------------------
 // the binary, end to end through settings and startup
 
-struct Broker {
-    child: Child,
-    port: u16,
-    output: PathBuf,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_broker(dir: &Path, env: &[(&str, String)]) -> Broker {
-    let port = closed_port();
-    let output = dir.join(format!("broker-{port}.log"));
-    let log = std::fs::File::create(&output).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_oauth-broker"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("BROKER_PORT", port.to_string())
-        .env("BROKER_SWEEP_INTERVAL_SECS", "0")
-        .env("BROKER_INTEGRATIONS", dir.join("none.json"))
-        .env("BROKER_ENCRYPTION_KEYS", KEYS)
-        .env("RUST_LOG", "debug")
-        .current_dir(dir)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    Broker {
-        child,
-        port,
-        output,
-    }
+/// The broker with nothing but the keys and `env`: no `BROKER_STORAGE` (empty is unset to the
+/// broker) and an integrations file that does not exist.
+async fn start_broker(dir: &Path, env: &[(&str, String)]) -> Broker {
+    Broker::start(&BrokerSpec {
+        port: free_port(),
+        bind: "127.0.0.1".into(),
+        storage: String::new(),
+        table: None,
+        encryption_keys: Some(KEYS.into()),
+        api_key: None,
+        public_url: None,
+        integrations_path: dir.join("none.json"),
+        work_dir: dir.to_owned(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    })
+    .await
 }
 
 async fn health(broker: &Broker) -> u16 {
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{}/api/health", broker.port);
+    let url = format!("{}/api/health", broker.base_url);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = client.get(&url).send().await {
@@ -953,7 +787,8 @@ async fn the_broker_reads_table_storage_with_its_managed_identity() {
             ("IDENTITY_ENDPOINT", fake.endpoint()),
             ("IDENTITY_HEADER", IDENTITY_HEADER.into()),
         ],
-    );
+    )
+    .await;
     assert_eq!(health(&broker).await, 200);
     for _ in 0..3 {
         assert_eq!(health(&broker).await, 200);
@@ -971,7 +806,7 @@ async fn the_broker_reads_table_storage_with_its_managed_identity() {
         assert!(c.path.starts_with("/devstoreaccount1/"), "{c:?}");
     }
     assert_eq!(fake.server.requests()[0].query["client_id"], CLIENT_ID);
-    let log = std::fs::read_to_string(&broker.output).unwrap();
+    let log = broker.stop().text();
     assert!(
         !log.contains(&issued[0]) && !log.contains(IDENTITY_HEADER),
         "the token or the identity header reached the log"
@@ -998,16 +833,15 @@ async fn a_refused_identity_makes_health_503_and_leaks_nothing() {
             ("IDENTITY_ENDPOINT", fake.endpoint()),
             ("IDENTITY_HEADER", wrong.into()),
         ],
-    );
+    )
+    .await;
     assert_eq!(health(&broker).await, 503);
     assert!(fake.issued().is_empty());
     assert!(
         table.requests().is_empty(),
         "no storage call without a token"
     );
-    let output = broker.output.clone();
-    drop(broker);
-    let log = std::fs::read_to_string(output).unwrap();
+    let log = broker.stop().text();
     assert!(log.contains("managed identity"), "{log}");
     assert!(!log.contains(wrong), "the identity header reached the log");
 }
@@ -1336,7 +1170,8 @@ async fn the_broker_reads_table_storage_through_msi_endpoint_when_the_2019_call_
             ("MSI_ENDPOINT", fake.server.url("/msi/legacy")),
             ("MSI_SECRET", MSI_SECRET.into()),
         ],
-    );
+    )
+    .await;
     assert_eq!(health(&broker).await, 200);
     assert_eq!(health(&broker).await, 200);
     let issued = fake.issued();
@@ -1355,9 +1190,7 @@ async fn the_broker_reads_table_storage_through_msi_endpoint_when_the_2019_call_
             "{c:?}"
         );
     }
-    let output = broker.output.clone();
-    drop(broker);
-    let log = std::fs::read_to_string(output).unwrap();
+    let log = broker.stop().text();
     assert!(log.contains("2017-09-01"), "the fallback is logged: {log}");
     for secret in [issued[0].1.as_str(), IDENTITY_HEADER, MSI_SECRET] {
         assert!(!log.contains(secret), "a secret reached the log");

@@ -1,25 +1,27 @@
 //! The benchmark behind BENCHMARKS.md: every figure next to its floor, measured in the same run.
 //!
 //! ```text
-//! cargo run --release --bin bench -- <storm|sweep|token|cold|scale|all>...
+//! cargo run --release -p oauth-broker-bench -- <storm|sweep|token|cold|scale|all>...
 //! ```
 //!
-//! It starts everything itself, each as a separate process listening on 127.0.0.1 and stopped by
-//! its PID: Azurite (table service, in memory, from tests/support/node_modules), a fake vendor
-//! token endpoint with a fixed latency and the release `oauth-broker` binary (both are this
-//! executable re-run in a hidden mode, or the broker next to it), plus a bare actix-web server
+//! A workspace member of its own, so that it is never compiled with the product. It starts
+//! everything itself with the test fixtures (broker-testkit), all on 127.0.0.1 and stopped by PID
+//! or on drop: Azurite (table service, in memory, from tests/support/node_modules), the fake vendor
+//! (in process, answering every refresh after a fixed latency), the release `oauth-broker` next to
+//! this executable, plus a bare actix-web server (this executable re-run in a hidden mode)
 //! answering static JSON (the floor of an HTTP hop) or static JSON after one raw point read (the
 //! floor of any token route on this stack). Connections are seeded directly through the library's
 //! `Store` with the same key the broker is given. Every loop is bounded in count and time.
-//! Environment: `BENCH_SKIP_BUILD=1` skips `cargo build --release --bin oauth-broker`;
-//! `BENCH_KEEP=1` keeps the processes' logs; `BENCH_SCALE_PARTITIONS` and `BENCH_SCALE_SEED_SECS`
-//! shape the scale scenario; `BROKER_TEST_NODE_MODULES` overrides where Azurite is installed.
+//! Environment: `BENCH_SKIP_BUILD=1` skips `cargo build --release -p oauth-broker --bin
+//! oauth-broker`; `BENCH_KEEP=1` keeps the brokers' logs; `BENCH_SCALE_PARTITIONS` and
+//! `BENCH_SCALE_SEED_SECS` shape the scale scenario; `BROKER_TEST_NODE_MODULES` overrides where
+//! Azurite is installed.
 
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +30,11 @@ use azure_core::{RetryOptions, TransportOptions};
 use azure_data_tables::clients::{EntityClient, TableClient, TableServiceClientBuilder};
 use azure_storage::{CloudLocation, StorageCredentials};
 use base64::Engine as _;
+use broker_testkit::fake_vendor::{Answer, FakeVendor};
+use broker_testkit::{
+    broker_exe, free_port, node_modules, repo_root, timer_envelope, Azurite, BrokerSpec, Proc,
+    AZURITE_ACCOUNT as ACCOUNT, AZURITE_KEY as ACCOUNT_KEY,
+};
 use futures::{FutureExt, StreamExt};
 use oauth_broker::crypto::Keyring;
 use oauth_broker::domain::credential;
@@ -41,10 +48,6 @@ use oauth_broker::store::table::TableBackend;
 use oauth_broker::store::{Backend, Store};
 use serde_json::{json, Map, Value};
 
-/// Azurite's well-known development account (public, documented by Microsoft).
-const ACCOUNT: &str = "devstoreaccount1";
-const ACCOUNT_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 const INTEGRATION: &str = "bench";
 /// Refresh margin of the benchmark's integration: a token expiring within 5 minutes is due.
 const MARGIN_SECS: i64 = 300;
@@ -52,10 +55,8 @@ const SCENARIOS: [&str; 5] = ["storm", "sweep", "token", "cold", "scale"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("__vendor") => return child_vendor(&args[1..]),
-        Some("__bare") => return child_bare(&args[1..]),
-        _ => {}
+    if args.first().map(String::as_str) == Some("__bare") {
+        return child_bare(&args[1..]);
     }
     let mut wanted: Vec<&str> = Vec::new();
     for a in if args.is_empty() {
@@ -133,7 +134,6 @@ type Res<T> = Result<T, String>;
 
 struct Env {
     root: PathBuf,
-    node_modules: PathBuf,
     broker_exe: PathBuf,
     bench_exe: PathBuf,
     work: PathBuf,
@@ -141,29 +141,26 @@ struct Env {
 
 impl Env {
     fn prepare() -> Res<Env> {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let node_modules = std::env::var_os("BROKER_TEST_NODE_MODULES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("tests/support/node_modules"));
-        if !node_modules
-            .join("azurite/dist/src/table/main.js")
-            .is_file()
-        {
-            return Err(format!(
-                "Azurite not found under {}: run scripts/bench (it runs npm ci in tests/support)",
-                node_modules.display()
-            ));
-        }
+        let root = repo_root();
+        // Panics with how to install them when Azurite is missing.
+        node_modules();
         let bench_exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let broker_exe = bench_exe.with_file_name("oauth-broker");
         if std::env::var("BENCH_SKIP_BUILD").as_deref() != Ok("1") {
-            // `cargo run --bin bench` builds only this binary; the broker must be the same code.
+            // `cargo run -p oauth-broker-bench` builds only this binary; the broker must be the
+            // same code, built as the product is built (its own features, not the workspace's).
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            // A debug bench (plain `cargo run --bin bench`) measures a debug broker.
+            // A debug bench (plain `cargo run -p oauth-broker-bench`) measures a debug broker.
             let args: &[&str] = if cfg!(debug_assertions) {
-                &["build", "--bin", "oauth-broker"]
+                &["build", "-p", "oauth-broker", "--bin", "oauth-broker"]
             } else {
-                &["build", "--release", "--bin", "oauth-broker"]
+                &[
+                    "build",
+                    "--release",
+                    "-p",
+                    "oauth-broker",
+                    "--bin",
+                    "oauth-broker",
+                ]
             };
             eprintln!("bench: cargo {}", args.join(" "));
             let status = Command::new(cargo)
@@ -175,17 +172,12 @@ impl Env {
                 return Err("cargo build --release --bin oauth-broker failed".into());
             }
         }
-        if !broker_exe.is_file() {
-            return Err(format!(
-                "{} is missing: cargo build --release --bin oauth-broker",
-                broker_exe.display()
-            ));
-        }
+        // Beside this executable; panics with how to build it when it is missing.
+        let broker_exe = broker_exe();
         let work = std::env::temp_dir().join(format!("oauth-broker-bench-{}", std::process::id()));
         std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
         Ok(Env {
             root,
-            node_modules,
             broker_exe,
             bench_exe,
             work,
@@ -197,60 +189,6 @@ impl Env {
         self.work
             .join(format!("{name}-{}.log", N.fetch_add(1, Ordering::Relaxed)))
     }
-}
-
-/// A child process, killed by its PID and reaped when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: &Path) -> Res<Proc> {
-        let out = std::fs::File::create(log).map_err(|e| e.to_string())?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-        Ok(Proc { child })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
-    /// `VmRSS` and `VmHWM` in KiB.
-    fn memory_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
 }
 
 /// One HTTP/1.1 GET on a fresh connection, blocking; the status code.
@@ -304,46 +242,13 @@ where
 }
 
 // ------------------------------------------------------------------------------------------------
-// Azurite, the fake vendor, the bare server, the broker
+// the fixtures (broker-testkit's Azurite, fake vendor and broker), the bare server
 
-struct Azurite {
-    port: u16,
-    _proc: Proc,
-}
-
-impl Azurite {
-    async fn start(env: &Env) -> Res<Azurite> {
-        let port = free_port();
-        let mut cmd = Command::new("node");
-        cmd.arg(env.node_modules.join("azurite/dist/src/table/main.js"))
-            .args(["--tableHost", "127.0.0.1", "--tablePort"])
-            .arg(port.to_string())
-            .args(["--inMemoryPersistence", "--disableTelemetry", "--silent"])
-            .current_dir(&env.work);
-        let proc = Proc::spawn(cmd, &env.log("azurite"))?;
-        let http = client();
-        let url = format!("http://127.0.0.1:{port}/{ACCOUNT}/Tables");
-        wait_until("Azurite", Duration::from_secs(30), || {
-            let req = http.get(&url);
-            async move { req.send().await.is_ok() }
-        })
-        .await?;
-        Ok(Azurite { port, _proc: proc })
-    }
-
-    fn connection_string(&self) -> String {
-        format!(
-            "DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};TableEndpoint=http://127.0.0.1:{}/{ACCOUNT};",
-            self.port
-        )
-    }
-
-    /// A raw azure_data_tables entity client over a pooled reqwest client, as the broker builds it.
-    fn raw_entity(&self, table: &str, pk: &str, rk: &str) -> EntityClient {
-        raw_table(self.port, table)
-            .partition_key_client(pk)
-            .entity_client(rk)
-    }
+/// A raw azure_data_tables entity client over a pooled reqwest client, as the broker builds it.
+fn raw_entity(azurite: &Azurite, table: &str, pk: &str, rk: &str) -> EntityClient {
+    raw_table(azurite.port, table)
+        .partition_key_client(pk)
+        .entity_client(rk)
 }
 
 /// A raw azure_data_tables table client on Azurite at `port`, over a pooled reqwest client.
@@ -361,67 +266,23 @@ fn raw_table(port: u16, table: &str) -> TableClient {
     .table_client(table)
 }
 
-struct Vendor {
-    base: String,
-    _proc: Proc,
-    http: reqwest::Client,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct VendorStats {
-    refreshes: u64,
-    max_in_flight: u64,
-}
-
-impl Vendor {
-    async fn start(env: &Env, latency_ms: u64) -> Res<Vendor> {
-        let port = free_port();
-        let mut cmd = Command::new(&env.bench_exe);
-        cmd.args(["__vendor", &port.to_string(), &latency_ms.to_string()]);
-        let proc = Proc::spawn(cmd, &env.log("vendor"))?;
-        let v = Vendor {
-            base: format!("http://127.0.0.1:{port}"),
-            _proc: proc,
-            http: client(),
-        };
-        wait_until("the fake vendor", Duration::from_secs(10), || async {
-            v.stats().await.is_ok()
-        })
-        .await?;
-        Ok(v)
-    }
-
-    async fn stats(&self) -> Res<VendorStats> {
-        let v: Value = self
-            .http
-            .get(format!("{}/__stats", self.base))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(VendorStats {
-            refreshes: v["refreshes"].as_u64().unwrap_or(0),
-            max_in_flight: v["max_in_flight"].as_u64().unwrap_or(0),
-        })
-    }
-
-    async fn reset(&self) -> Res<()> {
-        self.http
-            .post(format!("{}/__reset", self.base))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    }
+/// The fake vendor answering every token request after `latency_ms`, with access tokens of a
+/// typical vendor's length (a JWT of ~1 KB).
+fn vendor(latency_ms: u64) -> FakeVendor {
+    let vendor = FakeVendor::start();
+    vendor.set_default(Answer::Slow(
+        Duration::from_millis(latency_ms),
+        Box::new(Answer::mint()),
+    ));
+    vendor.pad_access_tokens(900);
+    vendor
 }
 
 /// Azurite (or a SQLite file) + vendor + the store seeded through the library, and the broker's
 /// settings.
 struct Fixture {
     azurite: Option<Azurite>,
-    vendor: Vendor,
+    vendor: FakeVendor,
     /// BROKER_STORAGE
     storage: String,
     table: String,
@@ -443,12 +304,11 @@ impl Fixture {
         extra: &[String],
         sqlite: bool,
     ) -> Res<Fixture> {
-        let (azurite, vendor) = if sqlite {
-            (None, Vendor::start(env, vendor_latency_ms).await?)
+        let vendor = vendor(vendor_latency_ms);
+        let azurite = if sqlite {
+            None
         } else {
-            let (a, v) =
-                tokio::try_join!(Azurite::start(env), Vendor::start(env, vendor_latency_ms))?;
-            (Some(a), v)
+            Some(Azurite::start().await)
         };
         let table = format!("bench{}", rand::random::<u32>());
         let mut key = [0u8; 32];
@@ -464,7 +324,7 @@ impl Fixture {
                 name.to_owned(),
                 json!({
                     "authorization_url": format!("{}/authorize", vendor.base),
-                    "token_url": format!("{}/token", vendor.base),
+                    "token_url": vendor.token_url(),
                     "client_id": "bench-client",
                     "client_secret": "bench-secret",
                     "scopes": ["read"],
@@ -510,48 +370,45 @@ impl Fixture {
         })
     }
 
-    fn broker_command(&self, env: &Env, port: u16, extra: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new(&env.broker_exe);
-        cmd.env_clear();
-        if let Some(path) = std::env::var_os("PATH") {
-            cmd.env("PATH", path);
+    /// The broker's settings on `port` (`RUST_LOG=info`; `extra` settings last).
+    fn broker_spec(&self, env: &Env, port: u16, extra: &[(&str, &str)]) -> BrokerSpec {
+        let mut settings = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+        settings.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        BrokerSpec {
+            port,
+            bind: "127.0.0.1".into(),
+            storage: self.storage.clone(),
+            table: Some(self.table.clone()),
+            encryption_keys: Some(self.keys.clone()),
+            api_key: Some(BENCH_API_KEY.to_owned()),
+            public_url: None,
+            integrations_path: self.integrations.clone(),
+            work_dir: env.work.clone(),
+            env: settings,
         }
-        cmd.env("BROKER_PORT", port.to_string())
-            .env("BROKER_BIND", "127.0.0.1")
-            .env("BROKER_INTEGRATIONS", &self.integrations)
-            .env("BROKER_STORAGE", &self.storage)
-            .env("BROKER_TABLE", &self.table)
-            .env("BROKER_ENCRYPTION_KEYS", &self.keys)
-            .env("BROKER_SWEEP_INTERVAL_SECS", "0")
-            .env("BROKER_API_KEY", BENCH_API_KEY)
-            .env("RUST_LOG", "info")
-            .current_dir(&env.work);
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        cmd
     }
 
+    fn broker_command(&self, env: &Env, port: u16, extra: &[(&str, &str)]) -> Command {
+        self.broker_spec(env, port, extra).command()
+    }
+
+    /// A broker on this store, once it is listening and its health check answers 200.
     async fn broker(&self, env: &Env, extra: &[(&str, &str)]) -> Res<Broker> {
-        let port = free_port();
-        let mut proc = Proc::spawn(self.broker_command(env, port, extra), &env.log("broker"))?;
+        let spec = self.broker_spec(env, free_port(), extra);
+        let inner = broker_testkit::Broker::start_logged(&spec, &env.log("broker")).await;
         let http = client();
-        let url = format!("http://127.0.0.1:{port}/api/health");
-        let up = wait_until("the broker", Duration::from_secs(30), || {
+        let url = format!("{}/api/health", inner.base_url);
+        let up = wait_until("the broker's health", Duration::from_secs(30), || {
             let req = http.get(&url);
             async move { matches!(req.send().await, Ok(r) if r.status() == 200) }
         })
         .await;
         if let Err(e) = up {
-            let exited = proc.exited();
-            return Err(format!(
-                "{e} (exited: {exited}); see {}",
-                env.work.display()
-            ));
+            return Err(format!("{e}; output:\n{}", inner.process().text()));
         }
         Ok(Broker {
-            base: format!("http://127.0.0.1:{port}"),
-            proc,
+            base: inner.base_url.clone(),
+            inner,
         })
     }
 
@@ -630,11 +487,7 @@ impl Fixture {
 
     /// A point read of a connection's entity straight from Table Storage, bypassing the broker.
     fn raw_entity(&self, conn: &str) -> EntityClient {
-        self.raw_entity_in(INTEGRATION, conn)
-    }
-
-    fn raw_entity_in(&self, integration: &str, conn: &str) -> EntityClient {
-        self.azurite().raw_entity(&self.table, integration, conn)
+        raw_entity(self.azurite(), &self.table, INTEGRATION, conn)
     }
 
     /// A raw table client (one pooled reqwest client) for many entities.
@@ -647,9 +500,10 @@ impl Fixture {
     }
 }
 
+/// A release broker (stopped on drop) and its base URL.
 struct Broker {
     base: String,
-    proc: Proc,
+    inner: broker_testkit::Broker,
 }
 
 impl Broker {
@@ -660,10 +514,14 @@ impl Broker {
     fn token_url_in(&self, integration: &str, conn: &str) -> String {
         format!("{}/api/token/{integration}/{conn}", self.base)
     }
+
+    fn proc(&self) -> &Proc {
+        self.inner.process()
+    }
 }
 
 fn record(integration: &str, conn: &str, expires_in: i64, refresh_token: &str) -> ConnectionRecord {
-    let now = oauth_broker::refresh::now();
+    let now = oauth_broker::domain::clock::now();
     let tokens = TokenSet {
         // The length of a typical vendor access token (a JWT of ~1 KB).
         access_token: Secret::new(format!("seed-at-{conn}-{}", "x".repeat(900))),
@@ -693,7 +551,7 @@ async fn start_bare(env: &Env, table: Option<(&Azurite, &str)>) -> Res<(Proc, St
     if let Some((azurite, table)) = table {
         cmd.args([&azurite.port.to_string(), table]);
     }
-    let proc = Proc::spawn(cmd, &env.log("bare"))?;
+    let proc = Proc::spawn_logged("bare actix server", cmd, &env.log("bare"));
     let base = format!("http://127.0.0.1:{port}");
     let http = client();
     let url = format!("{base}/api/health");
@@ -960,7 +818,7 @@ async fn storm(env: &Env, report: &mut Report) -> Res<()> {
     for round in 0..ROUNDS {
         let conn = format!("storm-{round}");
         fx.seed(&conn, 60, &format!("rt-storm-{round}")).await?;
-        fx.vendor.reset().await?;
+        fx.vendor.reset();
         let urls: Vec<String> = (0..N).map(|i| brokers[i % M].token_url(&conn)).collect();
         let start = Instant::now();
         let replies = futures::future::join_all(urls.iter().map(|u| {
@@ -977,7 +835,7 @@ async fn storm(env: &Env, report: &mut Report) -> Res<()> {
         }))
         .await;
         let wall = start.elapsed();
-        let stats = fx.vendor.stats().await?;
+        let refreshes = fx.vendor.refresh_count() as u64;
         let mut tokens = std::collections::HashSet::new();
         let mut failed = 0;
         for r in replies {
@@ -994,8 +852,7 @@ async fn storm(env: &Env, report: &mut Report) -> Res<()> {
             }
         }
         println!(
-            "  round {round}: {} upstream refresh(es), wall {}, {} distinct token(s), {failed} failed",
-            stats.refreshes,
+            "  round {round}: {refreshes} upstream refresh(es), wall {}, {} distinct token(s), {failed} failed",
             ms(wall),
             tokens.len()
         );
@@ -1006,7 +863,7 @@ async fn storm(env: &Env, report: &mut Report) -> Res<()> {
             ));
         }
         walls.push(wall);
-        counts.push(stats.refreshes);
+        counts.push(refreshes);
     }
     let floor = Duration::from_millis(LATENCY_MS * 3 / 2) + rtt;
     let all_one = counts.iter().all(|c| *c == 1);
@@ -1041,17 +898,10 @@ async fn storm(env: &Env, report: &mut Report) -> Res<()> {
         Some(max < floor),
     );
     for b in &brokers {
-        let (rss, _) = b.proc.memory_kib();
-        println!("  broker pid {} RSS {} KiB", b.proc.pid(), rss);
+        let (rss, _) = b.proc().memory_kib();
+        println!("  broker pid {} RSS {} KiB", b.proc().pid(), rss);
     }
     Ok(())
-}
-
-fn timer_envelope() -> Value {
-    json!({
-        "Data": {"timer": {"Schedule": {"AdjustForDST": true}, "IsPastDue": false}},
-        "Metadata": {"sys": {"MethodName": "refresh-timer", "UtcNow": "2026-01-01T00:05:00.01Z"}}
-    })
 }
 
 /// Issue 3: one sweep over 2,000 due connections at concurrency 32 against a 50 ms vendor.
@@ -1087,7 +937,7 @@ async fn sweep(env: &Env, report: &mut Report) -> Res<()> {
             ms(seed),
             DUE as f64 / seed.as_secs_f64()
         );
-        fx.vendor.reset().await?;
+        fx.vendor.reset();
         let start = Instant::now();
         let resp = http
             .post(format!("{}/refresh-timer", broker.base))
@@ -1098,18 +948,16 @@ async fn sweep(env: &Env, report: &mut Report) -> Res<()> {
         let status = resp.status();
         let body: Value = resp.json().await.map_err(|e| e.to_string())?;
         let wall = start.elapsed();
-        let stats = fx.vendor.stats().await?;
+        let (refreshes, max_in_flight) = (fx.vendor.refresh_count(), fx.vendor.max_in_flight());
         println!(
-            "  round {round}: {status} {}; wall {}; vendor saw {} refreshes, at most {} in flight",
+            "  round {round}: {status} {}; wall {}; vendor saw {refreshes} refreshes, at most {max_in_flight} in flight",
             body["ReturnValue"],
             ms(wall),
-            stats.refreshes,
-            stats.max_in_flight
         );
         if status != 200
             || body["ReturnValue"]["refreshed"] != json!(DUE)
-            || stats.refreshes != DUE as u64
-            || stats.max_in_flight > CONCURRENCY as u64
+            || refreshes != DUE
+            || max_in_flight as usize > CONCURRENCY
         {
             return Err(format!("round {round}: unexpected sweep outcome {body}"));
         }
@@ -1397,7 +1245,7 @@ async fn token(env: &Env, report: &mut Report) -> Res<()> {
             );
         }
     }
-    let (rss, hwm) = broker.proc.memory_kib();
+    let (rss, hwm) = broker.proc().memory_kib();
     println!("  broker RSS after load {rss} KiB (peak {hwm} KiB)");
     Ok(())
 }
@@ -1422,12 +1270,12 @@ fn merge(parts: Vec<Samples>) -> Samples {
 /// Exec → first 200 on `path`, polling every 250 µs on fresh connections.
 fn time_to_first_200(cmd: Command, log: &Path, port: u16, path: &str) -> Res<Duration> {
     let start = Instant::now();
-    let mut proc = Proc::spawn(cmd, log)?;
+    let mut proc = Proc::spawn_logged("cold start", cmd, log);
     loop {
         if blocking_status(port, path) == Some(200) {
             return Ok(start.elapsed());
         }
-        if proc.exited() || start.elapsed() > Duration::from_secs(20) {
+        if proc.exit_status().is_some() || start.elapsed() > Duration::from_secs(20) {
             return Err(format!("no 200 from {path} (see {})", log.display()));
         }
         std::thread::sleep(Duration::from_micros(250));
@@ -1502,12 +1350,12 @@ async fn cold(env: &Env, report: &mut Report) -> Res<()> {
     let broker = fx.broker(env, &[]).await?;
     let (bare_proc, _) = start_bare(env, None).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (idle, _) = broker.proc.memory_kib();
+    let (idle, _) = broker.proc().memory_kib();
     let (bare_idle, _) = bare_proc.memory_kib();
     let http = client();
     let url = broker.token_url("cold");
     let load = measure(64, 20000, Duration::from_secs(20), |_| get_ok(&http, &url)).await;
-    let (loaded, peak) = broker.proc.memory_kib();
+    let (loaded, peak) = broker.proc().memory_kib();
     println!("  load for RSS: {}", load.line());
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
     report.add(
@@ -1728,84 +1576,7 @@ async fn scale_on(
 }
 
 // ------------------------------------------------------------------------------------------------
-// the child processes: the fake vendor and the bare server
-
-#[derive(Default)]
-struct VendorState {
-    refreshes: AtomicU64,
-    minted: AtomicU64,
-    in_flight: AtomicU64,
-    max_in_flight: AtomicU64,
-}
-
-fn child_vendor(args: &[String]) -> ExitCode {
-    use actix_web::{web, App, HttpResponse, HttpServer};
-    let (Some(port), Some(latency)) = (
-        args.first().and_then(|p| p.parse::<u16>().ok()),
-        args.get(1).and_then(|l| l.parse::<u64>().ok()),
-    ) else {
-        eprintln!("usage: bench __vendor <port> <latency-ms>");
-        return ExitCode::from(2);
-    };
-    let latency = Duration::from_millis(latency);
-    let state = web::Data::new(VendorState::default());
-    let result = actix_web::rt::System::new().block_on(async move {
-        HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .route(
-                    "/token",
-                    web::post().to(
-                        move |s: web::Data<VendorState>, form: web::Form<Vec<(String, String)>>| async move {
-                            let refresh = form.iter().any(|(k, v)| k == "grant_type" && v == "refresh_token");
-                            if refresh {
-                                s.refreshes.fetch_add(1, Ordering::SeqCst);
-                            }
-                            let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                            s.max_in_flight.fetch_max(now, Ordering::SeqCst);
-                            actix_web::rt::time::sleep(latency).await;
-                            s.in_flight.fetch_sub(1, Ordering::SeqCst);
-                            let n = s.minted.fetch_add(1, Ordering::SeqCst) + 1;
-                            HttpResponse::Ok().json(json!({
-                                "access_token": format!("at-{n}-{}", "y".repeat(900)),
-                                "token_type": "Bearer",
-                                "expires_in": 3600,
-                                "refresh_token": format!("rt-{n}"),
-                            }))
-                        },
-                    ),
-                )
-                .route(
-                    "/__stats",
-                    web::get().to(|s: web::Data<VendorState>| async move {
-                        HttpResponse::Ok().json(json!({
-                            "refreshes": s.refreshes.load(Ordering::SeqCst),
-                            "max_in_flight": s.max_in_flight.load(Ordering::SeqCst),
-                        }))
-                    }),
-                )
-                .route(
-                    "/__reset",
-                    web::post().to(|s: web::Data<VendorState>| async move {
-                        s.refreshes.store(0, Ordering::SeqCst);
-                        s.max_in_flight.store(0, Ordering::SeqCst);
-                        HttpResponse::Ok().finish()
-                    }),
-                )
-        })
-        .workers(2)
-        .bind(("127.0.0.1", port))?
-        .run()
-        .await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vendor: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
+// the child process: the bare server
 
 /// A bare actix-web server with the broker's defaults (one worker per core) answering static JSON;
 /// given Azurite's port and a table, its token path first makes one raw point read.

@@ -1,4 +1,5 @@
-//! A scriptable token endpoint for what oidc-provider cannot do: 5xx, 429
+//! The fake vendor, in process (an actix-web server on its own thread, stopped on drop): a
+//! scriptable token endpoint for what oidc-provider cannot do: 5xx, 429
 //! with Retry-After, slow answers, non-JSON bodies, `invalid_client`, token
 //! responses without a refresh token or with odd `expires_in`. It records
 //! every refresh it receives and the most refreshes in flight at once.
@@ -73,6 +74,7 @@ struct State {
     default: Mutex<Option<Answer>>,
     code_requests: Mutex<Vec<Vec<(String, String)>>>,
     minted: AtomicU32,
+    access_token_padding: AtomicU32,
     in_flight: AtomicU32,
     max_in_flight: AtomicU32,
     refreshes: Mutex<Vec<(Instant, String)>>,
@@ -183,6 +185,17 @@ impl FakeVendor {
 
     pub fn max_in_flight(&self) -> u32 {
         self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the refreshes received and the most in flight (the script and counters stay).
+    pub fn reset(&self) {
+        self.state.refreshes.lock().unwrap().clear();
+        self.state.max_in_flight.store(0, Ordering::SeqCst);
+    }
+
+    /// Pads every minted access token with this many characters (a typical vendor's JWT is ~1 KB).
+    pub fn pad_access_tokens(&self, len: u32) {
+        self.state.access_token_padding.store(len, Ordering::SeqCst);
     }
 }
 
@@ -306,7 +319,13 @@ async fn respond(state: &State, answer: Answer, echo: String) -> HttpResponse {
                 with_refresh_token,
             } => {
                 let n = state.minted.fetch_add(1, Ordering::SeqCst) + 1;
-                let mut body = json!({"access_token": format!("at-{n}"), "token_type": "Bearer"});
+                let padding = state.access_token_padding.load(Ordering::SeqCst) as usize;
+                let access_token = if padding == 0 {
+                    format!("at-{n}")
+                } else {
+                    format!("at-{n}-{}", "y".repeat(padding))
+                };
+                let mut body = json!({"access_token": access_token, "token_type": "Bearer"});
                 if with_refresh_token {
                     body["refresh_token"] = json!(format!("rt-{n}"));
                 }

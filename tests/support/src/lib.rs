@@ -1,0 +1,46 @@
+//! broker-testkit: oauth-broker's test fixtures, one copy for the API tests (`tests/api`) and the
+//! benchmark (`bench/`). Each is the real component where one exists, started as a child process on
+//! 127.0.0.1 and killed when dropped; fakes only for what no real component can produce.
+//!
+//! - [`process`]: child processes with captured output, killed and reaped on drop.
+//! - [`azurite`]: Azurite (Table Storage), over HTTP or HTTPS with OAuth; raw table reads.
+//! - [`oidc`]: oidc-provider, the strict authorization server (`oidc-server.mjs`).
+//! - [`broker`]: the `oauth-broker` executable and how it is started.
+//! - [`fake_vendor`]: a scriptable token endpoint for the faults oidc-provider cannot produce.
+//! - [`http`]: replies, the Functions host's client and headers, the timer envelope.
+//! - [`browser`]: an HTTP-level browser (cookies, forms) and the HTML form parser.
+//! - [`chromium`]: the real browser (Chromium via playwright-core, `browser-consent.mjs`).
+//! - [`app`]: one whole application under test ([`TestApp`]) and the token route's success shape.
+//! - [`util`]: randomness, ports, paths, query strings, secrets in their encodings.
+//!
+//! The Node fixtures (Azurite, oidc-provider, playwright-core) live beside this crate in
+//! `tests/support/node_modules` (`npm ci`, done by `scripts/test` and `scripts/bench`), or where
+//! `BROKER_TEST_NODE_MODULES` points.
+
+use std::time::Duration;
+
+pub mod app;
+pub mod azurite;
+pub mod broker;
+pub mod browser;
+pub mod chromium;
+pub mod fake_vendor;
+pub mod http;
+pub mod oidc;
+pub mod process;
+pub mod util;
+
+pub use app::*;
+pub use azurite::*;
+pub use broker::*;
+pub use browser::*;
+pub use chromium::*;
+pub use http::*;
+pub use oidc::*;
+pub use process::*;
+pub use util::*;
+
+/// How long a fixture may take to start.
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one HTTP exchange may take.
+pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(90);
