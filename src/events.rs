@@ -22,6 +22,8 @@
 //! a consent link, or more than a bounded, sanitised snippet of an answer.
 //!
 //! Depends on `domain`, `config` and `store`.
+//!
+//! Over 600 lines only with its unit tests.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration as StdDuration;

@@ -8,6 +8,8 @@
 
 pub mod credentials;
 pub mod identity;
+mod outbox;
+mod pending;
 pub mod sqlite;
 pub mod table;
 
@@ -16,11 +18,13 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 pub use credentials::CredentialRow;
+pub use outbox::OutboxEntry;
+pub use pending::ConsentLink;
+pub(crate) use pending::{aad_link, aad_pending};
 
 use crate::crypto::Keyring;
 use crate::domain::{
-    ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, PendingAuthorization,
-    Secret, TokenSet,
+    ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, Secret, TokenSet,
 };
 
 /// Boxed futures keep the trait object-safe without an extra crate.
@@ -256,57 +260,6 @@ pub struct Store {
     ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
-/// A consent link an admin can send to an account owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsentLink {
-    pub link_hash: String,
-    pub integration: IntegrationName,
-    pub connection: ConnectionId,
-    pub expires_at: OffsetDateTime,
-}
-
-fn link_key(link_hash: &str) -> String {
-    format!("link-{link_hash}")
-}
-
-/// One delivery of one event to one receiver, waiting in the outbox.
-#[derive(Debug, Clone)]
-pub struct OutboxEntry {
-    /// `<event id>.<receiver id>`.
-    pub key: String,
-    pub event_id: String,
-    pub event_type: String,
-    pub receiver: String,
-    pub occurred_at: OffsetDateTime,
-    /// When the next attempt is due (while claimed: when the claim lapses).
-    pub next_attempt_at: OffsetDateTime,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// Why the last attempt failed (status or transport class; never a body).
-    pub last_error: Option<String>,
-    /// The body to deliver. Sealed at rest: it may hold a consent link.
-    pub payload: Secret,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct OutboxBody {
-    e: String,
-    t: String,
-    r: String,
-    o: i64,
-    n: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    x: Option<String>,
-    k: String,
-    s: String,
-}
-
-/// An outbox entry's payload is bound to its key, event, type, receiver and time.
-fn aad_outbox(key: &str, b: &OutboxBody) -> Vec<u8> {
-    serde_json::to_vec(&("oauth-broker/v2/outbox", key, &b.e, &b.t, &b.r, b.o))
-        .expect("serializing strings and numbers cannot fail")
-}
-
 /// Sealed values written since row integrity (format 2) start with this; the
 /// base64 of format 1 never contains a dot.
 pub(crate) const SEALED_V2: &str = "v2.";
@@ -339,33 +292,6 @@ pub(crate) fn aad_connection(r: &ConnectionRow) -> Vec<u8> {
     .expect("serializing strings and numbers cannot fail")
 }
 
-/// A pending authorization's verifier is bound to everything the callback trusts.
-pub(crate) fn aad_pending(r: &PendingRow) -> Vec<u8> {
-    serde_json::to_vec(&(
-        "oauth-broker/v2/pending",
-        &r.state_hash,
-        &r.integration,
-        &r.connection,
-        &r.binding_hash,
-        &r.link_hash,
-        millis(r.expires_at),
-    ))
-    .expect("serializing strings and numbers cannot fail")
-}
-
-/// A consent link seals nothing but proves its fields with the key (an empty
-/// plaintext under this associated data).
-pub(crate) fn aad_link(r: &PendingRow) -> Vec<u8> {
-    serde_json::to_vec(&(
-        "oauth-broker/v2/link",
-        &r.state_hash,
-        &r.integration,
-        &r.connection,
-        millis(r.expires_at),
-    ))
-    .expect("serializing strings and numbers cannot fail")
-}
-
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SealedTokens {
     a: String,
@@ -381,7 +307,6 @@ impl Store {
             ready: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
-
     /// Creates the table on first use (concurrent callers share one attempt;
     /// a failed attempt is retried by the next caller).
     pub async fn ready(&self) -> Result<(), StoreError> {
@@ -390,17 +315,14 @@ impl Store {
             .await
             .map(|_| ())
     }
-
     /// The keys (for the keyed hashes of credential secrets).
     pub fn keyring(&self) -> &Keyring {
         &self.keys
     }
-
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.ready().await?;
         self.backend.ping().await
     }
-
     pub async fn get(
         &self,
         integration: &IntegrationName,
@@ -419,12 +341,10 @@ impl Store {
             })),
         }
     }
-
     pub async fn upsert(&self, record: &ConnectionRecord) -> Result<Version, StoreError> {
         self.ready().await?;
         self.backend.upsert_connection(&self.seal(record)).await
     }
-
     pub async fn replace(
         &self,
         record: &ConnectionRecord,
@@ -435,7 +355,6 @@ impl Store {
             .replace_connection(&self.seal(record), version)
             .await
     }
-
     pub async fn list_due(
         &self,
         expires_before: OffsetDateTime,
@@ -460,156 +379,6 @@ impl Store {
         }
         Ok(out)
     }
-
-    pub async fn insert_pending(
-        &self,
-        state_hash: &str,
-        p: &PendingAuthorization,
-    ) -> Result<(), StoreError> {
-        self.ready().await?;
-        let mut row = PendingRow {
-            state_hash: state_hash.to_owned(),
-            integration: p.integration.as_str().to_owned(),
-            connection: p.connection.as_str().to_owned(),
-            key_id: String::new(),
-            sealed_verifier: String::new(),
-            binding_hash: p.binding_hash.clone(),
-            expires_at: crate::domain::clock::to_millis(p.expires_at),
-            link_hash: p.link_hash.clone(),
-        };
-        let verifier = p
-            .pkce_verifier
-            .as_ref()
-            .map_or(&[][..], |v| v.expose().as_bytes());
-        (row.key_id, row.sealed_verifier) = self.seal_v2(verifier, &aad_pending(&row));
-        self.backend.insert_pending(&row).await
-    }
-
-    pub async fn take_pending(
-        &self,
-        state_hash: &str,
-    ) -> Result<Option<PendingAuthorization>, StoreError> {
-        self.ready().await?;
-        let Some(row) = self.backend.take_pending(state_hash).await? else {
-            return Ok(None);
-        };
-        self.open_pending(row).map(Some)
-    }
-
-    /// Reads a pending authorization without using it up.
-    pub async fn peek_pending(
-        &self,
-        state_hash: &str,
-    ) -> Result<Option<PendingAuthorization>, StoreError> {
-        self.ready().await?;
-        match self.backend.peek_pending(state_hash).await? {
-            Some(row) => self.open_pending(row).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The state hashes and expiry of the pending authorizations started from a consent link.
-    pub async fn pending_of_link(
-        &self,
-        link_hash: &str,
-    ) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
-        self.ready().await?;
-        Ok(self
-            .backend
-            .pending_of_link(link_hash)
-            .await?
-            .into_iter()
-            .map(|r| (r.state_hash, r.expires_at))
-            .collect())
-    }
-
-    /// Deletes a pending authorization, whatever it holds.
-    pub async fn discard_pending(&self, state_hash: &str) -> Result<(), StoreError> {
-        self.ready().await?;
-        self.backend.take_pending(state_hash).await.map(|_| ())
-    }
-
-    fn open_pending(&self, row: PendingRow) -> Result<PendingAuthorization, StoreError> {
-        let verifier = self
-            .open_v2(&row.key_id, &row.sealed_verifier, &aad_pending(&row))
-            .map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "pending authorization for {}/{}: {e}",
-                    row.integration, row.connection
-                ))
-            })?;
-        Ok(PendingAuthorization {
-            integration: IntegrationName::parse(&row.integration)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            connection: ConnectionId::parse(&row.connection)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            // An empty sealed verifier is a flow without PKCE.
-            pkce_verifier: Some(
-                String::from_utf8(verifier).map_err(|_| StoreError::Corrupt("verifier".into()))?,
-            )
-            .filter(|v| !v.is_empty())
-            .map(Secret::new),
-            binding_hash: row.binding_hash,
-            expires_at: row.expires_at,
-            link_hash: row.link_hash,
-        })
-    }
-
-    /// Records a consent link (keyed by the hash of its nonce) until it expires or is used.
-    pub async fn insert_link(&self, link: &ConsentLink) -> Result<(), StoreError> {
-        self.ready().await?;
-        let mut row = PendingRow {
-            state_hash: link_key(&link.link_hash),
-            integration: link.integration.as_str().to_owned(),
-            connection: link.connection.as_str().to_owned(),
-            key_id: String::new(),
-            sealed_verifier: String::new(),
-            binding_hash: String::new(),
-            expires_at: crate::domain::clock::to_millis(link.expires_at),
-            link_hash: None,
-        };
-        (row.key_id, row.sealed_verifier) = self.seal_v2(b"", &aad_link(&row));
-        self.backend.insert_pending(&row).await
-    }
-
-    fn open_link(&self, link_hash: &str, r: PendingRow) -> Result<ConsentLink, StoreError> {
-        let corrupt = |what: String| {
-            StoreError::Corrupt(format!(
-                "consent link for {}/{}: {what}",
-                r.integration, r.connection
-            ))
-        };
-        self.open_v2(&r.key_id, &r.sealed_verifier, &aad_link(&r))
-            .map_err(|e| corrupt(e.to_string()))?;
-        Ok(ConsentLink {
-            link_hash: link_hash.to_owned(),
-            integration: IntegrationName::parse(&r.integration)
-                .map_err(|e| corrupt(e.to_string()))?,
-            connection: ConnectionId::parse(&r.connection).map_err(|e| corrupt(e.to_string()))?,
-            expires_at: r.expires_at,
-        })
-    }
-
-    /// The consent link, if it exists and has not been used up.
-    pub async fn peek_link(&self, link_hash: &str) -> Result<Option<ConsentLink>, StoreError> {
-        self.ready().await?;
-        self.backend
-            .peek_pending(&link_key(link_hash))
-            .await?
-            .map(|r| self.open_link(link_hash, r))
-            .transpose()
-    }
-
-    /// Uses a consent link up; `Ok(false)` if it was already used (or never existed).
-    pub async fn consume_link(&self, link_hash: &str) -> Result<bool, StoreError> {
-        self.ready().await?;
-        Ok(self
-            .backend
-            .take_pending(&link_key(link_hash))
-            .await?
-            .is_some())
-    }
-
     /// Every connection (for the admin listing).
     pub async fn list(&self) -> Result<Vec<ConnectionRecord>, StoreError> {
         self.ready().await?;
@@ -625,7 +394,6 @@ impl Store {
         }
         Ok(out)
     }
-
     /// Deletes a connection and, first, every pipeline credential of it (so a
     /// failure leaves the connection in place and the delete can be retried,
     /// and a later consent under the same name never revives an old credential).
@@ -652,149 +420,6 @@ impl Store {
             .delete_connection(integration.as_str(), connection.as_str())
             .await
     }
-
-    pub async fn purge_pending(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        self.ready().await?;
-        self.backend.purge_pending(before).await
-    }
-
-    /// Puts a delivery into the outbox (`Conflict` if it is there already).
-    pub async fn outbox_add(&self, entry: &OutboxEntry) -> Result<Version, StoreError> {
-        self.ready().await?;
-        self.backend.insert_aux(&self.seal_outbox(entry)).await
-    }
-
-    /// Up to `limit` deliveries due at `now`. Rows that do not open are
-    /// logged and removed (they can never be delivered).
-    pub async fn outbox_due(
-        &self,
-        now: OffsetDateTime,
-        limit: u32,
-    ) -> Result<Vec<Versioned<OutboxEntry>>, StoreError> {
-        self.ready().await?;
-        let rows = self.backend.due_aux(AuxKind::Outbox, now, limit).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for v in rows {
-            match self.open_outbox(&v.value) {
-                Ok(value) => out.push(Versioned {
-                    value,
-                    version: v.version,
-                }),
-                Err(e) => {
-                    tracing::error!(error = %e, key = %v.value.key, "removing an outbox entry that cannot be read");
-                    let _ = self
-                        .backend
-                        .delete_aux(AuxKind::Outbox, &v.value.key, Some(&v.version))
-                        .await;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Rewrites a delivery if it is still at `version` (a claim, or the next attempt's time).
-    pub async fn outbox_update(
-        &self,
-        entry: &OutboxEntry,
-        version: &Version,
-    ) -> Result<Version, StoreError> {
-        self.ready().await?;
-        self.backend
-            .replace_aux(&self.seal_outbox(entry), version)
-            .await
-    }
-
-    /// Removes a delivered (or abandoned) entry if it is still at `version`.
-    pub async fn outbox_remove(&self, key: &str, version: &Version) -> Result<(), StoreError> {
-        self.ready().await?;
-        self.backend
-            .delete_aux(AuxKind::Outbox, key, Some(version))
-            .await
-            .map(|_| ())
-    }
-
-    fn seal_outbox(&self, e: &OutboxEntry) -> AuxRow {
-        let mut body = OutboxBody {
-            e: e.event_id.clone(),
-            t: e.event_type.clone(),
-            r: e.receiver.clone(),
-            o: millis(e.occurred_at) as i64,
-            n: e.attempts,
-            x: e.last_error.clone(),
-            k: String::new(),
-            s: String::new(),
-        };
-        (body.k, body.s) = self.seal_v2(e.payload.expose().as_bytes(), &aad_outbox(&e.key, &body));
-        AuxRow {
-            kind: AuxKind::Outbox,
-            key: e.key.clone(),
-            due_at: crate::domain::clock::to_millis(e.next_attempt_at),
-            body: serde_json::to_string(&body).expect("serializing strings cannot fail"),
-        }
-    }
-
-    fn open_outbox(&self, row: &AuxRow) -> Result<OutboxEntry, StoreError> {
-        let corrupt = |what: &str| StoreError::Corrupt(format!("outbox entry {}: {what}", row.key));
-        let b: OutboxBody =
-            serde_json::from_str(&row.body).map_err(|_| corrupt("body is not readable"))?;
-        let plain = self
-            .open_v2(&b.k, &b.s, &aad_outbox(&row.key, &b))
-            .map_err(|e| corrupt(&e.to_string()))?;
-        let payload = String::from_utf8(plain).map_err(|_| corrupt("payload is not text"))?;
-        Ok(OutboxEntry {
-            key: row.key.clone(),
-            event_id: b.e,
-            event_type: b.t,
-            receiver: b.r,
-            occurred_at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(b.o) * 1_000_000)
-                .map_err(|_| corrupt("time"))?,
-            next_attempt_at: row.due_at,
-            attempts: b.n,
-            last_error: b.x,
-            payload: Secret::new(payload),
-        })
-    }
-
-    /// A marker's value and version (`Ok(None)` when absent).
-    pub async fn marker_get(&self, key: &str) -> Result<Option<Versioned<String>>, StoreError> {
-        self.ready().await?;
-        Ok(self
-            .backend
-            .get_aux(AuxKind::Marker, key)
-            .await?
-            .map(|v| Versioned {
-                value: v.value.body,
-                version: v.version,
-            }))
-    }
-
-    /// Creates a marker (`version` `None`; `Conflict` if it exists) or replaces
-    /// it at `version` (`Conflict` if it changed).
-    pub async fn marker_put(
-        &self,
-        key: &str,
-        value: &str,
-        version: Option<&Version>,
-    ) -> Result<Version, StoreError> {
-        self.ready().await?;
-        let row = AuxRow {
-            kind: AuxKind::Marker,
-            key: key.to_owned(),
-            due_at: crate::domain::clock::now(),
-            body: value.to_owned(),
-        };
-        match version {
-            None => self.backend.insert_aux(&row).await,
-            Some(v) => self.backend.replace_aux(&row, v).await,
-        }
-    }
-
-    /// Deletes a marker; `Ok(false)` when it did not exist.
-    pub async fn marker_delete(&self, key: &str) -> Result<bool, StoreError> {
-        self.ready().await?;
-        self.backend.delete_aux(AuxKind::Marker, key, None).await
-    }
-
     fn seal(&self, r: &ConnectionRecord) -> ConnectionRow {
         let plain = SealedTokens {
             a: r.tokens.access_token.expose().to_owned(),
@@ -824,13 +449,11 @@ impl Store {
         (row.key_id, row.sealed_tokens) = self.seal_v2(&json, &aad_connection(&row));
         row
     }
-
     /// Seals in format 2 (the value carries the `v2.` mark).
     fn seal_v2(&self, plaintext: &[u8], aad: &[u8]) -> (String, String) {
         let (key_id, sealed) = self.keys.seal(plaintext, aad);
         (key_id, format!("{SEALED_V2}{sealed}"))
     }
-
     /// Opens a format-2 value; anything else is refused.
     fn open_v2(
         &self,
@@ -843,7 +466,6 @@ impl Store {
             .ok_or(crate::crypto::CryptoError::Corrupt)?;
         self.keys.open(key_id, sealed, aad)
     }
-
     fn open(&self, row: ConnectionRow) -> Result<ConnectionRecord, StoreError> {
         let corrupt = |what: &str| {
             StoreError::Corrupt(format!("{}/{}: {what}", row.integration, row.connection))

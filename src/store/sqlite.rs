@@ -1,6 +1,9 @@
 //! The embedded store: SQLite through rusqlite (bundled), with a version
 //! column for conditional writes. WAL mode and a busy timeout let several
 //! broker processes share one database file.
+//!
+//! Over 600 lines: one whole `Backend` for one technology (schema, row mapping
+//! and every operation), kept in one file so it reads side by side with `table.rs`.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

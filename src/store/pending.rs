@@ -1,0 +1,204 @@
+//! Pending authorizations (a started consent: its sealed PKCE verifier and
+//! what the callback trusts) and consent links, through the sealing [`Store`].
+//! Both live in the backends' pending rows; a link's row key is `link-<hash>`.
+
+use time::OffsetDateTime;
+
+use super::{millis, PendingRow, Store, StoreError};
+use crate::domain::{ConnectionId, IntegrationName, PendingAuthorization, Secret};
+
+/// A consent link an admin can send to an account owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentLink {
+    pub link_hash: String,
+    pub integration: IntegrationName,
+    pub connection: ConnectionId,
+    pub expires_at: OffsetDateTime,
+}
+
+fn link_key(link_hash: &str) -> String {
+    format!("link-{link_hash}")
+}
+
+/// A pending authorization's verifier is bound to everything the callback trusts.
+pub(crate) fn aad_pending(r: &PendingRow) -> Vec<u8> {
+    serde_json::to_vec(&(
+        "oauth-broker/v2/pending",
+        &r.state_hash,
+        &r.integration,
+        &r.connection,
+        &r.binding_hash,
+        &r.link_hash,
+        millis(r.expires_at),
+    ))
+    .expect("serializing strings and numbers cannot fail")
+}
+
+/// A consent link seals nothing but proves its fields with the key (an empty
+/// plaintext under this associated data).
+pub(crate) fn aad_link(r: &PendingRow) -> Vec<u8> {
+    serde_json::to_vec(&(
+        "oauth-broker/v2/link",
+        &r.state_hash,
+        &r.integration,
+        &r.connection,
+        millis(r.expires_at),
+    ))
+    .expect("serializing strings and numbers cannot fail")
+}
+
+impl Store {
+    pub async fn insert_pending(
+        &self,
+        state_hash: &str,
+        p: &PendingAuthorization,
+    ) -> Result<(), StoreError> {
+        self.ready().await?;
+        let mut row = PendingRow {
+            state_hash: state_hash.to_owned(),
+            integration: p.integration.as_str().to_owned(),
+            connection: p.connection.as_str().to_owned(),
+            key_id: String::new(),
+            sealed_verifier: String::new(),
+            binding_hash: p.binding_hash.clone(),
+            expires_at: crate::domain::clock::to_millis(p.expires_at),
+            link_hash: p.link_hash.clone(),
+        };
+        let verifier = p
+            .pkce_verifier
+            .as_ref()
+            .map_or(&[][..], |v| v.expose().as_bytes());
+        (row.key_id, row.sealed_verifier) = self.seal_v2(verifier, &aad_pending(&row));
+        self.backend.insert_pending(&row).await
+    }
+
+    pub async fn take_pending(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        self.ready().await?;
+        let Some(row) = self.backend.take_pending(state_hash).await? else {
+            return Ok(None);
+        };
+        self.open_pending(row).map(Some)
+    }
+
+    /// Reads a pending authorization without using it up.
+    pub async fn peek_pending(
+        &self,
+        state_hash: &str,
+    ) -> Result<Option<PendingAuthorization>, StoreError> {
+        self.ready().await?;
+        match self.backend.peek_pending(state_hash).await? {
+            Some(row) => self.open_pending(row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The state hashes and expiry of the pending authorizations started from a consent link.
+    pub async fn pending_of_link(
+        &self,
+        link_hash: &str,
+    ) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
+        self.ready().await?;
+        Ok(self
+            .backend
+            .pending_of_link(link_hash)
+            .await?
+            .into_iter()
+            .map(|r| (r.state_hash, r.expires_at))
+            .collect())
+    }
+
+    /// Deletes a pending authorization, whatever it holds.
+    pub async fn discard_pending(&self, state_hash: &str) -> Result<(), StoreError> {
+        self.ready().await?;
+        self.backend.take_pending(state_hash).await.map(|_| ())
+    }
+
+    fn open_pending(&self, row: PendingRow) -> Result<PendingAuthorization, StoreError> {
+        let verifier = self
+            .open_v2(&row.key_id, &row.sealed_verifier, &aad_pending(&row))
+            .map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "pending authorization for {}/{}: {e}",
+                    row.integration, row.connection
+                ))
+            })?;
+        Ok(PendingAuthorization {
+            integration: IntegrationName::parse(&row.integration)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            connection: ConnectionId::parse(&row.connection)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            // An empty sealed verifier is a flow without PKCE.
+            pkce_verifier: Some(
+                String::from_utf8(verifier).map_err(|_| StoreError::Corrupt("verifier".into()))?,
+            )
+            .filter(|v| !v.is_empty())
+            .map(Secret::new),
+            binding_hash: row.binding_hash,
+            expires_at: row.expires_at,
+            link_hash: row.link_hash,
+        })
+    }
+
+    /// Records a consent link (keyed by the hash of its nonce) until it expires or is used.
+    pub async fn insert_link(&self, link: &ConsentLink) -> Result<(), StoreError> {
+        self.ready().await?;
+        let mut row = PendingRow {
+            state_hash: link_key(&link.link_hash),
+            integration: link.integration.as_str().to_owned(),
+            connection: link.connection.as_str().to_owned(),
+            key_id: String::new(),
+            sealed_verifier: String::new(),
+            binding_hash: String::new(),
+            expires_at: crate::domain::clock::to_millis(link.expires_at),
+            link_hash: None,
+        };
+        (row.key_id, row.sealed_verifier) = self.seal_v2(b"", &aad_link(&row));
+        self.backend.insert_pending(&row).await
+    }
+
+    fn open_link(&self, link_hash: &str, r: PendingRow) -> Result<ConsentLink, StoreError> {
+        let corrupt = |what: String| {
+            StoreError::Corrupt(format!(
+                "consent link for {}/{}: {what}",
+                r.integration, r.connection
+            ))
+        };
+        self.open_v2(&r.key_id, &r.sealed_verifier, &aad_link(&r))
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(ConsentLink {
+            link_hash: link_hash.to_owned(),
+            integration: IntegrationName::parse(&r.integration)
+                .map_err(|e| corrupt(e.to_string()))?,
+            connection: ConnectionId::parse(&r.connection).map_err(|e| corrupt(e.to_string()))?,
+            expires_at: r.expires_at,
+        })
+    }
+
+    /// The consent link, if it exists and has not been used up.
+    pub async fn peek_link(&self, link_hash: &str) -> Result<Option<ConsentLink>, StoreError> {
+        self.ready().await?;
+        self.backend
+            .peek_pending(&link_key(link_hash))
+            .await?
+            .map(|r| self.open_link(link_hash, r))
+            .transpose()
+    }
+
+    /// Uses a consent link up; `Ok(false)` if it was already used (or never existed).
+    pub async fn consume_link(&self, link_hash: &str) -> Result<bool, StoreError> {
+        self.ready().await?;
+        Ok(self
+            .backend
+            .take_pending(&link_key(link_hash))
+            .await?
+            .is_some())
+    }
+
+    pub async fn purge_pending(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        self.ready().await?;
+        self.backend.purge_pending(before).await
+    }
+}
