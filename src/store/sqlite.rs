@@ -25,6 +25,19 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// An insert's outcome: an existing key is a `Conflict`.
+fn inserted(r: rusqlite::Result<usize>) -> Result<(), StoreError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::Conflict)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
 fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
@@ -347,17 +360,11 @@ impl Backend for SqliteBackend {
     fn insert_pending<'a>(&'a self, row: &'a PendingRow) -> BoxFuture<'a, Result<(), StoreError>> {
         let r = row.clone();
         self.run(move |db| {
-            match db.execute(
+            inserted(db.execute(
                 "INSERT INTO pending (state_hash, integration, connection, key_id, sealed_verifier, binding_hash, expires_at, link_hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![r.state_hash, r.integration, r.connection, r.key_id, r.sealed_verifier, r.binding_hash, ms(r.expires_at), r.link_hash],
-            ) {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Err(StoreError::Conflict)
-                }
-                Err(e) => Err(unavailable(e)),
-            }
+            ))
         })
     }
 
@@ -446,19 +453,13 @@ impl Backend for SqliteBackend {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let r = row.clone();
         self.run(move |db| {
-            match db.execute(
+            inserted(db.execute(
                 &format!("INSERT INTO credentials ({CRED_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                 params![
                     r.client_id, r.integration, r.connection, r.description, ms(r.created_at),
                     r.expires_at.map(ms), r.last_used_at.map(ms), r.min_validity_secs, r.key_id, r.secret_hash
                 ],
-            ) {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Err(StoreError::Conflict)
-                }
-                Err(e) => Err(unavailable(e)),
-            }
+            ))
         })
     }
 
@@ -554,18 +555,11 @@ impl Backend for SqliteBackend {
     fn insert_aux<'a>(&'a self, row: &'a AuxRow) -> BoxFuture<'a, Result<Version, StoreError>> {
         let r = row.clone();
         self.run(move |db| {
-            match db.execute(
+            inserted(db.execute(
                 "INSERT INTO aux (kind, key, version, due_at, body) VALUES (?1, ?2, 1, ?3, ?4)",
                 params![r.kind.as_str(), r.key, ms(r.due_at), r.body],
-            ) {
-                Ok(_) => Ok(Version("1".into())),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(StoreError::Conflict)
-                }
-                Err(e) => Err(unavailable(e)),
-            }
+            ))
+            .map(|()| Version("1".into()))
         })
     }
 

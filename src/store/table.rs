@@ -224,6 +224,24 @@ impl TableBackend {
         Ok(out)
     }
 
+    /// A point read: the entity and its ETag, `Ok(None)` when it does not exist.
+    async fn read_entity(
+        &self,
+        pk: &str,
+        rk: &str,
+    ) -> Result<Option<(Map<String, Value>, Version)>, StoreError> {
+        match self
+            .entity(pk, rk)
+            .get::<Map<String, Value>>()
+            .await
+            .map_err(classify)
+        {
+            Ok(r) => Ok(Some((r.entity, Version(r.etag.to_string())))),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn entity(&self, pk: &str, rk: &str) -> EntityClient {
         self.table.partition_key_client(pk).entity_client(rk)
     }
@@ -460,18 +478,12 @@ impl Backend for TableBackend {
         connection: &'a str,
     ) -> BoxFuture<'a, Result<Option<Versioned<ConnectionRow>>, StoreError>> {
         Box::pin(async move {
-            match self
-                .entity(integration, connection)
-                .get::<Map<String, Value>>()
-                .await
-                .map_err(classify)
-            {
-                Ok(r) => Ok(Some(Versioned {
-                    value: connection_row(&r.entity)?,
-                    version: Version(r.etag.to_string()),
+            match self.read_entity(integration, connection).await? {
+                Some((m, version)) => Ok(Some(Versioned {
+                    value: connection_row(&m)?,
+                    version,
                 })),
-                Err(StoreError::NotFound) => Ok(None),
-                Err(e) => Err(e),
+                None => Ok(None),
             }
         })
     }
@@ -597,16 +609,10 @@ impl Backend for TableBackend {
         state_hash: &'a str,
     ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
         Box::pin(async move {
-            match self
-                .entity(PENDING_PARTITION, state_hash)
-                .get::<Map<String, Value>>()
-                .await
-                .map_err(classify)
-            {
-                Ok(r) => Ok(Some(pending_row(&r.entity)?)),
-                Err(StoreError::NotFound) => Ok(None),
-                Err(e) => Err(e),
-            }
+            self.read_entity(PENDING_PARTITION, state_hash)
+                .await?
+                .map(|(m, _)| pending_row(&m))
+                .transpose()
         })
     }
 
@@ -673,16 +679,10 @@ impl Backend for TableBackend {
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>> {
         Box::pin(async move {
-            match self
-                .entity(CREDENTIAL_PARTITION, client_id)
-                .get::<Map<String, Value>>()
-                .await
-                .map_err(classify)
-            {
-                Ok(r) => Ok(Some(credential_row(&r.entity)?)),
-                Err(StoreError::NotFound) => Ok(None),
-                Err(e) => Err(e),
-            }
+            self.read_entity(CREDENTIAL_PARTITION, client_id)
+                .await?
+                .map(|(m, _)| credential_row(&m))
+                .transpose()
         })
     }
 
@@ -771,18 +771,12 @@ impl Backend for TableBackend {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Versioned<AuxRow>>, StoreError>> {
         Box::pin(async move {
-            match self
-                .entity(aux_partition(kind), key)
-                .get::<Map<String, Value>>()
-                .await
-                .map_err(classify)
-            {
-                Ok(r) => Ok(Some(Versioned {
-                    value: aux_row(kind, &r.entity)?,
-                    version: Version(r.etag.to_string()),
+            match self.read_entity(aux_partition(kind), key).await? {
+                Some((m, version)) => Ok(Some(Versioned {
+                    value: aux_row(kind, &m)?,
+                    version,
                 })),
-                Err(StoreError::NotFound) => Ok(None),
-                Err(e) => Err(e),
+                None => Ok(None),
             }
         })
     }
