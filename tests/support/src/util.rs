@@ -58,15 +58,28 @@ pub fn uuid_ish() -> String {
 }
 
 /// A free TCP port on 127.0.0.1, never handed out twice by this process.
+///
+/// Chosen below the kernel's ephemeral range (`ip_local_port_range`), from which
+/// every outgoing connection and every port-0 bind takes its port: a port picked
+/// there could be taken by some client's connection between this check and the
+/// server's own bind (seen as "Address already in use" under a loaded suite).
 pub fn free_port() -> u16 {
     static USED: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
     let used = USED.get_or_init(Default::default);
+    let below_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|start| *start > 12_000)
+        .map(|start| (10_000u16, start - 1));
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
-        if used.lock().unwrap().insert(port) {
+        let port = match below_ephemeral {
+            Some((lo, hi)) => lo + (random_u64() % u64::from(hi - lo)) as u16,
+            None => TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("bind 127.0.0.1:0")
+                .port(),
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && used.lock().unwrap().insert(port) {
             return port;
         }
     }
