@@ -40,7 +40,9 @@ pub use oidc::*;
 pub use process::*;
 pub use util::*;
 
-/// How long a fixture may take to start.
-pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a fixture may take to start: generous, because the suite runs four tests at once on
+/// two cores beside schemathesis and Chromium, and Node.js loading oidc-provider then took over
+/// 30 s. Only a fixture that never comes up waits this long; nothing is timed against it.
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one HTTP exchange may take.
 pub(crate) const HTTP_TIMEOUT: Duration = Duration::from_secs(90);
