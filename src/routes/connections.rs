@@ -11,7 +11,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::error::ApiError;
 use super::front_door::{Body, JSON_BODY_LIMIT};
-use super::{no_store, query, AppState};
+use super::{no_store, path_names, query, AppState};
 use crate::consent::{ConsentError, MAX_LINK_LIFETIME};
 use crate::domain::{ConnectionId, ConnectionRecord, IntegrationName};
 use crate::refresh::RefreshError;
@@ -66,16 +66,6 @@ struct LinkView<'a> {
     connection: &'a str,
 }
 
-fn names(req: &HttpRequest) -> Result<(IntegrationName, ConnectionId), ApiError> {
-    let i = req.match_info().get("integration").unwrap_or_default();
-    let c = req.match_info().get("connection").unwrap_or_default();
-    Ok((
-        IntegrationName::parse(i)
-            .map_err(|e| ApiError::InvalidRequest(format!("integration: {e}")))?,
-        ConnectionId::parse(c).map_err(|e| ApiError::InvalidRequest(format!("connection: {e}")))?,
-    ))
-}
-
 fn store_err(e: crate::store::StoreError) -> ApiError {
     tracing::error!(error = %e, "store failure on a connections route");
     ApiError::StoreUnavailable
@@ -95,7 +85,7 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 
 /// `GET /api/connections/{integration}/{connection}`
 pub async fn show(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (i, c) = names(&req)?;
+    let (i, c) = path_names(&req)?;
     match state.engine.connection(&i, &c).await.map_err(store_err)? {
         Some(r) => Ok(no_store(HttpResponse::Ok()).json(ConnectionView::from(&r))),
         None => Err(not_found()),
@@ -107,7 +97,7 @@ pub async fn delete(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (i, c) = names(&req)?;
+    let (i, c) = path_names(&req)?;
     let revoke = match query(&req)
         .get("revoke")
         .map(|v| v.to_ascii_lowercase())
@@ -167,7 +157,7 @@ pub async fn create_link(
     Body(body): Body<JSON_BODY_LIMIT>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (i, c) = names(&req)?;
+    let (i, c) = path_names(&req)?;
     let b: LinkBody = if body.iter().all(u8::is_ascii_whitespace) {
         LinkBody::default()
     } else if !body.trim_ascii_start().starts_with(b"{") {

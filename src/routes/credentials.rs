@@ -20,22 +20,12 @@ use actix_web::HttpMessage;
 
 use super::error::ApiError;
 use super::front_door::{self, Body, JSON_BODY_LIMIT};
-use super::{no_store, AppState};
+use super::{no_store, path_names, AppState};
 use crate::credentials::{AuthError, CredentialError, NewCredential};
 use crate::domain::{ConnectionId, IntegrationName, PipelineCredential, Secret};
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
-}
-
-fn names(req: &HttpRequest) -> Result<(IntegrationName, ConnectionId), ApiError> {
-    let i = req.match_info().get("integration").unwrap_or_default();
-    let c = req.match_info().get("connection").unwrap_or_default();
-    Ok((
-        IntegrationName::parse(i)
-            .map_err(|e| ApiError::InvalidRequest(format!("integration: {e}")))?,
-        ConnectionId::parse(c).map_err(|e| ApiError::InvalidRequest(format!("connection: {e}")))?,
-    ))
 }
 
 fn api_error(e: CredentialError) -> ApiError {
@@ -109,7 +99,7 @@ pub async fn create(
     Body(body): Body<JSON_BODY_LIMIT>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (i, c) = names(&req)?;
+    let (i, c) = path_names(&req)?;
     let b: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
         CreateBody::default()
     } else if !body.trim_ascii_start().starts_with(b"{") {
@@ -154,7 +144,7 @@ pub async fn create(
 
 /// `GET /api/connections/{integration}/{connection}/credentials`
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (i, c) = names(&req)?;
+    let (i, c) = path_names(&req)?;
     let all = state.credentials.list(&i, &c).await.map_err(api_error)?;
     Ok(no_store(HttpResponse::Ok()).json(CredentialList {
         integration: i.as_str(),
@@ -168,7 +158,7 @@ pub async fn delete(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (i, c) = names(&req)?;
+    let (i, c) = path_names(&req)?;
     let id = req.match_info().get("client_id").unwrap_or_default();
     state
         .credentials

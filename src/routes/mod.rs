@@ -26,7 +26,7 @@ use actix_web::{web, HttpRequest};
 
 use crate::consent::ConsentService;
 use crate::credentials::Credentials;
-use crate::domain::IntegrationName;
+use crate::domain::{ConnectionId, IntegrationName};
 use crate::refresh::Engine;
 use crate::registry::Lookup;
 use error::ApiError;
@@ -91,6 +91,26 @@ pub fn query(req: &HttpRequest) -> HashMap<String, String> {
     form_urlencoded::parse(req.query_string().as_bytes())
         .into_owned()
         .collect()
+}
+
+/// An integration name and a connection id from the request, or `invalid_request` naming which is wrong.
+pub fn names(
+    integration: &str,
+    connection: &str,
+) -> Result<(IntegrationName, ConnectionId), ApiError> {
+    let i = IntegrationName::parse(integration)
+        .map_err(|e| ApiError::InvalidRequest(format!("integration: {e}")))?;
+    let c = ConnectionId::parse(connection)
+        .map_err(|e| ApiError::InvalidRequest(format!("connection: {e}")))?;
+    Ok((i, c))
+}
+
+/// [`names`] from the `{integration}` and `{connection}` path segments.
+pub fn path_names(req: &HttpRequest) -> Result<(IntegrationName, ConnectionId), ApiError> {
+    names(
+        req.match_info().get("integration").unwrap_or_default(),
+        req.match_info().get("connection").unwrap_or_default(),
+    )
 }
 
 /// `Cache-Control: no-store` on a response builder (every API answer carries it).

@@ -11,7 +11,7 @@ use time::Duration;
 use super::credentials::TokenCaller;
 use super::error::ApiError;
 use super::front_door::{Body, JSON_BODY_LIMIT};
-use super::{query, AppState};
+use super::{names, query, AppState};
 use crate::domain::clock::now;
 use crate::domain::{ConnectionId, ConnectionRecord, IntegrationName};
 use crate::refresh::Need;
@@ -79,14 +79,6 @@ struct PostBody {
     min_validity_secs: Option<u32>,
     #[serde(default)]
     force_refresh: Option<bool>,
-}
-
-fn names(integration: &str, connection: &str) -> Result<(IntegrationName, ConnectionId), ApiError> {
-    let i = IntegrationName::parse(integration)
-        .map_err(|e| ApiError::InvalidRequest(format!("integration: {e}")))?;
-    let c = ConnectionId::parse(connection)
-        .map_err(|e| ApiError::InvalidRequest(format!("connection: {e}")))?;
-    Ok((i, c))
 }
 
 fn flag(v: Option<&String>, name: &str) -> Result<bool, ApiError> {
