@@ -72,6 +72,7 @@ NOT_SET_BY_TEMPLATE = {
     "BROKER_WEBHOOK_SECRET": "set with BROKER_WEBHOOK_URL (a Key Vault reference); only the operator knows the receivers",
     "BROKER_WEBHOOK_RETRY_SECS": "tuning; the default (10 s, doubling) is right",
     "BROKER_REFRESH_FAILING_SECS": "tuning; the default (6 h) is right",
+    "BROKER_LOG_FORMAT": "the default is right: JSON when stdout is not a terminal, as under the Functions host",
 }
 
 # App settings names the broker (or its platform) reads, as string literals in the source.

@@ -159,6 +159,24 @@ pub struct IntegrationsFile {
 }
 
 impl IntegrationsFile {
+    /// The names of every configured integration (ready or to be discovered), sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .parsed
+            .ready
+            .keys()
+            .map(|n| n.as_str().to_owned())
+            .chain(
+                self.parsed
+                    .discover
+                    .iter()
+                    .map(|d| d.name.as_str().to_owned()),
+            )
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Reads and validates the file at `path`; a missing file is no error.
     pub fn load(path: PathBuf, get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         match std::fs::read_to_string(&path) {
