@@ -25,6 +25,7 @@ mod functions_manifest;
 mod health;
 mod hostile_vendor;
 mod identity_storage;
+mod localhost;
 mod log_format;
 mod no_secret_in_logs;
 mod openapi;
