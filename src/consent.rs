@@ -124,6 +124,17 @@ pub struct Completed {
     pub missing_scopes: Option<Vec<String>>,
 }
 
+/// Where an operator goes to bring a dead grant back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReauthLinks {
+    /// `POST` here (with the key) for a keyless consent link to send the account owner.
+    pub consent_link_url: String,
+    /// The status page (its button makes the same link).
+    pub status_url: String,
+    /// The keyed start route (kept for existing callers; in a browser it needs `?code=`).
+    pub authorize_url: String,
+}
+
 /// A created consent link.
 #[derive(Debug)]
 pub struct CreatedLink {
@@ -185,6 +196,23 @@ impl ConsentService {
         url.query_pairs_mut()
             .append_pair("connection", connection.as_str());
         url.into()
+    }
+
+    /// Where an operator goes when a connection's grant is dead.
+    pub fn reauth_links(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> ReauthLinks {
+        ReauthLinks {
+            consent_link_url: join(
+                &self.public_url,
+                &format!("api/connections/{integration}/{connection}/consent-link"),
+            )
+            .into(),
+            status_url: join(&self.public_url, "api/status").into(),
+            authorize_url: self.authorize_link(integration, connection),
+        }
     }
 
     fn integration(&self, name: &IntegrationName) -> Result<Arc<Integration>, ConsentError> {

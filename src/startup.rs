@@ -204,6 +204,14 @@ impl Application {
 
         // Bound: now the slow work.
         registry.spawn_discovery();
+        // Before `listening`, so the first call after a fixed configuration already
+        // retries; bounded, so a slow store cannot hold the start (it then ends in
+        // the background).
+        {
+            let engine = Arc::clone(&engine);
+            let note = tokio::spawn(async move { engine.note_configuration().await });
+            let _ = tokio::time::timeout(Duration::from_secs(2), note).await;
+        }
         events.spawn_dispatcher();
         if let Some(every) = settings.sweep_interval {
             tokio::spawn(async move {

@@ -28,7 +28,13 @@ impl Engine {
 
     /// Every connection with its condition, most urgent first (the status page).
     pub async fn overview(&self) -> Result<Overview, StoreError> {
-        let records = self.store.list().await?;
+        let records: Vec<ConnectionRecord> = self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .map(|r| self.as_assessed(r))
+            .collect();
         let configured = self
             .integrations
             .ready()
