@@ -89,6 +89,9 @@ pub struct Integration {
     pub pipeline_scopes: Option<Vec<String>>,
     /// Resources a pipeline may name there; `None`: any `resource` is accepted and ignored.
     pub pipeline_resources: Option<Vec<String>>,
+    /// The settings the client id and secret are read from (`%NAME%`), when they are.
+    pub client_id_setting: Option<String>,
+    pub client_secret_setting: Option<String>,
 }
 
 impl Integration {
@@ -356,6 +359,14 @@ fn read_one(
     Ok(())
 }
 
+/// `NAME` of a `%NAME%` value.
+fn setting_name(v: &str) -> Option<String> {
+    v.strip_prefix('%')
+        .and_then(|s| s.strip_suffix('%'))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
 pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integration, ConfigError> {
     let name = IntegrationName::parse(&ctx.name).map_err(|e| ctx.fail(e.to_string()))?;
     let r: RawIntegration =
@@ -488,6 +499,8 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
         expires_in_ms,
         pipeline_scopes: r.pipeline_scopes,
         pipeline_resources: r.pipeline_resources,
+        client_id_setting: setting_name(&r.client_id),
+        client_secret_setting: setting_name(&r.client_secret),
         provider: r.provider,
         name,
     })

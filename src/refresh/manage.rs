@@ -52,6 +52,21 @@ impl Engine {
         ))
     }
 
+    /// An operator's "Refresh now": refreshes even a fresh token, and even during
+    /// a cool-down (once: a failure starts a new one).
+    pub async fn refresh_now(
+        &self,
+        integration: &Integration,
+        connection: &ConnectionId,
+    ) -> Result<ConnectionRecord, RefreshError> {
+        let need = super::Need {
+            force: true,
+            bypass_cooldown: true,
+            ..super::Need::default()
+        };
+        self.ensure_fresh(integration, connection, need).await
+    }
+
     /// One connection, whatever its status (the admin view).
     pub async fn connection(
         &self,
