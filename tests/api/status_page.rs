@@ -147,7 +147,11 @@ async fn rejected_credentials_read_as_misconfigured_and_an_unreachable_vendor_as
     let reply = app.token_reply("creds", "?force_refresh=true").await;
     assert_eq!(reply.error_code(), "integration_misconfigured", "{reply:?}");
     let v = app.get("/api/status?format=json").await.json();
-    assert_eq!(status_of(&v, "creds").as_deref(), Some("misconfigured"), "{v}");
+    assert_eq!(
+        status_of(&v, "creds").as_deref(),
+        Some("misconfigured"),
+        "{v}"
+    );
 
     // The right secret again (a changed configuration: the misconfigured mark ends at start),
     // and the vendor goes away.
