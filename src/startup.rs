@@ -144,13 +144,13 @@ impl Application {
         let public_url = match settings.public_url.clone() {
             Some(u) => u,
             None => {
-                let host = if addr.ip().is_unspecified() {
-                    "127.0.0.1".to_owned()
+                // A socket address prints an IPv6 host in brackets ([::1]:7071), as a URL needs.
+                let shown = if addr.ip().is_unspecified() {
+                    std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
                 } else {
-                    addr.ip().to_string()
+                    addr
                 };
-                Url::parse(&format!("http://{host}:{}", addr.port()))
-                    .expect("an IP address and port make a URL")
+                Url::parse(&format!("http://{shown}")).expect("an IP address and port make a URL")
             }
         };
         let credentials = Arc::new(Credentials::new(Arc::clone(&engine), store.clone()));

@@ -8,8 +8,8 @@
 //! The forms post back to the page's own URL, so the function key travels
 //! in `?code=` as it did for the page, never inside the page. A POST that a
 //! browser marks as coming from another site (`Sec-Fetch-Site`) is refused, so
-//! a page elsewhere cannot press the buttons of a broker reachable without a
-//! key (standalone on loopback).
+//! a page elsewhere cannot press the buttons even for a browser that holds
+//! the key.
 
 use std::collections::BTreeMap;
 

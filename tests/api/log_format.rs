@@ -231,3 +231,41 @@ fn an_unknown_log_format_stops_the_start_naming_the_setting() {
         "{out:?}"
     );
 }
+
+#[test]
+fn an_ipv6_loopback_bind_starts_with_a_bracketed_redirect_uri() {
+    // BROKER_BIND=::1 without BROKER_PUBLIC_URL: the public URL is made from the bound address
+    // (this panicked at start before: "http://::1:7071" is no URL).
+    let dir = tempfile::tempdir().unwrap();
+    write_integrations(dir.path());
+    let port = free_port();
+    let mut child = Command::new(broker_exe())
+        .env_clear()
+        .current_dir(dir.path())
+        .env("BROKER_BIND", "::1")
+        .env("BROKER_PORT", port.to_string())
+        .env("BROKER_SWEEP_INTERVAL_SECS", "0")
+        .env("DEMO_SECRET", "s")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut listening = None;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "listening" {
+            listening = Some(v);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let listening = listening.expect("the broker listens on ::1");
+    assert_eq!(
+        listening["redirect_uri"],
+        format!("http://[::1]:{port}/api/auth/callback"),
+        "{listening}"
+    );
+}
