@@ -178,7 +178,8 @@ first_error() { sed -n '/./{s/^ERROR: //;p;q}' "$workdir/az-error" 2>/dev/null |
 # Whether the last captured az error says "not found" (the only answer that means "absent": az prints
 # the ARM error code in parentheses, e.g. "(ResourceNotFound)", "(SecretNotFound)").
 error_is_not_found() {
-  grep -Eq '\((ResourceNotFound|SecretNotFound|NotFound|ParentResourceNotFound|DeploymentNotFound)\)' "$workdir/az-error" 2>/dev/null
+  # az rest prints an HTTP error as "Not Found({...})".
+  grep -Eq '\((ResourceNotFound|SecretNotFound|NotFound|ParentResourceNotFound|DeploymentNotFound)\)|^(ERROR: )?Not Found\(' "$workdir/az-error" 2>/dev/null
 }
 
 # Registers a resource provider the script's commands or templates use, if it is not registered:
