@@ -594,23 +594,30 @@ scm_auth_header() {
   printf 'Authorization: Bearer %s\n' "$token" >"$workdir/auth-header"
 }
 
-# The id of the deployment GET /api/deployments/latest answers now ("" when none).
+# The deployment GET /api/deployments/latest answers now, as "<id>|<ok|failed|running>|<text>|<log url>"
+# ("" when there is none yet). Kudu's DeployResult: status 0-2 pending/building/deploying, 3 failed,
+# 4 succeeded; status_text and log_url.
 latest_deployment() {
-  scm_auth_header
-  curl -sS -o "$workdir/deployment.json" -w '%{http_code}' --max-time 30 -H "@$workdir/auth-header" \
-    "https://$scm/api/deployments/latest" >"$workdir/deployment-status" 2>/dev/null || echo 000 >"$workdir/deployment-status"
-  rm -f "$workdir/auth-header"
-  python3 - "$workdir/deployment.json" "$(cat "$workdir/deployment-status")" <<'PY'
+  local code
+  code=$(curl -sS -o "$workdir/deployment.json" -w '%{http_code}' --max-time 30 -H "@$workdir/auth-header" \
+    "https://$scm/api/deployments/latest" 2>/dev/null) || code=000
+  python3 - "$workdir/deployment.json" "$code" <<'PY'
 import json, sys
 try:
     d = json.load(open(sys.argv[1], encoding="utf-8")) if sys.argv[2] == "200" else {}
-    print(d.get("id") or "" if isinstance(d, dict) else "")
 except (OSError, ValueError):
-    print("")
+    d = {}
+if isinstance(d, dict) and d.get("id"):
+    status = d.get("status")
+    text = " ".join(str(d.get("status_text") or d.get("progress") or "").replace("|", "/").split())[:300]
+    state = "ok" if status == 4 else "failed" if status == 3 else "running"
+    print(f"{d['id']}|{state}|{text if state != 'running' else f'status {status}: {text}'}|{d.get('log_url') or ''}")
 PY
 }
 
+scm_auth_header
 previous_deployment=$(latest_deployment)
+previous_deployment=${previous_deployment%%|*}
 log "uploading $package to $app (https://$scm/api/publish)"
 waited=0 delay=15 attempt=0
 while :; do
@@ -637,36 +644,26 @@ while :; do
 done
 
 log "waiting for the deployment to finish (https://$scm/api/deployments/latest)"
+scm_auth_header
 outcome=""
 for i in $(seq 1 60); do
+  # A fresh token every 5 minutes (they live an hour or more).
+  (( i % 30 == 0 )) && scm_auth_header
   current=$(latest_deployment)
-  if [[ -n $current && $current != "$previous_deployment" ]]; then
-    outcome=$(python3 - "$workdir/deployment.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1], encoding="utf-8"))
-status = d.get("status")
-text = " ".join(str(d.get("status_text") or d.get("progress") or "").split())[:300]
-log = d.get("log_url") or ""
-if status == 4:
-    print("ok")
-elif status == 3:
-    print(f"failed|{text or 'no status text'}|{log}")
-else:
-    print(f"running|status {status}: {text}|{log}")
-PY
-) || outcome=""
+  if [[ -n $current && ${current%%|*} != "$previous_deployment" ]]; then
+    IFS='|' read -r current outcome text log_url <<<"$current"
     case $outcome in
       ok) log "deployment $current succeeded"; break ;;
-      failed*)
-        IFS='|' read -r _ text log_url <<<"$outcome"
-        die "the deployment of the package failed: $text. Log: ${log_url:-https://$scm/api/deployments/$current/log}. The app keeps its previous code; fix the cause and run infra/deploy.sh again" ;;
+      failed)
+        rm -f "$workdir/auth-header"
+        die "the deployment of the package failed: ${text:-no status text}. Log: ${log_url:-https://$scm/api/deployments/$current/log}. The app keeps its previous code; fix the cause and run infra/deploy.sh again" ;;
     esac
   fi
   sleep 10
 done
+rm -f "$workdir/auth-header"
 if [[ $outcome != ok ]]; then
-  IFS='|' read -r _ text log_url <<<"${outcome:-running|not reported yet|}"
-  die "the deployment of the package is still in progress after 10 minutes (${text}). Log: ${log_url:-https://$scm/api/deployments/latest}. Nothing after the upload was done; run infra/deploy.sh again once it has finished"
+  die "the deployment of the package is still in progress after 10 minutes (${text:-not reported yet}). Log: ${log_url:-https://$scm/api/deployments/latest}. Nothing after the upload was done; run infra/deploy.sh again once it has finished"
 fi
 
 # ------------------------------------------------------------------------------------------------

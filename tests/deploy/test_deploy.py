@@ -108,7 +108,7 @@ class Env:
         with open(self.log_file) as f:
             return [json.loads(line) for line in f]
 
-    def run(self, *extra, location="westeurope", extra_env=None, from_parent=False):
+    def run(self, *extra, location="westeurope", extra_env=None, from_parent=False, timeout=120):
         start = len(self.calls())
         env = dict(os.environ, **(extra_env or {}))
         env.update({
@@ -123,7 +123,7 @@ class Env:
         args = ["bash", f"{at}infra/deploy.sh", "-g", RG, "-l", location, "-p", PREFIX,
                 "--integrations", f"{at}integrations.json", "--package", f"{at}broker.zip", *extra]
         r = subprocess.run(args, cwd=self.dir if from_parent else self.repo, env=env, capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=timeout)
         self.outputs.append(r.stdout + r.stderr)
         return r, self.calls()[start:]
 
@@ -569,7 +569,7 @@ class DeployTest(unittest.TestCase):
         r, _ = env.run()
         self.assert_success(r)
         env.update(deploy_outcomes=["stuck"])
-        r, calls = env.run()
+        r, calls = env.run(timeout=600)  # ten minutes of polls against the fakes
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("still in progress", r.stderr)
         self.assertIn("/api/deployments/", r.stderr)
