@@ -229,7 +229,7 @@ secret_exists() {
       --resource-type secrets -n "$name" --query id -o tsv >/dev/null 2>"$workdir/az-error"; then
       return 0
     fi
-    return 1
+    error_is_not_found && return 1
     [[ $attempt == 4 ]] && break
     log "could not tell whether $name exists in $vault ($(first_error)); retrying in $((attempt * 10)) s"
     sleep $((attempt * 10))
