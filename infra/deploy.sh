@@ -512,6 +512,31 @@ PY
   rm -f "$workdir/access-params.json"
 }
 
+# Earlier versions gave the app's identity and Data Factory Key Vault Secrets User on the whole vault.
+# A role assignment the template no longer declares stays (deployments are incremental), so remove
+# those of these principals, exactly at the vault's scope, once their per-secret roles are granted.
+revoke_vault_wide_reads() {
+  local vault_id id
+  vault_id=$(vault_id_of "$vault")
+  az role assignment list --scope "$vault_id" -o json >"$workdir/vault-roles.json" 2>"$workdir/az-error" \
+    || die "could not list the role assignments on Key Vault $vault: $(first_error)"
+  python3 - "$workdir/vault-roles.json" "$vault_id" "$@" >"$workdir/vault-roles-stale" <<'PY'
+import json, sys
+roles, scope, principals = json.load(open(sys.argv[1])) or [], sys.argv[2].lower(), set(sys.argv[3:])
+for ra in roles:
+    if ((ra.get("scope") or "").lower() == scope and ra.get("principalId") in principals
+            and (ra.get("roleDefinitionId") or "").lower().endswith("/4633458b-17de-408a-b874-0445c86b69e6")):
+        print(ra["id"])
+PY
+  while read -r id; do
+    [[ -n $id ]] || continue
+    log "removing Key Vault Secrets User on the whole vault $vault, granted by an earlier version"
+    az role assignment delete --ids "$id" -o none 2>"$workdir/az-error" \
+      || die "could not remove the vault-wide role assignment $id: $(first_error). Remove it: az role assignment delete --ids $id"
+  done <"$workdir/vault-roles-stale"
+  rm -f "$workdir/vault-roles.json" "$workdir/vault-roles-stale"
+}
+
 # ------------------------------------------------------------------------------------------------
 # 5. the encryption key: created once, only where none exists (outside the template, so no
 #    deployment can overwrite it)
@@ -562,6 +587,7 @@ broker_secrets=()
 while IFS= read -r line; do broker_secrets+=("$line"); done <"$workdir/broker-secrets"
 log "granting the app's identity Key Vault Secrets User on ${broker_secrets[*]} (each secret, not the vault)"
 grant_secret_reads broker "$identity_principal" "${broker_secrets[@]}"
+revoke_vault_wide_reads "$identity_principal"
 
 # ------------------------------------------------------------------------------------------------
 # 7. code: upload (One Deploy), retried on 403/409 for up to ~10 minutes, then the deployment's own
@@ -899,6 +925,7 @@ PY
   while IFS= read -r line; do adf_secrets+=("$line"); done <"$workdir/adf-secrets"
   log "granting Data Factory $data_factory Key Vault Secrets User on ${adf_secrets[*]} (each secret, not the vault)"
   grant_secret_reads data-factory "$adf_principal" "${adf_secrets[@]}"
+  revoke_vault_wide_reads "$adf_principal"
 fi
 
 # ------------------------------------------------------------------------------------------------

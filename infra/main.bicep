@@ -80,7 +80,7 @@ param operatorPrincipalId string = ''
 ])
 param operatorPrincipalType string = 'User'
 
-@description('Private networking: a virtual network with Flex VNet integration, private endpoints and private DNS zones for blob, queue, table and Key Vault, and public network access disabled on the storage account and the vault. Data Factory then needs a managed virtual network with managed private endpoints, or a self-hosted integration runtime, to read its secrets (README).')
+@description('Private networking: a virtual network with Flex VNet integration, private endpoints and private DNS zones for blob, queue, table and Key Vault, and public network access disabled on the storage account and the vault. Data Factory then needs a managed virtual network with managed private endpoints, or a self-hosted integration runtime, to read its secrets (docs/deploy.md).')
 param privateNetwork bool = false
 
 @description('Address space of the virtual network (privateNetwork); two /24 subnets are carved from its start.')

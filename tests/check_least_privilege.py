@@ -167,6 +167,9 @@ def rule_deploy_grants_per_secret(deploy):
     for who, principal in (("broker", "$identity_principal"), ("data-factory", "$adf_principal")):
         if not re.search(rf'grant_secret_reads {re.escape(who)} "{re.escape(principal)}"', code):
             bad.append(f"deploy.sh does not grant {who} ({principal}) its secrets through secret-access.bicep")
+        # Incremental deployments keep the vault-wide role earlier versions declared: it is removed.
+        if not re.search(rf'^\s*revoke_vault_wide_reads "{re.escape(principal)}"', code, re.M):
+            bad.append(f"deploy.sh does not remove the vault-wide Secrets User of earlier versions from {principal}")
     return bad
 
 
@@ -357,6 +360,9 @@ resource dataFactorySecretsUser 'Microsoft.Authorization/roleAssignments@2022-04
                      mutated(deploy, 'grant_secret_reads data-factory "$adf_principal"',
                              'az role assignment create --role "Key Vault Secrets User" --assignee "$adf_principal"', "cli grant"),
                      "deploy.sh granting Data Factory with az role assignment create")
+    expect_violation(rule_deploy_grants_per_secret,
+                     mutated(deploy, 'revoke_vault_wide_reads "$adf_principal"\n', '\n', "no revoke"),
+                     "deploy.sh leaving Data Factory's vault-wide role of earlier versions")
     expect_violation(lambda t: rule_function_level_key(t, wanted),
                      mutated(deploy, '/functions/$fn/keys/adf?', '/host/default/functionKeys/adf?', "host key"),
                      "deploy.sh setting adf as a host key")

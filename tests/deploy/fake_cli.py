@@ -156,9 +156,15 @@ AZ_OPTIONS = {
     "functionapp list": {"--resource-group", "-g"},
     "functionapp keys set": {"--resource-group", "-g", "--name", "-n", "--key-type", "--key-name", "--key-value", "--slot"},
     "functionapp keys list": {"--resource-group", "-g", "--name", "-n", "--slot"},
+    "role assignment list": {"--all", "--assignee", "--include-classic-administrators", "--include-groups",
+                             "--include-inherited", "--resource-group", "-g", "--role", "--scope",
+                             "--fill-principal-name", "--fill-role-definition-name"},
+    "role assignment delete": {"--assignee", "--ids", "--include-inherited", "--resource-group", "-g", "--role",
+                               "--scope", "--yes", "-y"},
 }
 # Options that take no value (everything else in AZ_OPTIONS takes one).
-FLAGS = {"--wait", "--no-wait", "--what-if", "--rollback-on-error", "--only-show-errors", "--debug", "--verbose",
+FLAGS = {"--all", "--include-classic-administrators", "--include-groups", "--include-inherited", "--yes", "-y",
+         "--wait", "--no-wait", "--what-if", "--rollback-on-error", "--only-show-errors", "--debug", "--verbose",
          "--include-response-body", "--skip-authorization-header", "--disabled", "--consent-to-permissions",
          "--accept-terms"}
 ARM = "https://management.core.windows.net/"
@@ -445,7 +451,27 @@ def az(argv):
             return out(f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Web/sites/{app}", argv)
     if cmd.startswith("functionapp list"):
         return out(state["app"].get("name"), argv)
+    if cmd.startswith("role assignment list"):
+        # Assignments at the scope (and below it); --include-inherited would add those above.
+        scope = (opt(argv, "--scope") or "").lower()
+        return out([role_view(state, ra) for ra in state["role_assignments"] if ra["scope"].lower().startswith(scope)], argv)
+    if cmd.startswith("role assignment delete"):
+        ids = opt(argv, "--ids")
+        before = len(state["role_assignments"])
+        state["role_assignments"] = [ra for ra in state["role_assignments"] if role_view(state, ra)["id"] != ids]
+        if len(state["role_assignments"]) == before:
+            fail(f"(RoleAssignmentNotFound) The role assignment '{ids}' is not found.", 3)
+        save(state)
+        return out(None, argv)
     fail(f"fake az: unexpected call: az {' '.join(argv)}", 2)
+
+
+def role_view(state, ra):
+    """A role assignment as `az role assignment list` shows it."""
+    return {"id": f"{ra['scope']}/providers/Microsoft.Authorization/roleAssignments/{ra['name']}", "name": ra["name"],
+            "principalId": ra["principal"], "principalType": "ServicePrincipal", "scope": ra["scope"],
+            "roleDefinitionId": f"/subscriptions/{state['subscription']}/providers/Microsoft.Authorization/roleDefinitions/{ra['role']}",
+            "type": "Microsoft.Authorization/roleAssignments"}
 
 
 def add_role(state, scope, principal_id, role):

@@ -668,6 +668,34 @@ class DeployTest(unittest.TestCase):
         adf = {ra["scope"].rsplit("/secrets/", 1)[1] for ra in env.state()["role_assignments"] if ra["principal"] == ADF_PRINCIPAL}
         self.assertEqual(adf, {"broker-function-key", name, second})
 
+    def test_an_upgrade_removes_the_vault_wide_reads_of_earlier_versions(self):
+        # Earlier versions granted the app's identity and Data Factory Secrets User on the whole vault;
+        # a deployment does not remove what the template no longer declares, so deploy.sh does.
+        env = self.start()
+        r, _ = env.run()
+        self.assert_success(r)
+        s = env.state()
+        name, _ = self.vault()
+        vault_id = f"/subscriptions/{s['subscription']}/resourceGroups/{RG}/providers/Microsoft.KeyVault/vaults/{name}"
+        legacy = [{"name": f"legacy-{p}", "scope": vault_id, "principal": p, "role": SECRETS_USER}
+                  for p in (IDENTITY, ADF_PRINCIPAL)]
+        someone_else = {"name": "someone-else", "scope": vault_id, "principal": "cccccccc-0000-4000-8000-000000000003",
+                        "role": SECRETS_USER}
+        s["role_assignments"] += legacy + [someone_else]
+        env.set_state(s)
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        left = {ra["name"] for ra in env.state()["role_assignments"] if ra["scope"] == vault_id}
+        self.assertNotIn("legacy-" + IDENTITY, left)
+        self.assertNotIn("legacy-" + ADF_PRINCIPAL, left)
+        self.assertIn("someone-else", left, "only the broker's own principals lose their vault-wide role")
+        self.assertEqual(len(az_calls(calls, "role", "assignment", "delete")), 2)
+        # Removed only after the per-secret roles were granted.
+        grants = [calls.index(c) for c in az_calls(calls, "deployment", "group", "create")]
+        deletes = [calls.index(c) for c in az_calls(calls, "role", "assignment", "delete")]
+        self.assertLess(grants[1], deletes[0])
+        self.assertLess(grants[2], deletes[1])
+
     def test_a_bad_connection_id_stops_before_anything(self):
         env = self.start()
         r, calls = env.run("--connection", "a/b")
