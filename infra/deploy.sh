@@ -518,7 +518,10 @@ PY
 revoke_vault_wide_reads() {
   local vault_id id
   vault_id=$(vault_id_of "$vault")
-  az role assignment list --scope "$vault_id" -o json >"$workdir/vault-roles.json" 2>"$workdir/az-error" \
+  # No principal or role names: filling them in calls Microsoft Graph (not needed, and not available
+  # to every login).
+  az role assignment list --scope "$vault_id" --fill-principal-name false --fill-role-definition-name false \
+    -o json >"$workdir/vault-roles.json" 2>"$workdir/az-error" \
     || die "could not list the role assignments on Key Vault $vault: $(first_error)"
   python3 - "$workdir/vault-roles.json" "$vault_id" "$@" >"$workdir/vault-roles-stale" <<'PY'
 import json, sys
