@@ -43,7 +43,13 @@ pub(super) fn apply_template(
         )));
     };
     let mut template = template.clone();
+    // Documentation only (the generated docs/vendors.md shows them).
     template.remove("notes");
+    template.remove("token_rate_limit");
+    // The account binding (issue 17) is parsed once its parser is on main;
+    // until then the templates carry it in the agreed format and it is dropped here.
+    template.remove("account");
+    template.remove("account_note");
     let requires: Vec<String> = match template.remove("requires") {
         Some(Value::Array(a)) => a
             .iter()

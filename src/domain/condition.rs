@@ -13,7 +13,10 @@
 //! - `refresh_token_expiring`: the refresh token was last used more than half
 //!   of the vendor's idle window ago (`refresh_token_idle_days`). With the
 //!   keep-alive sweep running (daily by default) a healthy grant never gets
-//!   there; half the window leaves the operator weeks to react.
+//!   there; half the window leaves the operator weeks to react. Also when the
+//!   vendor ends the grant at a fixed age (`refresh_token_max_days`, stored at
+//!   consent as the `refresh_token_expires_at` metadata) within 30 days: only
+//!   a new consent before then keeps it going.
 
 use std::collections::BTreeMap;
 
@@ -104,6 +107,10 @@ pub fn assess(r: &ConnectionRecord, idle: Option<Duration>, now: OffsetDateTime)
         if r.tokens.refresh_token.is_some() && now - r.refreshed_at > idle / 2 {
             return Condition::RefreshTokenExpiring;
         }
+    }
+    // The vendor ends the grant at a fixed age (refresh_token_max_days) soon.
+    if r.grant_ending(now) {
+        return Condition::RefreshTokenExpiring;
     }
     if r.status == ConnectionStatus::Unknown {
         return Condition::Unknown;
@@ -251,6 +258,34 @@ mod tests {
         let mut unknown = record();
         unknown.status = ConnectionStatus::Unknown;
         assert_eq!(assess(&unknown, idle, at(10)), Condition::Unknown);
+    }
+
+    #[test]
+    fn a_grant_the_vendor_ends_at_a_fixed_age_warns_thirty_days_before() {
+        let mut r = record();
+        assert_eq!(assess(&r, None, at(10)), Condition::Active);
+        let end = at(0) + Duration::days(365);
+        r.metadata.insert(
+            crate::domain::grant::GRANT_ENDS_AT.into(),
+            crate::domain::clock::rfc3339(end),
+        );
+        // Refreshed daily, never idle: only the fixed end matters.
+        let fresh = |mut r: ConnectionRecord, t: OffsetDateTime| {
+            r.refreshed_at = t;
+            r
+        };
+        let t = end - Duration::days(31);
+        assert_eq!(assess(&fresh(r.clone(), t), None, t), Condition::Active);
+        let t = end - Duration::days(29);
+        assert_eq!(
+            assess(&fresh(r.clone(), t), None, t),
+            Condition::RefreshTokenExpiring
+        );
+        r.metadata.insert(
+            crate::domain::grant::GRANT_ENDS_AT.into(),
+            "not a date".into(),
+        );
+        assert_eq!(assess(&fresh(r, t), None, t), Condition::Active);
     }
 
     #[test]

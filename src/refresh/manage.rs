@@ -121,6 +121,7 @@ impl Engine {
         );
         // Of concurrent deletes, the one that removed the row tells.
         if deleted {
+            self.forget_grant_end(&record).await;
             self.on_deleted(&integration.name, connection).await;
         }
         Ok(())
