@@ -741,9 +741,19 @@ mod tests {
     #[test]
     fn an_absolute_expiry_is_read_as_iso_8601_or_epoch_seconds() {
         let at = |v: Value| parse_expires_at(&v).map(|t| t.unix_timestamp());
-        assert_eq!(at(serde_json::json!("2006-01-02T15:04:05Z")), Some(1_136_214_245));
-        assert_eq!(at(serde_json::json!("2006-01-02T17:04:05+02:00")), Some(1_136_214_245));
-        assert_eq!(at(serde_json::json!("2006-01-02T15:04:05")), Some(1_136_214_245), "no offset: UTC");
+        assert_eq!(
+            at(serde_json::json!("2006-01-02T15:04:05Z")),
+            Some(1_136_214_245)
+        );
+        assert_eq!(
+            at(serde_json::json!("2006-01-02T17:04:05+02:00")),
+            Some(1_136_214_245)
+        );
+        assert_eq!(
+            at(serde_json::json!("2006-01-02T15:04:05")),
+            Some(1_136_214_245),
+            "no offset: UTC"
+        );
         assert_eq!(at(serde_json::json!(1_136_214_245)), Some(1_136_214_245));
         assert_eq!(at(serde_json::json!("1136214245")), Some(1_136_214_245));
         for bad in [
@@ -763,11 +773,26 @@ mod tests {
             metadata: &[],
             expires_at_field: Some("expires_at"),
         };
-        let r = parse_token_response(200, false, br#"{"access_token":"a","expires_at":"2030-01-01T00:00:00Z"}"#, &shape).unwrap();
+        let r = parse_token_response(
+            200,
+            false,
+            br#"{"access_token":"a","expires_at":"2030-01-01T00:00:00Z"}"#,
+            &shape,
+        )
+        .unwrap();
         assert_eq!(r.expires_at.unwrap().unix_timestamp(), 1_893_456_000);
         assert!(r.expires_in.is_none());
-        let r = parse_token_response(200, false, br#"{"access_token":"a","expires_at":"2030-01-01T00:00:00Z"}"#, &Shape::default()).unwrap();
-        assert!(r.expires_at.is_none(), "only where the integration names the field");
+        let r = parse_token_response(
+            200,
+            false,
+            br#"{"access_token":"a","expires_at":"2030-01-01T00:00:00Z"}"#,
+            &Shape::default(),
+        )
+        .unwrap();
+        assert!(
+            r.expires_at.is_none(),
+            "only where the integration names the field"
+        );
     }
 
     #[test]
@@ -780,14 +805,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.is_dead_grant() && !e.is_transient() && !e.is_misconfigured());
-        let e =
-            parse_token_response(401, false, br#"{"error":"invalid_client"}"#, &Shape::default()).unwrap_err();
+        let e = parse_token_response(
+            401,
+            false,
+            br#"{"error":"invalid_client"}"#,
+            &Shape::default(),
+        )
+        .unwrap_err();
         assert!(e.is_misconfigured() && !e.is_transient());
-        let e = parse_token_response(503, false, br#"{"error":"temporarily_unavailable"}"#, &Shape::default())
-            .unwrap_err();
+        let e = parse_token_response(
+            503,
+            false,
+            br#"{"error":"temporarily_unavailable"}"#,
+            &Shape::default(),
+        )
+        .unwrap_err();
         assert!(e.is_transient());
-        let e = parse_token_response(200, false, br#"{"error":"bad_verification_code"}"#, &Shape::default())
-            .unwrap_err();
+        let e = parse_token_response(
+            200,
+            false,
+            br#"{"error":"bad_verification_code"}"#,
+            &Shape::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             e.oauth_error(),
             Some(&OAuthErrorCode::Other("bad_verification_code".into()))
@@ -815,7 +855,10 @@ mod tests {
             &Shape::default(),
         )
         .unwrap_err();
-        assert_eq!(e.oauth_error(), Some(&OAuthErrorCode::Other("OAuthException".into())));
+        assert_eq!(
+            e.oauth_error(),
+            Some(&OAuthErrorCode::Other("OAuthException".into()))
+        );
         assert!(!e.is_transient() && !e.is_dead_grant());
         assert!(e.to_string().contains("Session has expired"));
         let e = parse_token_response(500, false, br#"{"error":{"code":2}}"#, &Shape::default())
@@ -876,8 +919,13 @@ mod tests {
 
     #[test]
     fn errors_never_carry_the_token() {
-        let e =
-            parse_token_response(200, false, br#"{"refresh_token":"SECRET123"}"#, &Shape::default()).unwrap_err();
+        let e = parse_token_response(
+            200,
+            false,
+            br#"{"refresh_token":"SECRET123"}"#,
+            &Shape::default(),
+        )
+        .unwrap_err();
         assert!(!format!("{e} {e:?}").contains("SECRET123"));
     }
 }

@@ -524,8 +524,7 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
             "refresh_token_idle_days must be between 1 and 3650 (leave it out when the vendor does not expire unused refresh tokens)",
         ));
     }
-    if r
-        .refresh_token_max_days
+    if r.refresh_token_max_days
         .is_some_and(|d| !(1..=3650).contains(&d))
     {
         return Err(ctx.fail(
@@ -550,10 +549,14 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
         Some(n) => {
             let name_ok = |v: &str| {
                 !v.is_empty()
-                    && v.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':'))
+                    && v.bytes().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':')
+                    })
             };
             if !name_ok(&n.grant_type) {
-                return Err(ctx.fail("renew.grant_type must be a grant type name, e.g. \"fb_exchange_token\""));
+                return Err(ctx.fail(
+                    "renew.grant_type must be a grant type name, e.g. \"fb_exchange_token\"",
+                ));
             }
             let token_param = n.token_param.unwrap_or_else(|| n.grant_type.clone());
             if !name_ok(&token_param) {
@@ -571,7 +574,11 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
             Some(Renew {
                 grant_type: n.grant_type,
                 token_param,
-                url: n.url.as_deref().map(|v| url_of("renew.url", v)).transpose()?,
+                url: n
+                    .url
+                    .as_deref()
+                    .map(|v| url_of("renew.url", v))
+                    .transpose()?,
                 get,
                 params: params("renew.params", &n.params)?,
             })
@@ -589,8 +596,14 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
                 }
             }
             let auth_scheme = p.auth_scheme.unwrap_or_else(|| "Bearer".into());
-            if auth_scheme.is_empty() || !auth_scheme.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
-                return Err(ctx.fail("post_consent.auth_scheme must be an HTTP auth scheme name (Bearer, OAuth)"));
+            if auth_scheme.is_empty()
+                || !auth_scheme
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            {
+                return Err(ctx.fail(
+                    "post_consent.auth_scheme must be an HTTP auth scheme name (Bearer, OAuth)",
+                ));
             }
             Some(PostConsent {
                 url: url_of("post_consent.url", &p.url)?,
@@ -906,7 +919,10 @@ mod tests {
         for e in [None, Some(0.0), Some(-1.0), Some(f64::NAN)] {
             assert_eq!(i.lifetime_at(e, None, now), MAX_LIFETIME, "{e:?}");
         }
-        assert_eq!(i.lifetime_at(Some(7200.0), None, now), Duration::seconds(7200));
+        assert_eq!(
+            i.lifetime_at(Some(7200.0), None, now),
+            Duration::seconds(7200)
+        );
     }
 
     #[test]
@@ -935,7 +951,10 @@ mod tests {
         assert_eq!(i.refresh_url.unwrap().as_str(), "https://a.example/refresh");
         assert_eq!(i.refresh_params, vec![("k".into(), "v".into())]);
         let r = i.renew.unwrap();
-        assert_eq!((r.grant_type.as_str(), r.token_param.as_str(), r.get), ("fb_exchange_token", "fb_exchange_token", true));
+        assert_eq!(
+            (r.grant_type.as_str(), r.token_param.as_str(), r.get),
+            ("fb_exchange_token", "fb_exchange_token", true)
+        );
         assert_eq!(r.params, vec![("p".into(), "q".into())]);
         assert_eq!(i.refresh_token_max, Some(Duration::days(365)));
         let pc = i.post_consent.unwrap();
@@ -945,18 +964,42 @@ mod tests {
             (r#", "docs": "http://a.example/docs""#, "docs"),
             (r#", "docs": 5"#, "docs"),
             (r#", "api_base_url": "ftp://a.example""#, "api_base_url"),
-            (r#", "api_base_url": ["https://ok.example", "http://evil.example"]"#, "api_base_url"),
+            (
+                r#", "api_base_url": ["https://ok.example", "http://evil.example"]"#,
+                "api_base_url",
+            ),
             (r#", "refresh_url": "http://a.example/r""#, "refresh_url"),
             (r#", "refresh_token_max_days": 0"#, "refresh_token_max_days"),
             (r#", "renew": {"grant_type": "a b"}"#, "renew.grant_type"),
-            (r#", "renew": {"grant_type": "x", "method": "PUT"}"#, "renew.method"),
-            (r#", "renew": {"grant_type": "x", "url": "http://a.example"}"#, "renew.url"),
+            (
+                r#", "renew": {"grant_type": "x", "method": "PUT"}"#,
+                "renew.method",
+            ),
+            (
+                r#", "renew": {"grant_type": "x", "url": "http://a.example"}"#,
+                "renew.url",
+            ),
             (r#", "renew": {"grant_type": "x", "extra": 1}"#, "extra"),
-            (r#", "post_consent": {"url": "http://a.example/m", "metadata": {"dc": "/dc"}}"#, "post_consent.url"),
-            (r#", "post_consent": {"url": "https://a.example/m", "metadata": {}}"#, "post_consent.metadata"),
-            (r#", "post_consent": {"url": "https://a.example/m", "metadata": {"dc": "dc"}}"#, "pointer"),
-            (r#", "post_consent": {"url": "https://a.example/m", "auth_scheme": "Bearer x", "metadata": {"dc": "/dc"}}"#, "auth_scheme"),
-            (r#", "expires_at_field": "refresh_token""#, "expires_at_field"),
+            (
+                r#", "post_consent": {"url": "http://a.example/m", "metadata": {"dc": "/dc"}}"#,
+                "post_consent.url",
+            ),
+            (
+                r#", "post_consent": {"url": "https://a.example/m", "metadata": {}}"#,
+                "post_consent.metadata",
+            ),
+            (
+                r#", "post_consent": {"url": "https://a.example/m", "metadata": {"dc": "dc"}}"#,
+                "pointer",
+            ),
+            (
+                r#", "post_consent": {"url": "https://a.example/m", "auth_scheme": "Bearer x", "metadata": {"dc": "/dc"}}"#,
+                "auth_scheme",
+            ),
+            (
+                r#", "expires_at_field": "refresh_token""#,
+                "expires_at_field",
+            ),
         ] {
             let err = parse(&base(bad), Path::new("i.json"), &env(&[]))
                 .map(|_| ())

@@ -202,8 +202,12 @@ impl Engine {
     /// Forgets the grant-end marker of a grant that is gone (deleted or replaced).
     pub(super) async fn forget_grant_end(&self, record: &ConnectionRecord) {
         if let Some(end) = record.grant_ends_at() {
-            self.forget(&grant_ending_key(&record.integration, &record.connection, end))
-                .await;
+            self.forget(&grant_ending_key(
+                &record.integration,
+                &record.connection,
+                end,
+            ))
+            .await;
         }
     }
 

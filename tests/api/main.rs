@@ -36,5 +36,6 @@ mod status_page;
 mod store_contract;
 mod sweep_panic;
 mod vendor_faults;
+mod vendor_quirks;
 mod webhooks;
 mod xss;
