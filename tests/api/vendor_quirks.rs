@@ -16,7 +16,7 @@ use crate::webhooks::Receiver;
 pub struct SimApp {
     pub sim: VendorSim,
     pub broker: Broker,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl SimApp {
@@ -41,11 +41,18 @@ impl SimApp {
                 .collect(),
         })
         .await;
-        SimApp {
-            sim,
-            broker,
-            _dir: dir,
-        }
+        SimApp { sim, broker, dir }
+    }
+
+    /// Ages the last refresh of `integration`'s connections by `hours` in the store (the
+    /// row's state, not bound to its sealed tokens), as if the keep-alive period had passed.
+    pub fn age_last_refresh(&self, integration: &str, hours: i64) {
+        let db = rusqlite::Connection::open(self.dir.path().join("b.db")).unwrap();
+        db.execute(
+            "UPDATE connections SET refreshed_at = refreshed_at - ?1 WHERE integration = ?2",
+            rusqlite::params![hours * 3_600_000, integration],
+        )
+        .unwrap();
     }
 
     /// Runs a consent of `connection` to its end (the vendor's authorize page is skipped: the
@@ -239,6 +246,9 @@ async fn tokens_that_do_not_expire_are_served_as_is_and_never_refreshed_or_swept
         assert_eq!(c["status"], "active", "{i}: {c}");
     }
     assert!(expires_in(&app.token("hourly", "c1", "").await) <= 3600);
+    // Past the keep-alive period: listed by the sweep, and still nothing to do.
+    app.age_last_refresh("zero", 48);
+    app.age_last_refresh("absent", 48);
     let swept = app.sweep().await;
     assert_eq!(
         (swept["refreshed"].as_u64(), swept["failed"].as_u64()),
