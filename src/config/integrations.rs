@@ -732,11 +732,32 @@ mod tests {
 
     #[test]
     fn every_template_in_the_catalogue_builds_with_https_urls_and_declared_placeholders() {
-        assert!(catalogue().len() >= 16);
+        assert!(catalogue().len() >= 40);
         for (name, template) in catalogue() {
             let t = template
                 .as_object()
                 .unwrap_or_else(|| panic!("{name} is an object"));
+            let docs = match t.get("docs") {
+                Some(Value::String(s)) => vec![s.as_str()],
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            assert!(
+                !docs.is_empty(),
+                "{name} cites its vendor's documentation (docs)"
+            );
+            for d in docs {
+                assert!(d.starts_with("https://"), "{name}: {d}");
+            }
+            assert!(
+                t.contains_key("account") != t.contains_key("account_note"),
+                "{name} names its account identifier (account) or says why not (account_note)"
+            );
+            assert!(
+                t.get("rotates_refresh_token")
+                    .is_some_and(Value::is_boolean),
+                "{name} says whether its refresh tokens rotate"
+            );
             assert!(
                 t.get("notes")
                     .and_then(Value::as_str)

@@ -46,6 +46,7 @@ pub(super) fn apply_template(
     // Documentation only (the generated docs/vendors.md shows them).
     template.remove("notes");
     template.remove("token_rate_limit");
+    template.remove("rotates_refresh_token");
     // The account binding (issue 17) is parsed once its parser is on main;
     // until then the templates carry it in the agreed format and it is dropped here.
     template.remove("account");

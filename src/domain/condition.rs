@@ -85,6 +85,17 @@ pub fn error_code(last_error: &str) -> Option<OAuthErrorCode> {
 /// The condition of `r` at `now`; `idle` is the vendor's refresh-token idle
 /// window, when it has one.
 pub fn assess(r: &ConnectionRecord, idle: Option<Duration>, now: OffsetDateTime) -> Condition {
+    assess_with(r, idle, None, now)
+}
+
+/// [`assess`], knowing also the vendor's fixed grant lifetime (`max`), which
+/// narrows the warning before the grant ends (see `ConnectionRecord::grant_ending`).
+pub fn assess_with(
+    r: &ConnectionRecord,
+    idle: Option<Duration>,
+    max: Option<Duration>,
+    now: OffsetDateTime,
+) -> Condition {
     match r.status {
         ConnectionStatus::ReauthorizationRequired => return Condition::ReauthorizationRequired,
         ConnectionStatus::NoRefreshToken => return Condition::NoRefreshToken,
@@ -109,7 +120,7 @@ pub fn assess(r: &ConnectionRecord, idle: Option<Duration>, now: OffsetDateTime)
         }
     }
     // The vendor ends the grant at a fixed age (refresh_token_max_days) soon.
-    if r.grant_ending(now) {
+    if r.grant_ending(now, max) {
         return Condition::RefreshTokenExpiring;
     }
     if r.status == ConnectionStatus::Unknown {
@@ -143,6 +154,16 @@ impl Overview {
         idle: impl Fn(&IntegrationName) -> Option<Duration>,
         now: OffsetDateTime,
     ) -> Overview {
+        Self::build_with(records, configured, |n| (idle(n), None), now)
+    }
+
+    /// [`Overview::build`] with each integration's idle window and fixed grant lifetime.
+    pub fn build_with(
+        records: Vec<ConnectionRecord>,
+        configured: impl IntoIterator<Item = IntegrationName>,
+        limits: impl Fn(&IntegrationName) -> (Option<Duration>, Option<Duration>),
+        now: OffsetDateTime,
+    ) -> Overview {
         let mut by_integration: BTreeMap<IntegrationName, BTreeMap<Condition, usize>> = configured
             .into_iter()
             .map(|n| (n, BTreeMap::new()))
@@ -150,7 +171,8 @@ impl Overview {
         let mut connections: Vec<Assessed> = records
             .into_iter()
             .map(|record| {
-                let condition = assess(&record, idle(&record.integration), now);
+                let (idle, max) = limits(&record.integration);
+                let condition = assess_with(&record, idle, max, now);
                 *by_integration
                     .entry(record.integration.clone())
                     .or_default()
@@ -279,6 +301,17 @@ mod tests {
         let t = end - Duration::days(29);
         assert_eq!(
             assess(&fresh(r.clone(), t), None, t),
+            Condition::RefreshTokenExpiring
+        );
+        // A 7-day grant (NetSuite) warns in its second half, not from the start.
+        let short = fresh(r.clone(), end - Duration::days(6));
+        let max = Some(Duration::days(7));
+        assert_eq!(
+            assess_with(&short, None, max, end - Duration::days(6)),
+            Condition::Active
+        );
+        assert_eq!(
+            assess_with(&short, None, max, end - Duration::days(3)),
             Condition::RefreshTokenExpiring
         );
         r.metadata.insert(

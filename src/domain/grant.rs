@@ -151,10 +151,13 @@ impl ConnectionRecord {
             .and_then(|s| super::clock::parse_rfc3339(s))
     }
 
-    /// The vendor ends this grant within [`GRANT_END_WARNING`] of `now`.
-    pub fn grant_ending(&self, now: OffsetDateTime) -> bool {
-        self.grant_ends_at()
-            .is_some_and(|end| end - now <= GRANT_END_WARNING)
+    /// The vendor ends this grant soon after `now`: within [`GRANT_END_WARNING`],
+    /// or within half of `max` (the vendor's fixed grant lifetime) when that is shorter.
+    pub fn grant_ending(&self, now: OffsetDateTime, max: Option<Duration>) -> bool {
+        let window = max.map_or(GRANT_END_WARNING, |m: Duration| {
+            (m / 2_i32).min(GRANT_END_WARNING)
+        });
+        self.grant_ends_at().is_some_and(|end| end - now <= window)
     }
 
     /// True when another refresher holds a lease that has not lapsed.

@@ -560,7 +560,8 @@ impl Engine {
                             "refresh"
                         );
                         self.on_refreshed(record).await;
-                        self.check_grant_end(&next).await;
+                        self.check_grant_end(&next, integration.refresh_token_max)
+                            .await;
                         Ok(next)
                     }
                     Err(StoreError::Conflict) => {

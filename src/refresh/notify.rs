@@ -176,8 +176,12 @@ impl Engine {
     /// `connection.refresh_token_expiring`, once per grant: when the vendor
     /// ends `record`'s grant at a fixed age within the warning window, for the
     /// process that creates the grant's marker.
-    pub(super) async fn check_grant_end(&self, record: &ConnectionRecord) {
-        if self.events.get().is_none() || !record.grant_ending(now()) {
+    pub(super) async fn check_grant_end(
+        &self,
+        record: &ConnectionRecord,
+        max: Option<time::Duration>,
+    ) {
+        if self.events.get().is_none() || !record.grant_ending(now(), max) {
             return;
         }
         let Some(end) = record.grant_ends_at() else {

@@ -16,6 +16,7 @@ use crate::webhooks::Receiver;
 pub struct SimApp {
     pub sim: VendorSim,
     pub broker: Broker,
+    key: String,
     dir: tempfile::TempDir,
 }
 
@@ -25,12 +26,16 @@ impl SimApp {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("integrations.json");
         std::fs::write(&path, json!({ "integrations": integrations }).to_string()).unwrap();
+        let key = format!(
+            "k1:{}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random_bytes(32))
+        );
         let broker = Broker::start(&BrokerSpec {
             port: 0,
             bind: "127.0.0.1".into(),
             storage: format!("sqlite:{}", dir.path().join("b.db").display()),
             table: None,
-            encryption_keys: None,
+            encryption_keys: Some(key.clone()),
             api_key: None,
             public_url: None,
             integrations_path: path,
@@ -41,7 +46,27 @@ impl SimApp {
                 .collect(),
         })
         .await;
-        SimApp { sim, broker, dir }
+        SimApp {
+            sim,
+            broker,
+            key,
+            dir,
+        }
+    }
+
+    /// Writes `record` into the broker's store (as another instance would).
+    pub async fn seed(&self, record: &oauth_broker::domain::ConnectionRecord) {
+        use oauth_broker::crypto::Keyring;
+        use oauth_broker::domain::Secret;
+        let backend = std::sync::Arc::new(
+            oauth_broker::store::sqlite::SqliteBackend::open(&self.dir.path().join("b.db"))
+                .unwrap(),
+        );
+        let store = oauth_broker::store::Store::new(
+            backend,
+            Keyring::parse(&Secret::new(self.key.clone())).unwrap(),
+        );
+        store.upsert(record).await.unwrap();
     }
 
     /// Ages the last refresh of `integration`'s connections by `hours` in the store (the
@@ -385,11 +410,17 @@ async fn tokens_renewed_by_exchange_are_exchanged_once_before_expiry_and_fail_li
 
 #[tokio::test]
 async fn a_grant_the_vendor_ends_at_a_fixed_age_is_warned_about_once() {
+    use oauth_broker::domain::{ConnectionId, ConnectionRecord, IntegrationName, Secret, TokenSet};
     let receiver = Receiver::start(&[], 0).await;
     let sim = VendorSim::start();
-    sim.add("linkedin", Behaviour::standard());
-    // 20 days: already inside the 30-day warning window at consent.
-    let i = integration(&sim, "linkedin", json!({"refresh_token_max_days": 20}));
+    sim.add(
+        "linkedin",
+        Behaviour {
+            rotates: false,
+            ..Behaviour::standard()
+        },
+    );
+    let i = integration(&sim, "linkedin", json!({"refresh_token_max_days": 365}));
     let app = SimApp::start(
         sim,
         json!({ "linkedin": i }),
@@ -399,23 +430,48 @@ async fn a_grant_the_vendor_ends_at_a_fixed_age_is_warned_about_once() {
         ],
     )
     .await;
-    assert_eq!(app.consent("linkedin", "c1", "").await.status, 200);
-    let token = app.token("linkedin", "c1", "").await;
+    // A consent starts the vendor's clock: the grant ends 365 days from now.
+    assert_eq!(app.consent("linkedin", "fresh", "").await.status, 200);
+    let token = app.token("linkedin", "fresh", "").await;
     let ends = token.json()["metadata"]["refresh_token_expires_at"]
         .as_str()
         .unwrap()
         .to_owned();
-    let ends_at =
-        time::OffsetDateTime::parse(&ends, &time::format_description::well_known::Rfc3339).unwrap();
-    let days = (ends_at - time::OffsetDateTime::now_utc()).whole_hours();
-    assert!((19 * 24..=20 * 24).contains(&days), "{ends}");
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let ends_at = time::OffsetDateTime::parse(&ends, rfc3339).unwrap();
+    let hours = (ends_at - time::OffsetDateTime::now_utc()).whole_hours();
+    assert!((364 * 24..=365 * 24).contains(&hours), "{ends}");
+    let refreshed = app.token("linkedin", "fresh", "?force_refresh=true").await;
+    assert_eq!(
+        refreshed.json()["metadata"]["refresh_token_expires_at"],
+        ends,
+        "a refresh does not move the vendor's end of the grant"
+    );
+
+    // A grant consented 345 days ago (written as another instance would): 20 days left.
+    let now = time::OffsetDateTime::now_utc();
+    let mut old = ConnectionRecord::new_grant(
+        IntegrationName::parse("linkedin").unwrap(),
+        ConnectionId::parse("old").unwrap(),
+        TokenSet {
+            access_token: Secret::new("linkedin-at-old"),
+            refresh_token: Some(Secret::new("linkedin-rt-old")),
+        },
+        "Bearer".into(),
+        "read".into(),
+        now + time::Duration::days(30),
+        now,
+    );
+    let end = now + time::Duration::days(20);
+    old.metadata.insert(
+        "refresh_token_expires_at".into(),
+        end.format(rfc3339).unwrap(),
+    );
+    app.seed(&old).await;
+    app.sim.accept_refresh_token("linkedin", "linkedin-rt-old");
     for _ in 0..3 {
-        assert_eq!(
-            app.token("linkedin", "c1", "?force_refresh=true")
-                .await
-                .status,
-            200
-        );
+        let r = app.token("linkedin", "old", "?force_refresh=true").await;
+        assert_eq!(r.status, 200, "{r:?}");
     }
     app.sweep().await;
     let e = receiver
@@ -424,49 +480,40 @@ async fn a_grant_the_vendor_ends_at_a_fixed_age_is_warned_about_once() {
         .json();
     assert_eq!(
         (e["integration"].as_str(), e["connection"].as_str()),
-        (Some("linkedin"), Some("c1")),
+        (Some("linkedin"), Some("old")),
         "{e}"
     );
     assert!(
         e["consent_link"]
             .as_str()
             .is_some_and(|l| l.contains("/api/auth/link")),
-        "{e}"
+        "a link to consent again before the end: {e}"
     );
     tokio::time::sleep(StdDuration::from_millis(500)).await;
-    let sent = receiver
+    let sent: Vec<Value> = receiver
         .requests()
         .iter()
         .filter(|r| r.status == 200 && r.event_type() == "connection.refresh_token_expiring")
-        .count();
+        .map(|r| r.json())
+        .collect();
     assert_eq!(
-        sent, 1,
-        "one event per grant, however many refreshes and sweeps"
-    );
-    let refreshed = token_after_refresh(&app).await;
-    assert_eq!(
-        refreshed["metadata"]["refresh_token_expires_at"], ends,
-        "a refresh does not move the vendor's end of the grant"
+        sent.len(),
+        1,
+        "one event per grant, however many refreshes and sweeps; none for the fresh grant: {sent:?}"
     );
     let status = app.status().await;
-    assert_eq!(
-        status["attention"][0]["status"], "refresh_token_expiring",
-        "{status}"
-    );
-    assert_eq!(
-        status["attention"][0]["grant_ends_at"]
-            .as_str()
-            .map(|s| &s[..16]),
-        Some(&ends[..16]),
-        "{status}"
-    );
+    let attention = &status["attention"];
+    assert_eq!(attention.as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(attention[0]["connection"], "old", "{status}");
+    assert_eq!(attention[0]["status"], "refresh_token_expiring", "{status}");
+    let shown = attention[0]["grant_ends_at"].as_str().unwrap();
+    let shown = time::OffsetDateTime::parse(shown, rfc3339).unwrap();
+    assert!((shown - end).abs() < time::Duration::seconds(1), "{status}");
     assert!(app.status_page().await.contains("Grant ends at the vendor"));
-}
 
-async fn token_after_refresh(app: &SimApp) -> Value {
-    let r = app.token("linkedin", "c1", "?force_refresh=true").await;
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()
+    // A new consent starts a new grant: the warning is gone, and would come again for it.
+    assert_eq!(app.consent("linkedin", "old", "").await.status, 200);
+    assert_eq!(app.status().await["attention"], json!([]));
 }
 
 #[tokio::test]

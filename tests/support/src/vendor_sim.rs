@@ -204,6 +204,13 @@ impl VendorSim {
         }
     }
 
+    /// Makes `token` a working refresh token of `vendor` (a grant from before this run).
+    pub fn accept_refresh_token(&self, vendor: &str, token: &str) {
+        if let Some(v) = self.state.vendors.lock().unwrap().get_mut(vendor) {
+            v.live_refresh.push(token.into());
+        }
+    }
+
     /// Kills every refresh token of `vendor` (the vendor ended the grant).
     pub fn end_grants(&self, vendor: &str) {
         if let Some(v) = self.state.vendors.lock().unwrap().get_mut(vendor) {
