@@ -12,6 +12,7 @@ mod auth_start;
 mod bad_input;
 mod browser_consent;
 mod concurrency;
+mod conformance;
 mod connections;
 mod consent_edges;
 mod consent_warnings;
