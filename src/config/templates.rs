@@ -214,7 +214,7 @@ documentation it was checked against; vendors change, so a template's notes say 
 ```
 
 Quirk fields a template (or any integration) may carry, beside those in
-[the README](../README.md#vendor-templates): `expires_at_field` (the token-response field with an
+[the configuration guide](configuration.md#vendor-templates): `expires_at_field` (the token-response field with an
 absolute expiry, ISO 8601 or epoch seconds, used when `expires_in` is missing),
 `no_expires_in_means_never` (no lifetime, or `expires_in: 0`, means the token does not expire: it is
 served as is, never refreshed, and the status page says *never*), `refresh_url` and `refresh_params`
@@ -427,13 +427,13 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_points_to_the_generated_vendor_list_instead_of_copying_it() {
-        let readme = include_str!("../../README.md");
-        assert!(readme.contains("docs/vendors.md"));
+    fn the_configuration_guide_points_to_the_generated_vendor_list_instead_of_copying_it() {
+        let readme = include_str!("../../docs/configuration.md");
+        assert!(readme.contains("(vendors.md)"));
         for name in super::catalogue().keys() {
             assert!(
                 !readme.contains(&format!("| `{name}` |")),
-                "README copies the {name} row: keep the table in docs/vendors.md only"
+                "docs/configuration.md copies the {name} row: keep the table in docs/vendors.md only"
             );
         }
     }

@@ -278,7 +278,7 @@ fn millis(t: OffsetDateTime) -> i128 {
 /// that does not change with the row's state (identity, token type, scope,
 /// expiry, metadata), so a writer to the table cannot change any of them
 /// without the row failing to open. Status, errors, leases and times of the
-/// last refresh are state, not bound (see the README's Security section).
+/// last refresh are state, not bound (see docs/security.md).
 pub(crate) fn aad_connection(r: &ConnectionRow) -> Vec<u8> {
     serde_json::to_vec(&(
         "oauth-broker/v2/connection",
