@@ -352,7 +352,7 @@ fn answer(
         !matches!(
             k.as_str(),
             "code" | "code_verifier" | "client_secret" | "refresh_token" | "token"
-        ) && b.exchange.as_ref().is_none_or(|(_, p, _)| p != k)
+        ) && !b.exchange.as_ref().is_some_and(|(_, p, _)| p == k)
     });
     seen.fields = kept;
     if !auth_ok {
@@ -431,14 +431,12 @@ fn answer(
                 }
             }
         }
-        "exchange" => {
-            if token.is_none() || token != v.access {
-                v.seen.push(seen);
-                return (
-                    error(&b, 400, "OAuthException", "Session has expired"),
-                    none,
-                );
-            }
+        "exchange" if token.is_none() || token != v.access => {
+            v.seen.push(seen);
+            return (
+                error(&b, 400, "OAuthException", "Session has expired"),
+                none,
+            );
         }
         _ => {}
     }
