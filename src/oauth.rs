@@ -243,8 +243,17 @@ pub async fn post_consent(
         .map_err(|e| body_error(e).to_string())?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|_| "the metadata call's answer is not JSON".to_owned())?;
-    Ok(pc
-        .metadata
+    Ok(pick_metadata(&value, &pc.metadata, &redactor))
+}
+
+/// The values `pointers` find in `value`: strings, numbers and booleans only,
+/// without any value the broker sent, printable and at most 500 characters.
+fn pick_metadata(
+    value: &Value,
+    pointers: &[(String, String)],
+    redactor: &Redactor,
+) -> PostConsentMetadata {
+    pointers
         .iter()
         .filter_map(|(name, pointer)| {
             let v = match value.pointer(pointer)? {
@@ -255,7 +264,7 @@ pub async fn post_consent(
             };
             Some((name.clone(), redactor.clean(&v, 500)))
         })
-        .collect())
+        .collect()
 }
 
 /// The longest access token and refresh token accepted, in bytes (real ones
@@ -844,6 +853,34 @@ mod tests {
             parse_token_response(200, false, b"<html>", &Shape::default()),
             Err(TokenError::InvalidResponse(_))
         ));
+    }
+
+    #[test]
+    fn post_consent_metadata_keeps_only_scalars_found_by_the_pointers_and_never_a_token() {
+        let doc = serde_json::json!({"dc": "us6", "login": {"id": 42, "ok": true},
+            "tenants": [{"tenantId": "t-1"}], "obj": {"a": 1}, "echo": "Bearer at-123", "long": "x".repeat(900)});
+        let p = |n: &str, ptr: &str| (n.to_owned(), ptr.to_owned());
+        let got = pick_metadata(
+            &doc,
+            &[
+                p("dc", "/dc"),
+                p("id", "/login/id"),
+                p("ok", "/login/ok"),
+                p("tenant", "/tenants/0/tenantId"),
+                p("obj", "/obj"),
+                p("missing", "/nope"),
+                p("echo", "/echo"),
+                p("long", "/long"),
+            ],
+            &Redactor::new(&["at-123"]),
+        );
+        assert_eq!(got["dc"], "us6");
+        assert_eq!(got["id"], "42");
+        assert_eq!(got["ok"], "true");
+        assert_eq!(got["tenant"], "t-1");
+        assert!(!got.contains_key("obj") && !got.contains_key("missing"));
+        assert_eq!(got["echo"], "Bearer [redacted]");
+        assert_eq!(got["long"].len(), 500);
     }
 
     #[test]
