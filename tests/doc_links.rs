@@ -193,7 +193,7 @@ fn broken_links(file: &Path) -> Vec<String> {
                 continue;
             }
             if let Some(anchor) = anchor {
-                if resolved.extension().map_or(true, |e| e != "md") {
+                if resolved.extension().is_none_or(|e| e != "md") {
                     broken.push(format!(
                         "{shown}:{}: {target} (an anchor into a file that is not Markdown)",
                         n + 1

@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 pub use credentials::CredentialRow;
 pub use outbox::OutboxEntry;
 pub use pending::ConsentLink;
+#[cfg(feature = "fuzzing")]
 pub(crate) use pending::{aad_link, aad_pending};
 
 use crate::crypto::Keyring;
