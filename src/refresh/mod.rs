@@ -210,7 +210,11 @@ impl Engine {
         );
         record.created_at = created_at;
         record.metadata = metadata;
-        if record.tokens.refresh_token.is_none() && integration.expects_refresh_token {
+        // A grant renewed by exchange (`renew`) needs no refresh token.
+        if record.tokens.refresh_token.is_none()
+            && integration.expects_refresh_token
+            && integration.renew.is_none()
+        {
             record.status = ConnectionStatus::NoRefreshToken;
         }
         self.store.upsert(&record).await?;

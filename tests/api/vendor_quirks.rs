@@ -349,7 +349,8 @@ async fn tokens_renewed_by_exchange_are_exchanged_once_before_expiry_and_fail_li
         &sim,
         "meta",
         json!({
-            "client_auth": "post", "expects_refresh_token": false,
+            // No expects_refresh_token: false: renewal by exchange needs no refresh token.
+            "client_auth": "post",
             "renew": {"grant_type": "fb_exchange_token", "method": "GET"},
             "refresh_margin_secs": 900
         }),
