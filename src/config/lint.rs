@@ -16,6 +16,8 @@ enum Kind {
     Whole,
     Strings,
     StringMap,
+    /// Checked by the reader itself (a nested object or several shapes).
+    Any,
 }
 
 impl Kind {
@@ -26,6 +28,7 @@ impl Kind {
             Kind::Whole => "expected a whole number",
             Kind::Strings => "expected an array of strings",
             Kind::StringMap => "expected an object whose values are strings",
+            Kind::Any => "",
         }
     }
 
@@ -38,6 +41,7 @@ impl Kind {
             Kind::StringMap => v
                 .as_object()
                 .is_some_and(|m| m.values().all(Value::is_string)),
+            Kind::Any => true,
         }
     }
 }
@@ -71,6 +75,15 @@ const FIELDS: &[(&str, Kind)] = &[
     ("refresh_token_idle_days", Kind::Whole),
     ("pipeline_scopes", Kind::Strings),
     ("pipeline_resources", Kind::Strings),
+    ("docs", Kind::Any),
+    ("api_base_url", Kind::Any),
+    ("expires_at_field", Kind::Str),
+    ("no_expires_in_means_never", Kind::Bool),
+    ("refresh_url", Kind::Str),
+    ("refresh_params", Kind::StringMap),
+    ("renew", Kind::Any),
+    ("refresh_token_max_days", Kind::Whole),
+    ("post_consent", Kind::Any),
 ];
 
 /// A `%NAME%` whose setting is not set, and the field that refers to it.
