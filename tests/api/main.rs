@@ -32,6 +32,7 @@ mod reauthorization;
 mod reconsent;
 mod row_integrity;
 mod schemathesis;
+mod sqlite_migration;
 mod status_page;
 mod store_contract;
 mod sweep_panic;
