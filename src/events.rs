@@ -133,6 +133,9 @@ pub fn json_body(e: &Event) -> Value {
         "status": e.status,
         "error": e.error,
         "consent_link": e.consent_link.as_ref().map(Secret::expose),
+        "account": e.account,
+        "previous_account": e.previous_account,
+        "account_verified": e.account_verified,
     })
 }
 
@@ -153,6 +156,12 @@ fn facts(e: &Event) -> Vec<(&'static str, String)> {
     }
     if let Some(err) = &e.error {
         f.push(("Error", err.clone()));
+    }
+    if let Some(a) = &e.account {
+        f.push(("Account", a.id.clone()));
+    }
+    if let Some(a) = &e.previous_account {
+        f.push(("Previous account", a.id.clone()));
     }
     f.push(("Event", format!("{} {}", e.kind.as_str(), e.id)));
     f
@@ -313,6 +322,9 @@ impl Events {
             status = event.status.as_deref(),
             error = event.error.as_deref(),
             consent_link = event.consent_link.is_some(),
+            account = event.account.as_ref().map(|a| a.id.as_str()),
+            previous_account = event.previous_account.as_ref().map(|a| a.id.as_str()),
+            account_verified = event.account_verified,
             receivers = receivers.len(),
             "event"
         );
@@ -621,6 +633,9 @@ mod tests {
             "status",
             "error",
             "consent_link",
+            "account",
+            "previous_account",
+            "account_verified",
         ] {
             assert!(json.get(k).is_some(), "{k} in {json}");
         }

@@ -80,6 +80,10 @@ pub struct TokenResponse {
     pub scope: Option<String>,
     /// The fields the integration's `token_metadata` names (never a token).
     pub metadata: BTreeMap<String, String>,
+    /// An OpenID Connect id_token, when one came back (read for its account, never stored).
+    pub id_token: Option<Secret>,
+    /// The account id at the integration's `account.pointer` (`token_field` source).
+    pub account_field: Option<String>,
 }
 
 /// Why a token request failed. None of the variants carries a secret.
@@ -349,7 +353,13 @@ async fn token_request(
             v.starts_with("application/x-www-form-urlencoded") || v.starts_with("text/plain")
         });
     let body = read_capped(resp, MAX_BODY).await.map_err(body_error)?;
-    match parse_token_response(status, is_form, &body, &integration.token_metadata) {
+    match parse_token_response_with(
+        status,
+        is_form,
+        &body,
+        &integration.token_metadata,
+        integration.account.token_pointer(),
+    ) {
         Err(TokenError::Server { status, .. }) => Err(TokenError::Server {
             status,
             retry_after,
@@ -401,6 +411,40 @@ pub async fn revoke(
     }
 }
 
+/// The account id at `pointer` in the vendor's user-info answer to a GET
+/// with the new access token (`Authorization: Bearer`). Redirects are not
+/// followed and the answer is read up to 64 KiB; any failure is a reason
+/// (without the token), never a panic.
+pub async fn userinfo_account(
+    http: &reqwest::Client,
+    url: &Url,
+    access_token: &Secret,
+    pointer: &str,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    let resp = http
+        .get(url.clone())
+        .timeout(timeout)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .bearer_auth(access_token.expose())
+        // GitHub's API refuses requests without a User-Agent.
+        .header(reqwest::header::USER_AGENT, "oauth-broker")
+        .send()
+        .await
+        .map_err(|e| transport_reason(&e))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(format!("the user-info request answered HTTP {status}"));
+    }
+    let body = read_capped(resp, MAX_BODY).await.map_err(|e| match e {
+        BodyError::TooLarge => "the user-info answer is too large".to_owned(),
+        BodyError::Transport(e) => transport_reason(&e),
+    })?;
+    let doc: Value =
+        serde_json::from_slice(&body).map_err(|_| "the user-info answer is not JSON".to_owned())?;
+    Ok(crate::domain::account::id_at_pointer(&doc, pointer))
+}
+
 fn basic_auth(integration: &Integration) -> String {
     format!("Basic {}", STANDARD.encode(basic_credentials(integration)))
 }
@@ -430,6 +474,17 @@ pub(crate) fn parse_token_response(
     is_form: bool,
     body: &[u8],
     metadata_fields: &[String],
+) -> Result<TokenResponse, TokenError> {
+    parse_token_response_with(status, is_form, body, metadata_fields, None)
+}
+
+/// [`parse_token_response`], also reading the account id at `account_pointer`.
+pub(crate) fn parse_token_response_with(
+    status: u16,
+    is_form: bool,
+    body: &[u8],
+    metadata_fields: &[String],
+    account_pointer: Option<&str>,
 ) -> Result<TokenResponse, TokenError> {
     let map: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Some(m),
@@ -499,6 +554,11 @@ pub(crate) fn parse_token_response(
             .unwrap_or_else(|| "Bearer".into()),
         expires_in,
         scope: text(&m, "scope").map(|s| sanitize(&s, MAX_SCOPE)),
+        id_token: text(&m, "id_token")
+            .filter(|t| !t.is_empty() && t.len() <= MAX_ACCESS_TOKEN)
+            .map(Secret::new),
+        account_field: account_pointer
+            .and_then(|p| crate::domain::account::id_at_pointer(&Value::Object(m.clone()), p)),
         metadata: metadata_fields
             .iter()
             .filter(|f| !matches!(f.as_str(), "access_token" | "refresh_token" | "id_token"))

@@ -30,7 +30,7 @@ use crate::crypto::Keyring;
 use crate::domain::Secret;
 pub use error::ConfigError;
 pub use events::{EventSettings, WebhookFormat, WebhookReceiver};
-pub use integrations::{ClientAuth, Integration, IntegrationsFile};
+pub use integrations::{AccountConfig, ClientAuth, Integration, IntegrationsFile};
 
 /// Reads settings by name; empty values count as unset.
 struct Env<'a> {

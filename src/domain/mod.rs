@@ -5,6 +5,7 @@
 //! azure, rusqlite or oauth2; every other module may depend on this one, and it
 //! depends on none of them.
 
+pub mod account;
 pub mod clock;
 pub mod condition;
 pub mod credential;
@@ -15,6 +16,7 @@ pub mod oauth_error;
 pub mod scope;
 pub mod secret;
 
+pub use account::{Account, AccountSourceKind};
 pub use condition::Condition;
 pub use credential::{ClientId, PipelineCredential, SecretHash};
 pub use event::{Event, EventType};

@@ -46,12 +46,27 @@ mod sweep;
 use crate::coalesce::Coalescer;
 use crate::config::{Integration, RefreshPolicy};
 pub use crate::domain::clock::now;
-use crate::domain::grant::refresh_threshold;
+use crate::domain::grant::{consent_may_replace, refresh_threshold};
 use crate::domain::scope;
-use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet};
+use crate::domain::{
+    Account, ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet,
+};
 use crate::oauth::{self, TokenError, TokenResponse};
 use crate::registry::{Lookup, Registry};
 use crate::store::{Store, StoreError, Versioned};
+
+/// What became of a completed consent's grant.
+#[derive(Debug)]
+pub enum ConsentOutcome {
+    /// Stored; `replaced` is the grant it replaced, if any.
+    Stored {
+        record: ConnectionRecord,
+        replaced: Option<ConnectionRecord>,
+    },
+    /// Not stored: the connection's grant (`bound`, unchanged) belongs to
+    /// another vendor account, or has none and is active.
+    Refused { bound: ConnectionRecord },
+}
 
 /// Time kept in hand after the last upstream call for the final store write.
 const WRITE_MARGIN: Duration = Duration::seconds(2);
@@ -157,24 +172,39 @@ impl Engine {
         self.integrations.get(name)
     }
 
-    /// Stores the grant from a completed consent, replacing any earlier grant
-    /// of the same connection (and restoring it to `active`, or
-    /// `no_refresh_token` when the vendor sent none and the integration expects one).
+    /// Whether a consent by `account` may replace the connection's grant now:
+    /// `Err(bound)` (the account the connection is bound to, if any, and its
+    /// status) when it may not. Checked before a consent link is used up, and
+    /// again, conditionally, when the grant is stored.
+    pub async fn check_consent_account(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+        account: Option<&Account>,
+        allow_account_change: bool,
+    ) -> Result<Result<(), ConnectionRecord>, StoreError> {
+        Ok(match self.store.get(integration, connection).await? {
+            Some(p) if !consent_may_replace(&p.value, account, allow_account_change) => {
+                Err(p.value)
+            }
+            _ => Ok(()),
+        })
+    }
+
+    /// Stores the grant of a completed consent, unless the connection's grant
+    /// belongs to another vendor account (see [`consent_may_replace`]): the
+    /// decision and the write are one conditional step (the row's version), so
+    /// a change between them is decided again on a fresh read.
     pub async fn store_consent(
         &self,
         integration: &Integration,
         connection: &ConnectionId,
         resp: TokenResponse,
         mut metadata: BTreeMap<String, String>,
-    ) -> Result<ConnectionRecord, StoreError> {
+        account: Option<Account>,
+        allow_account_change: bool,
+    ) -> Result<ConsentOutcome, StoreError> {
         metadata.extend(resp.metadata);
-        let now = now();
-        let previous = self
-            .store
-            .get(&integration.name, connection)
-            .await?
-            .map(|v| v.value);
-        let created_at = previous.as_ref().map_or(now, |p| p.created_at);
         let scope = resp
             .scope
             .map(|s| scope::normalize(&s))
@@ -183,24 +213,50 @@ impl Engine {
             access_token: resp.access_token,
             refresh_token: resp.refresh_token,
         };
-        let expires_at = now.saturating_add(integration.lifetime(resp.expires_in));
-        let mut record = ConnectionRecord::new_grant(
-            integration.name.clone(),
-            connection.clone(),
-            tokens,
-            resp.token_type,
-            scope,
-            expires_at,
-            now,
-        );
-        record.created_at = created_at;
-        record.metadata = metadata;
-        if record.tokens.refresh_token.is_none() && integration.expects_refresh_token {
-            record.status = ConnectionStatus::NoRefreshToken;
+        let lifetime = integration.lifetime(resp.expires_in);
+        for _ in 0..8 {
+            let now = now();
+            let previous = self.store.get(&integration.name, connection).await?;
+            if let Some(p) = &previous {
+                if !consent_may_replace(&p.value, account.as_ref(), allow_account_change) {
+                    return Ok(ConsentOutcome::Refused {
+                        bound: p.value.clone(),
+                    });
+                }
+            }
+            let mut record = ConnectionRecord::new_grant(
+                integration.name.clone(),
+                connection.clone(),
+                tokens.clone(),
+                resp.token_type.clone(),
+                scope.clone(),
+                now.saturating_add(lifetime),
+                now,
+            );
+            record.created_at = previous.as_ref().map_or(now, |p| p.value.created_at);
+            record.metadata = metadata.clone();
+            record.account = account.clone();
+            if record.tokens.refresh_token.is_none() && integration.expects_refresh_token {
+                record.status = ConnectionStatus::NoRefreshToken;
+            }
+            let written = match &previous {
+                None => self.store.upsert(&record).await,
+                Some(p) => self.store.replace(&record, &p.version).await,
+            };
+            match written {
+                Ok(_) => {}
+                // Changed or deleted since the read (a refresh, another consent): decide again.
+                Err(StoreError::Conflict | StoreError::NotFound) => continue,
+                Err(e) => return Err(e),
+            }
+            let previous = previous.map(|p| p.value);
+            self.on_consent(previous.as_ref(), &record).await;
+            return Ok(ConsentOutcome::Stored {
+                record,
+                replaced: previous,
+            });
         }
-        self.store.upsert(&record).await?;
-        self.on_consent(previous.as_ref(), &record).await;
-        Ok(record)
+        Err(StoreError::Conflict)
     }
 
     /// True when `record` does not satisfy `need` at `now`.

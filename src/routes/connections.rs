@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::front_door::{Body, JSON_BODY_LIMIT};
 use super::{no_store, path_names, query, AppState};
 use crate::consent::{ConsentError, MAX_LINK_LIFETIME};
-use crate::domain::{ConnectionId, ConnectionRecord, IntegrationName};
+use crate::domain::{Account, ConnectionId, ConnectionRecord, IntegrationName};
 use crate::refresh::RefreshError;
 use crate::registry::Lookup;
 
@@ -34,6 +34,8 @@ pub struct ConnectionView<'a> {
     last_error_at: Option<String>,
     scope: &'a str,
     metadata: &'a BTreeMap<String, String>,
+    /// The vendor account that granted it: `{"id", "source"}`, or null.
+    account: Option<&'a Account>,
 }
 
 impl<'a> From<&'a ConnectionRecord> for ConnectionView<'a> {
@@ -49,6 +51,7 @@ impl<'a> From<&'a ConnectionRecord> for ConnectionView<'a> {
             last_error_at: r.last_error_at.map(rfc3339),
             scope: &r.scope,
             metadata: &r.metadata,
+            account: r.account.as_ref(),
         }
     }
 }
@@ -64,6 +67,9 @@ struct LinkView<'a> {
     expires_at: String,
     integration: &'a str,
     connection: &'a str,
+    id: String,
+    created_at: Option<String>,
+    allow_account_change: bool,
 }
 
 fn store_err(e: crate::store::StoreError) -> ApiError {
@@ -148,6 +154,9 @@ pub(super) async fn delete_connection(
 struct LinkBody {
     #[serde(default, deserialize_with = "super::whole_seconds")]
     expires_in_secs: Option<u32>,
+    /// A consent through the link may bind the connection to another vendor account.
+    #[serde(default)]
+    allow_account_change: bool,
 }
 
 /// `POST /api/connections/{integration}/{connection}/consent-link`: a link
@@ -162,12 +171,12 @@ pub async fn create_link(
         LinkBody::default()
     } else if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::InvalidRequest(
-            "the body must be empty or a JSON object {\"expires_in_secs\": <seconds>}".into(),
+            "the body must be empty or a JSON object {\"expires_in_secs\": <seconds>, \"allow_account_change\": <bool>}".into(),
         ));
     } else {
         serde_json::from_slice(&body).map_err(|_| {
             ApiError::InvalidRequest(
-                "the body must be empty or a JSON object {\"expires_in_secs\": <seconds>}".into(),
+                "the body must be empty or a JSON object {\"expires_in_secs\": <seconds>, \"allow_account_change\": <bool>}".into(),
             )
         })?
     };
@@ -183,7 +192,7 @@ pub async fn create_link(
     };
     let created = state
         .consent
-        .create_link(&i, &c, lifetime)
+        .create_link(&i, &c, lifetime, b.allow_account_change)
         .await
         .map_err(|e| match e {
             ConsentError::UnknownIntegration(_) => ApiError::IntegrationNotFound(e.to_string()),
@@ -197,5 +206,8 @@ pub async fn create_link(
         expires_at: rfc3339(created.link.expires_at),
         integration: i.as_str(),
         connection: c.as_str(),
+        id: crate::consent::link_id(&created.link.link_hash),
+        created_at: created.link.created_at.map(rfc3339),
+        allow_account_change: created.link.allow_account_change,
     }))
 }

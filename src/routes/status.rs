@@ -157,7 +157,7 @@ pub async fn post(
     let i = IntegrationName::parse(field("integration")).map_err(|_| bad())?;
     let c = ConnectionId::parse(field("connection")).map_err(|_| bad())?;
     let notice = match field("action") {
-        "consent_link" => match state.consent.create_link(&i, &c, None).await {
+        "consent_link" => match state.consent.create_link(&i, &c, None, false).await {
             Ok(created) => Notice::LinkCreated {
                 integration: i.as_str().to_owned(),
                 connection: c.as_str().to_owned(),

@@ -75,6 +75,9 @@ pub struct ConnectionRow {
     pub lease_owner: Option<String>,
     /// Vendor metadata captured at consent (JSON object of strings; not secret).
     pub metadata: String,
+    /// The vendor account that granted it, as `{"id", "source"}` JSON; `None`
+    /// for rows stored before accounts were recorded (and rows with no source).
+    pub account: Option<String>,
 }
 
 /// A pending authorization as stored, keyed by the SHA-256 of its `state`.
@@ -279,16 +282,33 @@ fn millis(t: OffsetDateTime) -> i128 {
 /// expiry, metadata), so a writer to the table cannot change any of them
 /// without the row failing to open. Status, errors, leases and times of the
 /// last refresh are state, not bound (see the README's Security section).
+///
+/// The account the grant belongs to is bound too, when there is one: it is
+/// appended only then, so rows written before accounts existed (which have
+/// none) open as before, and a writer can neither add, change nor remove the
+/// account of a row without the row failing to open.
 pub(crate) fn aad_connection(r: &ConnectionRow) -> Vec<u8> {
-    serde_json::to_vec(&(
-        "oauth-broker/v2/connection",
-        &r.integration,
-        &r.connection,
-        &r.token_type,
-        &r.scope,
-        millis(r.expires_at),
-        &r.metadata,
-    ))
+    match &r.account {
+        None => serde_json::to_vec(&(
+            "oauth-broker/v2/connection",
+            &r.integration,
+            &r.connection,
+            &r.token_type,
+            &r.scope,
+            millis(r.expires_at),
+            &r.metadata,
+        )),
+        Some(account) => serde_json::to_vec(&(
+            "oauth-broker/v2/connection",
+            &r.integration,
+            &r.connection,
+            &r.token_type,
+            &r.scope,
+            millis(r.expires_at),
+            &r.metadata,
+            account,
+        )),
+    }
     .expect("serializing strings and numbers cannot fail")
 }
 
@@ -445,6 +465,7 @@ impl Store {
             lease_until: r.lease_until,
             lease_owner: r.lease_owner.clone(),
             metadata: serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into()),
+            account: r.account.as_ref().map(crate::domain::Account::to_stored),
         };
         (row.key_id, row.sealed_tokens) = self.seal_v2(&json, &aad_connection(&row));
         row
@@ -504,6 +525,13 @@ impl Store {
             lease_owner: row.lease_owner,
             metadata: serde_json::from_str(&row.metadata)
                 .map_err(|_| corrupt("metadata is not a JSON object of strings"))?,
+            account: match &row.account {
+                None => None,
+                Some(a) => Some(
+                    crate::domain::Account::from_stored(a)
+                        .ok_or_else(|| corrupt("account is not an {\"id\", \"source\"} object"))?,
+                ),
+            },
         })
     }
 }

@@ -309,6 +309,7 @@ fn connection_entity(r: &ConnectionRow) -> Map<String, Value> {
     put_time(&mut m, "LeaseUntil", r.lease_until);
     put_str(&mut m, "LeaseOwner", r.lease_owner.as_deref());
     put_str(&mut m, "Metadata", Some(&r.metadata));
+    put_str(&mut m, "Account", r.account.as_deref());
     m
 }
 
@@ -329,6 +330,7 @@ pub(crate) fn connection_row(m: &Map<String, Value>) -> Result<ConnectionRow, St
         lease_until: opt_time(m, "LeaseUntil")?,
         lease_owner: opt_str(m, "LeaseOwner"),
         metadata: opt_str(m, "Metadata").unwrap_or_else(|| "{}".into()),
+        account: opt_str(m, "Account"),
     })
 }
 

@@ -129,6 +129,7 @@ async fn side_rows(b: Arc<dyn Backend>) {
         lease_until: None,
         lease_owner: None,
         metadata: "{}".into(),
+        account: None,
     };
     b.upsert_connection(&conn).await.unwrap();
     let listed = b.list_connections().await.unwrap();

@@ -109,6 +109,13 @@ fn card(a: &Assessed, now: OffsetDateTime) -> Html {
         .then(when(r.refreshed_at, now))
         .markup("</dd>\n<dt>Access token expires</dt><dd>")
         .then(when(r.expires_at, now))
+        .markup("</dd>\n<dt>Vendor account</dt><dd>")
+        .then(match &r.account {
+            Some(acc) => Html::new()
+                .code(crate::oauth::sanitize(&acc.id, 200))
+                .text(format!(" ({})", acc.source)),
+            None => Html::of("not recorded (it is at the next consent)"),
+        })
         .markup("</dd>\n");
     if let Some(e) = r.last_error.as_deref() {
         facts = facts
