@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod account_binding;
 mod alert_query;
 mod api_keys;
 mod auth_start;

@@ -50,3 +50,81 @@ async fn write_the_schema_1_fixture() {
     )
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_schema_1_database_is_migrated_and_keeps_serving_its_grant() {
+    let mut app = TestApp::spawn(AppOptions {
+        provider: false,
+        ..AppOptions::on(Store::Sqlite)
+    })
+    .await;
+    app.stop_broker();
+    let data = app.dir.path().join("data");
+    for f in ["broker.db", "broker.db-wal", "broker.db-shm", "broker.key"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    std::fs::copy(fixture_dir().join("broker.db"), data.join("broker.db")).unwrap();
+    std::fs::copy(fixture_dir().join("broker.key"), data.join("broker.key")).unwrap();
+    let grant: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("grant.json")).unwrap())
+            .unwrap();
+    let version = |data: &Path| -> i64 {
+        rusqlite::Connection::open(data.join("broker.db"))
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(version(&data), 0, "the fixture predates user_version");
+
+    let file = integrations_file("http://127.0.0.1:9", DEFAULT_MARGIN_SECS);
+    std::fs::write(&app.spec.integrations_path, file.to_string()).unwrap();
+    app.start_broker().await;
+    let token = app.token("legacy").await;
+    assert_eq!(
+        token["access_token"], grant["access_token"],
+        "the stored grant is served as it was"
+    );
+    let show = app
+        .get(&format!("/api/connections/{INTEGRATION}/legacy"))
+        .await;
+    assert_eq!(show.status, 200, "{show:?}");
+    assert_eq!(show.json()["account"], serde_json::Value::Null);
+    assert_eq!(version(&data), 2, "migrated to schema 2");
+
+    // A second start finds it done, and still serves.
+    app.restart_with_integrations(&file).await;
+    assert_eq!(
+        app.token("legacy").await["access_token"],
+        grant["access_token"]
+    );
+    let output = app.stop_broker().text();
+    assert_eq!(
+        output.matches("embedded store schema migrated").count(),
+        0,
+        "the second start migrates nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_database_of_a_newer_schema_is_refused_not_altered() {
+    let mut app = TestApp::spawn(AppOptions {
+        provider: false,
+        ..AppOptions::on(Store::Sqlite)
+    })
+    .await;
+    assert_eq!(app.health().await.status, 200);
+    app.stop_broker();
+    let db = app.dir.path().join("data/broker.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    app.start_broker().await;
+    let health = app.health().await;
+    assert_eq!(health.status, 503, "{health:?}");
+    let v: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 99);
+}
