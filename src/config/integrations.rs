@@ -624,6 +624,31 @@ mod tests {
     }
 
     #[test]
+    fn account_sources_are_validated() {
+        let ok = |v: Value| parse_account(Some(&v));
+        assert_eq!(parse_account(None), Ok(AccountConfig::Default));
+        assert_eq!(ok(Value::Null), Ok(AccountConfig::OptOut));
+        assert_eq!(
+            ok(serde_json::json!({"from": "token_field", "pointer": "/team/id"})),
+            Ok(AccountConfig::TokenField {
+                pointer: "/team/id".into()
+            })
+        );
+        for bad in [
+            serde_json::json!("id_token"),
+            serde_json::json!({"from": "magic"}),
+            serde_json::json!({"from": "token_field"}),
+            serde_json::json!({"from": "token_field", "pointer": "team"}),
+            serde_json::json!({"from": "token_field", "pointer": "/authed_user/access_token"}),
+            serde_json::json!({"from": "callback_param", "name": "code"}),
+            serde_json::json!({"from": "userinfo", "url": "http://api.example.com/me", "pointer": "/id"}),
+            serde_json::json!({"from": "id_token", "pointer": "/x"}),
+        ] {
+            assert!(ok(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn every_template_in_the_catalogue_builds_with_https_urls_and_declared_placeholders() {
         assert!(catalogue().len() >= 16);
         for (name, template) in catalogue() {
@@ -636,6 +661,21 @@ mod tests {
                     .is_some_and(|n| !n.is_empty()),
                 "{name} has notes"
             );
+            // Every template says where its account comes from, citing the
+            // vendor's page, or why there is no stable identifier.
+            match (t.get("account"), t.get("account_note")) {
+                (Some(Value::Object(a)), None) => {
+                    assert!(
+                        a.get("docs")
+                            .and_then(Value::as_str)
+                            .is_some_and(|d| d.starts_with("https://")),
+                        "{name}: account cites its docs"
+                    );
+                    parse_account(t.get("account")).unwrap_or_else(|e| panic!("{name}: {e}"));
+                }
+                (None, Some(Value::String(n))) if !n.is_empty() => {}
+                _ => panic!("{name}: needs either an account source or an account_note"),
+            }
             let requires: Vec<&str> = t
                 .get("requires")
                 .and_then(Value::as_array)
