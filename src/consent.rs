@@ -510,6 +510,47 @@ impl ConsentService {
         })
     }
 
+    /// The outstanding consent links of a connection, with the consents in
+    /// progress through each (never a token: links are stored as hashes).
+    pub async fn links(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<Vec<(ConsentLink, usize)>, ConsentError> {
+        self.integration(integration)?;
+        self.store
+            .links_of(integration, connection)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not list consent links");
+                ConsentError::Store { grant_lost: false }
+            })
+    }
+
+    /// Ends the consent link `id` (see [`link_id`]) of a connection, and the
+    /// consents in progress through it; `Ok(false)` when there is no such link.
+    pub async fn end_link(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+        id: &str,
+    ) -> Result<bool, ConsentError> {
+        let links = self.links(integration, connection).await?;
+        let Some((link, _)) = links.iter().find(|(l, _)| {
+            crate::domain::secret::constant_time_eq(link_id(&l.link_hash).as_bytes(), id.as_bytes())
+        }) else {
+            return Ok(false);
+        };
+        let ended = self.store.end_link(&link.link_hash).await.map_err(|e| {
+            tracing::error!(error = %e, "could not end a consent link");
+            ConsentError::Store { grant_lost: false }
+        })?;
+        if ended {
+            tracing::info!(integration = integration.as_str(), connection = connection.as_str(), link = %id, "consent link ended");
+        }
+        Ok(ended)
+    }
+
     /// Opens a consent link: starts a consent for its connection.
     pub async fn open_link(&self, token: &str) -> Result<Started, ConsentError> {
         if token.is_empty() || token.len() > 128 {

@@ -163,6 +163,18 @@ impl Backend for OneEntity {
     ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
         Box::pin(async move { decoded(&self.0, table::pending_row) })
     }
+    fn pending_of_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
+        Box::pin(async move {
+            Ok(decoded(&self.0, table::pending_row)?
+                .filter(|r| r.integration == integration && r.connection == connection)
+                .into_iter()
+                .collect())
+        })
+    }
     fn pending_of_link<'a>(
         &'a self,
         link_hash: &'a str,

@@ -208,6 +208,26 @@ pub struct PendingAuthorization {
     pub allow_account_change: bool,
 }
 
+/// Whether a consent by `new` may replace the grant `previous`:
+/// - the same account always may (that is how a dead grant is revived);
+/// - another account, or one that cannot be told, only when the operator allowed an account change;
+/// - a grant with no account (no source, or stored before accounts were recorded) may be
+///   revived when dead, but an active one is not replaced unless allowed.
+pub fn consent_may_replace(
+    previous: &ConnectionRecord,
+    new: Option<&Account>,
+    allow_account_change: bool,
+) -> bool {
+    if allow_account_change {
+        return true;
+    }
+    match (&previous.account, new) {
+        (Some(bound), Some(new)) => bound.same_as(new),
+        (Some(_), None) => false,
+        (None, _) => previous.status.is_dead(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,25 +298,5 @@ mod tests {
         for other in ["suspended", "", "Active", "unknown"] {
             assert_eq!(ConnectionStatus::read(other), ConnectionStatus::Unknown);
         }
-    }
-}
-
-/// Whether a consent by `new` may replace the grant `previous`:
-/// - the same account always may (that is how a dead grant is revived);
-/// - another account, or one that cannot be told, only when the operator allowed an account change;
-/// - a grant with no account (no source, or stored before accounts were recorded) may be
-///   revived when dead, but an active one is not replaced unless allowed.
-pub fn consent_may_replace(
-    previous: &ConnectionRecord,
-    new: Option<&Account>,
-    allow_account_change: bool,
-) -> bool {
-    if allow_account_change {
-        return true;
-    }
-    match (&previous.account, new) {
-        (Some(bound), Some(new)) => bound.same_as(new),
-        (Some(_), None) => false,
-        (None, _) => previous.status.is_dead(),
     }
 }

@@ -61,7 +61,7 @@ pub enum ConsentOutcome {
     /// Stored; `replaced` is the grant it replaced, if any.
     Stored {
         record: ConnectionRecord,
-        replaced: Option<ConnectionRecord>,
+        replaced: Option<Box<ConnectionRecord>>,
     },
     /// Not stored: the connection's grant (`bound`, unchanged) belongs to
     /// another vendor account, or has none and is active.
@@ -253,7 +253,7 @@ impl Engine {
             self.on_consent(previous.as_ref(), &record).await;
             return Ok(ConsentOutcome::Stored {
                 record,
-                replaced: previous,
+                replaced: previous.map(Box::new),
             });
         }
         Err(StoreError::Conflict)

@@ -159,6 +159,86 @@ struct LinkBody {
     allow_account_change: bool,
 }
 
+fn link_error(e: ConsentError) -> ApiError {
+    match e {
+        ConsentError::UnknownIntegration(_) => ApiError::IntegrationNotFound(e.to_string()),
+        ConsentError::IntegrationUnavailable { .. } => {
+            ApiError::IntegrationUnavailable(e.to_string())
+        }
+        _ => ApiError::StoreUnavailable,
+    }
+}
+
+/// One outstanding consent link, as an admin sees it: never its token.
+#[derive(Serialize)]
+struct OutstandingLink {
+    id: String,
+    created_at: Option<String>,
+    expires_at: String,
+    consents_in_progress: usize,
+    allow_account_change: bool,
+}
+
+#[derive(Serialize)]
+struct OutstandingLinks<'a> {
+    integration: &'a str,
+    connection: &'a str,
+    consent_links: Vec<OutstandingLink>,
+}
+
+/// `GET /api/connections/{integration}/{connection}/consent-links`: the
+/// connection's links that are not used up (expired ones included until the
+/// purge removes them; `expires_at` says which).
+pub async fn list_links(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (i, c) = path_names(&req)?;
+    let links = state.consent.links(&i, &c).await.map_err(link_error)?;
+    Ok(no_store(HttpResponse::Ok()).json(OutstandingLinks {
+        integration: i.as_str(),
+        connection: c.as_str(),
+        consent_links: links
+            .into_iter()
+            .map(|(l, n)| OutstandingLink {
+                id: crate::consent::link_id(&l.link_hash),
+                created_at: l.created_at.map(rfc3339),
+                expires_at: rfc3339(l.expires_at),
+                consents_in_progress: n,
+                allow_account_change: l.allow_account_change,
+            })
+            .collect(),
+    }))
+}
+
+/// `DELETE /api/connections/{integration}/{connection}/consent-links/{id}`:
+/// ends one link (204); opening it afterwards answers 410.
+pub async fn end_link(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (i, c) = path_names(&req)?;
+    let id = req.match_info().get("id").unwrap_or_default();
+    if id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    {
+        return Err(ApiError::InvalidRequest(
+            "the consent link id is cl_ and base64url characters".into(),
+        ));
+    }
+    match state
+        .consent
+        .end_link(&i, &c, id)
+        .await
+        .map_err(link_error)?
+    {
+        true => Ok(no_store(HttpResponse::NoContent()).finish()),
+        false => Err(ApiError::ConsentLinkNotFound),
+    }
+}
+
 /// `POST /api/connections/{integration}/{connection}/consent-link`: a link
 /// that works without a function key, for an account owner to consent with.
 pub async fn create_link(

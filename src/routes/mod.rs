@@ -167,6 +167,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(connections::create_link)),
     )
     .service(
+        web::resource("/api/connections/{integration}/{connection}/consent-links")
+            .wrap(key())
+            .route(web::get().to(connections::list_links)),
+    )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/consent-links/{id}")
+            .wrap(key())
+            .route(web::delete().to(connections::end_link)),
+    )
+    .service(
         web::resource("/api/connections/{integration}/{connection}/credentials")
             .wrap(key())
             .route(web::get().to(credentials::list))

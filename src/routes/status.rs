@@ -108,14 +108,41 @@ async fn overview(state: &AppState) -> Result<Overview, ApiError> {
     })
 }
 
-fn page(state: &AppState, o: &Overview, notice: Option<&Notice>) -> HttpResponse {
+/// The outstanding consent links of every connection shown (a few store
+/// queries at a time; a failure leaves that connection's list out).
+async fn open_links(state: &AppState, o: &Overview) -> html::OpenLinks {
+    use futures::StreamExt as _;
+    futures::stream::iter(o.connections.iter().map(|a| {
+        let (i, c) = (a.record.integration.clone(), a.record.connection.clone());
+        async move {
+            let links = state.consent.links(&i, &c).await.ok()?;
+            let open: Vec<html::OpenLink> = links
+                .into_iter()
+                .map(|(l, n)| html::OpenLink {
+                    id: crate::consent::link_id(&l.link_hash),
+                    expires_at: l.expires_at,
+                    consents_in_progress: n,
+                    allow_account_change: l.allow_account_change,
+                })
+                .collect();
+            Some(((i.as_str().to_owned(), c.as_str().to_owned()), open))
+        }
+    }))
+    .buffer_unordered(8)
+    .filter_map(|x| async move { x })
+    .collect()
+    .await
+}
+
+async fn page(state: &AppState, o: &Overview, notice: Option<&Notice>) -> HttpResponse {
     let unavailable: Vec<(String, String)> = state
         .engine
         .unavailable_integrations()
         .into_iter()
         .map(|(n, r)| (n.as_str().to_owned(), r))
         .collect();
-    html::status_page(o, &unavailable, now(), notice)
+    let links = open_links(state, o).await;
+    html::status_page(o, &unavailable, now(), notice, &links)
 }
 
 /// `GET /api/status[?format=json]`
@@ -124,7 +151,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     if wants_json(&req) {
         return Ok(no_store(HttpResponse::Ok()).json(json(&o)));
     }
-    Ok(page(&state, &o, None))
+    Ok(page(&state, &o, None).await)
 }
 
 /// `POST /api/status` with the form of a button on the page.
@@ -150,7 +177,7 @@ pub async fn post(
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let bad = || {
         ApiError::InvalidRequest(
-            "expected the form of a status page button: action (consent_link or delete), integration, connection"
+            "expected the form of a status page button: action (consent_link, delete or end_link), integration, connection (and link)"
                 .into(),
         )
     };
@@ -166,6 +193,23 @@ pub async fn post(
             },
             Err(e) => Notice::Failed {
                 what: "No consent link was created:",
+                reason: match e {
+                    ConsentError::Store { .. } => ApiError::StoreUnavailable.to_string(),
+                    other => other.to_string(),
+                },
+            },
+        },
+        "end_link" => match state.consent.end_link(&i, &c, field("link")).await {
+            Ok(true) => Notice::LinkEnded {
+                integration: i.as_str().to_owned(),
+                connection: c.as_str().to_owned(),
+            },
+            Ok(false) => Notice::Failed {
+                what: "No consent link was ended:",
+                reason: ApiError::ConsentLinkNotFound.to_string(),
+            },
+            Err(e) => Notice::Failed {
+                what: "No consent link was ended:",
                 reason: match e {
                     ConsentError::Store { .. } => ApiError::StoreUnavailable.to_string(),
                     other => other.to_string(),
@@ -192,5 +236,5 @@ pub async fn post(
         _ => return Err(bad()),
     };
     let o = overview(&state).await?;
-    Ok(page(&state, &o, Some(&notice)))
+    Ok(page(&state, &o, Some(&notice)).await)
 }

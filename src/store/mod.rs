@@ -177,6 +177,13 @@ pub trait Backend: Send + Sync + 'static {
         &'a self,
         link_hash: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>>;
+    /// Every pending row (consent links and consents in progress) of one
+    /// connection, following continuations.
+    fn pending_of_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>>;
     /// Every connection, following continuations (the admin listing; not on the token path).
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>>;
     /// Deletes a connection; `Ok(false)` when it did not exist.
@@ -424,6 +431,17 @@ impl Store {
         connection: &ConnectionId,
     ) -> Result<bool, StoreError> {
         self.ready().await?;
+        // Its consent links and consents in progress first: none of them may
+        // create the connection again once it is deleted.
+        let ended = self.end_pending_of(integration, connection).await?;
+        if ended > 0 {
+            tracing::info!(
+                integration = integration.as_str(),
+                connection = connection.as_str(),
+                ended,
+                "consent links and consents in progress of a deleted connection ended"
+            );
+        }
         let removed = self
             .backend
             .delete_credentials_of(integration.as_str(), connection.as_str())

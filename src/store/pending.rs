@@ -247,6 +247,75 @@ impl Store {
             .is_some())
     }
 
+    /// The consent links of a connection that are not used up, each with the
+    /// number of consents in progress through it (unexpired ones).
+    pub async fn links_of(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<Vec<(ConsentLink, usize)>, StoreError> {
+        self.ready().await?;
+        let rows = self
+            .backend
+            .pending_of_connection(integration.as_str(), connection.as_str())
+            .await?;
+        let at = crate::domain::clock::now();
+        let mut links = Vec::new();
+        for r in &rows {
+            let Some(hash) = r.state_hash.strip_prefix("link-") else {
+                continue;
+            };
+            match self.open_link(hash, r.clone()) {
+                Ok(link) => {
+                    let in_progress = rows
+                        .iter()
+                        .filter(|p| p.link_hash.as_deref() == Some(hash) && p.expires_at >= at)
+                        .count();
+                    links.push((link, in_progress));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping a consent link that cannot be read")
+                }
+            }
+        }
+        links.sort_by_key(|(l, _)| l.expires_at);
+        Ok(links)
+    }
+
+    /// Ends one consent link (and the consents in progress through it).
+    /// `Ok(false)` when it is not there (used up, ended, or never existed).
+    pub async fn end_link(&self, link_hash: &str) -> Result<bool, StoreError> {
+        self.ready().await?;
+        let taken = self
+            .backend
+            .take_pending(&link_key(link_hash))
+            .await?
+            .is_some();
+        for p in self.backend.pending_of_link(link_hash).await? {
+            self.backend.take_pending(&p.state_hash).await?;
+        }
+        Ok(taken)
+    }
+
+    /// Ends every consent link and consent in progress of a connection; returns how many.
+    pub(super) async fn end_pending_of(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<u64, StoreError> {
+        let rows = self
+            .backend
+            .pending_of_connection(integration.as_str(), connection.as_str())
+            .await?;
+        let mut ended = 0;
+        for r in rows {
+            if self.backend.take_pending(&r.state_hash).await?.is_some() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
+    }
+
     pub async fn purge_pending(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         self.ready().await?;
         self.backend.purge_pending(before).await

@@ -116,7 +116,10 @@ CREATE INDEX IF NOT EXISTS aux_due ON aux (kind, due_at);
 const MIGRATIONS: &[&str] = &[
     SCHEMA_1,
     // 2: the vendor account behind a grant (issue 17); NULL for older rows.
-    "ALTER TABLE connections ADD COLUMN account TEXT;",
+    // Pending rows by connection: a connection's consent links are listed and
+    // end with it.
+    "ALTER TABLE connections ADD COLUMN account TEXT;
+     CREATE INDEX IF NOT EXISTS pending_of ON pending (integration, connection);",
 ];
 
 /// The schema version this build writes.
@@ -455,6 +458,25 @@ impl Backend for SqliteBackend {
                 &format!("SELECT {PENDING_COLUMNS} FROM pending WHERE state_hash = ?1"),
                 &h,
             )
+        })
+    }
+
+    fn pending_of_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
+        let (i, c) = (integration.to_owned(), connection.to_owned());
+        self.run(move |db| {
+            let mut stmt = db
+                .prepare_cached(&format!(
+                    "SELECT {PENDING_COLUMNS} FROM pending WHERE integration = ?1 AND connection = ?2"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![i, c], read_pending)
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
     }
 

@@ -618,6 +618,25 @@ impl Backend for TableBackend {
         })
     }
 
+    fn pending_of_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
+        Box::pin(async move {
+            let filter = format!(
+                "PartitionKey eq '{PENDING_PARTITION}' and Integration eq {} and Connection eq {}",
+                odata_string(integration),
+                odata_string(connection)
+            );
+            self.query_entities(filter)
+                .await?
+                .iter()
+                .map(pending_row)
+                .collect()
+        })
+    }
+
     fn pending_of_link<'a>(
         &'a self,
         link_hash: &'a str,

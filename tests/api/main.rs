@@ -15,6 +15,7 @@ mod browser_consent;
 mod concurrency;
 mod connections;
 mod consent_edges;
+mod consent_links;
 mod consent_warnings;
 mod discovery;
 mod encryption_at_rest;

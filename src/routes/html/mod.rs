@@ -312,7 +312,7 @@ impl Page {
 mod pages;
 mod status;
 pub use pages::*;
-pub use status::{status_page, Notice};
+pub use status::{status_page, Notice, OpenLink, OpenLinks};
 
 #[cfg(test)]
 mod tests {

@@ -29,9 +29,25 @@ pub enum Notice {
         connection: String,
         revoked: bool,
     },
+    LinkEnded {
+        integration: String,
+        connection: String,
+    },
     /// The action failed; `reason` is a safe message (an API error description).
     Failed { what: &'static str, reason: String },
 }
+
+/// An outstanding consent link of a connection, as the page lists it (never its token).
+#[derive(Debug, Clone)]
+pub struct OpenLink {
+    pub id: String,
+    pub expires_at: OffsetDateTime,
+    pub consents_in_progress: usize,
+    pub allow_account_change: bool,
+}
+
+/// Outstanding links by (integration, connection).
+pub type OpenLinks = BTreeMap<(String, String), Vec<OpenLink>>;
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
@@ -101,9 +117,47 @@ fn hidden(name: &'static str, value: &str) -> Html {
         .markup("\">")
 }
 
-fn card(a: &Assessed, now: OffsetDateTime) -> Html {
+fn open_links(i: &str, c: &str, links: &[OpenLink], now: OffsetDateTime) -> Html {
+    let mut out = Html::new()
+        .markup("<details><summary>Open consent links (")
+        .text(links.len())
+        .markup(")</summary>\n<ul>\n");
+    for l in links {
+        out = out
+            .markup("<li>")
+            .code(&l.id)
+            .text(if l.expires_at < now {
+                ", expired "
+            } else {
+                ", valid until "
+            })
+            .then(when(l.expires_at, now))
+            .text(format!(
+                ", {} consent{} in progress{}",
+                l.consents_in_progress,
+                if l.consents_in_progress == 1 { "" } else { "s" },
+                if l.allow_account_change {
+                    ", may change the account"
+                } else {
+                    ""
+                }
+            ))
+            .markup(" <form method=\"post\" class=\"inline\">")
+            .then(hidden("action", "end_link"))
+            .then(hidden("integration", i))
+            .then(hidden("connection", c))
+            .then(hidden("link", &l.id))
+            .markup("<button type=\"submit\">End this link</button></form></li>\n");
+    }
+    out.markup("</ul>\n</details>\n")
+}
+
+fn card(a: &Assessed, links: &OpenLinks, now: OffsetDateTime) -> Html {
     let r = &a.record;
     let (i, c) = (r.integration.as_str(), r.connection.as_str());
+    let own_links = links
+        .get(&(i.to_owned(), c.to_owned()))
+        .filter(|l| !l.is_empty());
     let mut facts = Html::new()
         .markup("<dl>\n<dt>Last refresh</dt><dd>")
         .then(when(r.refreshed_at, now))
@@ -146,6 +200,7 @@ fn card(a: &Assessed, now: OffsetDateTime) -> Html {
         .text(meaning(a.condition))
         .markup("</p>\n")
         .then(facts)
+        .then(own_links.map_or_else(Html::new, |l| open_links(i, c, l, now)))
         .markup("<div class=\"actions\">\n<form method=\"post\">")
         .then(hidden("action", "consent_link"))
         .then(hidden("integration", i))
@@ -191,6 +246,14 @@ fn notice(n: &Notice, now: OffsetDateTime) -> Html {
                 "; the integration has no revocation endpoint (or is no longer configured), so nothing was revoked at the vendor."
             })
             .markup("</p></div>\n"),
+        Notice::LinkEnded {
+            integration,
+            connection,
+        } => Html::new()
+            .markup("<div class=\"notice\" role=\"status\"><p>Ended a consent link of ")
+            .code(format!("{integration}/{connection}"))
+            .text(": opening it now says it cannot be used.")
+            .markup("</p></div>\n"),
         Notice::Failed { what, reason } => Html::new()
             .markup("<div class=\"notice failed\" role=\"alert\"><p><strong>")
             .text(what)
@@ -229,6 +292,7 @@ pub fn status_page(
     unavailable: &[(String, String)],
     now: OffsetDateTime,
     notice_of: Option<&Notice>,
+    links: &OpenLinks,
 ) -> actix_web::HttpResponse {
     let attention: Vec<&Assessed> = o.attention().collect();
     let working: Vec<&Assessed> = o
@@ -296,13 +360,13 @@ pub fn status_page(
     if !attention.is_empty() {
         page = page.heading("Needs attention");
         for a in &attention {
-            page = page.block(card(a, now));
+            page = page.block(card(a, links, now));
         }
     }
     if !working.is_empty() {
         page = page.heading("Working");
         for a in &working {
-            page = page.block(card(a, now));
+            page = page.block(card(a, links, now));
         }
     }
     page.para(
@@ -356,7 +420,13 @@ mod tests {
             },
         ];
         for n in &notices {
-            let resp = status_page(&o, &[(evil.into(), evil.into())], now, Some(n));
+            let resp = status_page(
+                &o,
+                &[(evil.into(), evil.into())],
+                now,
+                Some(n),
+                &OpenLinks::new(),
+            );
             let csp = resp
                 .headers()
                 .get(actix_web::http::header::CONTENT_SECURITY_POLICY)
