@@ -378,9 +378,9 @@ impl Credentials {
             return Err(Ok(Failure::Expired));
         }
         // Checked: the stored instant comes from the table (hostile); a far-future one never panics.
-        let stale = c.last_used_at.map_or(true, |t| {
-            t.checked_add(TOUCH_EVERY).is_some_and(|next| next < at)
-        });
+        let stale = c
+            .last_used_at
+            .is_none_or(|t| t.checked_add(TOUCH_EVERY).is_some_and(|next| next < at));
         let rehash = (c.secret_hash.key_id != keys.current_key_id()).then(|| {
             let (key_id, hash) = keys.mac(&input);
             SecretHash { key_id, hash }

@@ -20,6 +20,7 @@ pub mod crypto;
 pub mod domain;
 pub mod events;
 pub mod functions_host;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod keyfile;

@@ -13,7 +13,7 @@
 - infra/main.bicep deploys it when alertEmail is set, scoped to its Application Insights component, and
   infra/deploy.sh passes --alert-email through as alertEmail;
 - host.json keeps traces out of adaptive sampling (so an event line is never sampled away);
-- the README shows the rule's query as it is.
+- docs/operations.md shows the rule's query as it is.
 """
 
 import json
@@ -129,9 +129,9 @@ def check_alerts(parsed, root):
     check("event" in fields and "integration" in fields, "the broker's event line fields are found in src/events.rs")
     for f in sorted(set(re.findall(r"\be\.(\w+)", query))):
         check(f in fields, f"the query reads e.{f}, a field of the broker's event lines")
-    readme = open(os.path.join(root, "README.md"), encoding="utf-8").read()
+    readme = open(os.path.join(root, "docs", "operations.md"), encoding="utf-8").read()
     blocks = re.findall(r"```kusto\n(.*?)```", readme, re.S)
-    check(any(b.split() == query.split() for b in blocks), "the README shows the rule's query as it is")
+    check(any(b.split() == query.split() for b in blocks), "docs/operations.md shows the rule's query as it is")
     dims = {d["name"] for d in criteria[0].get("dimensions", [])}
     projected = set(re.findall(r"(\w+)\s*=\s*tostring", query)) | {"event"}
     for d in sorted(dims):

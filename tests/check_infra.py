@@ -68,7 +68,7 @@ NOT_SET_BY_TEMPLATE = {
     "BROKER_SWEEP_BUDGET_SECS": "tuning; the default is right",
     "BROKER_MAX_CONNECTIONS": "tuning; the default is right (the host forwards every request over its own pool)",
     "BROKER_CONSENT_LINK_TTL_SECS": "tuning; the default (24 h) is right",
-    "BROKER_WEBHOOK_URL": "the operator's receivers, set as an app setting after deployment (README, Operations); alerts need none",
+    "BROKER_WEBHOOK_URL": "the operator's receivers, set as an app setting after deployment (docs/operations.md); alerts need none",
     "BROKER_WEBHOOK_SECRET": "set with BROKER_WEBHOOK_URL (a Key Vault reference); only the operator knows the receivers",
     "BROKER_WEBHOOK_RETRY_SECS": "tuning; the default (10 s, doubling) is right",
     "BROKER_REFRESH_FAILING_SECS": "tuning; the default (6 h) is right",

@@ -17,7 +17,7 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         .map(|e| e.path())
         .filter(|p| p.is_file())
         .map(|p| {
-            let bytes = std::fs::read(&p).unwrap();
+            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             (p, bytes)
         })
         .collect();

@@ -17,6 +17,9 @@
 //! `BENCH_SCALE_SEED_SECS` shape the scale scenario; `BROKER_TEST_NODE_MODULES` overrides where
 //! Azurite is installed.
 
+// A benchmark run that cannot set up is a failed run: unwrap is the honest answer here.
+#![allow(clippy::unwrap_used)]
+
 use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -20,6 +20,7 @@ use time::OffsetDateTime;
 pub use credentials::CredentialRow;
 pub use outbox::OutboxEntry;
 pub use pending::ConsentLink;
+#[cfg(feature = "fuzzing")]
 pub(crate) use pending::{aad_link, aad_pending};
 
 use crate::crypto::Keyring;
@@ -288,7 +289,7 @@ fn millis(t: OffsetDateTime) -> i128 {
 /// that does not change with the row's state (identity, token type, scope,
 /// expiry, metadata), so a writer to the table cannot change any of them
 /// without the row failing to open. Status, errors, leases and times of the
-/// last refresh are state, not bound (see the README's Security section).
+/// last refresh are state, not bound (see docs/security.md).
 ///
 /// The account the grant belongs to is bound too, when there is one: it is
 /// appended only then, so rows written before accounts existed (which have

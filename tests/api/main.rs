@@ -4,6 +4,9 @@
 //! (`tests/support`, re-exported by `helpers`). Run them with `scripts/test`, which installs the Node
 //! fixtures; `cargo test --test api` works once `tests/support/node_modules` exists.
 
+// Tests: a failed step is a failed test, so unwrap is the honest answer here.
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 
 mod account_binding;

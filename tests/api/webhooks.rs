@@ -235,7 +235,7 @@ impl Receiver {
 }
 
 /// Checks `X-Broker-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` the way
-/// the README tells receivers to: recompute, compare, and refuse an old timestamp.
+/// docs/operations.md tells receivers to: recompute, compare, and refuse an old timestamp.
 #[track_caller]
 pub fn assert_signed(r: &Received) {
     let header = r

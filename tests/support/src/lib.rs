@@ -17,6 +17,9 @@
 //! `tests/support/node_modules` (`npm ci`, done by `scripts/test` and `scripts/bench`), or where
 //! `BROKER_TEST_NODE_MODULES` points.
 
+// Fixtures, not product code: a failed set-up is a failed test, so unwrap is the honest answer.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 pub mod app;
