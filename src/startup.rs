@@ -165,6 +165,10 @@ impl Application {
             engine: Arc::clone(&engine),
             consent,
             credentials,
+            source_rule: Arc::new(crate::domain::source::SourceRule {
+                trusted_proxies: settings.trusted_proxies.clone(),
+                functions_host: settings.host_mode,
+            }),
         });
         let front_door = web::Data::new(match &api_key {
             Some((key, _)) => FrontDoor::standalone(&public_url, addr.port(), key.clone()),

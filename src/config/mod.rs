@@ -126,6 +126,9 @@ pub struct RefreshPolicy {
     /// A sweep starts no new refresh after this long (`BROKER_SWEEP_BUDGET_SECS`, default 240,
     /// inside the Consumption plan's 5-minute function timeout).
     pub sweep_budget: std::time::Duration,
+    /// Forced refreshes of one connection at most this often, across callers
+    /// and instances (`BROKER_MIN_FORCED_REFRESH_SECS`, default 60; zero: no budget).
+    pub min_forced_refresh: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -139,6 +142,7 @@ impl Default for RefreshPolicy {
             cooldown: Duration::seconds(30),
             sweep_concurrency: 8,
             sweep_budget: std::time::Duration::from_secs(240),
+            min_forced_refresh: Duration::seconds(60),
         }
     }
 }
@@ -171,6 +175,11 @@ impl RefreshPolicy {
                 "BROKER_SWEEP_BUDGET_SECS",
                 240,
                 1..=86_400,
+            )?),
+            min_forced_refresh: seconds(env.seconds(
+                "BROKER_MIN_FORCED_REFRESH_SECS",
+                60,
+                0..=86_400,
             )?),
             ..d
         })
@@ -238,6 +247,9 @@ pub struct Settings {
     pub consent_link_lifetime: Duration,
     /// Webhook receivers and event thresholds (`BROKER_WEBHOOK_*`).
     pub events: EventSettings,
+    /// Standalone: proxies whose `X-Forwarded-For` names the client
+    /// (`BROKER_TRUSTED_PROXIES`, addresses or CIDR blocks; default none).
+    pub trusted_proxies: Vec<crate::domain::source::IpBlock>,
 }
 
 const DEFAULT_SQLITE: &str = ".broker/broker.db";
@@ -401,7 +413,23 @@ impl Settings {
             "a whole number of seconds from 60 to 2592000 (30 days)",
         )?);
         let events = EventSettings::load(&env)?;
+        let trusted_proxies = match env.get("BROKER_TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .filter(|e| !e.trim().is_empty())
+                .map(|e| {
+                    crate::domain::source::IpBlock::parse(e).ok_or_else(|| {
+                        ConfigError::setting(
+                            "BROKER_TRUSTED_PROXIES",
+                            format!("{:?} is not an IP address or CIDR block (such as 10.0.0.0/8 or ::1)", e.trim()),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
         Ok(Self {
+            trusted_proxies,
             refresh,
             consent_link_lifetime,
             events,

@@ -15,6 +15,7 @@ pub mod ids;
 pub mod oauth_error;
 pub mod scope;
 pub mod secret;
+pub mod source;
 
 pub use account::{Account, AccountSourceKind};
 pub use condition::Condition;

@@ -273,22 +273,46 @@ impl Engine {
             }
             m => m,
         };
-        let threshold = if need.whole_margin {
-            min_validity.map_or(integration.refresh_margin, |m| {
-                m.max(integration.refresh_margin)
-            })
-        } else {
-            refresh_threshold(
-                integration.refresh_margin,
-                min_validity,
-                record.issued_lifetime(),
-            )
+        let threshold = |min_validity: Option<Duration>| {
+            if need.whole_margin {
+                min_validity.map_or(integration.refresh_margin, |m| {
+                    m.max(integration.refresh_margin)
+                })
+            } else {
+                refresh_threshold(
+                    integration.refresh_margin,
+                    min_validity,
+                    record.issued_lifetime(),
+                )
+            }
         };
-        need.force
-            || record.is_due(now, threshold)
+        // Due without anyone's wish: the margin, or the keep-alive.
+        if record.is_due(now, threshold(None))
             || need
                 .refreshed_before
                 .is_some_and(|t| record.refreshed_at < t)
+        {
+            return true;
+        }
+        if !(need.force || record.is_due(now, threshold(min_validity))) {
+            return false;
+        }
+        // A forced refresh (force_refresh, or more validity than the stored
+        // token has): at most one per BROKER_MIN_FORCED_REFRESH_SECS per
+        // connection, counted from the last refresh the vendor granted (the
+        // row's `refreshed_at`, so across callers and instances); inside the
+        // window the current token, still valid by the margin, is served.
+        let budget = self.policy.min_forced_refresh;
+        if budget > Duration::ZERO
+            && record
+                .refreshed_at
+                .checked_add(budget)
+                .is_none_or(|until| until > now)
+        {
+            tracing::debug!(integration = %record.integration, connection = %record.connection, "forced refresh inside the budget window; serving the current token");
+            return false;
+        }
+        true
     }
 
     /// Returns the connection with an access token that satisfies `need`,

@@ -38,6 +38,8 @@ pub struct AppState {
     pub consent: ConsentService,
     /// Pipeline credentials (the token endpoint, Basic on the token route).
     pub credentials: Arc<Credentials>,
+    /// How a request's source address is found (for the failure limits).
+    pub source_rule: Arc<crate::domain::source::SourceRule>,
 }
 
 impl AppState {

@@ -15,6 +15,7 @@ mod api_keys;
 mod auth_start;
 mod bad_input;
 mod browser_consent;
+mod caller_limits;
 mod concurrency;
 mod connections;
 mod consent_edges;
