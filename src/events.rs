@@ -520,7 +520,7 @@ impl Events {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("X-Broker-Event-Id", &entry.event_id)
             .header("X-Broker-Event-Type", &entry.event_type);
-        if let Some(secret) = &self.inner.settings.secret {
+        if let Some(secret) = &receiver.secret {
             req = req.header(
                 "X-Broker-Signature",
                 signature(secret, now().unix_timestamp(), &body),
