@@ -70,6 +70,9 @@ NOT_SET_BY_TEMPLATE = {
     "BROKER_CONSENT_LINK_TTL_SECS": "tuning; the default (24 h) is right",
     "BROKER_WEBHOOK_URL": "the operator's receivers, set as an app setting after deployment (docs/operations.md); alerts need none",
     "BROKER_WEBHOOK_SECRET": "set with BROKER_WEBHOOK_URL (a Key Vault reference); only the operator knows the receivers",
+    "BROKER_WEBHOOK_SECRETS": "a secret per receiver, set with BROKER_WEBHOOK_URL (Key Vault references); only the operator knows the receivers",
+    "BROKER_TRUSTED_PROXIES": "standalone mode only (under the host the platform's X-Forwarded-For entry names the client)",
+    "BROKER_MIN_FORCED_REFRESH_SECS": "tuning; the default (60 s) is right",
     "BROKER_WEBHOOK_RETRY_SECS": "tuning; the default (10 s, doubling) is right",
     "BROKER_REFRESH_FAILING_SECS": "tuning; the default (6 h) is right",
 }
