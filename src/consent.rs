@@ -404,11 +404,28 @@ impl ConsentService {
                 }
             }
         }
-        let captured: BTreeMap<String, String> = integration
+        let mut captured: BTreeMap<String, String> = integration
             .callback_metadata
             .iter()
             .filter_map(|k| Some((k.clone(), oauth::sanitize(params.get(k)?, 500))))
             .collect();
+        if integration.post_consent.is_some() {
+            // The grant is kept whatever this call gives: losing it would be worse
+            // than missing metadata (a new consent fetches it again).
+            match oauth::post_consent(
+                &self.http,
+                &integration,
+                &tokens.access_token,
+                self.upstream_timeout,
+            )
+            .await
+            {
+                Ok(found) => captured.extend(found),
+                Err(reason) => {
+                    tracing::warn!(integration = %pending.integration, connection = %pending.connection, reason = %reason, "the post-consent metadata call failed; the grant is stored without that metadata")
+                }
+            }
+        }
         let missing_scopes = tokens
             .scope
             .as_deref()
@@ -419,6 +436,7 @@ impl ConsentService {
             refresh_token: tokens.refresh_token.clone(),
             token_type: String::new(),
             expires_in: None,
+            expires_at: None,
             scope: None,
             metadata: BTreeMap::new(),
             id_token: None,

@@ -28,10 +28,13 @@ pub enum EventType {
     /// The vendor rejected the integration's client credentials (`invalid_client`)
     /// after they had worked: once per breakage, not once per call.
     IntegrationMisconfigured,
+    /// The vendor ends the grant at a fixed age (`refresh_token_max_days`)
+    /// within 30 days: once per grant.
+    ConnectionRefreshTokenExpiring,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         Self::ConnectionCreated,
         Self::ConnectionReauthorizationRequired,
         Self::ConnectionRecovered,
@@ -41,6 +44,7 @@ impl EventType {
         Self::ConnectionAccountMismatch,
         Self::ConnectionAccountChanged,
         Self::IntegrationMisconfigured,
+        Self::ConnectionRefreshTokenExpiring,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl EventType {
             Self::ConnectionAccountMismatch => "connection.account_mismatch",
             Self::ConnectionAccountChanged => "connection.account_changed",
             Self::IntegrationMisconfigured => "integration.misconfigured",
+            Self::ConnectionRefreshTokenExpiring => "connection.refresh_token_expiring",
         }
     }
 
@@ -82,6 +87,9 @@ impl EventType {
             }
             Self::IntegrationMisconfigured => {
                 "The vendor rejects the integration's client credentials (invalid_client)"
+            }
+            Self::ConnectionRefreshTokenExpiring => {
+                "A connection's grant ends soon at the vendor whatever its use: consent again before then"
             }
         }
     }

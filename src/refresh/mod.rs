@@ -46,7 +46,7 @@ mod sweep;
 use crate::coalesce::Coalescer;
 use crate::config::{Integration, RefreshPolicy};
 pub use crate::domain::clock::now;
-use crate::domain::grant::{consent_may_replace, refresh_threshold};
+use crate::domain::grant::{consent_may_replace, refresh_threshold, GRANT_ENDS_AT};
 use crate::domain::scope;
 use crate::domain::{
     Account, ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet,
@@ -122,6 +122,13 @@ pub struct SweepSummary {
 }
 
 type Key = (IntegrationName, ConnectionId);
+
+/// What a grant is renewed with: its refresh token, or (`renew`) an exchange
+/// of its current access token.
+enum Renewal {
+    Refresh(crate::domain::Secret),
+    Exchange(crate::config::integrations::Renew, crate::domain::Secret),
+}
 
 /// One per connection while anyone in this process wants to refresh it. It
 /// holds the record the last holder obtained, so callers queued behind a
@@ -213,7 +220,6 @@ impl Engine {
             access_token: resp.access_token,
             refresh_token: resp.refresh_token,
         };
-        let lifetime = integration.lifetime(resp.expires_in);
         for _ in 0..8 {
             let now = now();
             let previous = self.store.get(&integration.name, connection).await?;
@@ -224,19 +230,33 @@ impl Engine {
                     });
                 }
             }
+            let expires_at =
+                now.saturating_add(integration.lifetime_at(resp.expires_in, resp.expires_at, now));
+            let mut record_metadata = metadata.clone();
+            if let Some(max) = integration.refresh_token_max {
+                // The vendor's clock for the grant starts now, whatever an earlier grant said.
+                record_metadata.insert(
+                    GRANT_ENDS_AT.into(),
+                    crate::domain::clock::rfc3339(now.saturating_add(max)),
+                );
+            }
             let mut record = ConnectionRecord::new_grant(
                 integration.name.clone(),
                 connection.clone(),
                 tokens.clone(),
                 resp.token_type.clone(),
                 scope.clone(),
-                now.saturating_add(lifetime),
+                expires_at,
                 now,
             );
             record.created_at = previous.as_ref().map_or(now, |p| p.value.created_at);
-            record.metadata = metadata.clone();
+            record.metadata = record_metadata;
             record.account = account.clone();
-            if record.tokens.refresh_token.is_none() && integration.expects_refresh_token {
+            // A grant renewed by exchange (`renew`) needs no refresh token.
+            if record.tokens.refresh_token.is_none()
+                && integration.expects_refresh_token
+                && integration.renew.is_none()
+            {
                 record.status = ConnectionStatus::NoRefreshToken;
             }
             let written = match &previous {
@@ -267,6 +287,13 @@ impl Engine {
         need: &Need,
         now: OffsetDateTime,
     ) -> bool {
+        // A token that does not expire, with nothing to renew it with, is served as is.
+        if record.never_expires()
+            && record.tokens.refresh_token.is_none()
+            && integration.renew.is_none()
+        {
+            return false;
+        }
         let min_validity = match need.min_validity {
             Some(m) if need.cap_by_lifetime && record.issued_lifetime() > Duration::ZERO => {
                 Some(m.min(record.issued_lifetime() / 2))
@@ -495,7 +522,7 @@ impl Engine {
     async fn call_vendor(
         &self,
         integration: &Integration,
-        refresh_token: &crate::domain::Secret,
+        with: &Renewal,
         lease_until: OffsetDateTime,
     ) -> (Result<TokenResponse, TokenError>, u32) {
         let timeout =
@@ -504,13 +531,21 @@ impl Engine {
         let mut delay = self.policy.backoff;
         loop {
             attempt += 1;
-            let result = oauth::refresh(
-                &self.http,
-                integration,
-                refresh_token,
-                self.policy.upstream_timeout,
-            )
-            .await;
+            let result = match with {
+                Renewal::Refresh(rt) => {
+                    oauth::refresh(&self.http, integration, rt, self.policy.upstream_timeout).await
+                }
+                Renewal::Exchange(renew, at) => {
+                    oauth::renew(
+                        &self.http,
+                        integration,
+                        renew,
+                        at,
+                        self.policy.upstream_timeout,
+                    )
+                    .await
+                }
+            };
             let err = match result {
                 Err(e) if e.is_transient() && attempt < self.policy.max_attempts => e,
                 other => return (other, attempt),
@@ -545,10 +580,20 @@ impl Engine {
         let started = std::time::Instant::now();
         let record = &leased.value;
         let (iname, cid) = (record.integration.as_str(), record.connection.as_str());
-        let Some(refresh_token) = record.tokens.refresh_token.clone() else {
-            // Nothing to refresh with: serve what we have while it lasts.
+        let renewal = match (&record.tokens.refresh_token, &integration.renew) {
+            (Some(rt), _) => Some(Renewal::Refresh(rt.clone())),
+            // An expired token cannot be exchanged (Meta): only a new consent helps.
+            (None, Some(renew)) if record.expires_in(now()) > 0 => Some(Renewal::Exchange(
+                renew.clone(),
+                record.tokens.access_token.clone(),
+            )),
+            (None, _) => None,
+        };
+        let Some(renewal) = renewal else {
+            // Nothing to refresh with: serve what we have while it lasts (for
+            // ever when it does not expire).
             self.release_lease(&leased).await;
-            if record.expires_in(now()) > 0 && !force {
+            if record.expires_in(now()) > 0 && (!force || record.never_expires()) {
                 return Ok(record.clone());
             }
             tracing::warn!(
@@ -560,19 +605,25 @@ impl Engine {
             return Err(RefreshError::ReauthorizationRequired);
         };
         let lease_until = record.lease_until.unwrap_or_else(now);
-        let (outcome, attempts) = self
-            .call_vendor(integration, &refresh_token, lease_until)
-            .await;
+        let (outcome, attempts) = self.call_vendor(integration, &renewal, lease_until).await;
         let now = now();
         let mut next = record.unleased();
         let duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(resp) => {
+                let kept = match renewal {
+                    Renewal::Refresh(rt) => Some(rt),
+                    Renewal::Exchange(..) => None,
+                };
                 next.tokens = TokenSet {
                     access_token: resp.access_token,
-                    refresh_token: resp.refresh_token.or(Some(refresh_token)),
+                    refresh_token: resp.refresh_token.or(kept),
                 };
-                next.expires_at = now.saturating_add(integration.lifetime(resp.expires_in));
+                next.expires_at = now.saturating_add(integration.lifetime_at(
+                    resp.expires_in,
+                    resp.expires_at,
+                    now,
+                ));
                 next.metadata.extend(resp.metadata);
                 if let Some(scope) = resp.scope {
                     next.scope = scope::normalize(&scope);
@@ -594,6 +645,8 @@ impl Engine {
                             "refresh"
                         );
                         self.on_refreshed(record).await;
+                        self.check_grant_end(&next, integration.refresh_token_max)
+                            .await;
                         Ok(next)
                     }
                     Err(StoreError::Conflict) => {
