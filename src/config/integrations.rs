@@ -88,6 +88,8 @@ pub struct Integration {
     pub pipeline_scopes: Option<Vec<String>>,
     /// Resources a pipeline may name there; `None`: any `resource` is accepted and ignored.
     pub pipeline_resources: Option<Vec<String>>,
+    /// The proxy's settings (`api_base_url`, `proxy_auth`, `proxy_headers`, `proxy_rewrite_links`).
+    pub proxy: super::proxy::ProxyConfig,
 }
 
 impl Integration {
@@ -236,6 +238,14 @@ struct RawIntegration {
     pipeline_scopes: Option<Vec<String>>,
     #[serde(default)]
     pipeline_resources: Option<Vec<String>>,
+    #[serde(default)]
+    api_base_url: Option<Value>,
+    #[serde(default)]
+    proxy_rewrite_links: Option<bool>,
+    #[serde(default)]
+    proxy_auth: Option<super::proxy::RawProxyAuth>,
+    #[serde(default)]
+    proxy_headers: BTreeMap<String, String>,
 }
 
 /// Parses the integrations file text. `get` reads settings for `%NAME%` values.
@@ -395,7 +405,19 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
             "refresh_token_idle_days must be between 1 and 3650 (leave it out when the vendor does not expire unused refresh tokens)",
         ));
     }
+    let mut api_base_url = r.api_base_url.clone();
+    if let Some(v) = api_base_url.as_mut() {
+        expand_all(ctx, "api_base_url", v)?;
+    }
+    let proxy = super::proxy::parse(
+        api_base_url.as_ref(),
+        r.proxy_rewrite_links,
+        r.proxy_auth,
+        &r.proxy_headers,
+    )
+    .map_err(|m| ctx.fail(m))?;
     Ok(Integration {
+        proxy,
         issuer,
         require_iss,
         expects_refresh_token: r.expects_refresh_token.unwrap_or(true),

@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 mod expand;
 pub mod integrations;
+pub mod proxy;
 pub mod templates;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,6 +32,7 @@ use crate::domain::Secret;
 pub use error::ConfigError;
 pub use events::{EventSettings, WebhookFormat, WebhookReceiver};
 pub use integrations::{ClientAuth, Integration, IntegrationsFile};
+pub use proxy::{ProxyAuth, ProxyConfig};
 
 /// Reads settings by name; empty values count as unset.
 struct Env<'a> {
@@ -238,6 +240,58 @@ pub struct Settings {
     pub consent_link_lifetime: Duration,
     /// Webhook receivers and event thresholds (`BROKER_WEBHOOK_*`).
     pub events: EventSettings,
+    /// The proxy's limits (`BROKER_PROXY_*`).
+    pub proxy: ProxySettings,
+}
+
+/// The proxy's limits.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// `BROKER_PROXY_TIMEOUT_SECS` (default 120, at most 225: under the 230 s
+    /// the Azure front end allows a request).
+    pub timeout: std::time::Duration,
+    /// `BROKER_PROXY_RETRY_MAX_SECS` (default 30): the longest `Retry-After` waited for.
+    pub retry_max: std::time::Duration,
+    /// `BROKER_PROXY_REWRITE_MAX_BYTES` (default 16 MiB): larger JSON answers pass unmodified.
+    pub rewrite_max_bytes: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            timeout: std::time::Duration::from_secs(120),
+            retry_max: std::time::Duration::from_secs(30),
+            rewrite_max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl ProxySettings {
+    fn load(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let timeout = env.number(
+            "BROKER_PROXY_TIMEOUT_SECS",
+            120,
+            1..=225,
+            "a whole number of seconds from 1 to 225 (the Azure front end ends a request after 230 s)",
+        )?;
+        let retry_max = env.number(
+            "BROKER_PROXY_RETRY_MAX_SECS",
+            30,
+            0..=225,
+            "a whole number of seconds from 0 (never wait) to 225",
+        )?;
+        let rewrite_max_bytes = env.number(
+            "BROKER_PROXY_REWRITE_MAX_BYTES",
+            16 * 1024 * 1024,
+            0..=256 * 1024 * 1024,
+            "a whole number of bytes from 0 (never rewrite) to 268435456 (256 MiB)",
+        )? as usize;
+        Ok(Self {
+            timeout: std::time::Duration::from_secs(timeout),
+            retry_max: std::time::Duration::from_secs(retry_max),
+            rewrite_max_bytes,
+        })
+    }
 }
 
 const DEFAULT_SQLITE: &str = ".broker/broker.db";
@@ -401,7 +455,9 @@ impl Settings {
             "a whole number of seconds from 60 to 2592000 (30 days)",
         )?);
         let events = EventSettings::load(&env)?;
+        let proxy = ProxySettings::load(&env)?;
         Ok(Self {
+            proxy,
             refresh,
             consent_link_lifetime,
             events,

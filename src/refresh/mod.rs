@@ -253,6 +253,35 @@ impl Engine {
         self.ensure_fresh_from(integration, first, need).await
     }
 
+    /// The vendor refused `rejected`'s access token (the proxy's 401): a
+    /// forced refresh of the connection, unless the stored grant was already
+    /// refreshed since `rejected` was read (another request's 401 got there
+    /// first) and is still valid. Same single flight and lease as every refresh.
+    pub async fn refresh_rejected(
+        &self,
+        integration: &Integration,
+        rejected: &ConnectionRecord,
+    ) -> Result<ConnectionRecord, RefreshError> {
+        let key = (integration.name.clone(), rejected.connection.clone());
+        let (store, (i, c)) = (self.store.clone(), key.clone());
+        let first = self
+            .reads
+            .read(&key, move || async move { store.get(&i, &c).await })
+            .await;
+        let first = Self::usable(first?)?;
+        if first.value.refreshed_at > rejected.refreshed_at
+            && first.value.tokens.access_token.expose() != rejected.tokens.access_token.expose()
+            && first.value.expires_in(now()) > 0
+        {
+            return Ok(first.value);
+        }
+        let need = Need {
+            force: true,
+            ..Need::default()
+        };
+        self.ensure_fresh_from(integration, first, need).await
+    }
+
     /// `ensure_fresh` for a row the caller has already read (the sweep's
     /// listing): its version is only ever offered to a conditional write.
     async fn ensure_fresh_from(
