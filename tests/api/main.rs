@@ -29,6 +29,7 @@ mod hostile_vendor;
 mod identity_storage;
 mod no_secret_in_logs;
 mod openapi;
+mod proxy;
 mod outbox_store;
 mod pipeline_credentials;
 mod reauthorization;
