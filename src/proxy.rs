@@ -252,12 +252,12 @@ pub struct Rewriter {
     pairs: Vec<(String, String)>,
 }
 
-/// Whether `next` (the byte after a base) ends the base at a URL boundary.
-fn boundary(rest: &[u8], escaped: bool) -> bool {
+/// Whether `rest` (what follows a base) starts at a URL boundary: the end,
+/// `/`, `?`, `#`, the string's closing quote, or JSON's escaped `\/`.
+fn boundary(rest: &[u8]) -> bool {
     match rest.first() {
-        None => true,
-        Some(b'/' | b'?' | b'#' | b'"' | b'>' | b';' | b',' | b' ') => true,
-        Some(b'\\') => escaped || rest.get(1) == Some(&b'/'),
+        None | Some(b'/' | b'?' | b'#' | b'"') => true,
+        Some(b'\\') => rest.get(1) == Some(&b'/'),
         _ => false,
     }
 }
@@ -287,7 +287,7 @@ impl Rewriter {
     pub fn url(&self, url: &str) -> Option<String> {
         self.pairs.iter().find_map(|(from, to)| {
             let rest = url.strip_prefix(from.as_str())?;
-            boundary(rest.as_bytes(), false).then(|| format!("{to}{rest}"))
+            boundary(rest.as_bytes()).then(|| format!("{to}{rest}"))
         })
     }
 
@@ -356,15 +356,19 @@ impl Rewriter {
             in_string = true;
             let start = i + 1;
             let at = &body[start.min(body.len())..];
-            let hit = self.pairs.iter().zip(&escaped).find_map(|((f, t), (ef, et))| {
-                if at.starts_with(f.as_bytes()) && boundary(&at[f.len()..], false) {
-                    Some((f.len(), t.as_bytes()))
-                } else if at.starts_with(ef) && boundary(&at[ef.len()..], true) {
-                    Some((ef.len(), et.as_slice()))
-                } else {
-                    None
-                }
-            });
+            let hit = self
+                .pairs
+                .iter()
+                .zip(&escaped)
+                .find_map(|((f, t), (ef, et))| {
+                    if at.starts_with(f.as_bytes()) && boundary(&at[f.len()..]) {
+                        Some((f.len(), t.as_bytes()))
+                    } else if at.starts_with(ef) && boundary(&at[ef.len()..]) {
+                        Some((ef.len(), et.as_slice()))
+                    } else {
+                        None
+                    }
+                });
             if let Some((len, to)) = hit {
                 out.extend_from_slice(&body[copied..start]);
                 out.extend_from_slice(to);
@@ -481,21 +485,44 @@ mod tests {
     #[test]
     fn links_under_the_base_are_rewritten() {
         let r = Rewriter::new(
-            &["https://api.example.com/v1".into(), "https://up.example.com".into()],
+            &[
+                "https://api.example.com/v1".into(),
+                "https://up.example.com".into(),
+            ],
             "https://broker/api/proxy/i/c",
         );
         let body = br#"{"next":"https://api.example.com/v1/items?page=2","esc":"https:\/\/api.example.com\/v1\/x","other":"https://api.example.com/v10/x","text":"see https://api.example.com/v1","up":"https://up.example.com/f","evil":"https://api.example.com.evil/v1"}"#;
         let out = String::from_utf8(r.json(body).unwrap()).unwrap();
-        assert!(out.contains(r#""next":"https://broker/api/proxy/i/c/items?page=2""#), "{out}");
-        assert!(out.contains(r#""esc":"https:\/\/broker\/api\/proxy\/i\/c\/x""#), "{out}");
-        assert!(out.contains(r#""other":"https://api.example.com/v10/x""#), "{out}");
-        assert!(out.contains(r#""text":"see https://api.example.com/v1""#), "{out}");
-        assert!(out.contains(r#""up":"https://broker/api/proxy/i/c/~1/f""#), "{out}");
-        assert!(out.contains(r#""evil":"https://api.example.com.evil/v1""#), "{out}");
+        assert!(
+            out.contains(r#""next":"https://broker/api/proxy/i/c/items?page=2""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""esc":"https:\/\/broker\/api\/proxy\/i\/c\/x""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""other":"https://api.example.com/v10/x""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""text":"see https://api.example.com/v1""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""up":"https://broker/api/proxy/i/c/~1/f""#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""evil":"https://api.example.com.evil/v1""#),
+            "{out}"
+        );
         assert_eq!(r.json(br#"{"a":"b"}"#), None);
         assert_eq!(
-            r.link_header(r#"<https://api.example.com/v1/x?p=2>; rel="next", <https://else/>; rel="x""#)
-                .unwrap(),
+            r.link_header(
+                r#"<https://api.example.com/v1/x?p=2>; rel="next", <https://else/>; rel="x""#
+            )
+            .unwrap(),
             r#"<https://broker/api/proxy/i/c/x?p=2>; rel="next", <https://else/>; rel="x""#
         );
     }

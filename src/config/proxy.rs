@@ -146,7 +146,9 @@ pub(super) fn parse(
                 !s.bytes()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
             }) {
-                return Err("proxy_auth.scheme must be a single word (letters, digits, -_.)".into());
+                return Err(
+                    "proxy_auth.scheme must be a single word (letters, digits, -_.)".into(),
+                );
             }
             ProxyAuth {
                 header,
@@ -179,7 +181,10 @@ mod tests {
     #[test]
     fn bases_are_checked_and_trimmed() {
         let p = parse(
-            Some(&json!(["https://api.example.com/v1/", "{metadata.instance_url}/services"])),
+            Some(&json!([
+                "https://api.example.com/v1/",
+                "{metadata.instance_url}/services"
+            ])),
             None,
             None,
             &BTreeMap::new(),
@@ -187,7 +192,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             p.api_base_url,
-            ["https://api.example.com/v1", "{metadata.instance_url}/services"]
+            [
+                "https://api.example.com/v1",
+                "{metadata.instance_url}/services"
+            ]
         );
         assert!(p.rewrite_links);
         for bad in [
@@ -199,15 +207,27 @@ mod tests {
             json!("https://{shop}.example.com"),
             json!("https://x.example.com/{metadata.a}"),
         ] {
-            assert!(parse(Some(&bad), None, None, &BTreeMap::new()).is_err(), "{bad}");
+            assert!(
+                parse(Some(&bad), None, None, &BTreeMap::new()).is_err(),
+                "{bad}"
+            );
         }
-        assert!(parse(Some(&json!("http://127.0.0.1:9/api")), None, None, &BTreeMap::new()).is_ok());
+        assert!(parse(
+            Some(&json!("http://127.0.0.1:9/api")),
+            None,
+            None,
+            &BTreeMap::new()
+        )
+        .is_ok());
     }
 
     #[test]
     fn metadata_fills_or_is_missing() {
         let m: BTreeMap<String, String> = [("a".to_owned(), "https://x".to_owned())].into();
-        assert_eq!(fill_metadata("{metadata.a}/v1", &m).as_deref(), Some("https://x/v1"));
+        assert_eq!(
+            fill_metadata("{metadata.a}/v1", &m).as_deref(),
+            Some("https://x/v1")
+        );
         assert_eq!(fill_metadata("{metadata.b}", &m), None);
         assert_eq!(fill_metadata("plain", &m).as_deref(), Some("plain"));
     }

@@ -33,8 +33,8 @@ use crate::config::proxy::{check_base, fill_metadata};
 use crate::config::{Integration, ProxySettings};
 use crate::domain::ConnectionRecord;
 use crate::proxy::{
-    check_path, connection_options, filter_query, forward_request_header,
-    forward_response_header, is_json, retry_after_secs, Rewriter,
+    check_path, connection_options, filter_query, forward_request_header, forward_response_header,
+    is_json, retry_after_secs, Rewriter,
 };
 use crate::refresh::Need;
 
@@ -165,7 +165,9 @@ async fn upload(
         loop {
             let next = tokio::time::timeout_at(deadline, payload.next())
                 .await
-                .map_err(|_| ApiError::RequestTimeout("the request body did not arrive in time".into()))?;
+                .map_err(|_| {
+                    ApiError::RequestTimeout("the request body did not arrive in time".into())
+                })?;
             match next {
                 None => {
                     counted.set(kept.len() as u64);
@@ -192,9 +194,13 @@ async fn upload(
         loop {
             let next = tokio::time::timeout_at(deadline, payload.next()).await;
             let item = match next {
-                Err(_) => Err(std::io::Error::other("the request body did not arrive in time")),
+                Err(_) => Err(std::io::Error::other(
+                    "the request body did not arrive in time",
+                )),
                 Ok(None) => return,
-                Ok(Some(Err(_))) => Err(std::io::Error::other("the request body could not be read")),
+                Ok(Some(Err(_))) => {
+                    Err(std::io::Error::other("the request body could not be read"))
+                }
                 Ok(Some(Ok(chunk))) => {
                     counted.set(counted.get() + chunk.len() as u64);
                     Ok(chunk)
@@ -232,8 +238,9 @@ fn token_header(i: &Integration, record: &ConnectionRecord) -> Result<(RqName, R
             format!("{scheme} {token}")
         }
     };
-    let name = RqName::from_bytes(auth.header.as_bytes())
-        .map_err(|_| ApiError::IntegrationMisconfigured("proxy_auth.header is not a header name".into()))?;
+    let name = RqName::from_bytes(auth.header.as_bytes()).map_err(|_| {
+        ApiError::IntegrationMisconfigured("proxy_auth.header is not a header name".into())
+    })?;
     let mut value = RqValue::from_str(&value).map_err(|_| {
         ApiError::Upstream("the stored access token cannot be sent in a header".into())
     })?;
@@ -263,14 +270,15 @@ fn bases(i: &Integration, record: &ConnectionRecord) -> Result<Vec<String>, ApiE
 
 /// The upstream URL: `base` + checked path + the query without `code`; it
 /// must still name the base's origin and lie under its path.
-fn upstream_url(base: &str, path: &str, query: &str) -> Result<Url, ApiError> {
+pub(crate) fn upstream_url(base: &str, path: &str, query: &str) -> Result<Url, ApiError> {
     let q = filter_query(query);
     let text = if q.is_empty() {
         format!("{base}{path}")
     } else {
         format!("{base}{path}?{q}")
     };
-    let invalid = || ApiError::InvalidPath("the path does not stay under the vendor's API base".into());
+    let invalid =
+        || ApiError::InvalidPath("the path does not stay under the vendor's API base".into());
     let url = Url::parse(&text).map_err(|_| invalid())?;
     let b = Url::parse(base).map_err(|_| invalid())?;
     let under = url.origin() == b.origin()
@@ -321,8 +329,9 @@ async fn serve(
 ) -> Result<HttpResponse, ApiError> {
     let proxy = &state.proxy;
     let deadline = tokio::time::Instant::from_std(started) + proxy.settings.timeout;
-    let (raw_i, raw_c, tail) = split_path(req.uri().path())
-        .ok_or_else(|| ApiError::InvalidPath("the path is /api/proxy/{integration}/{connection}/…".into()))?;
+    let (raw_i, raw_c, tail) = split_path(req.uri().path()).ok_or_else(|| {
+        ApiError::InvalidPath("the path is /api/proxy/{integration}/{connection}/…".into())
+    })?;
     let (i, c) = names(raw_i, raw_c)?;
     if i.as_str() != raw_i || c.as_str() != raw_c {
         return Err(ApiError::InvalidRequest(
@@ -376,8 +385,8 @@ async fn serve(
         if headers.contains_key(&name) {
             continue;
         }
-        if let Some(v) = fill_metadata(template, &record.metadata)
-            .and_then(|v| RqValue::from_str(&v).ok())
+        if let Some(v) =
+            fill_metadata(template, &record.metadata).and_then(|v| RqValue::from_str(&v).ok())
         {
             headers.insert(name, v);
         }
@@ -402,7 +411,10 @@ async fn serve(
                 if let Some(n) = length {
                     rb = rb.header(reqwest::header::CONTENT_LENGTH, *n);
                 }
-                rb.body(body.take().unwrap_or_else(|| reqwest::Body::from(Bytes::new())))
+                rb.body(
+                    body.take()
+                        .unwrap_or_else(|| reqwest::Body::from(Bytes::new())),
+                )
             }
         };
         let sent = tokio::time::timeout_at(deadline, rb.send()).await;
@@ -414,7 +426,9 @@ async fn serve(
                 )))
             }
             Ok(Err(e)) if e.is_timeout() => {
-                return Err(ApiError::UpstreamTimeout("the vendor did not answer in time".into()))
+                return Err(ApiError::UpstreamTimeout(
+                    "the vendor did not answer in time".into(),
+                ))
             }
             Ok(Err(e)) if e.is_connect() => {
                 return Err(ApiError::UpstreamUnreachable(
@@ -535,13 +549,16 @@ async fn serve(
     let idle = proxy.settings.timeout;
     let mut upstream = resp.bytes_stream().boxed();
     let log = LogOnDrop(Some(std::mem::replace(outcome, blank())));
-    if let Some(r) = rewriter.filter(|_| json && !encoded && length.is_none_or(|n| n <= max as u64)) {
+    if let Some(r) = rewriter.filter(|_| json && !encoded && length.is_none_or(|n| n <= max as u64))
+    {
         // Read up to the limit; a longer body passes unmodified.
         let mut buf = BytesMut::new();
         let mut over = false;
         while let Some(chunk) = tokio::time::timeout_at(deadline, upstream.next())
             .await
-            .map_err(|_| ApiError::UpstreamTimeout("the vendor's answer did not arrive in time".into()))?
+            .map_err(|_| {
+                ApiError::UpstreamTimeout("the vendor's answer did not arrive in time".into())
+            })?
         {
             let chunk = chunk.map_err(|_| {
                 ApiError::UpstreamUnreachable("the vendor's answer broke off".into())
@@ -553,7 +570,10 @@ async fn serve(
             }
         }
         if !over {
-            let out = r.json(&buf).map(Bytes::from).unwrap_or_else(|| buf.freeze());
+            let out = r
+                .json(&buf)
+                .map(Bytes::from)
+                .unwrap_or_else(|| buf.freeze());
             let n = out.len() as u64;
             let body = Counted::new(futures::stream::iter([Ok::<_, std::io::Error>(out)]), log);
             return Ok(reply.body(SizedStream::new(n, body)));
@@ -593,21 +613,24 @@ fn idle_bounded(
     upstream: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
     idle: Duration,
 ) -> Chunks {
-    Box::pin(futures::stream::unfold(Some(upstream), move |s| async move {
-        let mut s = s?;
-        match tokio::time::timeout(idle, s.next()).await {
-            Err(_) => Some((
-                Err(std::io::Error::other("the vendor's answer stalled")),
-                None,
-            )),
-            Ok(None) => None,
-            Ok(Some(Err(_))) => Some((
-                Err(std::io::Error::other("the vendor's answer broke off")),
-                None,
-            )),
-            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
-        }
-    }))
+    Box::pin(futures::stream::unfold(
+        Some(upstream),
+        move |s| async move {
+            let mut s = s?;
+            match tokio::time::timeout(idle, s.next()).await {
+                Err(_) => Some((
+                    Err(std::io::Error::other("the vendor's answer stalled")),
+                    None,
+                )),
+                Ok(None) => None,
+                Ok(Some(Err(_))) => Some((
+                    Err(std::io::Error::other("the vendor's answer broke off")),
+                    None,
+                )),
+                Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
+            }
+        },
+    ))
 }
 
 /// Writes the request's log line once its answer is done (or abandoned).
@@ -652,4 +675,3 @@ impl<S: Stream<Item = Result<Bytes, std::io::Error>>> Stream for Counted<S> {
 }
 
 impl<S> Unpin for Counted<S> {}
-

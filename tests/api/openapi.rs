@@ -345,7 +345,10 @@ async fn the_broker_serves_the_repository_document_and_every_operation_with_its_
         if path.starts_with("/api/proxy/") {
             // Anonymous at the Functions host, authenticated by the broker itself (Basic).
             assert!(anonymous, "{what}: security [] (no function key)");
-            assert_eq!(keyless.status, 401, "{what}: the broker wants a credential: {keyless:?}");
+            assert_eq!(
+                keyless.status, 401,
+                "{what}: the broker wants a credential: {keyless:?}"
+            );
         } else if anonymous {
             assert_ne!(keyless.status, 401, "{what} is anonymous: {keyless:?}");
         } else {

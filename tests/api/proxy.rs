@@ -158,7 +158,10 @@ async fn paging_equals_direct(s: &Setup) {
         let cred = cred.clone();
         let prefix = proxy_prefix.clone();
         async move {
-            assert!(u.starts_with(&prefix), "the next link stays on the proxy: {u}");
+            assert!(
+                u.starts_with(&prefix),
+                "the next link stays on the proxy: {u}"
+            );
             let r = reqwest::Client::new()
                 .get(&u)
                 .header("Authorization", cred)
@@ -176,7 +179,10 @@ async fn paging_equals_direct(s: &Setup) {
     for (d, t) in direct.iter().zip(&through) {
         assert_eq!(d["items"], t["items"], "the same pages");
         assert_eq!(d["page"], t["page"]);
-        assert_eq!(t["elsewhere"], d["elsewhere"], "a URL elsewhere is left alone");
+        assert_eq!(
+            t["elsewhere"], d["elsewhere"],
+            "a URL elsewhere is left alone"
+        );
         for field in ["next", "@odata.nextLink", "escaped", "self"] {
             match d[field].as_str() {
                 None => assert!(t[field].is_null()),
@@ -243,12 +249,18 @@ async fn the_callers_credentials_keys_cookies_and_forwarding_headers_never_reach
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.header("set-cookie").is_none(), "Set-Cookie is dropped: {r:?}");
+    assert!(
+        r.header("set-cookie").is_none(),
+        "Set-Cookie is dropped: {r:?}"
+    );
     let seen = s.api.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     let seen = &seen[0];
     assert_eq!(seen.method, "POST");
-    assert_eq!(seen.path_and_query, "/v1/echo?keep=1", "code= is removed: {seen:?}");
+    assert_eq!(
+        seen.path_and_query, "/v1/echo?keep=1",
+        "code= is removed: {seen:?}"
+    );
     assert_eq!(
         seen.header("authorization"),
         Some(format!("Bearer {token}").as_str()),
@@ -263,7 +275,10 @@ async fn the_callers_credentials_keys_cookies_and_forwarding_headers_never_reach
         "x-hop-secret",
         "proxy-authorization",
     ] {
-        assert!(seen.header(gone).is_none(), "{gone} reached the vendor: {seen:?}");
+        assert!(
+            seen.header(gone).is_none(),
+            "{gone} reached the vendor: {seen:?}"
+        );
     }
     assert_eq!(seen.header("x-custom"), Some("kept"));
     assert_eq!(r.json()["body"], json!("hello vendor"));
@@ -276,7 +291,9 @@ async fn the_callers_credentials_keys_cookies_and_forwarding_headers_never_reach
 
     // PUT, PATCH, DELETE carry their bodies; HEAD answers without one.
     for m in [Method::PUT, Method::PATCH, Method::DELETE] {
-        let r = s.send(s.req(m.clone(), "/echo").body(format!("body of {m}"))).await;
+        let r = s
+            .send(s.req(m.clone(), "/echo").body(format!("body of {m}")))
+            .await;
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.json()["method"], json!(m.as_str()));
         assert_eq!(r.json()["body"], json!(format!("body of {m}")));
@@ -288,7 +305,11 @@ async fn the_callers_credentials_keys_cookies_and_forwarding_headers_never_reach
 
     // One log line per request, without the query string or any header value.
     // (The broker's output is read by a thread: allow it a moment to arrive.)
-    let count = |log: &str| log.lines().filter(|l| l.contains("proxied request")).count();
+    let count = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("proxied request"))
+            .count()
+    };
     let mut log = s.app.broker().process().text();
     for _ in 0..50 {
         if count(&log) >= 5 {
@@ -297,14 +318,33 @@ async fn the_callers_credentials_keys_cookies_and_forwarding_headers_never_reach
         tokio::time::sleep(Duration::from_millis(200)).await;
         log = s.app.broker().process().text();
     }
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("proxied request")).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("proxied request"))
+        .collect();
     assert_eq!(lines.len(), 5, "one line per request: {log}");
     for l in &lines {
-        for field in ["method", "integration", "connection", "status", "upstream_ms", "bytes_in", "bytes_out", "retries"] {
+        for field in [
+            "method",
+            "integration",
+            "connection",
+            "status",
+            "upstream_ms",
+            "bytes_in",
+            "bytes_out",
+            "retries",
+        ] {
             assert!(l.contains(field), "{field} in {l}");
         }
     }
-    for secret in ["keep=1", "the-function-key", "s3cr3t", "203.0.113.9", token.as_str(), s.main.1.as_str()] {
+    for secret in [
+        "keep=1",
+        "the-function-key",
+        "s3cr3t",
+        "203.0.113.9",
+        token.as_str(),
+        s.main.1.as_str(),
+    ] {
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
@@ -327,7 +367,10 @@ async fn a_vendor_401_refreshes_once_and_the_caller_sees_200() {
     assert_eq!(seen.len(), 2, "the request and its one retry: {seen:?}");
     let new = s.app.access_token("main").await;
     assert_ne!(old, new);
-    assert_eq!(seen[1].header("authorization"), Some(format!("Bearer {new}").as_str()));
+    assert_eq!(
+        seen[1].header("authorization"),
+        Some(format!("Bearer {new}").as_str())
+    );
 
     // A body over 1 MiB is not kept: the 401 is passed through, nothing refreshed.
     let before = s.app.oidc().stats().await.refreshes();
@@ -335,7 +378,10 @@ async fn a_vendor_401_refreshes_once_and_the_caller_sees_200() {
     let big = vec![b'a'; 1024 * 1024 + 10];
     let r = s.send(s.req(Method::POST, "/echo").body(big)).await;
     assert_eq!(r.status, 401, "{r:?}");
-    assert!(r.header("x-broker-error").is_none(), "the vendor's 401: {r:?}");
+    assert!(
+        r.header("x-broker-error").is_none(),
+        "the vendor's 401: {r:?}"
+    );
     assert_eq!(s.app.oidc().stats().await.refreshes(), before);
 
     // A body up to 1 MiB is kept and sent again.
@@ -349,9 +395,17 @@ async fn a_vendor_401_refreshes_once_and_the_caller_sees_200() {
 
 #[tokio::test]
 async fn a_429_with_a_short_retry_after_is_waited_for_and_a_long_one_passed_through() {
-    let s = setup(Store::Sqlite, &[("BROKER_PROXY_RETRY_MAX_SECS", "5")], json!({})).await;
+    let s = setup(
+        Store::Sqlite,
+        &[("BROKER_PROXY_RETRY_MAX_SECS", "5")],
+        json!({}),
+    )
+    .await;
     s.api.clear();
-    s.api.script([Fault::RetryAfter { status: 429, secs: 1 }]);
+    s.api.script([Fault::RetryAfter {
+        status: 429,
+        secs: 1,
+    }]);
     let t = Instant::now();
     let r = s.get("/items?page=1").await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -359,7 +413,10 @@ async fn a_429_with_a_short_retry_after_is_waited_for_and_a_long_one_passed_thro
     assert_eq!(s.api.requests(), 2);
 
     s.api.clear();
-    s.api.script([Fault::RetryAfter { status: 503, secs: 60 }]);
+    s.api.script([Fault::RetryAfter {
+        status: 503,
+        secs: 60,
+    }]);
     let r = s.get("/items?page=1").await;
     assert_eq!(r.status, 503, "{r:?}");
     assert_eq!(r.header("retry-after").as_deref(), Some("60"));
@@ -371,7 +428,8 @@ async fn a_429_with_a_short_retry_after_is_waited_for_and_a_long_one_passed_thro
 fn raw_get(base: &str, target: &str, auth: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://").to_owned();
     let mut sock = std::net::TcpStream::connect(&addr).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     write!(
         sock,
         "GET {target} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
@@ -424,8 +482,14 @@ async fn every_path_trick_is_refused_and_reaches_no_server() {
             .await
             .unwrap();
         assert_eq!(status, 400, "{t}: {text}");
-        assert!(text.contains("invalid_path") || text.contains("invalid_request"), "{t}: {text}");
-        assert!(text.to_ascii_lowercase().contains("x-broker-error: true"), "{t}: {text}");
+        assert!(
+            text.contains("invalid_path") || text.contains("invalid_request"),
+            "{t}: {text}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("x-broker-error: true"),
+            "{t}: {text}"
+        );
     }
     assert_eq!(s.api.requests(), 0, "no request reached the vendor");
     assert_eq!(s.other.requests(), 0, "no request reached the other host");
@@ -463,17 +527,32 @@ async fn callers_errors_redirects_and_limits() {
     // Standalone, the API key opens every connection.
     let r = s
         .app
-        .call(Method::GET, &format!("/api/proxy/{INTEGRATION}/second/items"), None, Key::Configured)
+        .call(
+            Method::GET,
+            &format!("/api/proxy/{INTEGRATION}/second/items"),
+            None,
+            Key::Configured,
+        )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     let r = s
         .app
-        .call(Method::GET, &format!("/api/proxy/{INTEGRATION}/nobody/items"), None, Key::Configured)
+        .call(
+            Method::GET,
+            &format!("/api/proxy/{INTEGRATION}/nobody/items"),
+            None,
+            Key::Configured,
+        )
         .await;
     broker_error(&r, 404, "connection_not_found");
     let r = s
         .app
-        .call(Method::GET, "/api/proxy/bare/main/items", None, Key::Configured)
+        .call(
+            Method::GET,
+            "/api/proxy/bare/main/items",
+            None,
+            Key::Configured,
+        )
         .await;
     broker_error(&r, 404, "proxy_not_configured");
 
@@ -527,7 +606,8 @@ async fn an_unreachable_vendor_is_502() {
     let mut app = TestApp::spawn(AppOptions::default()).await;
     let issuer = app.oidc().issuer.clone();
     let dead = format!("http://127.0.0.1:{}/v1", free_port());
-    app.restart_with_integrations(&file(&issuer, &dead, json!({}))).await;
+    app.restart_with_integrations(&file(&issuer, &dead, json!({})))
+        .await;
     app.connect("main").await;
     let (id, secret) = credential(&app, "main").await;
     let r = Reply::from(
