@@ -604,13 +604,15 @@ done <"$workdir/integration-names"
 
 # A pipeline credential per printed connection (POST .../credentials), its secret stored in Key Vault
 # as broker-cred-<integration>-<connection> for LS_VendorApi_Broker (ADF's REST linked service with the
-# broker as its OAuth 2.0 token endpoint). Re-runs keep existing credentials. The secret is never printed;
+# broker as its OAuth 2.0 token endpoint) and LS_VendorApi_Proxy (the same credential as HTTP Basic on
+# the proxy). Re-runs keep existing credentials. The secret is never printed;
 # its client id (not a secret) is kept in the Key Vault secret's content type and printed.
 if [[ -s $workdir/integration-names ]]; then
   cat <<EOT
 
-3. Pipeline credentials for Data Factory's REST linked service LS_VendorApi_Broker (token endpoint
-   https://$host/api/oauth2/token; secret in Key Vault $vault):
+3. Pipeline credentials for Data Factory's REST linked services LS_VendorApi_Broker (token endpoint
+   https://$host/api/oauth2/token) and LS_VendorApi_Proxy (HTTP Basic against the proxy
+   https://$host/api/proxy/<integration>/<connection>/); secret in Key Vault $vault:
 EOT
 fi
 while read -r name; do
@@ -651,8 +653,9 @@ cat <<EOT
 4. Azure Data Factory: the assets are in dist/adf (function app URL and Key Vault filled in).
    The function key ADF uses is the Key Vault secret "$function_key_secret" in $vault.
    ${data_factory:+They were imported into $data_factory.}
-   PL_VendorApi_Paged pages through a vendor API with LS_VendorApi_Broker (give it the client id
-   above); PL_BrokerToken_Copy / PL_BrokerToken_Web call GET token/<integration>/<connection> and send
+   PL_VendorApi_Paged pages through a vendor API with LS_VendorApi_Broker, PL_VendorApi_Proxy_Paged
+   through the broker's proxy with LS_VendorApi_Proxy (give either the client id above; the proxy
+   needs the integration's api_base_url); PL_BrokerToken_Copy / PL_BrokerToken_Web call GET token/<integration>/<connection> and send
    Authorization: Bearer @{activity('GetToken').output.access_token}.
    A credential for a later connection: POST https://$host/api/connections/<integration>/<connection>/credentials
    with the function key, then store its client_secret in Key Vault as broker-cred-<integration>-<connection>
