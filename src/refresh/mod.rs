@@ -108,6 +108,13 @@ pub struct SweepSummary {
 
 type Key = (IntegrationName, ConnectionId);
 
+/// A connection's read, started before the caller was authenticated
+/// ([`Engine::prefetch`]); used only once the caller is allowed this connection.
+pub struct Prefetched {
+    key: Key,
+    row: Result<Option<Versioned<ConnectionRecord>>, StoreError>,
+}
+
 /// One per connection while anyone in this process wants to refresh it. It
 /// holds the record the last holder obtained, so callers queued behind a
 /// refresh take its result without another store read.
@@ -250,6 +257,38 @@ impl Engine {
             .read(&key, move || async move { store.get(&i, &c).await })
             .await;
         let first = Self::usable(first?)?;
+        self.ensure_fresh_from(integration, first, need).await
+    }
+
+    /// Starts a connection's first read (shared like `ensure_fresh`'s) ahead of
+    /// a decision to serve it, so that it overlaps the caller's authentication:
+    /// a read, never a refresh. Hand it to [`Engine::ensure_fresh_prefetched`].
+    pub async fn prefetch(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Prefetched {
+        let key = (integration.clone(), connection.clone());
+        let (store, (i, c)) = (self.store.clone(), key.clone());
+        let row = self
+            .reads
+            .read(&key, move || async move { store.get(&i, &c).await })
+            .await;
+        Prefetched { key, row }
+    }
+
+    /// `ensure_fresh` from a [`Engine::prefetch`]ed read (of this connection; any other is ignored).
+    pub async fn ensure_fresh_prefetched(
+        &self,
+        integration: &Integration,
+        connection: &ConnectionId,
+        prefetched: Prefetched,
+        need: Need,
+    ) -> Result<ConnectionRecord, RefreshError> {
+        if prefetched.key.0 != integration.name || &prefetched.key.1 != connection {
+            return self.ensure_fresh(integration, connection, need).await;
+        }
+        let first = Self::usable(prefetched.row?)?;
         self.ensure_fresh_from(integration, first, need).await
     }
 

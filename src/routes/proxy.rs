@@ -351,11 +351,21 @@ async fn serve(
     let checked = check_path(tail, integration.proxy.api_base_url.len())
         .map_err(|why| ApiError::InvalidPath(format!("the path is refused: {why}")))?;
     let authorize = || state.consent.authorize_link(&i, &c);
-    let mut record = state
-        .engine
-        .ensure_fresh(&integration, &c, Need::default())
-        .await
-        .map_err(|e| ApiError::from_refresh(e, authorize()))?;
+    let fresh = match credentials::take_prefetched(req) {
+        Some(p) => {
+            state
+                .engine
+                .ensure_fresh_prefetched(&integration, &c, p, Need::default())
+                .await
+        }
+        None => {
+            state
+                .engine
+                .ensure_fresh(&integration, &c, Need::default())
+                .await
+        }
+    };
+    let mut record = fresh.map_err(|e| ApiError::from_refresh(e, authorize()))?;
     let bases = bases(&integration, &record)?;
     let url = upstream_url(&bases[checked.base], &checked.path, req.query_string())?;
     let rewrite = integration.proxy.rewrite_links;
