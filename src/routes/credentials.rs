@@ -290,6 +290,30 @@ impl TokenCaller {
     }
 }
 
+/// Verifies a Basic credential; the connection the path names is read meanwhile (both reads at
+/// once), and the handler uses that read only if the credential covers it.
+async fn authenticate(
+    req: &ServiceRequest,
+    state: &AppState,
+    id: &str,
+    secret: &Secret,
+) -> Result<PipelineCredential, AuthError> {
+    let auth = state
+        .credentials
+        .authenticate(id, secret, source(req.request()));
+    match super::path_names(req.request()).ok() {
+        Some((i, c)) => {
+            let (verdict, pre) = futures::join!(auth, state.engine.prefetch(&i, &c));
+            req.extensions_mut()
+                .insert(PrefetchedRow(std::rc::Rc::new(std::cell::RefCell::new(
+                    Some(pre),
+                ))));
+            verdict
+        }
+        None => auth.await,
+    }
+}
+
 /// Around the token routes, in place of [`front_door::require_key`]: a
 /// request with `Authorization: Basic` is a pipeline credential, checked here
 /// from the head (before any byte of the body is read, whatever key comes
@@ -310,24 +334,7 @@ pub async fn require_key_or_credential(
         Err(()) => Err(ApiError::Unauthorized(
             "the Authorization header is not valid HTTP Basic credentials (base64 of client_id:client_secret)",
         )),
-        Ok((id, secret)) => match {
-            // The connection the path names is read while the credential is verified (both
-            // reads at once); the handler uses that read only if the credential covers it.
-            let names = super::path_names(req.request()).ok();
-            let auth = state
-                .credentials
-                .authenticate(&id, &secret, source(req.request()));
-            match names {
-                Some((i, c)) => {
-                    let (verdict, pre) = futures::join!(auth, state.engine.prefetch(&i, &c));
-                    req.extensions_mut().insert(PrefetchedRow(std::rc::Rc::new(
-                        std::cell::RefCell::new(Some(pre)),
-                    )));
-                    verdict
-                }
-                None => auth.await,
-            }
-        } {
+        Ok((id, secret)) => match authenticate(&req, &state, &id, &secret).await {
             Ok(c) => Ok(c),
             Err(AuthError::InvalidClient) => Err(ApiError::Unauthorized(
                 "the client credentials are not valid",
