@@ -271,6 +271,11 @@ fn bases(i: &Integration, record: &ConnectionRecord) -> Result<Vec<String>, ApiE
 /// The upstream URL: `base` + checked path + the query without `code`; it
 /// must still name the base's origin and lie under its path.
 pub(crate) fn upstream_url(base: &str, path: &str, query: &str) -> Result<Url, ApiError> {
+    if query.contains('#') {
+        return Err(ApiError::InvalidPath(
+            "a # in the query (a fragment is never sent)".into(),
+        ));
+    }
     let q = filter_query(query);
     let text = if q.is_empty() {
         format!("{base}{path}")
@@ -284,6 +289,7 @@ pub(crate) fn upstream_url(base: &str, path: &str, query: &str) -> Result<Url, A
     let under = url.origin() == b.origin()
         && url.username().is_empty()
         && url.password().is_none()
+        && url.fragment().is_none()
         && url.path().starts_with(b.path().trim_end_matches('/'));
     if !under {
         return Err(invalid());
