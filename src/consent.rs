@@ -347,11 +347,28 @@ impl ConsentService {
                 }
             }
         }
-        let captured: BTreeMap<String, String> = integration
+        let mut captured: BTreeMap<String, String> = integration
             .callback_metadata
             .iter()
             .filter_map(|k| Some((k.clone(), oauth::sanitize(params.get(k)?, 500))))
             .collect();
+        if integration.post_consent.is_some() {
+            // The grant is kept whatever this call gives: losing it would be worse
+            // than missing metadata (a new consent fetches it again).
+            match oauth::post_consent(
+                &self.http,
+                &integration,
+                &tokens.access_token,
+                self.upstream_timeout,
+            )
+            .await
+            {
+                Ok(found) => captured.extend(found),
+                Err(reason) => {
+                    tracing::warn!(integration = %pending.integration, connection = %pending.connection, reason = %reason, "the post-consent metadata call failed; the grant is stored without that metadata")
+                }
+            }
+        }
         let missing_scopes = tokens
             .scope
             .as_deref()

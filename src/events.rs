@@ -293,12 +293,16 @@ impl Events {
 
     /// Emits an event: one log line, and one outbox entry per receiver whose
     /// delivery starts in the background. Waits for the store, never for a
-    /// receiver. A `connection.reauthorization_required` event gets a fresh
-    /// consent link when receivers are configured.
+    /// receiver. A `connection.reauthorization_required` or
+    /// `connection.refresh_token_expiring` event gets a fresh consent link when
+    /// receivers are configured.
     pub async fn emit(&self, mut event: Event) {
         let receivers = &self.inner.settings.receivers;
-        if event.kind == EventType::ConnectionReauthorizationRequired
-            && event.consent_link.is_none()
+        if matches!(
+            event.kind,
+            EventType::ConnectionReauthorizationRequired
+                | EventType::ConnectionRefreshTokenExpiring
+        ) && event.consent_link.is_none()
             && !receivers.is_empty()
         {
             if let (Some(links), Some(c)) = (self.inner.links.get(), &event.connection) {

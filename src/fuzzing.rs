@@ -28,7 +28,11 @@ pub fn token_response(
     body: &[u8],
     metadata_fields: &[String],
 ) -> Result<TokenResponse, TokenError> {
-    oauth::parse_token_response(status, is_form, body, metadata_fields)
+    let shape = oauth::Shape {
+        metadata: metadata_fields,
+        expires_at_field: Some("expires_at"),
+    };
+    oauth::parse_token_response(status, is_form, body, &shape)
 }
 
 /// A query string as the handlers read it (`routes::query`); `None` when the

@@ -75,8 +75,11 @@ pub struct TokenResponse {
     pub access_token: Secret,
     pub refresh_token: Option<Secret>,
     pub token_type: String,
-    /// As sent (seconds or milliseconds, see `Integration::lifetime`, which clamps it).
+    /// As sent (seconds or milliseconds, see `Integration::lifetime_at`, which clamps it).
     pub expires_in: Option<f64>,
+    /// The absolute expiry, when the integration names a field for it
+    /// (`expires_at_field`) and the vendor sent one (ISO 8601 or epoch seconds).
+    pub expires_at: Option<time::OffsetDateTime>,
     pub scope: Option<String>,
     /// The fields the integration's `token_metadata` names (never a token).
     pub metadata: BTreeMap<String, String>,
@@ -156,21 +159,112 @@ pub async fn exchange_code(
     if let Some(verifier) = pkce_verifier {
         form.push(("code_verifier", verifier.expose()));
     }
-    token_request(http, integration, form, timeout).await
+    let url = &integration.token_url;
+    token_request(http, integration, url, false, form, timeout).await
 }
 
-/// Refreshes a grant. No `scope` is sent, so the grant never widens (§6).
+/// Refreshes a grant, at the integration's `refresh_url` when it has one, with
+/// its `refresh_params`. No `scope` is sent, so the grant never widens (§6).
 pub async fn refresh(
     http: &reqwest::Client,
     integration: &Integration,
     refresh_token: &Secret,
     timeout: Duration,
 ) -> Result<TokenResponse, TokenError> {
-    let form = vec![
+    let mut form = vec![
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh_token.expose()),
     ];
-    token_request(http, integration, form, timeout).await
+    for (k, v) in &integration.refresh_params {
+        form.push((k.as_str(), v.as_str()));
+    }
+    let url = integration
+        .refresh_url
+        .as_ref()
+        .unwrap_or(&integration.token_url);
+    token_request(http, integration, url, false, form, timeout).await
+}
+
+/// Renews a grant by exchanging its current access token (`renew`, Meta's
+/// `fb_exchange_token`): same answer, errors and classes as a refresh.
+pub async fn renew(
+    http: &reqwest::Client,
+    integration: &Integration,
+    renew: &crate::config::integrations::Renew,
+    access_token: &Secret,
+    timeout: Duration,
+) -> Result<TokenResponse, TokenError> {
+    let mut form = vec![
+        ("grant_type", renew.grant_type.as_str()),
+        (renew.token_param.as_str(), access_token.expose()),
+    ];
+    for (k, v) in &renew.params {
+        form.push((k.as_str(), v.as_str()));
+    }
+    let url = renew.url.as_ref().unwrap_or(&integration.token_url);
+    token_request(http, integration, url, renew.get, form, timeout).await
+}
+
+/// What a `post_consent` call gave: the named metadata found in the answer.
+pub type PostConsentMetadata = BTreeMap<String, String>;
+
+/// Calls the integration's `post_consent` URL with the new access token and
+/// keeps the values its JSON pointers find (strings, numbers, booleans; cut
+/// short and printable). The answer is hostile: capped in size, never
+/// followed through a redirect (the shared client follows none), and any
+/// failure is a reason, never a secret.
+pub async fn post_consent(
+    http: &reqwest::Client,
+    integration: &Integration,
+    access_token: &Secret,
+    timeout: Duration,
+) -> Result<PostConsentMetadata, String> {
+    let Some(pc) = &integration.post_consent else {
+        return Ok(BTreeMap::new());
+    };
+    let redactor = Redactor::for_request(integration, &[access_token.expose()]);
+    let resp = http
+        .get(pc.url.clone())
+        .timeout(timeout)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .header(
+            reqwest::header::AUTHORIZATION,
+            format!("{} {}", pc.auth_scheme, access_token.expose()),
+        )
+        .send()
+        .await
+        .map_err(|e| transport_reason(&e))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(format!("the metadata call answered HTTP {status}"));
+    }
+    let body = read_capped(resp, MAX_BODY)
+        .await
+        .map_err(|e| body_error(e).to_string())?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|_| "the metadata call's answer is not JSON".to_owned())?;
+    Ok(pick_metadata(&value, &pc.metadata, &redactor))
+}
+
+/// The values `pointers` find in `value`: strings, numbers and booleans only,
+/// without any value the broker sent, printable and at most 500 characters.
+fn pick_metadata(
+    value: &Value,
+    pointers: &[(String, String)],
+    redactor: &Redactor,
+) -> PostConsentMetadata {
+    pointers
+        .iter()
+        .filter_map(|(name, pointer)| {
+            let v = match value.pointer(pointer)? {
+                Value::String(v) => v.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return None,
+            };
+            Some((name.clone(), redactor.clean(&v, 500)))
+        })
+        .collect()
 }
 
 /// The longest access token and refresh token accepted, in bytes (real ones
@@ -302,22 +396,32 @@ fn form_encode(s: &str) -> String {
 async fn token_request(
     http: &reqwest::Client,
     integration: &Integration,
+    url: &Url,
+    get: bool,
     mut form: Vec<(&str, &str)>,
     timeout: Duration,
 ) -> Result<TokenResponse, TokenError> {
+    // The code, verifier, refresh token, or (renewal) the access token under
+    // its parameter's name are redacted from anything the vendor says.
+    let renew_param = integration.renew.as_ref().map(|r| r.token_param.as_str());
     let secrets: Vec<&str> = form
         .iter()
-        .filter(|(k, _)| matches!(*k, "code" | "code_verifier" | "refresh_token"))
+        .filter(|(k, _)| {
+            matches!(*k, "code" | "code_verifier" | "refresh_token") || Some(*k) == renew_param
+        })
         .map(|(_, v)| *v)
         .collect();
     let redactor = Redactor::for_request(integration, &secrets);
     for (k, v) in &integration.token_params {
         form.push((k.as_str(), v.as_str()));
     }
-    let mut req = http
-        .post(integration.token_url.clone())
-        .timeout(timeout)
-        .header(reqwest::header::ACCEPT, "application/json");
+    let mut req = if get {
+        http.get(url.clone())
+    } else {
+        http.post(url.clone())
+    }
+    .timeout(timeout)
+    .header(reqwest::header::ACCEPT, "application/json");
     match integration.client_auth {
         ClientAuth::Basic => {
             req = req.header(reqwest::header::AUTHORIZATION, basic_auth(integration));
@@ -328,6 +432,7 @@ async fn token_request(
         }
     }
     req = match integration.token_body {
+        _ if get => req.query(&form),
         TokenBody::Form => req.form(&form),
         TokenBody::Json => req.json(&form.iter().copied().collect::<BTreeMap<&str, &str>>()),
     };
@@ -349,7 +454,11 @@ async fn token_request(
             v.starts_with("application/x-www-form-urlencoded") || v.starts_with("text/plain")
         });
     let body = read_capped(resp, MAX_BODY).await.map_err(body_error)?;
-    match parse_token_response(status, is_form, &body, &integration.token_metadata) {
+    let shape = Shape {
+        metadata: &integration.token_metadata,
+        expires_at_field: integration.expires_at_field.as_deref(),
+    };
+    match parse_token_response(status, is_form, &body, &shape) {
         Err(TokenError::Server { status, .. }) => Err(TokenError::Server {
             status,
             retry_after,
@@ -395,7 +504,7 @@ pub async fn revoke(
         return Ok(());
     }
     let body = read_capped(resp, MAX_BODY).await.map_err(body_error)?;
-    match parse_token_response(status, false, &body, &[]) {
+    match parse_token_response(status, false, &body, &Shape::default()) {
         Err(e) => Err(redactor.clean_error(e)),
         Ok(_) => Err(TokenError::InvalidResponse(format!("HTTP {status}"))),
     }
@@ -425,12 +534,57 @@ fn transport_reason(e: &reqwest::Error) -> String {
     }
 }
 
+/// What an integration reads from a token response beyond the standard fields.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Shape<'a> {
+    /// Fields kept as metadata (`token_metadata`).
+    pub metadata: &'a [String],
+    /// The field with an absolute expiry (`expires_at_field`).
+    pub expires_at_field: Option<&'a str>,
+}
+
+/// An absolute expiry as vendors send it: an RFC 3339 / ISO 8601 date-time
+/// (`2006-01-02T15:04:05Z`, a missing offset read as UTC), or epoch seconds
+/// (a number or a numeric string). Anything else is `None`.
+pub(crate) fn parse_expires_at(v: &Value) -> Option<time::OffsetDateTime> {
+    use time::format_description::well_known::{Iso8601, Rfc3339};
+    let from_secs = |s: f64| {
+        if !s.is_finite() || s <= 0.0 {
+            return None;
+        }
+        // Far beyond any clock: the clamp (MAX_LIFETIME) takes over.
+        time::OffsetDateTime::from_unix_timestamp((s as i64).min(253_402_300_799)).ok()
+    };
+    match v {
+        Value::Number(n) => from_secs(n.as_f64()?),
+        Value::String(s) => {
+            let s = s.trim();
+            if s.len() > 64 {
+                return None;
+            }
+            if let Ok(secs) = s.parse::<f64>() {
+                return from_secs(secs);
+            }
+            time::OffsetDateTime::parse(s, &Rfc3339)
+                .or_else(|_| time::OffsetDateTime::parse(s, &Iso8601::DEFAULT))
+                .ok()
+                .or_else(|| {
+                    time::PrimitiveDateTime::parse(s, &Iso8601::DEFAULT)
+                        .ok()
+                        .map(time::PrimitiveDateTime::assume_utc)
+                })
+        }
+        _ => None,
+    }
+}
+
 pub(crate) fn parse_token_response(
     status: u16,
     is_form: bool,
     body: &[u8],
-    metadata_fields: &[String],
+    shape: &Shape<'_>,
 ) -> Result<TokenResponse, TokenError> {
+    let metadata_fields = shape.metadata;
     let map: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Some(m),
         _ if is_form || !body.starts_with(b"{") => {
@@ -451,6 +605,19 @@ pub(crate) fn parse_token_response(
                 // (cutting first could leave a prefix of a secret).
                 error: OAuthErrorCode::parse(&sanitize(&error, MAX_BODY)),
                 description: text(m, "error_description").map(|d| sanitize(&d, MAX_BODY)),
+            });
+        }
+        // Graph-API style (Meta): `{"error": {"message", "type", "code"}}`. Its
+        // `type` stands in for the code; a 5xx/429 with it stays transient.
+        if let Some(Value::Object(e)) = m.get("error") {
+            let code = text(e, "type")
+                .or_else(|| e.get("code").map(|c| c.to_string()))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "error".into());
+            return Err(TokenError::Rejected {
+                status,
+                error: OAuthErrorCode::parse(&sanitize(&code, MAX_BODY)),
+                description: text(e, "message").map(|d| sanitize(&d, MAX_BODY)),
             });
         }
     }
@@ -490,7 +657,12 @@ pub(crate) fn parse_token_response(
         Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
         _ => None,
     };
+    let expires_at = shape
+        .expires_at_field
+        .and_then(|f| m.get(f))
+        .and_then(parse_expires_at);
     Ok(TokenResponse {
+        expires_at,
         access_token: Secret::new(access_token),
         refresh_token: refresh_token.map(Secret::new),
         token_type: text(&m, "token_type")
@@ -560,7 +732,7 @@ mod tests {
 
     #[test]
     fn parses_standard_and_bent_token_responses() {
-        let r = parse_token_response(200, false, br#"{"access_token":"a","token_type":"bearer","expires_in":"3600","refresh_token":"r","scope":"x y"}"#, &[]).unwrap();
+        let r = parse_token_response(200, false, br#"{"access_token":"a","token_type":"bearer","expires_in":"3600","refresh_token":"r","scope":"x y"}"#, &Shape::default()).unwrap();
         assert_eq!(r.access_token.expose(), "a");
         assert_eq!(r.refresh_token.unwrap().expose(), "r");
         assert_eq!(r.expires_in, Some(3600.0));
@@ -568,11 +740,68 @@ mod tests {
             200,
             true,
             b"access_token=a&token_type=bearer&scope=repo",
-            &[],
+            &Shape::default(),
         )
         .unwrap();
         assert_eq!(r.access_token.expose(), "a");
         assert!(r.refresh_token.is_none() && r.expires_in.is_none());
+    }
+
+    #[test]
+    fn an_absolute_expiry_is_read_as_iso_8601_or_epoch_seconds() {
+        let at = |v: Value| parse_expires_at(&v).map(|t| t.unix_timestamp());
+        assert_eq!(
+            at(serde_json::json!("2006-01-02T15:04:05Z")),
+            Some(1_136_214_245)
+        );
+        assert_eq!(
+            at(serde_json::json!("2006-01-02T17:04:05+02:00")),
+            Some(1_136_214_245)
+        );
+        assert_eq!(
+            at(serde_json::json!("2006-01-02T15:04:05")),
+            Some(1_136_214_245),
+            "no offset: UTC"
+        );
+        assert_eq!(at(serde_json::json!(1_136_214_245)), Some(1_136_214_245));
+        assert_eq!(at(serde_json::json!("1136214245")), Some(1_136_214_245));
+        for bad in [
+            serde_json::json!("tomorrow"),
+            serde_json::json!(""),
+            serde_json::json!(-5),
+            serde_json::json!(0),
+            serde_json::json!(null),
+            serde_json::json!({"a": 1}),
+            serde_json::json!("9".repeat(100)),
+        ] {
+            assert_eq!(at(bad.clone()), None, "{bad}");
+        }
+        // Far future is kept far (the lifetime clamp applies later), never a panic.
+        assert!(at(serde_json::json!(1e300)).is_some());
+        let shape = Shape {
+            metadata: &[],
+            expires_at_field: Some("expires_at"),
+        };
+        let r = parse_token_response(
+            200,
+            false,
+            br#"{"access_token":"a","expires_at":"2030-01-01T00:00:00Z"}"#,
+            &shape,
+        )
+        .unwrap();
+        assert_eq!(r.expires_at.unwrap().unix_timestamp(), 1_893_456_000);
+        assert!(r.expires_in.is_none());
+        let r = parse_token_response(
+            200,
+            false,
+            br#"{"access_token":"a","expires_at":"2030-01-01T00:00:00Z"}"#,
+            &Shape::default(),
+        )
+        .unwrap();
+        assert!(
+            r.expires_at.is_none(),
+            "only where the integration names the field"
+        );
     }
 
     #[test]
@@ -581,34 +810,97 @@ mod tests {
             400,
             false,
             br#"{"error":"invalid_grant","error_description":"grant request is invalid"}"#,
-            &[],
+            &Shape::default(),
         )
         .unwrap_err();
         assert!(e.is_dead_grant() && !e.is_transient() && !e.is_misconfigured());
-        let e =
-            parse_token_response(401, false, br#"{"error":"invalid_client"}"#, &[]).unwrap_err();
+        let e = parse_token_response(
+            401,
+            false,
+            br#"{"error":"invalid_client"}"#,
+            &Shape::default(),
+        )
+        .unwrap_err();
         assert!(e.is_misconfigured() && !e.is_transient());
-        let e = parse_token_response(503, false, br#"{"error":"temporarily_unavailable"}"#, &[])
-            .unwrap_err();
+        let e = parse_token_response(
+            503,
+            false,
+            br#"{"error":"temporarily_unavailable"}"#,
+            &Shape::default(),
+        )
+        .unwrap_err();
         assert!(e.is_transient());
-        let e = parse_token_response(200, false, br#"{"error":"bad_verification_code"}"#, &[])
-            .unwrap_err();
+        let e = parse_token_response(
+            200,
+            false,
+            br#"{"error":"bad_verification_code"}"#,
+            &Shape::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             e.oauth_error(),
             Some(&OAuthErrorCode::Other("bad_verification_code".into()))
         );
         assert!(matches!(
-            parse_token_response(503, false, b"<html>", &[]),
+            parse_token_response(503, false, b"<html>", &Shape::default()),
             Err(TokenError::Server { status: 503, .. })
         ));
         assert!(matches!(
-            parse_token_response(200, false, b"{\"token_type\":\"x\"}", &[]),
+            parse_token_response(200, false, b"{\"token_type\":\"x\"}", &Shape::default()),
             Err(TokenError::InvalidResponse(_))
         ));
         assert!(matches!(
-            parse_token_response(200, false, b"<html>", &[]),
+            parse_token_response(200, false, b"<html>", &Shape::default()),
             Err(TokenError::InvalidResponse(_))
         ));
+    }
+
+    #[test]
+    fn post_consent_metadata_keeps_only_scalars_found_by_the_pointers_and_never_a_token() {
+        let doc = serde_json::json!({"dc": "us6", "login": {"id": 42, "ok": true},
+            "tenants": [{"tenantId": "t-1"}], "obj": {"a": 1}, "echo": "Bearer at-123", "long": "x".repeat(900)});
+        let p = |n: &str, ptr: &str| (n.to_owned(), ptr.to_owned());
+        let got = pick_metadata(
+            &doc,
+            &[
+                p("dc", "/dc"),
+                p("id", "/login/id"),
+                p("ok", "/login/ok"),
+                p("tenant", "/tenants/0/tenantId"),
+                p("obj", "/obj"),
+                p("missing", "/nope"),
+                p("echo", "/echo"),
+                p("long", "/long"),
+            ],
+            &Redactor::new(&["at-123"]),
+        );
+        assert_eq!(got["dc"], "us6");
+        assert_eq!(got["id"], "42");
+        assert_eq!(got["ok"], "true");
+        assert_eq!(got["tenant"], "t-1");
+        assert!(!got.contains_key("obj") && !got.contains_key("missing"));
+        assert_eq!(got["echo"], "Bearer [redacted]");
+        assert_eq!(got["long"].len(), 500);
+    }
+
+    #[test]
+    fn graph_api_error_objects_are_vendor_errors() {
+        let e = parse_token_response(
+            400,
+            false,
+            br#"{"error":{"message":"Error validating access token: Session has expired","type":"OAuthException","code":190}}"#,
+            &Shape::default(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.oauth_error(),
+            Some(&OAuthErrorCode::Other("OAuthException".into()))
+        );
+        assert!(!e.is_transient() && !e.is_dead_grant());
+        assert!(e.to_string().contains("Session has expired"));
+        let e = parse_token_response(500, false, br#"{"error":{"code":2}}"#, &Shape::default())
+            .unwrap_err();
+        assert!(e.is_transient());
     }
 
     #[test]
@@ -619,7 +911,11 @@ mod tests {
             "n".to_owned(),
             "refresh_token".to_owned(),
         ];
-        let r = parse_token_response(200, false, body, &fields).unwrap();
+        let shape = Shape {
+            metadata: &fields,
+            expires_at_field: None,
+        };
+        let r = parse_token_response(200, false, body, &shape).unwrap();
         assert_eq!(r.metadata.len(), 2);
         assert_eq!(r.metadata["instance_url"], "https://x.my.salesforce.com");
         assert_eq!(r.metadata["n"], "5");
@@ -649,19 +945,24 @@ mod tests {
         let big = "a".repeat(MAX_ACCESS_TOKEN + 1);
         let body = serde_json::json!({"access_token": big}).to_string();
         assert!(matches!(
-            parse_token_response(200, false, body.as_bytes(), &[]),
+            parse_token_response(200, false, body.as_bytes(), &Shape::default()),
             Err(TokenError::InvalidResponse(_))
         ));
         let body = serde_json::json!({"access_token": "a", "scope": "s ".repeat(5000), "token_type": "t".repeat(5000)}).to_string();
-        let r = parse_token_response(200, false, body.as_bytes(), &[]).unwrap();
+        let r = parse_token_response(200, false, body.as_bytes(), &Shape::default()).unwrap();
         assert_eq!(r.scope.unwrap().chars().count(), MAX_SCOPE);
         assert_eq!(r.token_type.chars().count(), 40);
     }
 
     #[test]
     fn errors_never_carry_the_token() {
-        let e =
-            parse_token_response(200, false, br#"{"refresh_token":"SECRET123"}"#, &[]).unwrap_err();
+        let e = parse_token_response(
+            200,
+            false,
+            br#"{"refresh_token":"SECRET123"}"#,
+            &Shape::default(),
+        )
+        .unwrap_err();
         assert!(!format!("{e} {e:?}").contains("SECRET123"));
     }
 }

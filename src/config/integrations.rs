@@ -90,6 +90,53 @@ pub struct Integration {
     pub pipeline_resources: Option<Vec<String>>,
     /// The proxy's settings (`api_base_url`, `proxy_auth`, `proxy_headers`, `proxy_rewrite_links`).
     pub proxy: super::proxy::ProxyConfig,
+    /// The vendor's OAuth documentation (template-level `docs`).
+    pub docs: Vec<Url>,
+    /// The vendor's API base URL(s), for a future proxy (validated, not used for requests).
+    pub api_base_url: Vec<Url>,
+    /// The token-response field holding an absolute expiry (ISO 8601 or epoch
+    /// seconds) when the vendor sends it instead of `expires_in` (Square `expires_at`).
+    pub expires_at_field: Option<String>,
+    /// A token response without a lifetime (`expires_in` absent or 0, no
+    /// `expires_at`) means the access token does not expire (Mailchimp, monday.com).
+    pub no_expires_in_means_never: bool,
+    /// Where refreshes go when not to the token endpoint (Adobe Acrobat Sign).
+    pub refresh_url: Option<Url>,
+    /// Parameters sent with refreshes only.
+    pub refresh_params: Vec<(String, String)>,
+    /// Tokens renewed by exchanging the access token (Meta `fb_exchange_token`)
+    /// rather than by a refresh token.
+    pub renew: Option<Renew>,
+    /// The vendor ends a grant this long after consent, whatever its use
+    /// (LinkedIn 365 days): the absolute lifetime of the refresh token.
+    pub refresh_token_max: Option<Duration>,
+    /// Metadata fetched from the vendor right after consent (Mailchimp's data centre).
+    pub post_consent: Option<PostConsent>,
+}
+
+/// How an access token is renewed by exchange (`renew`).
+#[derive(Debug, Clone)]
+pub struct Renew {
+    /// The `grant_type` sent (`fb_exchange_token`).
+    pub grant_type: String,
+    /// The parameter carrying the current access token (default: the grant type's name).
+    pub token_param: String,
+    /// Where the exchange goes (default: the token endpoint).
+    pub url: Option<Url>,
+    /// `GET` with a query (Meta documents GET) or `POST` with a form (default).
+    pub get: bool,
+    pub params: Vec<(String, String)>,
+}
+
+/// A vendor call made with the new access token right after consent, whose
+/// JSON answer gives metadata kept with the connection (`post_consent`).
+#[derive(Debug, Clone)]
+pub struct PostConsent {
+    pub url: Url,
+    /// The `Authorization` scheme (default `Bearer`; Mailchimp documents `OAuth`).
+    pub auth_scheme: String,
+    /// Metadata name -> JSON pointer (RFC 6901) into the answer.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl Integration {
@@ -102,17 +149,41 @@ impl Integration {
     /// clamped to [`MAX_LIFETIME`]; below one second, not a number or absent, the
     /// integration's default applies. The result can be added to any clock reading.
     pub fn lifetime(&self, expires_in: Option<f64>) -> Duration {
+        self.lifetime_at(expires_in, None, time::OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// The lifetime of a token received at `now`: `expires_in` (seconds or
+    /// milliseconds) when it is at least one second; else the absolute expiry
+    /// (`expires_at_field`) when it is at least a second after `now`; else
+    /// [`MAX_LIFETIME`] ("does not expire") when the template says a missing
+    /// lifetime means so; else the integration's default. Always within
+    /// 1 s ..= [`MAX_LIFETIME`].
+    pub fn lifetime_at(
+        &self,
+        expires_in: Option<f64>,
+        expires_at: Option<time::OffsetDateTime>,
+        now: time::OffsetDateTime,
+    ) -> Duration {
         let secs = expires_in.map(|v| if self.expires_in_ms { v / 1000.0 } else { v });
-        match secs {
+        if let Some(s) = secs.filter(|s| *s >= 1.0) {
             // `as` saturates; the clamp keeps it far inside the calendar.
-            Some(s) if s >= 1.0 => Duration::seconds((s as i64).min(MAX_LIFETIME.whole_seconds())),
-            _ => self.default_expires_in.min(MAX_LIFETIME),
+            return Duration::seconds((s as i64).min(MAX_LIFETIME.whole_seconds()));
         }
+        if let Some(left) = expires_at.map(|at| at - now) {
+            if left >= Duration::SECOND {
+                return left.min(MAX_LIFETIME);
+            }
+        }
+        if self.no_expires_in_means_never {
+            return MAX_LIFETIME;
+        }
+        self.default_expires_in.min(MAX_LIFETIME)
     }
 }
 
-/// The longest token lifetime believed, whatever a vendor announces.
-pub const MAX_LIFETIME: Duration = Duration::days(3650);
+/// The longest token lifetime believed, whatever a vendor announces; a token
+/// stored with it "does not expire" (see `ConnectionRecord::never_expires`).
+pub const MAX_LIFETIME: Duration = crate::domain::grant::NEVER_EXPIRES;
 
 /// Loopback hosts, where plain `http` is allowed (local testing).
 pub fn is_loopback(url: &Url) -> bool {
@@ -239,6 +310,8 @@ struct RawIntegration {
     #[serde(default)]
     pipeline_resources: Option<Vec<String>>,
     #[serde(default)]
+    docs: Option<Value>,
+    #[serde(default)]
     api_base_url: Option<Value>,
     #[serde(default)]
     proxy_rewrite_links: Option<bool>,
@@ -246,6 +319,60 @@ struct RawIntegration {
     proxy_auth: Option<super::proxy::RawProxyAuth>,
     #[serde(default)]
     proxy_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    expires_at_field: Option<String>,
+    #[serde(default)]
+    no_expires_in_means_never: Option<bool>,
+    #[serde(default)]
+    refresh_url: Option<String>,
+    #[serde(default)]
+    refresh_params: BTreeMap<String, String>,
+    #[serde(default)]
+    renew: Option<RawRenew>,
+    #[serde(default)]
+    refresh_token_max_days: Option<u32>,
+    #[serde(default)]
+    post_consent: Option<RawPostConsent>,
+}
+
+/// A URL or a list of URLs (`docs`, `api_base_url`).
+fn one_or_many(ctx: &Ctx<'_>, field: &str, v: Option<Value>) -> Result<Vec<String>, ConfigError> {
+    let bad = || ctx.fail(format!("{field} must be a URL or a list of URLs"));
+    match v {
+        None => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s]),
+        Some(Value::Array(a)) => a
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(bad()),
+            })
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRenew {
+    grant_type: String,
+    #[serde(default)]
+    token_param: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostConsent {
+    url: String,
+    #[serde(default)]
+    auth_scheme: Option<String>,
+    metadata: BTreeMap<String, String>,
 }
 
 /// Parses the integrations file text. `get` reads settings for `%NAME%` values.
@@ -405,12 +532,105 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
             "refresh_token_idle_days must be between 1 and 3650 (leave it out when the vendor does not expire unused refresh tokens)",
         ));
     }
-    let mut api_base_url = r.api_base_url.clone();
-    if let Some(v) = api_base_url.as_mut() {
+    if r.refresh_token_max_days
+        .is_some_and(|d| !(1..=3650).contains(&d))
+    {
+        return Err(ctx.fail(
+            "refresh_token_max_days must be between 1 and 3650 (leave it out when the vendor does not end grants at a fixed age)",
+        ));
+    }
+    let docs = one_or_many(ctx, "docs", r.docs)?
+        .iter()
+        .map(|v| url_of("docs", v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let proxy_bases = r.api_base_url.clone();
+    let api_base_url = one_or_many(ctx, "api_base_url", r.api_base_url)?
+        .into_iter()
+        // `{metadata.NAME}` bases are filled per connection and checked by the proxy.
+        .filter(|v| !v.starts_with("{metadata."))
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|v| url_of("api_base_url", v))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(f) = &r.expires_at_field {
+        if f.is_empty() || matches!(f.as_str(), "access_token" | "refresh_token" | "id_token") {
+            return Err(ctx.fail("expires_at_field must name the token-response field with the absolute expiry (e.g. \"expires_at\")"));
+        }
+    }
+    let renew = match r.renew {
+        None => None,
+        Some(n) => {
+            let name_ok = |v: &str| {
+                !v.is_empty()
+                    && v.bytes().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':')
+                    })
+            };
+            if !name_ok(&n.grant_type) {
+                return Err(ctx.fail(
+                    "renew.grant_type must be a grant type name, e.g. \"fb_exchange_token\"",
+                ));
+            }
+            let token_param = n.token_param.unwrap_or_else(|| n.grant_type.clone());
+            if !name_ok(&token_param) {
+                return Err(ctx.fail("renew.token_param must be a parameter name"));
+            }
+            let get = match n.method.as_deref() {
+                None | Some("POST" | "post") => false,
+                Some("GET" | "get") => true,
+                Some(other) => {
+                    return Err(ctx.fail(format!(
+                        "renew.method is {other:?}; use \"POST\" (default) or \"GET\""
+                    )))
+                }
+            };
+            Some(Renew {
+                grant_type: n.grant_type,
+                token_param,
+                url: n
+                    .url
+                    .as_deref()
+                    .map(|v| url_of("renew.url", v))
+                    .transpose()?,
+                get,
+                params: params("renew.params", &n.params)?,
+            })
+        }
+    };
+    let post_consent = match r.post_consent {
+        None => None,
+        Some(p) => {
+            if p.metadata.is_empty() {
+                return Err(ctx.fail("post_consent.metadata must name at least one field: {\"name\": \"/json/pointer\"}"));
+            }
+            for (k, v) in &p.metadata {
+                if !(v.is_empty() || v.starts_with('/')) {
+                    return Err(ctx.fail(format!("post_consent.metadata.{k} must be a JSON pointer (\"/dc\", \"/0/tenantId\")")));
+                }
+            }
+            let auth_scheme = p.auth_scheme.unwrap_or_else(|| "Bearer".into());
+            if auth_scheme.is_empty()
+                || !auth_scheme
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            {
+                return Err(ctx.fail(
+                    "post_consent.auth_scheme must be an HTTP auth scheme name (Bearer, OAuth)",
+                ));
+            }
+            Some(PostConsent {
+                url: url_of("post_consent.url", &p.url)?,
+                auth_scheme,
+                metadata: p.metadata.into_iter().collect(),
+            })
+        }
+    };
+    let mut proxy_bases = proxy_bases;
+    if let Some(v) = proxy_bases.as_mut() {
         expand_all(ctx, "api_base_url", v)?;
     }
     let proxy = super::proxy::parse(
-        api_base_url.as_ref(),
+        proxy_bases.as_ref(),
         r.proxy_rewrite_links,
         r.proxy_auth,
         &r.proxy_headers,
@@ -418,6 +638,21 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
     .map_err(|m| ctx.fail(m))?;
     Ok(Integration {
         proxy,
+        docs,
+        api_base_url,
+        expires_at_field: r.expires_at_field,
+        no_expires_in_means_never: r.no_expires_in_means_never.unwrap_or(false),
+        refresh_url: r
+            .refresh_url
+            .as_deref()
+            .map(|v| url_of("refresh_url", v))
+            .transpose()?,
+        refresh_params: params("refresh_params", &r.refresh_params)?,
+        renew,
+        refresh_token_max: r
+            .refresh_token_max_days
+            .map(|d| Duration::days(i64::from(d))),
+        post_consent,
         issuer,
         require_iss,
         expects_refresh_token: r.expects_refresh_token.unwrap_or(true),
@@ -522,11 +757,32 @@ mod tests {
 
     #[test]
     fn every_template_in_the_catalogue_builds_with_https_urls_and_declared_placeholders() {
-        assert!(catalogue().len() >= 16);
+        assert!(catalogue().len() >= 40);
         for (name, template) in catalogue() {
             let t = template
                 .as_object()
                 .unwrap_or_else(|| panic!("{name} is an object"));
+            let docs = match t.get("docs") {
+                Some(Value::String(s)) => vec![s.as_str()],
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            assert!(
+                !docs.is_empty(),
+                "{name} cites its vendor's documentation (docs)"
+            );
+            for d in docs {
+                assert!(d.starts_with("https://"), "{name}: {d}");
+            }
+            assert!(
+                t.contains_key("account") != t.contains_key("account_note"),
+                "{name} names its account identifier (account) or says why not (account_note)"
+            );
+            assert!(
+                t.get("rotates_refresh_token")
+                    .is_some_and(Value::is_boolean),
+                "{name} says whether its refresh tokens rotate"
+            );
             assert!(
                 t.get("notes")
                     .and_then(Value::as_str)
@@ -682,6 +938,121 @@ mod tests {
         assert_eq!(i.lifetime(None), Duration::seconds(3600));
         i.expires_in_ms = true;
         assert_eq!(i.lifetime(Some(1_800_000.0)), Duration::seconds(1800));
+    }
+
+    #[test]
+    fn an_absolute_expiry_or_no_expiry_applies_where_the_template_says_so() {
+        let mut i = one(GOOD, &env(&[("XERO_ID", "a"), ("XERO_SECRET", "b")])).unwrap();
+        let now = time::OffsetDateTime::from_unix_timestamp(1_000_000_000).unwrap();
+        let at = Some(now + Duration::days(30));
+        assert_eq!(i.lifetime_at(None, at, now), Duration::days(30));
+        assert_eq!(
+            i.lifetime_at(Some(60.0), at, now),
+            Duration::seconds(60),
+            "expires_in wins when both come"
+        );
+        assert_eq!(
+            i.lifetime_at(None, Some(now - Duration::hours(1)), now),
+            Duration::seconds(3600),
+            "an expiry in the past is not believed: the default applies"
+        );
+        assert_eq!(
+            i.lifetime_at(None, Some(now + Duration::days(99_999)), now),
+            MAX_LIFETIME
+        );
+        assert_eq!(i.lifetime_at(Some(0.0), None, now), Duration::seconds(3600));
+        i.no_expires_in_means_never = true;
+        for e in [None, Some(0.0), Some(-1.0), Some(f64::NAN)] {
+            assert_eq!(i.lifetime_at(e, None, now), MAX_LIFETIME, "{e:?}");
+        }
+        assert_eq!(
+            i.lifetime_at(Some(7200.0), None, now),
+            Duration::seconds(7200)
+        );
+    }
+
+    #[test]
+    fn quirk_fields_are_parsed_and_validated() {
+        let base = |extra: &str| {
+            format!(
+                r#"{{"integrations": {{"a": {{"authorization_url": "https://a.example/auth", "token_url": "https://a.example/token", "client_id": "x", "client_secret": "y"{extra}}}}}}}"#
+            )
+        };
+        let i = one(
+            &base(
+                r#", "docs": "https://a.example/docs", "api_base_url": ["https://api.a.example", "http://127.0.0.1:9/api"],
+                "expires_at_field": "expires_at", "no_expires_in_means_never": true,
+                "refresh_url": "https://a.example/refresh", "refresh_params": {"k": "v"},
+                "renew": {"grant_type": "fb_exchange_token", "method": "GET", "params": {"p": "q"}},
+                "refresh_token_max_days": 365,
+                "post_consent": {"url": "https://a.example/meta", "auth_scheme": "OAuth", "metadata": {"dc": "/dc", "tenant": "/0/tenantId"}}"#,
+            ),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(i.docs[0].as_str(), "https://a.example/docs");
+        assert_eq!(i.api_base_url.len(), 2);
+        assert_eq!(i.expires_at_field.as_deref(), Some("expires_at"));
+        assert!(i.no_expires_in_means_never);
+        assert_eq!(i.refresh_url.unwrap().as_str(), "https://a.example/refresh");
+        assert_eq!(i.refresh_params, vec![("k".into(), "v".into())]);
+        let r = i.renew.unwrap();
+        assert_eq!(
+            (r.grant_type.as_str(), r.token_param.as_str(), r.get),
+            ("fb_exchange_token", "fb_exchange_token", true)
+        );
+        assert_eq!(r.params, vec![("p".into(), "q".into())]);
+        assert_eq!(i.refresh_token_max, Some(Duration::days(365)));
+        let pc = i.post_consent.unwrap();
+        assert_eq!(pc.auth_scheme, "OAuth");
+        assert_eq!(pc.metadata.len(), 2);
+        for (bad, field) in [
+            (r#", "docs": "http://a.example/docs""#, "docs"),
+            (r#", "docs": 5"#, "docs"),
+            (r#", "api_base_url": "ftp://a.example""#, "api_base_url"),
+            (
+                r#", "api_base_url": ["https://ok.example", "http://evil.example"]"#,
+                "api_base_url",
+            ),
+            (r#", "refresh_url": "http://a.example/r""#, "refresh_url"),
+            (r#", "refresh_token_max_days": 0"#, "refresh_token_max_days"),
+            (r#", "renew": {"grant_type": "a b"}"#, "renew.grant_type"),
+            (
+                r#", "renew": {"grant_type": "x", "method": "PUT"}"#,
+                "renew.method",
+            ),
+            (
+                r#", "renew": {"grant_type": "x", "url": "http://a.example"}"#,
+                "renew.url",
+            ),
+            (r#", "renew": {"grant_type": "x", "extra": 1}"#, "extra"),
+            (
+                r#", "post_consent": {"url": "http://a.example/m", "metadata": {"dc": "/dc"}}"#,
+                "post_consent.url",
+            ),
+            (
+                r#", "post_consent": {"url": "https://a.example/m", "metadata": {}}"#,
+                "post_consent.metadata",
+            ),
+            (
+                r#", "post_consent": {"url": "https://a.example/m", "metadata": {"dc": "dc"}}"#,
+                "pointer",
+            ),
+            (
+                r#", "post_consent": {"url": "https://a.example/m", "auth_scheme": "Bearer x", "metadata": {"dc": "/dc"}}"#,
+                "auth_scheme",
+            ),
+            (
+                r#", "expires_at_field": "refresh_token""#,
+                "expires_at_field",
+            ),
+        ] {
+            let err = parse(&base(bad), Path::new("i.json"), &env(&[]))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{bad}: {err}");
+        }
     }
 
     #[test]

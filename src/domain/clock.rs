@@ -15,6 +15,17 @@ pub fn to_millis(t: OffsetDateTime) -> OffsetDateTime {
         .unwrap_or(t)
 }
 
+/// `t` as RFC 3339 (UTC, as stored).
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// An RFC 3339 instant written by [`rfc3339`]; `None` for anything else.
+pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

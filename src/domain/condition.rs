@@ -13,7 +13,10 @@
 //! - `refresh_token_expiring`: the refresh token was last used more than half
 //!   of the vendor's idle window ago (`refresh_token_idle_days`). With the
 //!   keep-alive sweep running (daily by default) a healthy grant never gets
-//!   there; half the window leaves the operator weeks to react.
+//!   there; half the window leaves the operator weeks to react. Also when the
+//!   vendor ends the grant at a fixed age (`refresh_token_max_days`, stored at
+//!   consent as the `refresh_token_expires_at` metadata) within 30 days: only
+//!   a new consent before then keeps it going.
 
 use std::collections::BTreeMap;
 
@@ -82,6 +85,17 @@ pub fn error_code(last_error: &str) -> Option<OAuthErrorCode> {
 /// The condition of `r` at `now`; `idle` is the vendor's refresh-token idle
 /// window, when it has one.
 pub fn assess(r: &ConnectionRecord, idle: Option<Duration>, now: OffsetDateTime) -> Condition {
+    assess_with(r, idle, None, now)
+}
+
+/// [`assess`], knowing also the vendor's fixed grant lifetime (`max`), which
+/// narrows the warning before the grant ends (see `ConnectionRecord::grant_ending`).
+pub fn assess_with(
+    r: &ConnectionRecord,
+    idle: Option<Duration>,
+    max: Option<Duration>,
+    now: OffsetDateTime,
+) -> Condition {
     match r.status {
         ConnectionStatus::ReauthorizationRequired => return Condition::ReauthorizationRequired,
         ConnectionStatus::NoRefreshToken => return Condition::NoRefreshToken,
@@ -104,6 +118,10 @@ pub fn assess(r: &ConnectionRecord, idle: Option<Duration>, now: OffsetDateTime)
         if r.tokens.refresh_token.is_some() && now - r.refreshed_at > idle / 2 {
             return Condition::RefreshTokenExpiring;
         }
+    }
+    // The vendor ends the grant at a fixed age (refresh_token_max_days) soon.
+    if r.grant_ending(now, max) {
+        return Condition::RefreshTokenExpiring;
     }
     if r.status == ConnectionStatus::Unknown {
         return Condition::Unknown;
@@ -136,6 +154,16 @@ impl Overview {
         idle: impl Fn(&IntegrationName) -> Option<Duration>,
         now: OffsetDateTime,
     ) -> Overview {
+        Self::build_with(records, configured, |n| (idle(n), None), now)
+    }
+
+    /// [`Overview::build`] with each integration's idle window and fixed grant lifetime.
+    pub fn build_with(
+        records: Vec<ConnectionRecord>,
+        configured: impl IntoIterator<Item = IntegrationName>,
+        limits: impl Fn(&IntegrationName) -> (Option<Duration>, Option<Duration>),
+        now: OffsetDateTime,
+    ) -> Overview {
         let mut by_integration: BTreeMap<IntegrationName, BTreeMap<Condition, usize>> = configured
             .into_iter()
             .map(|n| (n, BTreeMap::new()))
@@ -143,7 +171,8 @@ impl Overview {
         let mut connections: Vec<Assessed> = records
             .into_iter()
             .map(|record| {
-                let condition = assess(&record, idle(&record.integration), now);
+                let (idle, max) = limits(&record.integration);
+                let condition = assess_with(&record, idle, max, now);
                 *by_integration
                     .entry(record.integration.clone())
                     .or_default()
@@ -251,6 +280,45 @@ mod tests {
         let mut unknown = record();
         unknown.status = ConnectionStatus::Unknown;
         assert_eq!(assess(&unknown, idle, at(10)), Condition::Unknown);
+    }
+
+    #[test]
+    fn a_grant_the_vendor_ends_at_a_fixed_age_warns_thirty_days_before() {
+        let mut r = record();
+        assert_eq!(assess(&r, None, at(10)), Condition::Active);
+        let end = at(0) + Duration::days(365);
+        r.metadata.insert(
+            crate::domain::grant::GRANT_ENDS_AT.into(),
+            crate::domain::clock::rfc3339(end),
+        );
+        // Refreshed daily, never idle: only the fixed end matters.
+        let fresh = |mut r: ConnectionRecord, t: OffsetDateTime| {
+            r.refreshed_at = t;
+            r
+        };
+        let t = end - Duration::days(31);
+        assert_eq!(assess(&fresh(r.clone(), t), None, t), Condition::Active);
+        let t = end - Duration::days(29);
+        assert_eq!(
+            assess(&fresh(r.clone(), t), None, t),
+            Condition::RefreshTokenExpiring
+        );
+        // A 7-day grant (NetSuite) warns in its second half, not from the start.
+        let short = fresh(r.clone(), end - Duration::days(6));
+        let max = Some(Duration::days(7));
+        assert_eq!(
+            assess_with(&short, None, max, end - Duration::days(6)),
+            Condition::Active
+        );
+        assert_eq!(
+            assess_with(&short, None, max, end - Duration::days(3)),
+            Condition::RefreshTokenExpiring
+        );
+        r.metadata.insert(
+            crate::domain::grant::GRANT_ENDS_AT.into(),
+            "not a date".into(),
+        );
+        assert_eq!(assess(&fresh(r, t), None, t), Condition::Active);
     }
 
     #[test]

@@ -24,10 +24,13 @@ pub enum EventType {
     /// The vendor rejected the integration's client credentials (`invalid_client`)
     /// after they had worked: once per breakage, not once per call.
     IntegrationMisconfigured,
+    /// The vendor ends the grant at a fixed age (`refresh_token_max_days`)
+    /// within 30 days: once per grant.
+    ConnectionRefreshTokenExpiring,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         Self::ConnectionCreated,
         Self::ConnectionReauthorizationRequired,
         Self::ConnectionRecovered,
@@ -35,6 +38,7 @@ impl EventType {
         Self::ConnectionRefreshFailing,
         Self::ConnectionNoRefreshToken,
         Self::IntegrationMisconfigured,
+        Self::ConnectionRefreshTokenExpiring,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,7 @@ impl EventType {
             Self::ConnectionRefreshFailing => "connection.refresh_failing",
             Self::ConnectionNoRefreshToken => "connection.no_refresh_token",
             Self::IntegrationMisconfigured => "integration.misconfigured",
+            Self::ConnectionRefreshTokenExpiring => "connection.refresh_token_expiring",
         }
     }
 
@@ -68,6 +73,9 @@ impl EventType {
             }
             Self::IntegrationMisconfigured => {
                 "The vendor rejects the integration's client credentials (invalid_client)"
+            }
+            Self::ConnectionRefreshTokenExpiring => {
+                "A connection's grant ends soon at the vendor whatever its use: consent again before then"
             }
         }
     }

@@ -6,6 +6,18 @@ use time::{Duration, OffsetDateTime};
 
 use super::{ConnectionId, IntegrationName, Secret};
 
+/// The lifetime stored for an access token that does not expire (the vendor
+/// says so, or announces ten years or more): no refresh is ever due for it.
+pub const NEVER_EXPIRES: Duration = Duration::days(3650);
+
+/// The metadata field with the instant the vendor ends the grant whatever its
+/// use (consent + `refresh_token_max_days`, LinkedIn's 365 days).
+pub const GRANT_ENDS_AT: &str = "refresh_token_expires_at";
+
+/// How long before [`GRANT_ENDS_AT`] the status page and the
+/// `connection.refresh_token_expiring` event warn.
+pub const GRANT_END_WARNING: Duration = Duration::days(30);
+
 /// The tokens of one grant. Only ever stored sealed (see `crypto`).
 #[derive(Debug, Clone)]
 pub struct TokenSet {
@@ -125,6 +137,27 @@ impl ConnectionRecord {
     /// lifetime the vendor announced (consent and refresh both set them so).
     pub fn issued_lifetime(&self) -> Duration {
         self.expires_at - self.refreshed_at
+    }
+
+    /// The access token does not expire (stored with [`NEVER_EXPIRES`]).
+    pub fn never_expires(&self) -> bool {
+        self.issued_lifetime() >= NEVER_EXPIRES
+    }
+
+    /// When the vendor ends this grant whatever its use, if it does.
+    pub fn grant_ends_at(&self) -> Option<OffsetDateTime> {
+        self.metadata
+            .get(GRANT_ENDS_AT)
+            .and_then(|s| super::clock::parse_rfc3339(s))
+    }
+
+    /// The vendor ends this grant soon after `now`: within [`GRANT_END_WARNING`],
+    /// or within half of `max` (the vendor's fixed grant lifetime) when that is shorter.
+    pub fn grant_ending(&self, now: OffsetDateTime, max: Option<Duration>) -> bool {
+        let window = max.map_or(GRANT_END_WARNING, |m: Duration| {
+            (m / 2_i32).min(GRANT_END_WARNING)
+        });
+        self.grant_ends_at().is_some_and(|end| end - now <= window)
     }
 
     /// True when another refresher holds a lease that has not lapsed.

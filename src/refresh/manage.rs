@@ -35,12 +35,12 @@ impl Engine {
             .into_iter()
             .map(|i| i.name.clone())
             .chain(self.integrations.unavailable().into_iter().map(|(n, _)| n));
-        Ok(Overview::build(
+        Ok(Overview::build_with(
             records,
             configured,
             |name| match self.integrations.get(name) {
-                Lookup::Ready(i) => i.refresh_token_idle,
-                _ => None,
+                Lookup::Ready(i) => (i.refresh_token_idle, i.refresh_token_max),
+                _ => (None, None),
             },
             super::now(),
         ))
@@ -121,6 +121,7 @@ impl Engine {
         );
         // Of concurrent deletes, the one that removed the row tells.
         if deleted {
+            self.forget_grant_end(&record).await;
             self.on_deleted(&integration.name, connection).await;
         }
         Ok(())

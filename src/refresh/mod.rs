@@ -46,7 +46,7 @@ mod sweep;
 use crate::coalesce::Coalescer;
 use crate::config::{Integration, RefreshPolicy};
 pub use crate::domain::clock::now;
-use crate::domain::grant::refresh_threshold;
+use crate::domain::grant::{refresh_threshold, GRANT_ENDS_AT};
 use crate::domain::scope;
 use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet};
 use crate::oauth::{self, TokenError, TokenResponse};
@@ -113,6 +113,13 @@ type Key = (IntegrationName, ConnectionId);
 pub struct Prefetched {
     key: Key,
     row: Result<Option<Versioned<ConnectionRecord>>, StoreError>,
+}
+
+/// What a grant is renewed with: its refresh token, or (`renew`) an exchange
+/// of its current access token.
+enum Renewal {
+    Refresh(crate::domain::Secret),
+    Exchange(crate::config::integrations::Renew, crate::domain::Secret),
 }
 
 /// One per connection while anyone in this process wants to refresh it. It
@@ -190,7 +197,15 @@ impl Engine {
             access_token: resp.access_token,
             refresh_token: resp.refresh_token,
         };
-        let expires_at = now.saturating_add(integration.lifetime(resp.expires_in));
+        let expires_at =
+            now.saturating_add(integration.lifetime_at(resp.expires_in, resp.expires_at, now));
+        if let Some(max) = integration.refresh_token_max {
+            // The vendor's clock for the grant starts now, whatever an earlier grant said.
+            metadata.insert(
+                GRANT_ENDS_AT.into(),
+                crate::domain::clock::rfc3339(now.saturating_add(max)),
+            );
+        }
         let mut record = ConnectionRecord::new_grant(
             integration.name.clone(),
             connection.clone(),
@@ -202,7 +217,11 @@ impl Engine {
         );
         record.created_at = created_at;
         record.metadata = metadata;
-        if record.tokens.refresh_token.is_none() && integration.expects_refresh_token {
+        // A grant renewed by exchange (`renew`) needs no refresh token.
+        if record.tokens.refresh_token.is_none()
+            && integration.expects_refresh_token
+            && integration.renew.is_none()
+        {
             record.status = ConnectionStatus::NoRefreshToken;
         }
         self.store.upsert(&record).await?;
@@ -218,6 +237,13 @@ impl Engine {
         need: &Need,
         now: OffsetDateTime,
     ) -> bool {
+        // A token that does not expire, with nothing to renew it with, is served as is.
+        if record.never_expires()
+            && record.tokens.refresh_token.is_none()
+            && integration.renew.is_none()
+        {
+            return false;
+        }
         let min_validity = match need.min_validity {
             Some(m) if need.cap_by_lifetime && record.issued_lifetime() > Duration::ZERO => {
                 Some(m.min(record.issued_lifetime() / 2))
@@ -483,7 +509,7 @@ impl Engine {
     async fn call_vendor(
         &self,
         integration: &Integration,
-        refresh_token: &crate::domain::Secret,
+        with: &Renewal,
         lease_until: OffsetDateTime,
     ) -> (Result<TokenResponse, TokenError>, u32) {
         let timeout =
@@ -492,13 +518,21 @@ impl Engine {
         let mut delay = self.policy.backoff;
         loop {
             attempt += 1;
-            let result = oauth::refresh(
-                &self.http,
-                integration,
-                refresh_token,
-                self.policy.upstream_timeout,
-            )
-            .await;
+            let result = match with {
+                Renewal::Refresh(rt) => {
+                    oauth::refresh(&self.http, integration, rt, self.policy.upstream_timeout).await
+                }
+                Renewal::Exchange(renew, at) => {
+                    oauth::renew(
+                        &self.http,
+                        integration,
+                        renew,
+                        at,
+                        self.policy.upstream_timeout,
+                    )
+                    .await
+                }
+            };
             let err = match result {
                 Err(e) if e.is_transient() && attempt < self.policy.max_attempts => e,
                 other => return (other, attempt),
@@ -533,10 +567,20 @@ impl Engine {
         let started = std::time::Instant::now();
         let record = &leased.value;
         let (iname, cid) = (record.integration.as_str(), record.connection.as_str());
-        let Some(refresh_token) = record.tokens.refresh_token.clone() else {
-            // Nothing to refresh with: serve what we have while it lasts.
+        let renewal = match (&record.tokens.refresh_token, &integration.renew) {
+            (Some(rt), _) => Some(Renewal::Refresh(rt.clone())),
+            // An expired token cannot be exchanged (Meta): only a new consent helps.
+            (None, Some(renew)) if record.expires_in(now()) > 0 => Some(Renewal::Exchange(
+                renew.clone(),
+                record.tokens.access_token.clone(),
+            )),
+            (None, _) => None,
+        };
+        let Some(renewal) = renewal else {
+            // Nothing to refresh with: serve what we have while it lasts (for
+            // ever when it does not expire).
             self.release_lease(&leased).await;
-            if record.expires_in(now()) > 0 && !force {
+            if record.expires_in(now()) > 0 && (!force || record.never_expires()) {
                 return Ok(record.clone());
             }
             tracing::warn!(
@@ -548,19 +592,25 @@ impl Engine {
             return Err(RefreshError::ReauthorizationRequired);
         };
         let lease_until = record.lease_until.unwrap_or_else(now);
-        let (outcome, attempts) = self
-            .call_vendor(integration, &refresh_token, lease_until)
-            .await;
+        let (outcome, attempts) = self.call_vendor(integration, &renewal, lease_until).await;
         let now = now();
         let mut next = record.unleased();
         let duration_ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(resp) => {
+                let kept = match renewal {
+                    Renewal::Refresh(rt) => Some(rt),
+                    Renewal::Exchange(..) => None,
+                };
                 next.tokens = TokenSet {
                     access_token: resp.access_token,
-                    refresh_token: resp.refresh_token.or(Some(refresh_token)),
+                    refresh_token: resp.refresh_token.or(kept),
                 };
-                next.expires_at = now.saturating_add(integration.lifetime(resp.expires_in));
+                next.expires_at = now.saturating_add(integration.lifetime_at(
+                    resp.expires_in,
+                    resp.expires_at,
+                    now,
+                ));
                 next.metadata.extend(resp.metadata);
                 if let Some(scope) = resp.scope {
                     next.scope = scope::normalize(&scope);
@@ -582,6 +632,8 @@ impl Engine {
                             "refresh"
                         );
                         self.on_refreshed(record).await;
+                        self.check_grant_end(&next, integration.refresh_token_max)
+                            .await;
                         Ok(next)
                     }
                     Err(StoreError::Conflict) => {

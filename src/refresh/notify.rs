@@ -8,7 +8,10 @@
 //!   so the integration gets one `integration.misconfigured` per breakage,
 //!   not one per call;
 //! - `failing:<integration>:<connection>`: when transient failures began, and
-//!   whether `connection.refresh_failing` was sent; removed by a success.
+//!   whether `connection.refresh_failing` was sent; removed by a success;
+//! - `grant_ending:<integration>:<connection>:<end>`: `connection.refresh_token_expiring`
+//!   was sent for the grant the vendor ends at `<end>` (unix seconds), so one
+//!   event per grant: a new consent moves the end, and with it the key.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +31,17 @@ struct Failing {
 
 fn misconfigured_key(integration: &IntegrationName) -> String {
     format!("misconfigured:{integration}")
+}
+
+fn grant_ending_key(
+    integration: &IntegrationName,
+    connection: &ConnectionId,
+    end: time::OffsetDateTime,
+) -> String {
+    format!(
+        "grant_ending:{integration}:{connection}:{}",
+        end.unix_timestamp()
+    )
 }
 
 fn failing_key(integration: &IntegrationName, connection: &ConnectionId) -> String {
@@ -101,6 +115,9 @@ impl Engine {
                 if p.last_error.is_some() {
                     self.clear_failure_markers(p).await;
                 }
+                if p.grant_ends_at() != record.grant_ends_at() {
+                    self.forget_grant_end(p).await;
+                }
                 // A dead grant (or one that could not be kept alive) works again.
                 let was_dead = matches!(
                     p.status,
@@ -153,6 +170,48 @@ impl Engine {
             self.misconfigured(record, err).await;
         } else {
             self.failing(record, err).await;
+        }
+    }
+
+    /// `connection.refresh_token_expiring`, once per grant: when the vendor
+    /// ends `record`'s grant at a fixed age within the warning window, for the
+    /// process that creates the grant's marker.
+    pub(super) async fn check_grant_end(
+        &self,
+        record: &ConnectionRecord,
+        max: Option<time::Duration>,
+    ) {
+        if self.events.get().is_none() || !record.grant_ending(now(), max) {
+            return;
+        }
+        let Some(end) = record.grant_ends_at() else {
+            return;
+        };
+        let key = grant_ending_key(&record.integration, &record.connection, end);
+        match self.store.marker_put(&key, "{}", None).await {
+            Ok(_) => {
+                self.emit(
+                    EventType::ConnectionRefreshTokenExpiring,
+                    record,
+                    record.status.as_str(),
+                    None,
+                )
+                .await
+            }
+            Err(StoreError::Conflict) => {}
+            Err(e) => tracing::warn!(marker = %key, error = %e, "could not record an event marker"),
+        }
+    }
+
+    /// Forgets the grant-end marker of a grant that is gone (deleted or replaced).
+    pub(super) async fn forget_grant_end(&self, record: &ConnectionRecord) {
+        if let Some(end) = record.grant_ends_at() {
+            self.forget(&grant_ending_key(
+                &record.integration,
+                &record.connection,
+                end,
+            ))
+            .await;
         }
     }
 

@@ -49,6 +49,8 @@ struct AttentionJson<'a> {
     last_error_at: Option<String>,
     refreshed_at: String,
     expires_at: String,
+    /// When the vendor ends the grant whatever its use (`refresh_token_max_days`).
+    grant_ends_at: Option<String>,
 }
 
 /// Every condition with its count (zeros included, so monitors can compare).
@@ -81,6 +83,7 @@ fn json(o: &Overview) -> StatusJson<'_> {
                 last_error_at: a.record.last_error_at.map(rfc3339),
                 refreshed_at: rfc3339(a.record.refreshed_at),
                 expires_at: rfc3339(a.record.expires_at),
+                grant_ends_at: a.record.grant_ends_at().map(rfc3339),
             })
             .collect(),
     }

@@ -86,7 +86,7 @@ fn meaning(c: Condition) -> &'static str {
         Condition::Misconfigured => "The vendor rejects the integration's client credentials: check its client_id, client_secret and client_auth. The connection itself may be fine.",
         Condition::Failing => "The last refresh failed. The broker retries and serves the stored token while it is valid; if this persists, check the vendor.",
         Condition::NoRefreshToken => "The consent returned no refresh token: pipelines get the access token until it expires, then someone must consent again (add offline_access, or Google's prompt=consent).",
-        Condition::RefreshTokenExpiring => "The refresh token has not been used for more than half of the time after which the vendor drops unused ones: check that the refresh timer runs.",
+        Condition::RefreshTokenExpiring => "The refresh token has not been used for more than half of the time after which the vendor drops unused ones (check that the refresh timer runs), or the vendor ends this grant at a fixed age within 30 days (see \u{201c}Grant ends at the vendor\u{201d}): consent again before then.",
         Condition::Unknown => "The stored status is one this version does not know (written by a newer version?). The grant is used as if active.",
         Condition::Active => "Working: the broker keeps the grant fresh.",
     }
@@ -107,9 +107,19 @@ fn card(a: &Assessed, now: OffsetDateTime) -> Html {
     let mut facts = Html::new()
         .markup("<dl>\n<dt>Last refresh</dt><dd>")
         .then(when(r.refreshed_at, now))
-        .markup("</dd>\n<dt>Access token expires</dt><dd>")
-        .then(when(r.expires_at, now))
-        .markup("</dd>\n");
+        .markup("</dd>\n<dt>Access token expires</dt><dd>");
+    facts = if r.never_expires() {
+        facts.markup("never (the vendor's tokens do not expire)")
+    } else {
+        facts.then(when(r.expires_at, now))
+    }
+    .markup("</dd>\n");
+    if let Some(end) = r.grant_ends_at() {
+        facts = facts
+            .markup("<dt>Grant ends at the vendor</dt><dd>")
+            .then(when(end, now))
+            .markup("</dd>\n");
+    }
     if let Some(e) = r.last_error.as_deref() {
         facts = facts
             .markup("<dt>Last error</dt><dd>")

@@ -12,6 +12,7 @@
 //! - [`browser`]: an HTTP-level browser (cookies, forms) and the HTML form parser.
 //! - [`chromium`]: the real browser (Chromium via playwright-core, `browser-consent.mjs`).
 //! - [`app`]: one whole application under test ([`TestApp`]) and the token route's success shape.
+//! - [`vendor_sim`]: many simulated vendors in one server, each behaving as one template documents.
 //! - [`util`]: randomness, ports, paths, query strings, secrets in their encodings.
 //!
 //! The Node fixtures (Azurite, oidc-provider, playwright-core) live beside this crate in
@@ -34,6 +35,7 @@ pub mod oidc;
 pub mod process;
 pub mod test_api;
 pub mod util;
+pub mod vendor_sim;
 
 pub use app::*;
 pub use azurite::*;
