@@ -182,18 +182,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     // Anonymous at the Functions host: the broker authenticates the caller itself.
     .service(
-        web::resource([
-            "/api/proxy/{integration}/{connection}",
-            "/api/proxy/{integration}/{connection}/{path:.*}",
-        ])
-        .wrap(from_fn(proxy::require_credential))
-        .route(web::get().to(proxy::handle))
-        .route(web::head().to(proxy::handle))
-        .route(web::post().to(proxy::handle))
-        .route(web::put().to(proxy::handle))
-        .route(web::patch().to(proxy::handle))
-        .route(web::delete().to(proxy::handle))
-        .default_service(web::to(error::method_not_allowed)),
+        web::resource("/api/proxy/{integration}/{connection}/{path:.*}")
+            .wrap(from_fn(proxy::require_credential))
+            .route(web::get().to(proxy::handle))
+            .route(web::head().to(proxy::handle))
+            .route(web::post().to(proxy::handle))
+            .route(web::put().to(proxy::handle))
+            .route(web::patch().to(proxy::handle))
+            .route(web::delete().to(proxy::handle))
+            .default_service(web::to(error::method_not_allowed)),
     )
     // Anonymous: the broker authenticates the client itself (RFC 6749 §2.3).
     .service(web::resource("/api/oauth2/token").route(web::post().to(oauth2::token)))
