@@ -7,7 +7,15 @@
 // - One user-assigned managed identity for everything: the host's storage (AzureWebJobsStorage__*),
 //   the deployment package container, the broker's table (BROKER_STORAGE__*), Key Vault references
 //   and Application Insights ingestion. The storage account refuses shared keys; Application
-//   Insights refuses instrumentation-key-only ingestion.
+//   Insights refuses instrumentation-key-only ingestion. Least privilege: Storage Blob Data Owner on
+//   the account (the host's keys, timer leases and the package), Storage Table Data Contributor on
+//   the broker's table only, Monitoring Metrics Publisher on the component; Key Vault Secrets User on
+//   each secret it reads (infra/secret-access.bicep, deployed by deploy.sh once the secrets exist),
+//   never on the vault. Data Factory gets Secrets User the same way, on its function key and its
+//   pipeline credentials' secrets only.
+// - Optional private networking (privateNetwork): a virtual network, Flex VNet integration, private
+//   endpoints with private DNS zones for blob, queue, table and Key Vault, and public network access
+//   disabled on the storage account and the vault.
 // - Key Vault (RBAC mode) holds the token encryption keys, the integrations' client secrets and the
 //   function key Azure Data Factory uses; app settings refer to them with @Microsoft.KeyVault(...).
 // - HTTPS only, TLS 1.2 minimum. FTP is not offered on Flex Consumption (and siteConfig.ftpsState is
@@ -72,8 +80,11 @@ param operatorPrincipalId string = ''
 ])
 param operatorPrincipalType string = 'User'
 
-@description('Object id of the Data Factory\'s managed identity: gets Key Vault Secrets User to read the function key. Empty: none.')
-param dataFactoryPrincipalId string = ''
+@description('Private networking: a virtual network with Flex VNet integration, private endpoints and private DNS zones for blob, queue, table and Key Vault, and public network access disabled on the storage account and the vault. Data Factory then needs a managed virtual network with managed private endpoints, or a self-hosted integration runtime, to read its secrets (docs/deploy.md).')
+param privateNetwork bool = false
+
+@description('Address space of the virtual network (privateNetwork); two /24 subnets are carved from its start.')
+param vnetAddressPrefix string = '10.90.0.0/16'
 
 @description('Tags for every resource.')
 param tags object = {}
@@ -95,6 +106,7 @@ var vaultName = take('kv-${prefix}-${suffix}', 24)
 var workspaceName = 'log-${prefix}-broker-${short}'
 var insightsName = 'appi-${prefix}-broker-${short}'
 var deploymentContainerName = 'app-package'
+var vnetName = 'vnet-${prefix}-broker-${short}'
 var vaultUri = 'https://${vaultName}${environment().suffixes.keyvaultDns}'
 var baseUrl = empty(publicUrl) ? 'https://${appName}.azurewebsites.net' : publicUrl
 
@@ -158,6 +170,11 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     allowBlobPublicAccess: false
     allowSharedKeyAccess: false
     defaultToOAuthAuthentication: true
+    publicNetworkAccess: privateNetwork ? 'Disabled' : 'Enabled'
+    networkAcls: {
+      defaultAction: privateNetwork ? 'Deny' : 'Allow'
+      bypass: 'None'
+    }
   }
 }
 
@@ -199,7 +216,11 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     softDeleteRetentionInDays: 90
     // The encryption key can never be purged, even by an owner, while it is in the soft-delete window.
     enablePurgeProtection: true
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: privateNetwork ? 'Disabled' : 'Enabled'
+    networkAcls: {
+      defaultAction: privateNetwork ? 'Deny' : 'Allow'
+      bypass: 'None'
+    }
   }
 }
 
@@ -213,11 +234,20 @@ resource integrationSecretValues 'Microsoft.KeyVault/vaults/secrets@2023-07-01' 
 }]
 
 // ------------------------------------------------------------------------------------------------
-// role assignments (the identity's, and optionally the operator's and Data Factory's)
+// role assignments. Names are guid(scope, principal id, role), as Microsoft advises
+// (role-assignments-template: a re-created identity with the same resource id gets a new principal id
+// and so new assignments, instead of colliding with ones that outlived their principal).
+// Key Vault Secrets User is not here: it is granted per secret (infra/secret-access.bicep).
 
-// Host storage (timer leases and keys in blobs) and the Flex deployment package.
+// Host storage (AzureWebJobsStorage__*: host keys, timer leases and schedule status, all in blobs)
+// and the Flex deployment package: Storage Blob Data Owner, the role the Functions docs name for an
+// identity-based AzureWebJobsStorage (functions-reference, "Connecting to host storage with an
+// identity"). Not granted, because nothing here needs them: Storage Queue Data Contributor (blob and
+// queue triggers only; the Flex samples' rbac.bicep leaves it off by default) and Storage Table Data
+// Contributor on the account (the host's optional diagnostic-event tables, AZFD0003; the broker's
+// own table has its role below).
 resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, identity.id, roles.storageBlobDataOwner)
+  name: guid(storage.id, identity.properties.principalId, roles.storageBlobDataOwner)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
@@ -226,10 +256,11 @@ resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// The broker's table (and the host's diagnostic-event tables in the same, dedicated account).
+// The broker's table, and only it (…/tableServices/default/tables/<name>; Azure RBAC scopes for
+// Table Storage go down to a single table: storage/tables/assign-azure-role-data-access).
 resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, identity.id, roles.storageTableDataContributor)
-  scope: storage
+  name: guid(table.id, identity.properties.principalId, roles.storageTableDataContributor)
+  scope: table
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
     principalId: identity.properties.principalId
@@ -237,20 +268,9 @@ resource tableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
-// Key Vault references in app settings.
-resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(vault.id, identity.id, roles.keyVaultSecretsUser)
-  scope: vault
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
-    principalId: identity.properties.principalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
 // Application Insights ingestion with Entra ID (local auth is off).
 resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(insights.id, identity.id, roles.monitoringMetricsPublisher)
+  name: guid(insights.id, identity.properties.principalId, roles.monitoringMetricsPublisher)
   scope: insights
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
@@ -259,6 +279,8 @@ resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
+// The operator (the person or pipeline running deploy.sh): creates, reads and rotates the encryption
+// key and stores the function key and pipeline credentials, so Secrets Officer on the vault.
 resource operatorSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
   name: guid(vault.id, operatorPrincipalId, roles.keyVaultSecretsOfficer)
   scope: vault
@@ -269,15 +291,141 @@ resource operatorSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04
   }
 }
 
-resource dataFactorySecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(dataFactoryPrincipalId)) {
-  name: guid(vault.id, dataFactoryPrincipalId, roles.keyVaultSecretsUser)
-  scope: vault
+// ------------------------------------------------------------------------------------------------
+// optional private networking: a virtual network with a subnet for Flex VNet integration (delegated
+// to Microsoft.App/environments, the delegation Flex Consumption requires: flex-consumption-how-to,
+// and azure-cli's FLEX_SUBNET_DELEGATION) and one for private endpoints; a private endpoint and a
+// private DNS zone (linked to the network) per storage service the host and the broker use and for
+// Key Vault (private-endpoint-dns: privatelink.<service>.core.windows.net,
+// privatelink.vaultcore.azure.net).
+
+// Empty without privateNetwork: the loops below then deploy nothing.
+var privateLinks = privateNetwork ? [
+  {
+    name: 'blob'
+    groupId: 'blob'
+    zone: 'privatelink.blob.${environment().suffixes.storage}'
+    target: storage.id
+  }
+  {
+    name: 'queue'
+    groupId: 'queue'
+    zone: 'privatelink.queue.${environment().suffixes.storage}'
+    target: storage.id
+  }
+  {
+    name: 'table'
+    groupId: 'table'
+    zone: 'privatelink.table.${environment().suffixes.storage}'
+    target: storage.id
+  }
+  {
+    name: 'vault'
+    groupId: 'vault'
+    zone: 'privatelink${replace(environment().suffixes.keyvaultDns, '.vault.', '.vaultcore.')}'
+    target: vault.id
+  }
+] : []
+var appSubnetName = 'snet-app'
+var endpointSubnetName = 'snet-private-endpoints'
+
+resource vnet 'Microsoft.Network/virtualNetworks@2024-07-01' = if (privateNetwork) {
+  name: vnetName
+  location: location
+  tags: tags
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
-    principalId: dataFactoryPrincipalId
-    principalType: 'ServicePrincipal'
+    addressSpace: {
+      addressPrefixes: [
+        vnetAddressPrefix
+      ]
+    }
+    subnets: [
+      {
+        name: appSubnetName
+        properties: {
+          addressPrefix: cidrSubnet(vnetAddressPrefix, 24, 0)
+          delegations: [
+            {
+              name: 'flex'
+              properties: {
+                serviceName: 'Microsoft.App/environments'
+              }
+            }
+          ]
+        }
+      }
+      {
+        name: endpointSubnetName
+        properties: {
+          addressPrefix: cidrSubnet(vnetAddressPrefix, 24, 1)
+          privateEndpointNetworkPolicies: 'Disabled'
+        }
+      }
+    ]
   }
 }
+
+resource dnsZones 'Microsoft.Network/privateDnsZones@2024-06-01' = [for link in privateLinks: {
+  name: link.zone
+  location: 'global'
+  tags: tags
+}]
+
+resource dnsLinks 'Microsoft.Network/privateDnsZones/virtualNetworkLinks@2024-06-01' = [for (link, i) in privateLinks: {
+  parent: dnsZones[i]
+  name: vnetName
+  location: 'global'
+  tags: tags
+  properties: {
+    virtualNetwork: {
+      id: resourceId('Microsoft.Network/virtualNetworks', vnetName)
+    }
+    registrationEnabled: false
+  }
+  dependsOn: [
+    vnet
+  ]
+}]
+
+resource endpoints 'Microsoft.Network/privateEndpoints@2024-07-01' = [for link in privateLinks: {
+  name: 'pe-${prefix}-${link.name}-${short}'
+  location: location
+  tags: tags
+  properties: {
+    subnet: {
+      id: resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, endpointSubnetName)
+    }
+    privateLinkServiceConnections: [
+      {
+        name: link.name
+        properties: {
+          privateLinkServiceId: link.target
+          groupIds: [
+            link.groupId
+          ]
+        }
+      }
+    ]
+  }
+  dependsOn: [
+    vnet
+  ]
+}]
+
+resource endpointDns 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-07-01' = [for (link, i) in privateLinks: {
+  parent: endpoints[i]
+  name: 'default'
+  properties: {
+    privateDnsZoneConfigs: [
+      {
+        name: link.name
+        properties: {
+          privateDnsZoneId: dnsZones[i].id
+        }
+      }
+    ]
+  }
+}]
 
 // ------------------------------------------------------------------------------------------------
 // the function app
@@ -380,6 +528,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    // Flex VNet integration (privateNetwork): outbound traffic, Key Vault references included, goes
+    // through the delegated subnet and resolves the private DNS zones.
+    virtualNetworkSubnetId: privateNetwork ? resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, appSubnetName) : null
     keyVaultReferenceIdentity: identity.id
     functionAppConfig: {
       deployment: {
@@ -408,17 +559,19 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
       appSettings: concat(brokerSettings, integrationSettingList, integrationSecretSettingList)
     }
   }
-  // The app's first start resolves its @Microsoft.KeyVault(...) settings: the secrets and the role
-  // that reads them exist first. (broker-encryption-keys is created by deploy.sh before the code is
-  // uploaded; on Flex nothing runs before that.)
+  // The app's first start resolves its @Microsoft.KeyVault(...) settings: the secrets exist first,
+  // and deploy.sh grants the identity Secrets User on each of them (infra/secret-access.bicep) before
+  // it uploads the code; on Flex nothing runs before that. With privateNetwork, the endpoints and
+  // their DNS exist before the app starts reaching storage and the vault through them.
   dependsOn: [
     deploymentContainer
     table
     blobOwner
     tableContributor
-    secretsUser
     metricsPublisher
     integrationSecretValues
+    endpointDns
+    dnsLinks
   ]
 }
 
@@ -461,3 +614,4 @@ output storageAccountName string = storage.name
 output tableName string = table.name
 output identityClientId string = identity.properties.clientId
 output identityPrincipalId string = identity.properties.principalId
+output privateNetwork bool = privateNetwork

@@ -39,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checklib import check, failures  # noqa: E402
 from check_alerts import check_alerts  # noqa: E402
+from check_least_privilege import check_least_privilege  # noqa: E402
 
 
 def rel(path):
@@ -269,9 +270,9 @@ def check_main_template(doc, read):
         principal = property_path(rprops["principalId"])
         granted.add((role, ra.get("scope"), principal.split(".")[0]))
     identity = next(iter(resources_of(doc, "Microsoft.ManagedIdentity/userAssignedIdentities")), None)
+    # Key Vault Secrets User is granted per secret by infra/secret-access.bicep (check_least_privilege).
     for role, scope in (("b7e6dc6d-f1e8-4753-8033-0f276bb0955b", next(iter(storages), None)),
-                        ("0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3", next(iter(storages), None)),
-                        ("4633458b-17de-408a-b874-0445c86b69e6", next(iter(vaults), None))):
+                        ("0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3", next(iter(tables), None))):
         check((role, scope, identity) in granted, f"the app's identity has {ROLE_IDS[role]} on {scope}")
     return doc
 
@@ -310,15 +311,32 @@ ARM_MODELS = {
         ("azure.mgmt.web.v2024_04_01.models", "Site", "Site"),
     ("Microsoft.Web/sites/basicPublishingCredentialsPolicies", "2024-04-01"):
         ("azure.mgmt.web.v2024_04_01.models", "CsmPublishingCredentialsPoliciesEntity", "CsmPublishingCredentialsPoliciesEntity"),
+    # --private-network (azure-mgmt-network 29.0.0: 2024-07-01; azure-mgmt-privatedns 1.2.0: 2024-06-01).
+    ("Microsoft.Network/virtualNetworks", "2024-07-01"):
+        ("azure.mgmt.network.models", "VirtualNetwork", "VirtualNetwork"),
+    ("Microsoft.Network/privateEndpoints", "2024-07-01"):
+        ("azure.mgmt.network.models", "PrivateEndpoint", "PrivateEndpoint"),
+    ("Microsoft.Network/privateEndpoints/privateDnsZoneGroups", "2024-07-01"):
+        ("azure.mgmt.network.models", "PrivateDnsZoneGroup", "PrivateDnsZoneGroup"),
+    ("Microsoft.Network/privateDnsZones", "2024-06-01"):
+        ("azure.mgmt.privatedns.models", "PrivateZone", "PrivateZone"),
+    ("Microsoft.Network/privateDnsZones/virtualNetworkLinks", "2024-06-01"):
+        ("azure.mgmt.privatedns.models", "VirtualNetworkLink", "VirtualNetworkLink"),
 }
 
 # SDKs generated for one API version: the version their client sends must be the template's.
-SINGLE_API_SDKS = {"azure.mgmt.loganalytics.models": "azure.mgmt.loganalytics._configuration"}
+SINGLE_API_SDKS = {"azure.mgmt.loganalytics.models": "azure.mgmt.loganalytics._configuration",
+                   "azure.mgmt.privatedns.models": "azure.mgmt.privatedns._configuration",
+                   # azure-mgmt-network names the version in each operation: the version (nearly) all send.
+                   "azure.mgmt.network.models": "azure.mgmt.network.operations._operations"}
 
 # Types that resourceId()/subscriptionResourceId() name without the template declaring them: Azure's,
 # each with the SDK model that defines it.
 REFERENCED_AZURE_TYPES = {
     "Microsoft.Authorization/roleDefinitions": ("azure.mgmt.authorization.v2022_04_01.models", "RoleDefinition"),
+    # The subnets main.bicep declares inside its virtual network (privateNetwork).
+    "Microsoft.Network/virtualNetworks/subnets": ("azure.mgmt.network.models", "Subnet"),
+    "Microsoft.Network/virtualNetworks": ("azure.mgmt.network.models", "VirtualNetwork"),
 }
 
 RESOURCE_ID_FUNCTIONS = {"resource_id", "subscription_resource_id", "extension_resource_id",
@@ -383,7 +401,7 @@ def resource_id_types(node, out):
             resource_id_types(v, out)
 
 
-def check_against_models(doc):
+def check_against_models(doc, reads=True):
     import arm_models
 
     modules = {}
@@ -401,8 +419,15 @@ def check_against_models(doc):
         versions = {v for (_t, v), (m, _w, _r) in ARM_MODELS.items() if m == module}
         text = open(importlib.import_module(config).__file__, encoding="utf-8").read()
         sent = re.findall(r'kwargs\.pop\("api_version", "([^"]+)"\)', text)
+        if not sent:
+            # Operation-level versions (azure-mgmt-network): the one nearly every operation sends.
+            import collections
+
+            counts = collections.Counter(re.findall(r'_params\.pop\("api-version", "([^"]+)"\)', text))
+            top, n = counts.most_common(1)[0] if counts else (None, 0)
+            sent = [top] if n > 0.95 * sum(counts.values()) else sorted(counts)
         check(set(sent) == versions and len(versions) == 1,
-              f"{module.rsplit('.', 1)[0]} sends api-version {sent}, the template's {sorted(versions)}")
+              f"{module.rsplit('.', 1)[0]} sends api-version {sorted(set(sent))}, the template's {sorted(versions)}")
 
     # Self-test: the checker itself rejects what ARM would (so a pass below means something).
     web = models_of("azure.mgmt.web.v2024_04_01.models")
@@ -459,7 +484,7 @@ def check_against_models(doc):
         arm_models.check_read(models, models.cls(entry[2]), steps, path, errors)
         read_checks += 1
         check(not errors, f"the template reads {path}, which {entry[2]} has" + "".join(f"\n       {e}" for e in errors))
-    check(read_checks > 0, "the template's reads of resource properties were found and checked")
+    check(read_checks > 0 or not reads, "the template's reads of resource properties were found and checked")
 
     # resourceId()/subscriptionResourceId() name declared types or Azure's own.
     types = []
@@ -493,13 +518,13 @@ def check_flex_and_key_safety(doc):
         secret_resources = set(resources_of(doc, "Microsoft.KeyVault/vaults/secrets"))
         check(secret_resources <= depends,
               f"{name} depends on every Key Vault secret it refers to ({sorted(secret_resources - depends)} missing)")
-        roles_var = doc.get("variables", {}).get("roles", {}).get("value", {})
-        readers = []
-        for rname, ra in resources_of(doc, "Microsoft.Authorization/roleAssignments").items():
-            ref = ra["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
-            if roles_var.get(property_path(ref).split(".")[-1]) == "4633458b-17de-408a-b874-0445c86b69e6":
-                readers.append(rname)
-        check(any(r in depends for r in readers), f"{name} depends on its Key Vault Secrets User role assignment")
+        # The app's Key Vault references need Secrets User on each secret before the code starts:
+        # deploy.sh grants it (secret-access.bicep) after the key exists and before the upload.
+        deploy = open(os.path.join(ROOT, "infra", "deploy.sh"), encoding="utf-8").read()
+        grant = deploy.find('grant_secret_reads broker "$identity_principal"')
+        upload = deploy.find("/api/publish?")
+        check(0 < grant < upload and deploy.find("put_secret \"$vault\" \"$encryption_secret\"") < grant,
+              f"deploy.sh grants {name}'s identity Secrets User on its secrets after creating the key and before the upload")
     policies = resources_of(doc, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
     check(any(p.get("name") == "scm" and p.get("properties", {}).get("allow") is False for p in policies.values()),
           "SCM basic-auth publishing credentials are off (basicPublishingCredentialsPolicies 'scm', allow: false)")
@@ -634,9 +659,12 @@ def check_adf(template_doc):
               f"{name}: the broker serves oauth2/token, takes POST and is anonymous (clients authenticate themselves)")
         secret = tp.get("clientSecret", {})
         check(secret.get("type") == "AzureKeyVaultSecret"
-              and "broker-cred-" in json.dumps(secret.get("secretName")),
-              f"{name}.clientSecret comes from Key Vault (broker-cred-<integration>-<connection>)")
-        check("broker-cred-" in deploy, f"deploy.sh stores pipeline credentials as broker-cred-* (as {name} reads them)")
+              and expression_text(secret.get("secretName")) == "@linkedService().credentialSecretName",
+              f"{name}.clientSecret is the Key Vault secret its credentialSecretName parameter names "
+              "(the name infra/names.py computes; ADF expressions cannot)")
+        check("__DEFAULT_CREDENTIAL_SECRET__" in json.dumps(kinds["pipeline"])
+              and "python3 infra/names.py credential-secret" in deploy,
+              f"deploy.sh renders infra/names.py's secret name into the pipeline that uses {name}")
     via_broker_datasets = {n for n, d in kinds["dataset"].items()
                            if d["properties"].get("linkedServiceName", {}).get("referenceName") in broker_token_services}
 
@@ -751,8 +779,12 @@ def main():
         check_main_template(main_doc, read)
         check_flex_and_key_safety(main_doc)
         check_against_models(main_doc)
+    access_doc = parsed.get(os.path.join(ROOT, "infra", "secret-access.bicep"))
+    if check(access_doc is not None, "infra/secret-access.bicep parsed"):
+        check_against_models(access_doc, reads=False)
     check_adf(main_doc)
     check_alerts(parsed, ROOT)
+    check_least_privilege(ROOT)
     check_shell()
     print(f"\n{len(failures)} failure(s)" if failures else "\ninfra OK")
     return 1 if failures else 0

@@ -125,6 +125,58 @@ fn host_json_configures_the_custom_handler() {
     );
 }
 
+/// The level the host logs a category at: the longest configured prefix wins, else `default`
+/// (host.json `logging.logLevel`).
+fn host_log_level(host: &Value, category: &str) -> String {
+    let levels = host["logging"]["logLevel"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut best: Option<(usize, String)> = None;
+    for (prefix, level) in &levels {
+        let matches = prefix != "default"
+            && (category == prefix || category.starts_with(&format!("{prefix}.")));
+        if matches && best.as_ref().is_none_or(|(len, _)| prefix.len() > *len) {
+            best = Some((prefix.len(), level.as_str().unwrap_or("").to_owned()));
+        }
+    }
+    best.map(|(_, l)| l).unwrap_or_else(|| {
+        levels
+            .get("default")
+            .and_then(Value::as_str)
+            .unwrap_or("Information")
+            .to_owned()
+    })
+}
+
+#[test]
+fn host_json_keeps_the_broker_lines_and_drops_per_invocation_host_traces() {
+    // The broker's stdout lines are the host's category Host.Function.Console, at Information; the
+    // alert (tests/api/alert_query.rs, infra/alerts.bicep) reads them from `traces`.
+    let host = read_json("host.json");
+    assert_eq!(
+        host_log_level(&host, "Host.Function.Console"),
+        "Information",
+        "{host}"
+    );
+    // "Executing/Executed 'Functions.token'" per invocation: not ingested.
+    for category in [
+        "Function.token",
+        "Function.token-post",
+        "Function.refresh-timer",
+    ] {
+        let level = host_log_level(&host, category);
+        assert!(
+            ["Warning", "Error", "Critical", "None"].contains(&level.as_str()),
+            "{category} is logged at {level}: {host}"
+        );
+    }
+    let excluded = host["logging"]["applicationInsights"]["samplingSettings"]["excludedTypes"]
+        .as_str()
+        .unwrap_or("");
+    assert!(excluded.split(';').any(|t| t.trim() == "Trace"), "{host}");
+}
+
 #[test]
 fn local_settings_sample_sets_the_runtime_storage_and_schedule() {
     let settings = read_json("local.settings.sample.json");

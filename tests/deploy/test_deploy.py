@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """infra/deploy.sh end to end against recording fakes of the Azure CLI, curl and sleep
 (tests/deploy/fake_cli.py): a first deployment, re-runs, a re-run after a failed deployment, a
-soft-deleted vault, a vault whose key cannot be read, a package upload refused twice with 403, the
-redacted answers of `az functionapp keys`, a region without Flex Consumption and a CLI that is too old.
+soft-deleted vault, a vault whose key cannot be read, a package upload refused twice with 403, an
+upload whose deployment fails, a re-run whose deployment stays in progress, the redacted answers of
+`az functionapp keys`, a subscription without the resource providers registered, a deployer without
+subscription rights, user / service-principal / managed-identity logins, transient Key Vault errors,
+a connection id with '.' and '_', Data Factory, private networking, a region without Flex
+Consumption and a CLI that is too old.
 
 Every scenario asserts from the recorded calls: the encryption key secret is written once in the
-vault's life and never again; the function key stored in Key Vault is the one set on the app and is
-not empty; no secret (encryption key, function key, client secret, access token) is on any recorded
-command line or in the script's output; the health wait runs only after a successful upload.
+vault's life and never again; the function key stored in Key Vault is the one set on the token
+functions (and is no host key); Key Vault Secrets User is granted only on single secrets; no secret
+(encryption key, function key, host key, client secret, access token, consent link) is on any
+recorded command line or in the script's output; the health wait runs only after a successful upload.
 
 Usage: python3 tests/deploy/test_deploy.py [-v]
 """
@@ -22,6 +27,16 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "infra"))
+from names import credential_secret_name  # noqa: E402
+
+ALL_PROVIDERS = ["Microsoft.Web", "Microsoft.Storage", "Microsoft.KeyVault", "Microsoft.ManagedIdentity",
+                 "Microsoft.OperationalInsights", "Microsoft.Insights", "Microsoft.Network", "Microsoft.App",
+                 "Microsoft.DataFactory"]
+OID = "11111111-2222-4333-8444-555555555555"
+IDENTITY = "99999999-8888-4777-8666-555555555555"
+ADF_PRINCIPAL = "aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee"
+SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 CLIENT_SECRET = "acme-client-secret-Jx7Pq2Lm9Wv4"
 PREFIX = "demo"
 RG = "rg-broker"
@@ -47,6 +62,12 @@ def initial_state(**overrides):
         "uploaded": False,
         "publish": [],
         "health": [],
+        "login": "user",
+        "oid": OID,
+        "identity_principal": IDENTITY,
+        "providers": {ns: "Registered" for ns in ALL_PROVIDERS},
+        "role_assignments": [],
+        "factories": [{"rg": "rg-adf", "name": "adf-acme", "principal": ADF_PRINCIPAL}],
     }
     state.update(overrides)
     return state
@@ -87,7 +108,7 @@ class Env:
         with open(self.log_file) as f:
             return [json.loads(line) for line in f]
 
-    def run(self, *extra, location="westeurope", extra_env=None, from_parent=False):
+    def run(self, *extra, location="westeurope", extra_env=None, from_parent=False, timeout=120):
         start = len(self.calls())
         env = dict(os.environ, **(extra_env or {}))
         env.update({
@@ -102,7 +123,7 @@ class Env:
         args = ["bash", f"{at}infra/deploy.sh", "-g", RG, "-l", location, "-p", PREFIX,
                 "--integrations", f"{at}integrations.json", "--package", f"{at}broker.zip", *extra]
         r = subprocess.run(args, cwd=self.dir if from_parent else self.repo, env=env, capture_output=True,
-                           text=True, timeout=120)
+                           text=True, timeout=timeout)
         self.outputs.append(r.stdout + r.stderr)
         return r, self.calls()[start:]
 
@@ -112,6 +133,10 @@ class Env:
 
 def az_calls(calls, *prefix):
     return [c for c in calls if c["tool"] == "az" and c["argv"][:len(prefix)] == list(prefix)]
+
+
+def opt_of(argv, name):
+    return argv[argv.index(name) + 1] if name in argv else None
 
 
 def secret_puts(calls, name):
@@ -146,8 +171,22 @@ class DeployTest(unittest.TestCase):
             if "broker-function-key" in v["secrets"]:
                 stored = v["secrets"]["broker-function-key"][-1]
                 self.assertTrue(stored, "the function key in Key Vault is empty")
-                self.assertEqual(stored, s["app"]["keys"].get("adf"), "Key Vault and the app disagree on the function key")
-        secrets_known = [CLIENT_SECRET, *s["tokens"], *s["app"]["keys"].values(),
+                for fn in ("token", "token-post"):
+                    self.assertEqual(stored, s["app"].get("function_keys", {}).get(fn, {}).get("adf"),
+                                     f"Key Vault and the function {fn} disagree on Data Factory's key")
+                self.assertNotIn(stored, s["app"]["keys"].values(), "Data Factory's key is a host key (it opens every function)")
+                self.assertNotIn("adf", s["app"]["keys"], "a host key adf is left (it opens every function)")
+                others = [fn for fn, keys in s["app"].get("function_keys", {}).items()
+                          if fn not in ("token", "token-post") and stored in keys.values()]
+                self.assertEqual(others, [], "Data Factory's key opens a function other than the token functions")
+        # Key Vault Secrets User only ever on single secrets (…/vaults/<v>/secrets/<name>).
+        for ra in s["role_assignments"]:
+            if ra["role"] == SECRETS_USER:
+                self.assertRegex(ra["scope"], r"/providers/Microsoft\.KeyVault/vaults/[^/]+/secrets/[^/]+$",
+                                 f"Key Vault Secrets User at a scope wider than a secret: {ra}")
+        secrets_known = [CLIENT_SECRET, *s["tokens"], *s["app"]["keys"].values(), s["app"].get("master_key"),
+                         *[k for keys in s["app"].get("function_keys", {}).values() for k in keys.values()],
+                         *s.get("consent_links", []),
                          *[c["client_secret"] for c in s.get("credentials", [])]]
         for v in list(s["vaults"].values()) + list(s["deleted_vaults"].values()):
             for name, values in v["secrets"].items():
@@ -169,6 +208,16 @@ class DeployTest(unittest.TestCase):
                 self.assertTrue(seen_upload, "the health wait ran before an upload")
         for c in az_calls(calls, "functionapp", "keys"):
             self.fail(f"deploy.sh relies on az functionapp keys, whose values are redacted: {c['argv']}")
+        for c in az_calls(calls, "ad"):
+            self.fail(f"deploy.sh calls Microsoft Graph (empty under a managed-identity login): {c['argv']}")
+        self.assertEqual(s.get("admin_refused", []), [], "an admin route was called without a host key")
+
+    def consent_file(self):
+        return os.path.join(self.env.repo, "dist", "consent-links.txt")
+
+    def consent_links(self):
+        with open(self.consent_file()) as f:
+            return f.read()
 
     def assert_success(self, r):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -196,18 +245,33 @@ class DeployTest(unittest.TestCase):
         self.assertLess(deployed, key_written)
         self.assertLess(key_written, uploaded, "the key exists before the code can start")
         self.assertGreaterEqual(env.state()["app"]["settings_sets"], 1)
-        # The function key: generated, set on the app through ARM, stored in Key Vault.
-        adf = env.state()["app"]["keys"]["adf"]
+        # The function key: generated, set on the token functions through ARM, stored in Key Vault.
+        adf = env.state()["app"]["function_keys"]["token"]["adf"]
         self.assertGreaterEqual(len(adf), 43)
         self.assertEqual(v["secrets"]["broker-function-key"], [adf])
-        # The region was checked; the upload went to One Deploy once; the consent link is keyless.
+        self.assertEqual(sorted(env.state()["app"]["function_keys"]), ["token", "token-post"])
+        # The region was checked; the upload went to One Deploy once; the consent link is keyless and
+        # in a file only its owner can read, not in the output.
         self.assertEqual(len(az_calls(calls, "functionapp", "list-flexconsumption-locations")), 1)
         self.assertEqual(env.state()["publish"], [202])
         out = r.stdout
-        self.assertIn("acme: https://", out)
-        self.assertIn("/api/auth/start/acme?link=cl_", out)
-        self.assertNotIn("code=", out)
+        self.assertIn(self.consent_file(), out)
+        self.assertNotIn("/api/auth/start/", out + r.stderr)
+        self.assertEqual(os.stat(self.consent_file()).st_mode & 0o777, 0o600)
+        self.assertIn("acme/default: https://", self.consent_links())
+        self.assertIn("/api/auth/start/acme?link=cl_", self.consent_links())
+        self.assertNotIn("code=", self.consent_links())
         self.assertIn(f"kv-{PREFIX}-", out)
+        # The app's identity may read exactly the encryption key and the client secret, each on its own.
+        access = env.state()["access_deployments"]
+        self.assertEqual([(a["principal"], sorted(a["secrets"])) for a in access],
+                         [(IDENTITY, ["acme-client-secret", "broker-encryption-keys"])])
+        granted = calls.index(az_calls(calls, "deployment", "group", "create")[1])
+        self.assertLess(key_written, granted)
+        self.assertLess(granted, uploaded, "the identity may read its secrets before the code starts")
+        # The deployer's object id came from its token, as a User.
+        self.assertEqual(env.state()["deployments"][0]["operatorPrincipalId"], OID)
+        self.assertEqual(env.state()["deployments"][0]["operatorPrincipalType"], "User")
 
     def test_a_pipeline_credential_per_connection_is_stored_in_key_vault_once(self):
         env = self.start()
@@ -216,8 +280,9 @@ class DeployTest(unittest.TestCase):
         creds = env.state()["credentials"]
         self.assertEqual([(c["integration"], c["connection"]) for c in creds], [("acme", "acme-eu")])
         _, v = self.vault()
-        self.assertEqual(v["secrets"]["broker-cred-acme-acme-eu"], [creds[0]["client_secret"]])
-        self.assertIn(f"client id {creds[0]['client_id']}, secret broker-cred-acme-acme-eu (new)", r.stdout)
+        name = credential_secret_name("acme", "acme-eu")
+        self.assertEqual(v["secrets"][name], [creds[0]["client_secret"]])
+        self.assertIn(f"client id {creds[0]['client_id']}, secret {name} (new)", r.stdout)
         posts = [c for c in calls if c["tool"] == "curl" and c["argv"][-1].endswith("/api/connections/acme/acme-eu/credentials")]
         self.assertEqual(len(posts), 1)
         # A re-run keeps the credential: no new one, the same secret in Key Vault, the client id shown.
@@ -225,8 +290,8 @@ class DeployTest(unittest.TestCase):
         self.assert_success(r)
         self.assertEqual(len(env.state()["credentials"]), 1)
         _, v = self.vault()
-        self.assertEqual(v["secrets"]["broker-cred-acme-acme-eu"], [creds[0]["client_secret"]])
-        self.assertIn(f"client id {creds[0]['client_id']}, secret broker-cred-acme-acme-eu (kept)", r.stdout)
+        self.assertEqual(v["secrets"][name], [creds[0]["client_secret"]])
+        self.assertIn(f"client id {creds[0]['client_id']}, secret {name} (kept)", r.stdout)
         self.assertFalse([c for c in calls if c["tool"] == "curl" and c["argv"][-1].endswith("/credentials")])
 
     def test_rerun_keeps_the_key_and_the_function_key(self):
@@ -234,14 +299,14 @@ class DeployTest(unittest.TestCase):
         r, _ = env.run()
         self.assert_success(r)
         _, v = self.vault()
-        key, adf = v["secrets"]["broker-encryption-keys"][:], env.state()["app"]["keys"]["adf"]
+        key, adf = v["secrets"]["broker-encryption-keys"][:], env.state()["app"]["function_keys"]["token"]["adf"]
         r, calls = env.run()
         self.assert_success(r)
         _, v = self.vault()
         self.assertEqual(v["secrets"]["broker-encryption-keys"], key)
         self.assertEqual(secret_puts(calls, "broker-encryption-keys"), [])
         self.assertEqual(secret_puts(calls, "broker-function-key"), [], "a re-run keeps the function key")
-        self.assertEqual(env.state()["app"]["keys"]["adf"], adf)
+        self.assertEqual(env.state()["app"]["function_keys"]["token"]["adf"], adf)
         self.assertIn("keeping the encryption keys", r.stderr)
         # The key's readability was checked without printing it.
         shows = az_calls(calls, "keyvault", "secret", "show")
@@ -375,25 +440,32 @@ class DeployTest(unittest.TestCase):
         self.assertLessEqual(waited, 600)
         self.assertGreaterEqual(waited, 400)
 
-    def test_redacted_function_keys_do_not_matter(self):
-        # Even with an "adf" key already on the app (whose value az can no longer show), the key in
-        # Key Vault is the one deploy.sh set.
+    def test_redacted_function_keys_and_an_old_host_key_adf(self):
+        # An app deployed by an earlier version has a host key "adf" (whose value az can no longer
+        # show, and which opens every function): it is deleted, and Data Factory's key is a function
+        # key on the token functions, the one in Key Vault.
         env = self.start(app={"keys": {"adf": "an-old-key-nobody-knows-9Fq2"}, "settings_sets": 0})
         r, calls = env.run()
         self.assert_success(r)
         _, v = self.vault()
-        self.assertEqual(v["secrets"]["broker-function-key"][-1], env.state()["app"]["keys"]["adf"])
-        self.assertNotEqual(env.state()["app"]["keys"]["adf"], "an-old-key-nobody-knows-9Fq2")
-        key_puts = [c for c in az_calls(calls, "rest") if "/host/default/functionKeys/adf?" in " ".join(c["argv"])]
-        self.assertEqual(len(key_puts), 1)
-        self.assertTrue(any(a.startswith("@") for a in key_puts[0]["argv"]), "the key goes in a body file")
+        app = env.state()["app"]
+        self.assertNotIn("adf", app["keys"])
+        self.assertEqual(v["secrets"]["broker-function-key"][-1], app["function_keys"]["token"]["adf"])
+        self.assertEqual(v["secrets"]["broker-function-key"][-1], app["function_keys"]["token-post"]["adf"])
+        key_puts = [c for c in az_calls(calls, "rest") if "/keys/adf?" in " ".join(c["argv"])]
+        self.assertEqual(sorted(next(a for a in c["argv"] if "/functions/" in a).split("/functions/")[1].split("/")[0]
+                                for c in key_puts), ["token", "token-post"])
+        self.assertTrue(all(any(a.startswith("@") for a in c["argv"]) for c in key_puts), "the key goes in a body file")
+        deletes = [c for c in az_calls(calls, "rest") if "delete" in c["argv"]]
+        self.assertEqual(len(deletes), 1)
+        self.assertIn("/host/default/functionKeys/adf?", " ".join(deletes[0]["argv"]))
 
     def test_files_are_relative_to_where_the_script_was_started(self):
         env = self.start()
         r, _ = env.run(from_parent=True)
         self.assert_success(r)
         self.assertEqual(env.state()["publish"], [202])
-        self.assertIn("acme: https://", r.stdout)
+        self.assertIn("acme/default: https://", self.consent_links())
 
     def test_a_region_given_by_display_name_is_recognised(self):
         env = self.start()
@@ -429,10 +501,233 @@ class DeployTest(unittest.TestCase):
         r, _ = env.run()
         self.assert_success(r)
         self.assertEqual(env.state()["deployments"][-1]["alertEmail"], "", "no alerts unless asked")
+        self.assertFalse(env.state()["deployments"][-1]["privateNetwork"], "no private network unless asked")
         r, calls = env.run("--alert-email", "not an address")
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("--alert-email must be an e-mail address", r.stderr)
         self.assertEqual(az_calls(calls, "deployment", "group", "create"), [])
+
+    # -- first-run and re-run traps (issue 19) ------------------------------------------------------
+
+    def test_a_new_subscription_gets_the_providers_it_needs_registered_first(self):
+        # Nothing registered: az functionapp list-flexconsumption-locations and az keyvault
+        # list-deleted would fail (MissingSubscriptionRegistration) before any deployment.
+        env = self.start(providers={})
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme")
+        self.assert_success(r)
+        registers = az_calls(calls, "provider", "register")
+        self.assertTrue(all("--wait" in c["argv"] for c in registers), "registration is waited for")
+        registered = [opt_of(c["argv"], "-n") for c in registers]
+        self.assertEqual(sorted(registered), sorted(["Microsoft.Web", "Microsoft.Storage", "Microsoft.KeyVault",
+                                                     "Microsoft.ManagedIdentity", "Microsoft.OperationalInsights",
+                                                     "Microsoft.Insights", "Microsoft.DataFactory"]))
+        first_command = calls.index(az_calls(calls, "functionapp", "list-flexconsumption-locations")[0])
+        self.assertLess(max(calls.index(c) for c in registers), first_command)
+        # A re-run registers nothing.
+        r, calls = env.run()
+        self.assert_success(r)
+        self.assertEqual(az_calls(calls, "provider", "register"), [])
+
+    def test_a_deployer_without_subscription_rights_is_told_which_permission_is_missing(self):
+        # Providers not registered and no right to register them: stop before creating anything.
+        env = self.start(providers={"Microsoft.Web": "Registered"}, subscription_rights=False)
+        r, calls = env.run()
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("Microsoft.Storage/register/action", r.stderr)
+        self.assertIn("az provider register -n Microsoft.Storage --wait", r.stderr)
+        self.assertEqual(az_calls(calls, "group", "create"), [])
+        self.env.close()
+        # Providers registered, rights on the resource group only: the soft-deleted vault lookup
+        # fails, and the script stops naming the permission instead of colliding with a
+        # purge-protected name later.
+        env = self.start(subscription_rights=False)
+        r, calls = env.run()
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("Microsoft.KeyVault/locations/deletedVaults/read", r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
+        self.assertEqual(az_calls(calls, "deployment", "group", "create"), [])
+        self.assertEqual(env.state()["secret_writes"], {})
+        self.assert_invariants()
+
+    def test_an_upload_whose_deployment_fails_stops_with_its_status_and_log(self):
+        env = self.start(deploy_outcomes=["fail"])
+        r, calls = env.run()
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("the deployment of the package failed: Deployment failed. The package could not be extracted", r.stderr)
+        deployment = env.state()["kudu"][-1]["id"]
+        self.assertIn(f"/api/deployments/{deployment}/log", r.stderr)
+        self.assertEqual(env.state()["health"], [], "no health wait after a failed deployment")
+        self.assertNotIn("is deployed", r.stdout)
+        self.assertEqual(env.state()["app"].get("function_keys", {}), {})
+        self.assert_invariants()
+        # The next run deploys again and succeeds.
+        r, _ = env.run()
+        self.assert_success(r)
+
+    def test_a_rerun_whose_deployment_stays_in_progress_is_not_reported_as_deployed(self):
+        env = self.start()
+        r, _ = env.run()
+        self.assert_success(r)
+        env.update(deploy_outcomes=["stuck"])
+        r, calls = env.run(timeout=600)  # ten minutes of polls against the fakes
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("still in progress", r.stderr)
+        self.assertIn("/api/deployments/", r.stderr)
+        # The old code still answers /api/health, but the script never asked it this time.
+        self.assertEqual([c for c in calls if c["tool"] == "curl" and c["argv"][-1].endswith("/api/health")], [])
+        self.assertNotIn("is deployed", r.stdout)
+        polls = [c for c in calls if c["tool"] == "curl" and c["argv"][-1].endswith("/api/deployments/latest")]
+        self.assertGreaterEqual(len(polls), 30, "the deployment's status was polled for minutes")
+        self.assert_invariants()
+
+    def test_the_package_upload_uses_an_app_service_token(self):
+        env = self.start()
+        r, calls = env.run()
+        self.assert_success(r)
+        uploads = [c for c in calls if c["tool"] == "curl" and "/api/publish" in c["argv"][-1]]
+        self.assertEqual(len(uploads), 1)
+        tokens = az_calls(calls, "account", "get-access-token")
+        self.assertTrue(any(opt_of(c["argv"], "--resource") == "https://appservice.azure.com" for c in tokens))
+        # Where the CLI cannot issue that audience (Cloud Shell's identity), the script says how to log in.
+        env.update(appservice_audience_unsupported=True)
+        r, _ = env.run()
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("az login --scope https://appservice.azure.com/.default", r.stderr)
+
+    def test_service_principal_and_managed_identity_logins_get_the_officer_role(self):
+        for login in ("sp", "mi"):
+            with self.subTest(login=login):
+                env = self.start(login=login, oid="22222222-3333-4444-8555-666666666666")
+                r, calls = env.run()
+                self.assert_success(r)
+                d = env.state()["deployments"][0]
+                self.assertEqual(d["operatorPrincipalId"], "22222222-3333-4444-8555-666666666666")
+                self.assertEqual(d["operatorPrincipalType"], "ServicePrincipal")
+                # The officer role let the re-run read the key: it is kept.
+                r, calls = env.run()
+                self.assert_success(r)
+                self.assertIn("keeping the encryption keys", r.stderr)
+                self.env.close()
+
+    def test_transient_key_vault_errors_never_make_a_new_key(self):
+        env = self.start()
+        r, _ = env.run()
+        self.assert_success(r)
+        # Two transient failures of the existence check: retried, the key is kept.
+        env.update(arm_secret_errors=2)
+        r, calls = env.run()
+        self.assert_success(r)
+        self.assertEqual(secret_puts(calls, "broker-encryption-keys"), [])
+        self.assertEqual(env.state()["arm_secret_errors_seen"], 2)
+        # A lasting failure: the script stops and writes nothing.
+        env.update(arm_secret_errors=50)
+        r, calls = env.run()
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("could not tell whether the secret broker-encryption-keys exists", r.stderr)
+        self.assertEqual([c for c in az_calls(calls, "rest") if "put" in c["argv"]], [])
+        self.assertEqual(az_calls(calls, "deployment", "group", "create"), [])
+        self.assert_invariants()
+
+    def test_transient_errors_on_a_first_run_still_create_the_key_once(self):
+        env = self.start(arm_secret_errors=3)
+        r, calls = env.run()
+        self.assert_success(r)
+        self.assertEqual(len(secret_puts(calls, "broker-encryption-keys")), 1)
+
+    def test_a_connection_id_with_dots_and_underscores_and_data_factory_reads_only_its_secrets(self):
+        connection = "acme.eu_1"
+        env = self.start()
+        r, calls = env.run("--connection", connection, "--data-factory", "rg-adf/adf-acme")
+        self.assert_success(r)
+        name = credential_secret_name("acme", connection)
+        self.assertRegex(name, r"^[0-9a-zA-Z-]{1,127}$")
+        _, v = self.vault()
+        cred = env.state()["credentials"][0]
+        self.assertEqual((cred["integration"], cred["connection"]), ("acme", connection))
+        self.assertEqual(v["secrets"][name], [cred["client_secret"]])
+        self.assertIn(f"secret {name} (new)", r.stdout)
+        # The rendered pipeline names the same secret, and the linked service reads its parameter.
+        with open(os.path.join(env.repo, "dist", "adf", "pipeline", "PL_VendorApi_Paged.json")) as f:
+            params = json.load(f)["properties"]["parameters"]
+        self.assertEqual(params["credentialSecretName"]["defaultValue"], name)
+        self.assertEqual(params["connection"]["defaultValue"], connection)
+        self.assertEqual(params["integration"]["defaultValue"], "acme")
+        ls = env.state()["adf_assets"]["linkedservices/LS_VendorApi_Broker"]
+        self.assertEqual(ls["properties"]["typeProperties"]["clientSecret"]["secretName"]["value"],
+                         "@linkedService().credentialSecretName")
+        # Data Factory may read exactly its function key and this credential's secret.
+        adf = [ra for ra in env.state()["role_assignments"] if ra["principal"] == ADF_PRINCIPAL]
+        self.assertEqual(sorted(ra["scope"].rsplit("/secrets/", 1)[1] for ra in adf), sorted(["broker-function-key", name]))
+        self.assertTrue(all(ra["role"] == SECRETS_USER for ra in adf))
+        # The grant comes after the secrets exist (the fake fails it otherwise, as ARM does).
+        # A second connection adds its secret; the first grant stays.
+        r, _ = env.run("--connection", "Acme.EU_1", "--data-factory", "rg-adf/adf-acme")
+        self.assert_success(r)
+        second = credential_secret_name("acme", "Acme.EU_1")
+        self.assertNotEqual(second.lower(), name.lower(), "Key Vault names are case-insensitive: no collision")
+        adf = {ra["scope"].rsplit("/secrets/", 1)[1] for ra in env.state()["role_assignments"] if ra["principal"] == ADF_PRINCIPAL}
+        self.assertEqual(adf, {"broker-function-key", name, second})
+
+    def test_an_upgrade_removes_the_vault_wide_reads_of_earlier_versions(self):
+        # Earlier versions granted the app's identity and Data Factory Secrets User on the whole vault;
+        # a deployment does not remove what the template no longer declares, so deploy.sh does.
+        env = self.start()
+        r, _ = env.run()
+        self.assert_success(r)
+        s = env.state()
+        name, _ = self.vault()
+        vault_id = f"/subscriptions/{s['subscription']}/resourceGroups/{RG}/providers/Microsoft.KeyVault/vaults/{name}"
+        legacy = [{"name": f"legacy-{p}", "scope": vault_id, "principal": p, "role": SECRETS_USER}
+                  for p in (IDENTITY, ADF_PRINCIPAL)]
+        someone_else = {"name": "someone-else", "scope": vault_id, "principal": "cccccccc-0000-4000-8000-000000000003",
+                        "role": SECRETS_USER}
+        s["role_assignments"] += legacy + [someone_else]
+        env.set_state(s)
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        left = {ra["name"] for ra in env.state()["role_assignments"] if ra["scope"] == vault_id}
+        self.assertNotIn("legacy-" + IDENTITY, left)
+        self.assertNotIn("legacy-" + ADF_PRINCIPAL, left)
+        self.assertIn("someone-else", left, "only the broker's own principals lose their vault-wide role")
+        self.assertEqual(len(az_calls(calls, "role", "assignment", "delete")), 2)
+        # Removed only after the per-secret roles were granted.
+        grants = [calls.index(c) for c in az_calls(calls, "deployment", "group", "create")]
+        deletes = [calls.index(c) for c in az_calls(calls, "role", "assignment", "delete")]
+        self.assertLess(grants[1], deletes[0])
+        self.assertLess(grants[2], deletes[1])
+
+    def test_a_bad_connection_id_stops_before_anything(self):
+        env = self.start()
+        r, calls = env.run("--connection", "a/b")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("--connection must be", r.stderr)
+        self.assertEqual(az_calls(calls, "group", "create"), [])
+
+    def test_the_admin_routes_use_the_host_key_data_factory_never_gets(self):
+        env = self.start()
+        r, calls = env.run()
+        self.assert_success(r)
+        app = env.state()["app"]
+        posts = [c for c in calls if c["tool"] == "curl" and c["argv"][-1].endswith(("/consent-link", "/credentials"))]
+        self.assertEqual(len(posts), 2)
+        self.assertEqual(env.state()["admin_refused"] if "admin_refused" in env.state() else [], [])
+        stored = self.vault()[1]["secrets"]["broker-function-key"][-1]
+        self.assertNotEqual(stored, app["keys"]["default"])
+        self.assertIn("default", app["keys"])
+
+    def test_private_network(self):
+        env = self.start(providers={ns: "Registered" for ns in ALL_PROVIDERS if ns not in ("Microsoft.Network", "Microsoft.App")})
+        r, calls = env.run("--private-network", "--data-factory", "rg-adf/adf-acme")
+        self.assert_success(r)
+        self.assertTrue(env.state()["deployments"][-1]["privateNetwork"])
+        self.assertIn("Microsoft.Network", [opt_of(c["argv"], "-n") for c in az_calls(calls, "provider", "register")])
+        self.assertIn("managed virtual network with a managed private endpoint", r.stdout)
+        # A re-run from outside the network cannot read the key: it stops and changes nothing.
+        r, calls = env.run("--private-network")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("reaches the vault's private endpoint", r.stderr)
+        self.assertEqual(az_calls(calls, "deployment", "group", "create"), [])
+        self.assert_invariants()
 
     def test_key_rotation_prepends_a_key(self):
         env = self.start()
