@@ -51,14 +51,7 @@ pub(super) fn apply_template(
     // until then the templates carry it in the agreed format and it is dropped here.
     template.remove("account");
     template.remove("account_note");
-    let requires: Vec<String> = match template.remove("requires") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    };
+    let requires = strings(template.remove("requires").as_ref());
     let mut values: BTreeMap<String, String> = match template.remove("defaults") {
         Some(Value::Object(m)) => m
             .into_iter()
