@@ -34,7 +34,7 @@ use crate::domain::{
     ClientId, ConnectionId, ConnectionRecord, IntegrationName, PipelineCredential, Secret,
     SecretHash,
 };
-use crate::refresh::{Engine, Need, RefreshError};
+use crate::refresh::{Engine, Need, Prefetched, RefreshError};
 use crate::registry::Lookup;
 use crate::store::{Store, StoreError};
 
@@ -159,7 +159,15 @@ pub struct Credentials {
     /// started after each of them arrived (see `coalesce`): a deletion that
     /// completed before a request arrived is always seen by it.
     reads: Coalescer<ClientId, Result<Option<PipelineCredential>, StoreError>>,
+    /// Which connection each client id was last seen to belong to (a fact that
+    /// never changes for a credential; not its validity, which is read every
+    /// time): the token endpoint starts that connection's read beside the
+    /// credential's. Bounded; cleared when full.
+    connection_of: Mutex<HashMap<String, (IntegrationName, ConnectionId)>>,
 }
+
+/// Entries kept in `Credentials::connection_of` at most.
+const CONNECTION_HINTS: usize = 10_000;
 
 impl Credentials {
     pub fn new(engine: Arc<Engine>, store: Store) -> Self {
@@ -170,6 +178,7 @@ impl Credentials {
             by_source: Limiter::new(FAILURES_PER_SOURCE),
             touched: Mutex::new(HashMap::new()),
             reads: Coalescer::default(),
+            connection_of: Mutex::new(HashMap::new()),
         }
     }
 
@@ -408,8 +417,39 @@ impl Credentials {
         scope: Option<&str>,
         resource: Option<&str>,
     ) -> Result<ConnectionRecord, IssueError> {
-        let credential = self.authenticate(client_id, secret, source).await?;
-        self.token_for(&credential, scope, resource).await
+        let hint = self
+            .connection_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client_id)
+            .cloned();
+        let (credential, prefetched) = match hint {
+            // Both reads at once; the connection's is used only if the credential verifies
+            // and still names that connection.
+            Some((i, c)) => {
+                let (cred, pre) = futures::join!(
+                    self.authenticate(client_id, secret, source),
+                    self.engine.prefetch(&i, &c)
+                );
+                (cred?, Some(pre))
+            }
+            None => (self.authenticate(client_id, secret, source).await?, None),
+        };
+        if prefetched.is_none() {
+            let mut hints = self.connection_of.lock().unwrap_or_else(|p| p.into_inner());
+            if hints.len() >= CONNECTION_HINTS {
+                hints.clear();
+            }
+            hints.insert(
+                client_id.to_owned(),
+                (
+                    credential.integration.clone(),
+                    credential.connection.clone(),
+                ),
+            );
+        }
+        self.token_with(&credential, scope, resource, prefetched)
+            .await
     }
 
     /// The access token of the credential's connection, refreshed first when
@@ -425,6 +465,16 @@ impl Credentials {
         c: &PipelineCredential,
         scope: Option<&str>,
         resource: Option<&str>,
+    ) -> Result<ConnectionRecord, IssueError> {
+        self.token_with(c, scope, resource, None).await
+    }
+
+    async fn token_with(
+        &self,
+        c: &PipelineCredential,
+        scope: Option<&str>,
+        resource: Option<&str>,
+        prefetched: Option<Prefetched>,
     ) -> Result<ConnectionRecord, IssueError> {
         let integration = match self.engine.integration(&c.integration) {
             Lookup::Ready(i) => i,
@@ -450,11 +500,19 @@ impl Credentials {
             cap_by_lifetime: true,
             ..Need::default()
         };
-        match self
-            .engine
-            .ensure_fresh(&integration, &c.connection, need)
-            .await
-        {
+        let fresh = match prefetched {
+            Some(p) => {
+                self.engine
+                    .ensure_fresh_prefetched(&integration, &c.connection, p, need)
+                    .await
+            }
+            None => {
+                self.engine
+                    .ensure_fresh(&integration, &c.connection, need)
+                    .await
+            }
+        };
+        match fresh {
             Ok(record) => Ok(record),
             Err(RefreshError::NotFound) => Err(IssueError::NoGrant {
                 integration: c.integration.clone(),

@@ -373,3 +373,30 @@ pub fn consent_link(query_string: &str) -> Option<String> {
     }
     Some(crate::consent::hash(&token))
 }
+
+/// The proxy's path check and the upstream URL built from it (`routes::proxy`):
+/// the raw path after `/api/proxy/{integration}/{connection}` and the query
+/// string, against `bases`; the chosen base's index and the URL, or why not.
+pub fn proxy_upstream(
+    raw_path: &str,
+    query: &str,
+    bases: &[&str],
+) -> Result<(usize, url::Url), String> {
+    let checked = crate::proxy::check_path(raw_path, bases.len()).map_err(str::to_owned)?;
+    let url = crate::routes::proxy::upstream_url(bases[checked.base], &checked.path, query)
+        .map_err(|e| e.to_string())?;
+    Ok((checked.base, url))
+}
+
+/// The proxy's link rewriter on a JSON body and on a `Link` header value.
+pub fn rewrite_links(
+    bases: &[String],
+    proxy: &str,
+    body: &[u8],
+) -> (Option<Vec<u8>>, Option<String>) {
+    let r = crate::proxy::Rewriter::new(bases, proxy);
+    let header = std::str::from_utf8(body)
+        .ok()
+        .and_then(|s| r.link_header(s));
+    (r.json(body), header)
+}

@@ -3,7 +3,8 @@
 //!
 //! Layers, each depending only on those above it:
 //! - `domain` (pure types and decisions), `crypto`, `coalesce`, `telemetry`,
-//!   `vendor_body` (capped reads of vendor answers);
+//!   `vendor_body` (capped reads of vendor answers), `proxy` (the proxy's
+//!   path, header and link rules);
 //! - `config` (settings and the integrations file, validated once);
 //! - `oauth` (the vendor side of the protocol), `store` (sealed persistence);
 //! - `events` (changes of state as log lines and signed webhooks, from an
@@ -27,6 +28,7 @@ pub mod functions_host;
 pub mod fuzzing;
 pub mod keyfile;
 pub mod oauth;
+pub mod proxy;
 pub mod refresh;
 pub mod registry;
 pub mod routes;

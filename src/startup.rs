@@ -168,6 +168,7 @@ impl Application {
             engine: Arc::clone(&engine),
             consent,
             credentials,
+            proxy: routes::proxy::Proxy::new(settings.proxy.clone()),
         });
         let front_door = web::Data::new(match &api_key {
             Some((key, _)) => FrontDoor::standalone(&public_url, addr.port(), key.clone()),

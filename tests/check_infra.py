@@ -55,6 +55,9 @@ NOT_SET_BY_TEMPLATE = {
     "MSI_ENDPOINT": "set by older platforms for the managed identity (api-version 2017-09-01 fallback)",
     "MSI_SECRET": "set by older platforms for the managed identity (api-version 2017-09-01 fallback)",
     "BROKER_PORT": "standalone mode only",
+    "BROKER_PROXY_TIMEOUT_SECS": "tuning; the default (120 s) stays under the 230 s the Azure front end allows",
+    "BROKER_PROXY_RETRY_MAX_SECS": "tuning; the default (30 s) is right",
+    "BROKER_PROXY_REWRITE_MAX_BYTES": "tuning; the default (16 MiB) is right",
     "BROKER_BIND": "standalone mode only",
     "BROKER_API_KEY": "standalone mode only (function keys protect routes under the host)",
     "BROKER_SWEEP_INTERVAL_SECS": "standalone mode only (the timer function drives the sweep)",
@@ -666,6 +669,30 @@ def check_adf(template_doc):
     via_broker_datasets = {n for n, d in kinds["dataset"].items()
                            if d["properties"].get("linkedServiceName", {}).get("referenceName") in broker_token_services}
 
+    # Linked services that call the vendor through oauth-broker's proxy (HTTP Basic, pipeline credential).
+    proxy_services = {}
+    for name, doc in kinds["linkedService"].items():
+        tp = doc["properties"].get("typeProperties", {})
+        if doc["properties"].get("type") == "RestService" and "/api/proxy/" in str(tp.get("url")):
+            proxy_services[name] = tp
+    check(bool(proxy_services), "a REST linked service calls the vendor through the broker's proxy")
+    for name, tp in proxy_services.items():
+        url = tp.get("url", "")
+        check(url.startswith("__FUNCTION_APP_URL__/api/proxy/") and url.endswith("/"),
+              f"{name}.url is https://<app>/api/proxy/<integration>/<connection>/ (got {url})")
+        route = served.get("proxy/{}/{}/{}")
+        check(route is not None and {"GET", "POST"} <= set(route[1]) and route[2] == "anonymous",
+              f"{name}: the broker serves proxy/{{}}/{{}}/{{}}, takes GET and POST and is anonymous (the broker checks the credential)")
+        check(tp.get("authenticationType") == "Basic", f"{name} authenticates with HTTP Basic (the pipeline credential)")
+        check(tp.get("userName") == "@{linkedService().clientId}", f"{name}.userName is the credential's client id")
+        secret = tp.get("password", {})
+        check(secret.get("type") == "AzureKeyVaultSecret" and "broker-cred-" in json.dumps(secret.get("secretName")),
+              f"{name}.password comes from Key Vault (broker-cred-<integration>-<connection>, as deploy.sh stores it)")
+    via_proxy_datasets = {n for n, d in kinds["dataset"].items()
+                          if d["properties"].get("linkedServiceName", {}).get("referenceName") in proxy_services}
+    check(bool(via_proxy_datasets), "a dataset reads through the proxy linked service")
+    via_broker_datasets |= via_proxy_datasets
+
     routes = broker_routes()
     post_fields, answer_fields = token_route_contract()
     check({"access_token", "expires_in"} <= answer_fields, "the token route answers access_token and expires_in")
@@ -676,7 +703,7 @@ def check_adf(template_doc):
         if inputs and inputs <= via_broker_datasets:
             check(not function_activities and "GetToken" not in json.dumps(activities)
                   and "Authorization" not in json.dumps(activities),
-                  f"pipeline {name} reads through the broker's token endpoint: no GetToken activity, no Authorization header")
+                  f"pipeline {name} reads through the broker (token endpoint or proxy): no GetToken activity, no Authorization header")
             copies = [a for a in activities if a["type"] == "Copy"]
             check(any(a["typeProperties"].get("source", {}).get("paginationRules") for a in copies),
                   f"pipeline {name} pages with ADF pagination rules")

@@ -99,3 +99,39 @@ fn the_sealed_seed_rows_decode_past_decryption() {
         }
     }
 }
+
+#[test]
+fn proxy_path_corpus() {
+    replay("proxy_path", checks::proxy_path);
+}
+
+#[test]
+fn link_rewriter_corpus() {
+    replay("link_rewriter", checks::link_rewriter);
+}
+
+/// The proxy checks are not vacuous: a seed path is accepted and one link is rewritten.
+#[test]
+fn the_proxy_seeds_reach_past_the_checks() {
+    use oauth_broker::fuzzing::{proxy_upstream, rewrite_links};
+    let (k, url) = proxy_upstream(
+        "/v2/items",
+        "page=2&code=k",
+        &["https://api.example.com/v1"],
+    )
+    .unwrap();
+    assert_eq!(
+        (k, url.as_str()),
+        (0, "https://api.example.com/v1/v2/items?page=2")
+    );
+    let (body, header) = rewrite_links(
+        &["https://api.example.com/v1".to_owned()],
+        "https://b/api/proxy/i/c",
+        br#"{"next":"https://api.example.com/v1/x"}"#,
+    );
+    assert_eq!(
+        body.unwrap(),
+        br#"{"next":"https://b/api/proxy/i/c/x"}"#.to_vec()
+    );
+    assert!(header.is_none());
+}

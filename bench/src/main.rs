@@ -54,7 +54,7 @@ use serde_json::{json, Map, Value};
 const INTEGRATION: &str = "bench";
 /// Refresh margin of the benchmark's integration: a token expiring within 5 minutes is due.
 const MARGIN_SECS: i64 = 300;
-const SCENARIOS: [&str; 5] = ["storm", "sweep", "token", "cold", "scale"];
+const SCENARIOS: [&str; 6] = ["storm", "sweep", "token", "cold", "scale", "proxy"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
                 wanted.extend(SCENARIOS.iter().filter(|x| **x == s));
             }
             "-h" | "--help" => {
-                println!("usage: bench [storm|sweep|token|cold|scale|all]...");
+                println!("usage: bench [storm|sweep|token|cold|scale|proxy|all]...");
                 return ExitCode::SUCCESS;
             }
             other => {
@@ -109,6 +109,7 @@ fn main() -> ExitCode {
                 "token" => token(&env, &mut report).await,
                 "cold" => cold(&env, &mut report).await,
                 "scale" => scale(&env, &mut report).await,
+                "proxy" => proxy(&env, &mut report).await,
                 _ => unreachable!(),
             }
         });
@@ -1058,8 +1059,28 @@ async fn token(env: &Env, report: &mut Report) -> Res<()> {
     if !post_form_ok(&http, &endpoint, &form).await {
         return Err("the token endpoint refused the seeded credential".into());
     }
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", form[1].1, form[2].1))
+    );
+    let http_basic = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_str(&basic).map_err(|e| e.to_string())?,
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .pool_max_idle_per_host(256)
+        .build()
+        .map_err(|e| e.to_string())?;
     let subjects: Vec<(&str, Op)> = vec![
         ("token route", Box::new(|_| get_ok(&http, &url).boxed())),
+        (
+            "token route, Basic credential",
+            Box::new(|_| get_ok(&http_basic, &url).boxed()),
+        ),
         (
             "token endpoint (oauth2)",
             Box::new(|_| post_form_ok(&http, &endpoint, &form).boxed()),
@@ -1201,14 +1222,26 @@ async fn token(env: &Env, report: &mut Report) -> Res<()> {
             );
         }
         let (endpoint, route) = (get("token endpoint (oauth2)"), get("token route"));
+        let r = ratio(endpoint.p50(), route.p50());
         report.add(
             "token",
             format!("token endpoint (POST /api/oauth2/token) p50, concurrency {c}{same}"),
             ms(endpoint.p50()),
-            format!("token route p50 {}", ms(route.p50())),
-            Some(ratio(endpoint.p50(), route.p50())),
-            "(informative)",
-            None,
+            format!("token route (key) p50 {}", ms(route.p50())),
+            Some(r),
+            if c == 1 { "≤ 1.1×" } else { "(informative)" },
+            (c == 1).then_some(r <= 1.1),
+        );
+        let basic_route = get("token route, Basic credential");
+        let r = ratio(basic_route.p50(), route.p50());
+        report.add(
+            "token",
+            format!("token route with a Basic credential p50, concurrency {c}{same}"),
+            ms(basic_route.p50()),
+            format!("token route (key) p50 {}", ms(route.p50())),
+            Some(r),
+            if c == 1 { "≤ 1.1×" } else { "(informative)" },
+            (c == 1).then_some(r <= 1.1),
         );
         report.add(
             "token",
@@ -1250,6 +1283,200 @@ async fn token(env: &Env, report: &mut Report) -> Res<()> {
     }
     let (rss, hwm) = broker.proc().memory_kib();
     println!("  broker RSS after load {rss} KiB (peak {hwm} KiB)");
+    Ok(())
+}
+
+/// Issue 20: the proxy against a direct call to the same vendor endpoint (with the token), the
+/// token route, and the broker's memory while a 100 MiB answer streams through.
+async fn proxy(env: &Env, report: &mut Report) -> Res<()> {
+    let fx = Fixture::start(env, 100).await?;
+    fx.seed("warm", 3600, "rt-warm").await?;
+    // The vendor's API: the fixtures' test API (no token check: every caller is admitted alike).
+    let api = broker_testkit::test_api::TestApi::start(None);
+    let mut file: Value = serde_json::from_str(
+        &std::fs::read_to_string(&fx.integrations).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    file["integrations"][INTEGRATION]["api_base_url"] = json!(format!("{}/v1", api.base));
+    std::fs::write(&fx.integrations, file.to_string()).map_err(|e| e.to_string())?;
+    let broker = fx.broker(env, &[]).await?;
+    let (client_id, secret) = fx.credential("warm").await?;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{client_id}:{}", secret.expose()))
+    );
+    let http = client();
+    let token_url = broker.token_url("warm");
+    let v: Value = http
+        .get(&token_url)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let token = v["access_token"]
+        .as_str()
+        .ok_or_else(|| format!("the token route answered {v}"))?
+        .to_owned();
+    let with = |auth: &str| -> Res<reqwest::Client> {
+        reqwest::Client::builder()
+            .default_headers(
+                [(
+                    reqwest::header::AUTHORIZATION,
+                    reqwest::header::HeaderValue::from_str(auth).map_err(|e| e.to_string())?,
+                )]
+                .into_iter()
+                .collect(),
+            )
+            .pool_max_idle_per_host(256)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let direct_http = with(&format!("Bearer {token}"))?;
+    let proxy_http = with(&basic)?;
+    let direct = format!("{}/v1/large?bytes=1024&length=1", api.base);
+    let proxied = format!(
+        "{}/api/proxy/{INTEGRATION}/warm/large?bytes=1024&length=1",
+        broker.base
+    );
+    if !get_ok(&proxy_http, &proxied).await {
+        return Err("the proxy refused the seeded credential".into());
+    }
+    let subjects: Vec<(&str, Op)> = vec![
+        (
+            "direct",
+            Box::new(|_| get_ok(&direct_http, &direct).boxed()),
+        ),
+        (
+            "token route",
+            Box::new(|_| get_ok(&http, &token_url).boxed()),
+        ),
+        ("proxy", Box::new(|_| get_ok(&proxy_http, &proxied).boxed())),
+    ];
+    let budget = Duration::from_secs(10);
+    for c in [1usize, 64] {
+        let n = if c == 1 { 2000 } else { 10000 };
+        for (_, op) in &subjects {
+            measure(c, n / 10, budget, op).await;
+        }
+        let mut results: Vec<Vec<Samples>> = subjects.iter().map(|_| Vec::new()).collect();
+        for _ in 0..3 {
+            for (k, (_, op)) in subjects.iter().enumerate() {
+                results[k].push(measure(c, n / 3, budget, op).await);
+            }
+        }
+        let results: Vec<(&str, Samples)> = subjects
+            .iter()
+            .zip(results)
+            .map(|((name, _), r)| (*name, merge(r)))
+            .collect();
+        for (name, r) in &results {
+            println!("  c={c:<3} {name:<32} {}", r.line());
+            if r.errors > 0 {
+                return Err(format!("{name}: {} errors", r.errors));
+            }
+        }
+        let get = |name: &str| {
+            &results
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("measured")
+                .1
+        };
+        let (d, t, p) = (get("direct"), get("token route"), get("proxy"));
+        if c == 1 {
+            let floor = d.p50() + t.p50();
+            let r = ratio(p.p50(), floor);
+            report.add(
+                "proxy",
+                "proxy p50, 1 KiB answer, concurrency 1",
+                ms(p.p50()),
+                format!("direct {} + token route {}", ms(d.p50()), ms(t.p50())),
+                Some(r),
+                "≤ 1.2×",
+                Some(r <= 1.2),
+            );
+        } else {
+            let r = p.rps() / d.rps().max(1e-9);
+            report.add(
+                "proxy",
+                "proxy throughput, 1 KiB answer, concurrency 64",
+                format!("{:.0} req/s", p.rps()),
+                format!("direct {:.0} req/s", d.rps()),
+                Some(r),
+                "≥ 0.8×",
+                Some(r >= 0.8),
+            );
+            report.add(
+                "proxy",
+                "proxy p50, 1 KiB answer, concurrency 64",
+                ms(p.p50()),
+                format!("direct p50 {}", ms(d.p50())),
+                Some(ratio(p.p50(), d.p50())),
+                "",
+                None,
+            );
+        }
+    }
+    // 100 MiB streamed through, read as it comes; the broker's RSS sampled every 10 ms.
+    const BIG: usize = 100 * 1024 * 1024;
+    let (before, _) = broker.proc().memory_kib();
+    let pid = broker.proc().pid();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let (done, peak) = (Arc::clone(&done), Arc::clone(&peak));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let rss = status
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                peak.fetch_max(rss, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let t = Instant::now();
+    let resp = proxy_http
+        .get(format!(
+            "{}/api/proxy/{INTEGRATION}/warm/large?bytes={BIG}",
+            broker.base
+        ))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut got = 0usize;
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        got += chunk.map_err(|e| e.to_string())?.len();
+    }
+    let took = t.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    if got != BIG {
+        return Err(format!("streamed {got} bytes of {BIG}"));
+    }
+    let growth = peak.load(Ordering::Relaxed).saturating_sub(before);
+    report.add(
+        "proxy",
+        "broker RSS growth streaming 100 MiB",
+        format!("{:.1} MiB", growth as f64 / 1024.0),
+        format!(
+            "RSS before {:.1} MiB; {:.0} MiB/s",
+            before as f64 / 1024.0,
+            100.0 / took.as_secs_f64()
+        ),
+        None,
+        "≤ 16 MiB",
+        Some(growth <= 16 * 1024),
+    );
     Ok(())
 }
 

@@ -171,3 +171,112 @@ pub fn stored_row(data: &[u8]) {
         assert!(!r.integration.as_str().is_empty() && !r.connection.as_str().is_empty());
     }
 }
+
+/// The proxy's path check (`/api/proxy/{integration}/{connection}<path>?<query>`): whatever the
+/// input, an accepted path yields a URL on the chosen base's origin, under its path, with no `.` or
+/// `..` segment, no user info, and no `code` parameter.
+pub fn proxy_path(data: &[u8]) {
+    if let Err(e) = check_proxy_path(data) {
+        panic!("{e}");
+    }
+}
+
+fn check_proxy_path(data: &[u8]) -> Result<(), String> {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Ok(());
+    };
+    let (path, query) = text.split_once('?').unwrap_or((text, ""));
+    let bases = ["https://api.example.com/v1", "https://upload.example.com"];
+    let Ok((k, url)) = fuzzing::proxy_upstream(path, query, &bases) else {
+        return Ok(());
+    };
+    // (host, path prefix) of each base: the URL must name that host and lie under that path.
+    let expected = [("api.example.com", "/v1"), ("upload.example.com", "")][k];
+    if url.scheme() != "https" || url.host_str() != Some(expected.0) || url.port().is_some() {
+        return Err(format!("{path:?} left the origin: {url}"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{path:?} added user info: {url}"));
+    }
+    if !url.path().starts_with(expected.1) {
+        return Err(format!("{path:?} left the base path: {url}"));
+    }
+    for seg in url.path_segments().into_iter().flatten() {
+        let lower = seg.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
+        ) {
+            return Err(format!("{path:?} kept a dot segment: {url}"));
+        }
+    }
+    if url
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("code"))
+    {
+        return Err(format!("the code parameter reached the vendor: {url}"));
+    }
+    Ok(())
+}
+
+/// The proxy's link rewriter: a valid JSON body stays valid JSON with the same shape; each string
+/// is unchanged or was a URL under a base (at a boundary) now under the proxy with the same rest.
+/// A `Link` header is rewritten without panicking.
+pub fn link_rewriter(data: &[u8]) {
+    if let Err(e) = check_link_rewriter(data) {
+        panic!("{e}");
+    }
+}
+
+fn check_link_rewriter(data: &[u8]) -> Result<(), String> {
+    let bases = vec![
+        "https://api.example.com/v1".to_owned(),
+        "https://up.example.com".to_owned(),
+    ];
+    let proxy = "https://broker.example/api/proxy/i/c";
+    let (out, _header) = fuzzing::rewrite_links(&bases, proxy, data);
+    let Some(out) = out else {
+        return Ok(());
+    };
+    let Ok(before) = serde_json::from_slice::<Value>(data) else {
+        return Ok(());
+    };
+    let after: Value =
+        serde_json::from_slice(&out).map_err(|e| format!("valid JSON became invalid: {e}"))?;
+    same_shape(&before, &after, &bases, proxy)
+}
+
+fn same_shape(a: &Value, b: &Value, bases: &[String], proxy: &str) -> Result<(), String> {
+    match (a, b) {
+        (Value::String(x), Value::String(y)) if x == y => Ok(()),
+        (Value::String(x), Value::String(y)) => {
+            let ok = bases.iter().enumerate().any(|(k, base)| {
+                let to = if k == 0 {
+                    proxy.to_owned()
+                } else {
+                    format!("{proxy}/~{k}")
+                };
+                x.strip_prefix(base.as_str()).is_some_and(|rest| {
+                    (rest.is_empty() || rest.starts_with(['/', '?', '#']))
+                        && *y == format!("{to}{rest}")
+                })
+            });
+            ok.then_some(())
+                .ok_or_else(|| format!("{x:?} was rewritten to {y:?}"))
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .try_for_each(|(p, q)| same_shape(p, q, bases, proxy)),
+        (Value::Object(x), Value::Object(y)) if x.len() == y.len() => {
+            x.iter().zip(y).try_for_each(|((kx, p), (ky, q))| {
+                if kx != ky {
+                    return Err(format!("key {kx:?} became {ky:?}"));
+                }
+                same_shape(p, q, bases, proxy)
+            })
+        }
+        (x, y) if x == y => Ok(()),
+        (x, y) => Err(format!("{x} became {y}")),
+    }
+}

@@ -92,6 +92,8 @@ pub struct Integration {
     /// The settings the client id and secret are read from (`%NAME%`), when they are.
     pub client_id_setting: Option<String>,
     pub client_secret_setting: Option<String>,
+    /// The proxy's settings (`api_base_url`, `proxy_auth`, `proxy_headers`, `proxy_rewrite_links`).
+    pub proxy: super::proxy::ProxyConfig,
     /// The vendor's OAuth documentation (template-level `docs`).
     pub docs: Vec<Url>,
     /// The vendor's API base URL(s), for a future proxy (validated, not used for requests).
@@ -333,6 +335,12 @@ struct RawIntegration {
     docs: Option<Value>,
     #[serde(default)]
     api_base_url: Option<Value>,
+    #[serde(default)]
+    proxy_rewrite_links: Option<bool>,
+    #[serde(default)]
+    proxy_auth: Option<super::proxy::RawProxyAuth>,
+    #[serde(default)]
+    proxy_headers: BTreeMap<String, String>,
     #[serde(default)]
     expires_at_field: Option<String>,
     #[serde(default)]
@@ -605,7 +613,12 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
         .iter()
         .map(|v| url_of("docs", v))
         .collect::<Result<Vec<_>, _>>()?;
+    let proxy_bases = r.api_base_url.clone();
     let api_base_url = one_or_many(ctx, "api_base_url", r.api_base_url)?
+        .into_iter()
+        // `{metadata.NAME}` bases are filled per connection and checked by the proxy.
+        .filter(|v| !v.starts_with("{metadata."))
+        .collect::<Vec<_>>()
         .iter()
         .map(|v| url_of("api_base_url", v))
         .collect::<Result<Vec<_>, _>>()?;
@@ -682,7 +695,27 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
             })
         }
     };
+    let mut proxy_bases = proxy_bases;
+    if let Some(v) = proxy_bases.as_mut() {
+        expand_all(ctx, "api_base_url", v)?;
+    }
+    let proxy = super::proxy::parse(
+        proxy_bases.as_ref(),
+        r.proxy_rewrite_links,
+        r.proxy_auth,
+        &r.proxy_headers,
+    )
+    .map_err(|problems| {
+        let all = problems
+            .into_iter()
+            .map(|(at, why)| {
+                ConfigError::field(&ctx.path, format!("integrations.{}.{at}", ctx.name), why)
+            })
+            .collect();
+        ConfigError::all(all).expect("parse fails with at least one problem")
+    })?;
     Ok(Integration {
+        proxy,
         docs,
         api_base_url,
         expires_at_field: r.expires_at_field,
@@ -1015,6 +1048,56 @@ mod tests {
         assert_eq!(
             i.lifetime_at(Some(7200.0), None, now),
             Duration::seconds(7200)
+        );
+    }
+
+    #[test]
+    fn proxy_fields_are_read_and_every_problem_is_named_by_its_path() {
+        let base = |extra: &str| {
+            format!(
+                r#"{{"integrations": {{"a": {{"authorization_url": "https://a.example/auth", "token_url": "https://a.example/token", "client_id": "x", "client_secret": "y"{extra}}}}}}}"#
+            )
+        };
+        let i = one(
+            &base(
+                r#", "api_base_url": ["https://api.a.example/v1/", "{metadata.api_domain}/crm"], "proxy_rewrite_links": false,
+                "proxy_auth": {"header": "X-Token", "scheme": ""}, "proxy_headers": {"X-Tenant": "{metadata.tenant}"}"#,
+            ),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            i.proxy.api_base_url,
+            ["https://api.a.example/v1", "{metadata.api_domain}/crm"]
+        );
+        assert!(!i.proxy.rewrite_links);
+        assert_eq!(i.proxy.auth.header, "X-Token");
+        assert_eq!(i.proxy.auth.scheme.as_deref(), Some(""));
+        assert_eq!(
+            i.proxy.headers,
+            vec![("X-Tenant".into(), "{metadata.tenant}".into())]
+        );
+        let err = one(
+            &base(
+                r#", "proxy_auth": {"header": "X Token", "scheme": "two words"}, "proxy_headers": {"Bad Name": "v"}"#,
+            ),
+            &env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        for at in [
+            "integrations.a.proxy_auth.header",
+            "integrations.a.proxy_auth.scheme",
+            "integrations.a.proxy_headers.Bad Name",
+        ] {
+            assert!(err.contains(at), "{at} in {err}");
+        }
+        let err = one(&base(r#", "proxy_rewrite_links": "no""#), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("integrations.a.proxy_rewrite_links: expected true or false"),
+            "{err}"
         );
     }
 

@@ -19,6 +19,7 @@ pub mod events;
 mod expand;
 pub mod integrations;
 pub mod lint;
+pub mod proxy;
 pub mod templates;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,6 +33,7 @@ use crate::domain::Secret;
 pub use error::ConfigError;
 pub use events::{EventSettings, WebhookFormat, WebhookReceiver};
 pub use integrations::{ClientAuth, Integration, IntegrationsFile};
+pub use proxy::{ProxyAuth, ProxyConfig};
 
 /// Reads settings by name; empty values count as unset.
 struct Env<'a> {
@@ -259,6 +261,68 @@ pub struct Settings {
     pub events: EventSettings,
     /// What is allowed but probably wrong (an http public URL on a public host), logged at start.
     pub warnings: Vec<String>,
+    /// The proxy's limits (`BROKER_PROXY_*`).
+    pub proxy: ProxySettings,
+}
+
+/// The proxy's limits.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// `BROKER_PROXY_TIMEOUT_SECS` (default 120, at most 225: under the 230 s
+    /// the Azure front end allows a request).
+    pub timeout: std::time::Duration,
+    /// `BROKER_PROXY_RETRY_MAX_SECS` (default 30): the longest `Retry-After` waited for.
+    pub retry_max: std::time::Duration,
+    /// `BROKER_PROXY_REWRITE_MAX_BYTES` (default 16 MiB): larger JSON answers pass unmodified.
+    pub rewrite_max_bytes: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            timeout: std::time::Duration::from_secs(120),
+            retry_max: std::time::Duration::from_secs(30),
+            rewrite_max_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl ProxySettings {
+    fn load(env: &Env<'_>, p: &mut Problems) -> Self {
+        let d = Self::default();
+        let timeout = p.take(
+            env.number(
+                "BROKER_PROXY_TIMEOUT_SECS",
+                d.timeout.as_secs(),
+                1..=225,
+                "a whole number of seconds from 1 to 225 (the Azure front end ends a request after 230 s)",
+            ),
+            d.timeout.as_secs(),
+        );
+        let retry_max = p.take(
+            env.number(
+                "BROKER_PROXY_RETRY_MAX_SECS",
+                d.retry_max.as_secs(),
+                0..=225,
+                "a whole number of seconds from 0 (never wait) to 225",
+            ),
+            d.retry_max.as_secs(),
+        );
+        let rewrite_max_bytes = p.take(
+            env.number(
+                "BROKER_PROXY_REWRITE_MAX_BYTES",
+                d.rewrite_max_bytes as u64,
+                0..=256 * 1024 * 1024,
+                "a whole number of bytes from 0 (never rewrite) to 268435456 (256 MiB)",
+            ),
+            d.rewrite_max_bytes as u64,
+        ) as usize;
+        Self {
+            timeout: std::time::Duration::from_secs(timeout),
+            retry_max: std::time::Duration::from_secs(retry_max),
+            rewrite_max_bytes,
+        }
+    }
 }
 
 const DEFAULT_SQLITE: &str = ".broker/broker.db";
@@ -466,6 +530,7 @@ impl Settings {
             86_400,
         ));
         let events = p.take(EventSettings::load(&env), EventSettings::default());
+        let proxy = ProxySettings::load(&env, &mut p);
         if let Some(e) = ConfigError::all(p.0) {
             return Err(e);
         }
@@ -479,6 +544,7 @@ impl Settings {
             }
         }
         Ok(Self {
+            proxy,
             refresh,
             consent_link_lifetime,
             events,

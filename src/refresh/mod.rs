@@ -111,6 +111,13 @@ pub struct SweepSummary {
 
 type Key = (IntegrationName, ConnectionId);
 
+/// A connection's read, started before the caller was authenticated
+/// ([`Engine::prefetch`]); used only once the caller is allowed this connection.
+pub struct Prefetched {
+    key: Key,
+    row: Result<Option<Versioned<ConnectionRecord>>, StoreError>,
+}
+
 /// What a grant is renewed with: its refresh token, or (`renew`) an exchange
 /// of its current access token.
 enum Renewal {
@@ -282,6 +289,67 @@ impl Engine {
             .read(&key, move || async move { store.get(&i, &c).await })
             .await;
         let first = Self::usable(first?)?;
+        self.ensure_fresh_from(integration, first, need).await
+    }
+
+    /// Starts a connection's first read (shared like `ensure_fresh`'s) ahead of
+    /// a decision to serve it, so that it overlaps the caller's authentication:
+    /// a read, never a refresh. Hand it to [`Engine::ensure_fresh_prefetched`].
+    pub async fn prefetch(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Prefetched {
+        let key = (integration.clone(), connection.clone());
+        let (store, (i, c)) = (self.store.clone(), key.clone());
+        let row = self
+            .reads
+            .read(&key, move || async move { store.get(&i, &c).await })
+            .await;
+        Prefetched { key, row }
+    }
+
+    /// `ensure_fresh` from a [`Engine::prefetch`]ed read (of this connection; any other is ignored).
+    pub async fn ensure_fresh_prefetched(
+        &self,
+        integration: &Integration,
+        connection: &ConnectionId,
+        prefetched: Prefetched,
+        need: Need,
+    ) -> Result<ConnectionRecord, RefreshError> {
+        if prefetched.key.0 != integration.name || &prefetched.key.1 != connection {
+            return self.ensure_fresh(integration, connection, need).await;
+        }
+        let first = Self::usable(prefetched.row?)?;
+        self.ensure_fresh_from(integration, first, need).await
+    }
+
+    /// The vendor refused `rejected`'s access token (the proxy's 401): a
+    /// forced refresh of the connection, unless the stored grant was already
+    /// refreshed since `rejected` was read (another request's 401 got there
+    /// first) and is still valid. Same single flight and lease as every refresh.
+    pub async fn refresh_rejected(
+        &self,
+        integration: &Integration,
+        rejected: &ConnectionRecord,
+    ) -> Result<ConnectionRecord, RefreshError> {
+        let key = (integration.name.clone(), rejected.connection.clone());
+        let (store, (i, c)) = (self.store.clone(), key.clone());
+        let first = self
+            .reads
+            .read(&key, move || async move { store.get(&i, &c).await })
+            .await;
+        let first = Self::usable(first?)?;
+        if first.value.refreshed_at > rejected.refreshed_at
+            && first.value.tokens.access_token.expose() != rejected.tokens.access_token.expose()
+            && first.value.expires_in(now()) > 0
+        {
+            return Ok(first.value);
+        }
+        let need = Need {
+            force: true,
+            ..Need::default()
+        };
         self.ensure_fresh_from(integration, first, need).await
     }
 

@@ -264,6 +264,17 @@ impl TokenCaller {
     }
 }
 
+/// The connection's read started beside the credential's ([`require_key_or_credential`]).
+#[derive(Clone)]
+struct PrefetchedRow(std::rc::Rc<std::cell::RefCell<Option<crate::refresh::Prefetched>>>);
+
+/// The read of the path's connection made while authenticating, once (a pipeline caller only).
+pub fn take_prefetched(req: &HttpRequest) -> Option<crate::refresh::Prefetched> {
+    req.extensions()
+        .get::<PrefetchedRow>()
+        .and_then(|p| p.0.borrow_mut().take())
+}
+
 /// The credential a token-route request was authenticated with (set by
 /// [`require_key_or_credential`]).
 #[derive(Clone)]
@@ -276,6 +287,30 @@ impl TokenCaller {
             Some(p) => Self::Pipeline(p.0.clone()),
             None => Self::Admin,
         }
+    }
+}
+
+/// Verifies a Basic credential; the connection the path names is read meanwhile (both reads at
+/// once), and the handler uses that read only if the credential covers it.
+async fn authenticate(
+    req: &ServiceRequest,
+    state: &AppState,
+    id: &str,
+    secret: &Secret,
+) -> Result<PipelineCredential, AuthError> {
+    let auth = state
+        .credentials
+        .authenticate(id, secret, source(req.request()));
+    match super::path_names(req.request()).ok() {
+        Some((i, c)) => {
+            let (verdict, pre) = futures::join!(auth, state.engine.prefetch(&i, &c));
+            req.extensions_mut()
+                .insert(PrefetchedRow(std::rc::Rc::new(std::cell::RefCell::new(
+                    Some(pre),
+                ))));
+            verdict
+        }
+        None => auth.await,
     }
 }
 
@@ -299,11 +334,7 @@ pub async fn require_key_or_credential(
         Err(()) => Err(ApiError::Unauthorized(
             "the Authorization header is not valid HTTP Basic credentials (base64 of client_id:client_secret)",
         )),
-        Ok((id, secret)) => match state
-            .credentials
-            .authenticate(&id, &secret, source(req.request()))
-            .await
-        {
+        Ok((id, secret)) => match authenticate(&req, &state, &id, &secret).await {
             Ok(c) => Ok(c),
             Err(AuthError::InvalidClient) => Err(ApiError::Unauthorized(
                 "the client credentials are not valid",

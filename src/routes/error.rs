@@ -46,6 +46,16 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     RequestTimeout(String),
+    /// The proxy: a path that would leave the vendor's API base.
+    #[error("{0}")]
+    InvalidPath(String),
+    /// The proxy: the integration has no `api_base_url` (or the connection lacks what it needs).
+    #[error("{0}")]
+    ProxyNotConfigured(String),
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    #[error("{0}")]
+    UpstreamUnreachable(String),
 }
 
 impl ApiError {
@@ -67,6 +77,10 @@ impl ApiError {
             Self::MisdirectedRequest => "misdirected_request",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::RequestTimeout(_) => "request_timeout",
+            Self::InvalidPath(_) => "invalid_path",
+            Self::ProxyNotConfigured(_) => "proxy_not_configured",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::UpstreamUnreachable(_) => "upstream_unreachable",
         }
     }
 
@@ -97,6 +111,10 @@ impl ApiError {
 
 pub use crate::consent::ReauthLinks;
 
+/// Marks every error the broker itself answers with, so a pipeline calling
+/// the proxy can tell them from the vendor's.
+pub const BROKER_ERROR: &str = "x-broker-error";
+
 /// The error object of every JSON route.
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -125,6 +143,10 @@ impl ResponseError for ApiError {
             Self::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            Self::ProxyNotConfigured(_) => StatusCode::NOT_FOUND,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -139,11 +161,26 @@ impl ResponseError for ApiError {
         };
         let mut reply = HttpResponse::build(self.status_code());
         reply.insert_header((header::CACHE_CONTROL, "no-store"));
+        // The broker's own answer, not a vendor's (the proxy passes those through).
+        reply.insert_header((BROKER_ERROR, "true"));
         if let Self::TooManyFailures { retry_after_secs } = self {
             reply.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }
         reply.json(body)
     }
+}
+
+/// A method the route does not take (the proxy's: GET, HEAD, POST, PUT, PATCH, DELETE).
+pub async fn method_not_allowed() -> HttpResponse {
+    let mut r = HttpResponse::MethodNotAllowed();
+    r.insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((BROKER_ERROR, "true"))
+        .insert_header((header::ALLOW, "GET, HEAD, POST, PUT, PATCH, DELETE"));
+    r.json(ErrorBody {
+        error: "method_not_allowed",
+        error_description: "the proxy takes GET, HEAD, POST, PUT, PATCH and DELETE".into(),
+        links: None,
+    })
 }
 
 pub async fn not_found() -> HttpResponse {

@@ -88,6 +88,11 @@ impl FrontDoor {
         self.hosts.is_some()
     }
 
+    /// Standalone mode, where the broker checks an API key itself.
+    pub fn has_key(&self) -> bool {
+        self.api_key.is_some()
+    }
+
     /// The key from the head: `x-functions-key`, else `?code=`.
     fn check_key(&self, req: &HttpRequest) -> Result<(), ApiError> {
         let Some(expected) = &self.api_key else {

@@ -14,6 +14,7 @@ pub mod health;
 pub mod html;
 pub mod oauth2;
 pub mod openapi;
+pub mod proxy;
 pub mod status;
 pub mod timer;
 pub mod token;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub consent: ConsentService,
     /// Pipeline credentials (the token endpoint, Basic on the token route).
     pub credentials: Arc<Credentials>,
+    /// The proxy's client and limits.
+    pub proxy: proxy::Proxy,
 }
 
 impl AppState {
@@ -176,6 +179,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/api/connections/{integration}/{connection}/credentials/{client_id}")
             .wrap(key())
             .route(web::delete().to(credentials::delete)),
+    )
+    // Anonymous at the Functions host: the broker authenticates the caller itself.
+    .service(
+        web::resource("/api/proxy/{integration}/{connection}/{path:.*}")
+            .wrap(from_fn(proxy::require_credential))
+            .route(web::get().to(proxy::handle))
+            .route(web::head().to(proxy::handle))
+            .route(web::post().to(proxy::handle))
+            .route(web::put().to(proxy::handle))
+            .route(web::patch().to(proxy::handle))
+            .route(web::delete().to(proxy::handle))
+            .default_service(web::to(error::method_not_allowed)),
     )
     // Anonymous: the broker authenticates the client itself (RFC 6749 §2.3).
     .service(web::resource("/api/oauth2/token").route(web::post().to(oauth2::token)))

@@ -98,6 +98,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         req.match_info().get("connection").unwrap_or_default(),
     )?;
     caller.allow(&integration, &connection)?;
+    let prefetched = super::credentials::take_prefetched(&req);
     let q = query(&req);
     let min_validity = q
         .get("min_validity_secs")
@@ -121,6 +122,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
             min_validity,
             force,
         },
+        prefetched,
     )
     .await
 }
@@ -162,6 +164,7 @@ pub async fn post(
             force: b.force_refresh.unwrap_or(false)
                 || flag(query(&req).get("force_refresh"), "force_refresh")?,
         },
+        None,
     )
     .await
 }
@@ -170,15 +173,26 @@ async fn serve(
     state: &AppState,
     caller: &TokenCaller,
     r: TokenRequest,
+    prefetched: Option<crate::refresh::Prefetched>,
 ) -> Result<HttpResponse, ApiError> {
     let integration = state.integration(&r.integration)?;
-    let record = state
-        .engine
-        .ensure_fresh(&integration, &r.connection, need(caller, &r))
-        .await
-        .map_err(|e| {
-            ApiError::from_refresh(e, state.consent.reauth_links(&r.integration, &r.connection))
-        })?;
+    let fresh = match prefetched {
+        Some(p) => {
+            state
+                .engine
+                .ensure_fresh_prefetched(&integration, &r.connection, p, need(caller, &r))
+                .await
+        }
+        None => {
+            state
+                .engine
+                .ensure_fresh(&integration, &r.connection, need(caller, &r))
+                .await
+        }
+    };
+    let record = fresh.map_err(|e| {
+        ApiError::from_refresh(e, state.consent.reauth_links(&r.integration, &r.connection))
+    })?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"))

@@ -35,6 +35,7 @@ mod no_secret_in_logs;
 mod openapi;
 mod outbox_store;
 mod pipeline_credentials;
+mod proxy;
 mod reauthorization;
 mod reconsent;
 mod row_integrity;

@@ -7,6 +7,7 @@
 //! - [`oidc`]: oidc-provider, the strict authorization server (`oidc-server.mjs`).
 //! - [`broker`]: the `oauth-broker` executable and how it is started.
 //! - [`fake_vendor`]: a scriptable token endpoint for the faults oidc-provider cannot produce.
+//! - [`test_api`]: a vendor API for the proxy (tokens checked at oidc-provider, scripted faults).
 //! - [`http`]: replies, the Functions host's client and headers, the timer envelope.
 //! - [`browser`]: an HTTP-level browser (cookies, forms) and the HTML form parser.
 //! - [`chromium`]: the real browser (Chromium via playwright-core, `browser-consent.mjs`).
@@ -32,6 +33,7 @@ pub mod fake_vendor;
 pub mod http;
 pub mod oidc;
 pub mod process;
+pub mod test_api;
 pub mod util;
 pub mod vendor_sim;
 
