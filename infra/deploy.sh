@@ -25,8 +25,9 @@
 #                           those secrets, never on the vault), and the linked services, datasets and
 #                           pipelines of infra/adf are imported
 #   --connection <id>       connection id of the consent links and of the pipeline credential created
-#                           per integration for Data Factory's REST linked service, its secret stored in
-#                           Key Vault under the name infra/names.py computes (default: default)
+#                           per integration for Data Factory's REST linked services (LS_VendorApi_Broker,
+#                           token endpoint; LS_VendorApi_Proxy, the proxy with HTTP Basic), its secret
+#                           stored in Key Vault under the name infra/names.py computes (default: default)
 #   --private-network       a virtual network with Flex VNet integration and private endpoints for
 #                           storage and Key Vault, whose public network access is then disabled. Data
 #                           Factory then needs a managed virtual network with a managed private endpoint
@@ -829,13 +830,15 @@ fi
 
 # A pipeline credential per integration for this connection (POST .../credentials), its secret stored
 # in Key Vault under infra/names.py's name, for LS_VendorApi_Broker (ADF's REST linked service with the
-# broker as its OAuth 2.0 token endpoint). Re-runs keep existing credentials. The secret is never
+# broker as its OAuth 2.0 token endpoint) and LS_VendorApi_Proxy (the proxy, the same credential as
+# HTTP Basic). Re-runs keep existing credentials. The secret is never
 # printed; its client id (not a secret) is kept in the Key Vault secret's content type and printed.
 if [[ -s $workdir/integration-names ]]; then
   cat <<EOT
 
-3. Pipeline credentials for Data Factory's REST linked service LS_VendorApi_Broker (token endpoint
-   https://$host/api/oauth2/token; secret in Key Vault $vault):
+3. Pipeline credentials for Data Factory's REST linked services LS_VendorApi_Broker (token endpoint
+   https://$host/api/oauth2/token) and LS_VendorApi_Proxy (HTTP Basic against
+   https://$host/api/proxy/<integration>/$connection/); secrets in Key Vault $vault:
 EOT
 fi
 : >"$workdir/adf-secrets"
@@ -940,8 +943,10 @@ cat <<EOT
    The function key ADF uses is the Key Vault secret "$function_key_secret" in $vault: it opens only
    the token functions (GET /api/token/<integration>/<connection>, POST /api/token).
    ${data_factory:+They were imported into $data_factory, whose identity may read exactly: $(tr '\n' ' ' <"$workdir/adf-secrets")}
-   PL_VendorApi_Paged pages through a vendor API with LS_VendorApi_Broker (give it the client id
-   and the secret name above); PL_BrokerToken_Copy / PL_BrokerToken_Web call GET token/<integration>/<connection>
+   PL_VendorApi_Paged pages through a vendor API with LS_VendorApi_Broker, PL_VendorApi_Proxy_Paged
+   through the broker's proxy with LS_VendorApi_Proxy (no token in the factory; each page one request
+   of at most 230 s through the Function App); give either the client id and the secret name above.
+   PL_BrokerToken_Copy / PL_BrokerToken_Web call GET token/<integration>/<connection>
    and send Authorization: Bearer @{activity('GetToken').output.access_token}.
    A credential for a later connection: run infra/deploy.sh again with --connection <connection>
    (it creates the credential, stores its secret and lets the factory read it).

@@ -686,11 +686,24 @@ def check_adf(template_doc):
         check(tp.get("authenticationType") == "Basic", f"{name} authenticates with HTTP Basic (the pipeline credential)")
         check(tp.get("userName") == "@{linkedService().clientId}", f"{name}.userName is the credential's client id")
         secret = tp.get("password", {})
-        check(secret.get("type") == "AzureKeyVaultSecret" and "broker-cred-" in json.dumps(secret.get("secretName")),
-              f"{name}.password comes from Key Vault (broker-cred-<integration>-<connection>, as deploy.sh stores it)")
+        check(secret.get("type") == "AzureKeyVaultSecret"
+              and expression_text(secret.get("secretName")) == "@linkedService().credentialSecretName",
+              f"{name}.password is the Key Vault secret its credentialSecretName parameter names "
+              "(the name infra/names.py computes and deploy.sh stores; ADF expressions cannot compute it)")
     via_proxy_datasets = {n for n, d in kinds["dataset"].items()
                           if d["properties"].get("linkedServiceName", {}).get("referenceName") in proxy_services}
     check(bool(via_proxy_datasets), "a dataset reads through the proxy linked service")
+    for name, doc in kinds["pipeline"].items():
+        activities = doc["properties"].get("activities", [])
+        inputs = {i["referenceName"] for a in activities for i in a.get("inputs", [])}
+        if inputs & via_proxy_datasets:
+            params = doc["properties"].get("parameters", {})
+            check(params.get("credentialSecretName", {}).get("defaultValue") == "__DEFAULT_CREDENTIAL_SECRET__"
+                  and "python3 infra/names.py credential-secret" in deploy,
+                  f"deploy.sh renders infra/names.py's secret name into {name} (it reads through the proxy)")
+            check(params.get("integration", {}).get("defaultValue") == "__DEFAULT_INTEGRATION__"
+                  and params.get("connection", {}).get("defaultValue") == "__DEFAULT_CONNECTION__",
+                  f"{name}'s integration and connection default to the ones deploy.sh made the credential for")
     via_broker_datasets |= via_proxy_datasets
 
     routes = broker_routes()

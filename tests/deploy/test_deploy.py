@@ -655,6 +655,28 @@ class DeployTest(unittest.TestCase):
         ls = env.state()["adf_assets"]["linkedservices/LS_VendorApi_Broker"]
         self.assertEqual(ls["properties"]["typeProperties"]["clientSecret"]["secretName"]["value"],
                          "@linkedService().credentialSecretName")
+        # The proxy's assets: rendered with the same secret name and imported, linked service first,
+        # pointing at this app's proxy route with HTTP Basic (no token step in the pipeline).
+        with open(os.path.join(env.repo, "dist", "adf", "pipeline", "PL_VendorApi_Proxy_Paged.json")) as f:
+            proxy_pipeline = json.load(f)["properties"]
+        params = proxy_pipeline["parameters"]
+        self.assertEqual(params["credentialSecretName"]["defaultValue"], name)
+        self.assertEqual((params["integration"]["defaultValue"], params["connection"]["defaultValue"]),
+                         ("acme", connection))
+        self.assertNotIn("AzureFunctionActivity", json.dumps(proxy_pipeline["activities"]))
+        assets = env.state()["adf_assets"]
+        self.assertEqual(assets["pipelines/PL_VendorApi_Proxy_Paged"]["properties"]["parameters"]["credentialSecretName"]
+                         ["defaultValue"], name)
+        self.assertIn("datasets/DS_VendorApi_Proxy", assets)
+        proxy_ls = assets["linkedservices/LS_VendorApi_Proxy"]["properties"]["typeProperties"]
+        self.assertEqual(proxy_ls["authenticationType"], "Basic")
+        self.assertRegex(proxy_ls["url"], r"^https://[a-z0-9-]+\.azurewebsites\.net/api/proxy/@\{linkedService\(\)\.integration\}/@\{linkedService\(\)\.connection\}/$")
+        self.assertEqual(proxy_ls["password"]["secretName"]["value"], "@linkedService().credentialSecretName")
+        puts = [" ".join(c["argv"]) for c in az_calls(calls, "rest") if "Microsoft.DataFactory" in " ".join(c["argv"])]
+        order = [next(i for i, p in enumerate(puts) if f"/{kind}/{n}?" in p)
+                 for kind, n in (("linkedservices", "LS_BrokerKeyVault"), ("linkedservices", "LS_VendorApi_Proxy"),
+                                 ("datasets", "DS_VendorApi_Proxy"), ("pipelines", "PL_VendorApi_Proxy_Paged"))]
+        self.assertEqual(order, sorted(order), "Key Vault, linked service, dataset, pipeline: each after what it refers to")
         # Data Factory may read exactly its function key and this credential's secret.
         adf = [ra for ra in env.state()["role_assignments"] if ra["principal"] == ADF_PRINCIPAL]
         self.assertEqual(sorted(ra["scope"].rsplit("/secrets/", 1)[1] for ra in adf), sorted(["broker-function-key", name]))
