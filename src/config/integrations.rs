@@ -907,6 +907,37 @@ mod tests {
                 assert_eq!(u.scheme(), "https", "{name}: {u}");
             }
             assert_eq!(i.provider.as_deref(), Some(name.as_str()));
+            // The proxy: every template says where the API is, and every `{metadata.NAME}` its
+            // bases and headers use is metadata the template captures.
+            assert!(
+                !i.proxy.api_base_url.is_empty(),
+                "{name} sets api_base_url (the proxy needs it)"
+            );
+            let captured: Vec<&str> = i
+                .callback_metadata
+                .iter()
+                .chain(&i.token_metadata)
+                .map(String::as_str)
+                .chain(
+                    i.post_consent
+                        .iter()
+                        .flat_map(|p| p.metadata.iter().map(|(k, _)| k.as_str())),
+                )
+                .collect();
+            let templates = i
+                .proxy
+                .api_base_url
+                .iter()
+                .chain(i.proxy.headers.iter().map(|(_, v)| v));
+            for t in templates {
+                for piece in t.split("{metadata.").skip(1) {
+                    let used = piece.split('}').next().unwrap_or_default();
+                    assert!(
+                        captured.contains(&used),
+                        "{name}: {t} uses metadata {used:?}, which the template does not capture ({captured:?})"
+                    );
+                }
+            }
         }
     }
 

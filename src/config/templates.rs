@@ -164,6 +164,27 @@ pub fn vendors_markdown() -> String {
             let list: Vec<String> = bases.iter().map(|b| format!("`{b}`")).collect();
             out.push_str(&format!("- API base: {}\n", list.join(", ")));
         }
+        if let Some(Value::Object(a)) = t.get("proxy_auth") {
+            let header = a
+                .get("header")
+                .and_then(Value::as_str)
+                .unwrap_or("Authorization");
+            let value = match a.get("scheme").and_then(Value::as_str) {
+                Some("") => "<token>".to_owned(),
+                Some(s) => format!("{s} <token>"),
+                None => "<token_type> <token>".to_owned(),
+            };
+            out.push_str(&format!("- Proxy sends the token as `{header}: {value}`\n"));
+        }
+        if let Some(Value::Object(h)) = t.get("proxy_headers") {
+            for (k, v) in h {
+                if let Some(v) = v.as_str() {
+                    out.push_str(&format!(
+                        "- Proxy adds `{k}: {v}` when the caller sends no `{k}`\n"
+                    ));
+                }
+            }
+        }
         out.push_str(&format!("- Placeholders: {}\n", placeholders(t)));
         out.push_str(&format!("- Refresh: {}\n", refresh_summary(t)));
         for q in quirks(t) {
@@ -220,7 +241,11 @@ told once per grant by `connection.refresh_token_expiring` 30 days before the en
 second half of a shorter grant), `post_consent` (`{\"url\", \"auth_scheme\", \"metadata\": {\"name\":
 \"/json/pointer\"}}`: one GET with the new access token right after consent, its answer capped at
 64 KiB, never followed through a redirect, and kept as metadata; a failed call keeps the grant
-without that metadata), `docs` and `api_base_url` (a URL or a list; https). `account` /
+without that metadata), `docs` and `api_base_url` (a URL or a list; https; `{metadata.NAME}` at its
+start is the connection's metadata, e.g. Salesforce's `instance_url`: where the
+[proxy](data-factory.md#the-proxy-pipelines-call-the-vendor-through-the-broker) sends requests),
+`proxy_auth` / `proxy_headers` (how the proxy presents the token, and headers it fills from
+metadata). `account` /
 `account_note` name the vendor's account identifier (for account binding).
 
 ";

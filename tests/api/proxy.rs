@@ -621,3 +621,65 @@ async fn an_unreachable_vendor_is_502() {
     .await;
     broker_error(&r, 502, "upstream_unreachable");
 }
+
+#[tokio::test]
+async fn under_the_functions_host_only_a_pipeline_credential_opens_the_proxy() {
+    let mut s = setup(Store::Sqlite, &[], json!({})).await;
+    // As the Functions host starts it: the port from FUNCTIONS_CUSTOMHANDLER_PORT, no key of its
+    // own. The function is anonymous, so the host lets every request through: the broker decides.
+    let port = s.app.spec.port.to_string();
+    s.app
+        .spec
+        .env
+        .push(("FUNCTIONS_CUSTOMHANDLER_PORT".into(), port));
+    let issuer = s.app.oidc().issuer.clone();
+    s.app
+        .restart_with_integrations(&file(&issuer, &format!("{}/v1", s.api.base), json!({})))
+        .await;
+    let host = |req: reqwest::RequestBuilder| {
+        req.header("User-Agent", format!("Azure-Functions-Host/{HOST_VERSION}"))
+            .header("X-Azure-Functions-HostVersion", HOST_VERSION)
+            .header("X-Azure-Functions-InvocationId", uuid_ish())
+    };
+    s.api.clear();
+    // A function key (whatever its value) is no credential here: the host never checked it.
+    for key in ["checked-by-nobody", ""] {
+        let mut req = host(reqwest::Client::new().get(s.proxy_url("main", "/items?page=1")));
+        if !key.is_empty() {
+            req = req.header("x-functions-key", key);
+        }
+        broker_error(&s.send(req).await, 401, "unauthorized");
+    }
+    let wrong = host(
+        reqwest::Client::new()
+            .get(s.proxy_url("main", "/items?page=1"))
+            .header("Authorization", basic(&s.main.0, &format!("{}x", s.main.1))),
+    );
+    broker_error(&s.send(wrong).await, 401, "unauthorized");
+    let other = host(
+        reqwest::Client::new()
+            .get(s.proxy_url("main", "/items?page=1"))
+            .header("Authorization", basic(&s.second.0, &s.second.1)),
+    );
+    broker_error(&s.send(other).await, 403, "forbidden");
+    assert_eq!(s.api.requests(), 0, "no refused request reached the vendor");
+
+    // The connection's own credential, with the host's headers and a function key beside it.
+    let r = s
+        .send(host(s.req(Method::GET, "/echo")).header("x-functions-key", "checked-by-nobody"))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.api.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    for gone in [
+        "x-functions-key",
+        "x-azure-functions-hostversion",
+        "x-azure-functions-invocationid",
+    ] {
+        assert!(
+            seen[0].header(gone).is_none(),
+            "{gone} reached the vendor: {:?}",
+            seen[0]
+        );
+    }
+}

@@ -9,7 +9,8 @@
 //!   header; the last page has `null` links and no header;
 //! - `… /echo` (any method): what arrived: method, path, query, headers, body (as text);
 //! - `GET …/redirect`: 302 to `…/items?page=1` (absolute) with a `Set-Cookie`;
-//! - `GET …/large?bytes=N`: N bytes streamed in 64 KiB chunks (`&length=1` adds a Content-Length);
+//! - `GET …/large?bytes=N`: N bytes streamed in 64 KiB chunks (`&length=1` adds a Content-Length,
+//!   `&ms=M` answers after M ms);
 //! - `GET …/slow?ms=N`: answers after N ms.
 //!
 //! Every request is recorded (method, path and query, headers, body length); [`TestApi::script`]
@@ -244,6 +245,9 @@ async fn handle(
             let total: usize = query(&req, "bytes")
                 .and_then(|b| b.parse().ok())
                 .unwrap_or(1024);
+            if let Some(ms) = query(&req, "ms").and_then(|m| m.parse::<u64>().ok()) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             let chunk = web::Bytes::from(vec![b'x'; 64 * 1024]);
             let chunks = futures::stream::unfold(total, move |left| {
                 let chunk = chunk.clone();
