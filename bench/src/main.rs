@@ -1635,8 +1635,8 @@ async fn proxy(env: &Env, report: &mut Report) -> Res<()> {
         }
     }
     // The same at concurrency 1 with the store behind a latency relay (as Table Storage is
-    // reached in Azure), and at concurrency 64 with a vendor that answers after 20 ms (as a real
-    // one does): there the proxy must not be what limits the rate.
+    // reached in Azure), and at concurrency 64 with a vendor that answers after 20 or 100 ms (as
+    // real ones do): there the proxy must not be what limits the rate.
     let (_relay, relayed) = fx.relayed(Duration::from_millis(1))?;
     let far = fx.broker_on(env, &relayed, &[]).await?;
     let far_token = far.token_url("warm");
@@ -1644,10 +1644,17 @@ async fn proxy(env: &Env, report: &mut Report) -> Res<()> {
         "{}/api/proxy/{INTEGRATION}/warm/large?bytes=1024&length=1",
         far.base
     );
-    let slow_direct = format!("{}/v1/large?bytes=1024&length=1&ms=20", api.base);
-    let slow_proxied = format!(
-        "{}/api/proxy/{INTEGRATION}/warm/large?bytes=1024&length=1&ms=20",
-        broker.base
+    let slow = |base: &str, ms: u64| format!("{base}/large?bytes=1024&length=1&ms={ms}");
+    let (slow_direct, slow_proxied) = (
+        slow(&format!("{}/v1", api.base), 20),
+        slow(&format!("{}/api/proxy/{INTEGRATION}/warm", broker.base), 20),
+    );
+    let (slower_direct, slower_proxied) = (
+        slow(&format!("{}/v1", api.base), 100),
+        slow(
+            &format!("{}/api/proxy/{INTEGRATION}/warm", broker.base),
+            100,
+        ),
     );
     for (c, label, subjects) in [
         (
@@ -1679,6 +1686,20 @@ async fn proxy(env: &Env, report: &mut Report) -> Res<()> {
                 (
                     "proxy",
                     Box::new(|_| get_ok(&proxy_http, &slow_proxied).boxed()) as Op,
+                ),
+            ],
+        ),
+        (
+            64usize,
+            "vendor answers after 100 ms",
+            vec![
+                (
+                    "direct",
+                    Box::new(|_| get_ok(&direct_http, &slower_direct).boxed()) as Op,
+                ),
+                (
+                    "proxy",
+                    Box::new(|_| get_ok(&proxy_http, &slower_proxied).boxed()) as Op,
                 ),
             ],
         ),

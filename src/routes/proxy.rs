@@ -461,12 +461,19 @@ async fn serve(
         let status = resp.status().as_u16();
         if status == 401 && !refreshed && body.replayable() {
             refreshed = true;
-            drop(resp);
-            record = state
+            let renewed = state
                 .engine
                 .refresh_rejected(&integration, &record)
                 .await
                 .map_err(|e| ApiError::from_refresh(e, authorize()))?;
+            // The engine may hand back the very token the vendor refused (the refresh budget
+            // was spent, or the vendor renewed it unchanged): sending it again cannot help, so
+            // the vendor's 401 goes back to the caller as it is.
+            if renewed.tokens.access_token.expose() == record.tokens.access_token.expose() {
+                break resp;
+            }
+            drop(resp);
+            record = renewed;
             outcome.retries += 1;
             continue;
         }
