@@ -122,6 +122,8 @@ pub enum ConsentError {
 #[derive(Debug)]
 pub struct Started {
     pub authorization_url: Url,
+    /// The hash of the consent's `state` (its key in the store).
+    pub state_hash: String,
     /// Name and value of the browser-binding cookie.
     pub cookie_name: String,
     pub cookie_value: Secret,
@@ -141,6 +143,17 @@ pub struct Completed {
     /// (`offline_access`) are not missing when one came back: vendors often
     /// leave them out of the answer.
     pub missing_scopes: Option<Vec<String>>,
+}
+
+/// Where an operator goes to bring a dead grant back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReauthLinks {
+    /// `POST` here (with the key) for a keyless consent link to send the account owner.
+    pub consent_link_url: String,
+    /// The status page (its button makes the same link).
+    pub status_url: String,
+    /// The keyed start route (kept for existing callers; in a browser it needs `?code=`).
+    pub authorize_url: String,
 }
 
 /// A created consent link.
@@ -206,6 +219,23 @@ impl ConsentService {
         url.into()
     }
 
+    /// Where an operator goes when a connection's grant is dead.
+    pub fn reauth_links(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> ReauthLinks {
+        ReauthLinks {
+            consent_link_url: join(
+                &self.public_url,
+                &format!("api/connections/{integration}/{connection}/consent-link"),
+            )
+            .into(),
+            status_url: join(&self.public_url, "api/status").into(),
+            authorize_url: self.authorize_link(integration, connection),
+        }
+    }
+
     fn integration(&self, name: &IntegrationName) -> Result<Arc<Integration>, ConsentError> {
         match self.engine.integration(name) {
             Lookup::Ready(i) => Ok(i),
@@ -259,6 +289,7 @@ impl ConsentService {
         Ok(Started {
             authorization_url: auth.url,
             cookie_name: cookie_name(&state_hash),
+            state_hash,
             cookie_value: binding,
             cookie_lifetime: PENDING_LIFETIME,
         })
@@ -793,6 +824,33 @@ impl ConsentService {
             .await;
     }
 
+    /// Notes the host a consent was started on when it is not the public URL's
+    /// (the browser keeps the binding cookie there), so the callback's page can
+    /// name both if the cookie is missing. A small side row, best effort.
+    pub async fn note_start_host(&self, state_hash: &str, host: &str) {
+        let key = start_host_key(state_hash);
+        let host: String = host.chars().filter(|c| !c.is_control()).take(255).collect();
+        if let Err(e) = self.store.marker_put(&key, &host, None).await {
+            tracing::warn!(error = %e, "could not note the host a consent started on");
+        }
+    }
+
+    /// The host a consent was started on, if it was noted (and forgets it).
+    pub async fn take_start_host(&self, state: &str) -> Option<String> {
+        if state.is_empty() || state.len() > 512 {
+            return None;
+        }
+        let key = start_host_key(&hash(state));
+        let found = self.store.marker_get(&key).await.ok().flatten()?;
+        let _ = self.store.marker_delete(&key).await;
+        Some(found.value)
+    }
+
+    /// The public URL's host and port (`host:port`, the port always given).
+    pub fn public_authority(&self) -> String {
+        authority_of(&self.public_url)
+    }
+
     /// Whether the public URL is https (cookies are then `Secure`).
     pub fn is_https(&self) -> bool {
         self.public_url.scheme() == "https"
@@ -801,6 +859,19 @@ impl ConsentService {
     /// The public URL without a trailing slash, for pages.
     pub fn public_base(&self) -> &str {
         self.public_url.as_str().trim_end_matches('/')
+    }
+}
+
+fn start_host_key(state_hash: &str) -> String {
+    format!("consent-start-host:{state_hash}")
+}
+
+/// `host:port` of a URL, the port always given (lower-case host).
+pub fn authority_of(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    match url.port_or_known_default() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
     }
 }
 

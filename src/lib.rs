@@ -10,8 +10,10 @@
 //!   outbox in the store);
 //! - `registry` (integrations, with background discovery), `refresh` (the
 //!   refresh engine), `consent` (consent flows and links);
-//! - `routes` and `functions_host` (HTTP), `keyfile` and `startup` (composition).
+//! - `routes` and `functions_host` (HTTP), `keyfile` and `startup` (composition);
+//! - `cli` (the command line: serve, or an operator's command).
 
+pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod consent;

@@ -59,7 +59,7 @@ pub fn http_client() -> reqwest::Client {
         .expect("the HTTP client configuration is static")
 }
 
-fn backend(
+pub(crate) fn backend(
     storage: &StorageSettings,
     http: &reqwest::Client,
 ) -> Result<Arc<dyn Backend>, StartupError> {
@@ -109,6 +109,9 @@ impl Application {
             )),
         };
         let backend = backend(&settings.storage, &http)?;
+        for warning in &settings.warnings {
+            tracing::warn!("{warning}");
+        }
         if !settings.integrations.found {
             tracing::warn!(
                 path = %settings.integrations.path.display(),
@@ -141,13 +144,13 @@ impl Application {
         let public_url = match settings.public_url.clone() {
             Some(u) => u,
             None => {
-                let host = if addr.ip().is_unspecified() {
-                    "127.0.0.1".to_owned()
+                // A socket address prints an IPv6 host in brackets ([::1]:7071), as a URL needs.
+                let shown = if addr.ip().is_unspecified() {
+                    std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
                 } else {
-                    addr.ip().to_string()
+                    addr
                 };
-                Url::parse(&format!("http://{host}:{}", addr.port()))
-                    .expect("an IP address and port make a URL")
+                Url::parse(&format!("http://{shown}")).expect("an IP address and port make a URL")
             }
         };
         let credentials = Arc::new(Credentials::new(Arc::clone(&engine), store.clone()));
@@ -205,6 +208,14 @@ impl Application {
 
         // Bound: now the slow work.
         registry.spawn_discovery();
+        // Before `listening`, so the first call after a fixed configuration already
+        // retries; bounded, so a slow store cannot hold the start (it then ends in
+        // the background).
+        {
+            let engine = Arc::clone(&engine);
+            let note = tokio::spawn(async move { engine.note_configuration().await });
+            let _ = tokio::time::timeout(Duration::from_secs(2), note).await;
+        }
         events.spawn_dispatcher();
         if let Some(every) = settings.sweep_interval {
             tokio::spawn(async move {
@@ -228,18 +239,33 @@ impl Application {
                 }
             });
         }
+        let names = settings.integrations.names();
+        // Before `listening`: whoever waits for that line has read the key file's name by then.
         if let Some((_, file)) = &api_key {
-            how_to_call(&public_url, file.as_deref());
+            how_to_call(
+                &public_url,
+                file.as_deref(),
+                names.first().map(String::as_str),
+            );
         }
         tracing::info!(
             addr = %addr,
             host_mode = settings.host_mode,
             public_url = %public_url.as_str().trim_end_matches('/'),
             redirect_uri = %redirect_uri,
-            integrations = registry.ready_count() + settings.integrations.parsed.discover.len(),
+            integrations = names.len(),
+            integration_names = %names.join(", "),
             max_connections = settings.max_connections / workers * workers,
             "listening"
         );
+        if !names.is_empty() {
+            tracing::info!(
+                "serving {} integration{}: {}; register the redirect URI {redirect_uri} at each vendor",
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", "),
+            );
+        }
         Ok(Self { server })
     }
 
@@ -249,19 +275,39 @@ impl Application {
 }
 
 /// Standalone mode: says where the API key is and how to call the token route
-/// with it, never the key itself.
-fn how_to_call(public_url: &Url, file: Option<&std::path::Path>) {
+/// with it, as a command that works when pasted into a shell; never the key itself.
+fn how_to_call(public_url: &Url, file: Option<&std::path::Path>, integration: Option<&str>) {
     let base = public_url.as_str().trim_end_matches('/');
+    let target = match integration {
+        Some(name) => format!("{name}/default"),
+        None => "<integration>/<connection>".to_owned(),
+    };
+    let curl = format!("curl -H \"x-functions-key: $KEY\" {base}/api/token/{target}");
     match file {
-        Some(file) => tracing::info!(
-            api_key_file = %file.display(),
-            "protected routes require the API key generated in {}. Call the token route with: curl -H \"x-functions-key: $(cat {})\" {base}/api/token/<integration>/<connection>",
-            file.display(),
-            file.display(),
-        ),
-        None => tracing::info!(
-            "protected routes require BROKER_API_KEY. Call the token route with: curl -H \"x-functions-key: $BROKER_API_KEY\" {base}/api/token/<integration>/<connection>"
-        ),
+        Some(file) => {
+            tracing::info!(
+                api_key_file = %file.display(),
+                "protected routes require the API key in {}",
+                file.display()
+            );
+            tracing::info!("call the token route: KEY=$(cat {}) && {curl}", shell_word(&file.display().to_string()));
+        }
+        None => tracing::info!("protected routes require BROKER_API_KEY; call the token route: KEY=$BROKER_API_KEY && {curl}"),
+    }
+    if integration.is_none() {
+        tracing::info!("no integration is configured yet: see docs/configuration.md");
+    }
+}
+
+/// `s` as one shell word: as it is when it is plain, else in single quotes.
+pub(crate) fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"/._-+:@%,=".contains(&c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 

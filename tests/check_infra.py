@@ -76,6 +76,7 @@ NOT_SET_BY_TEMPLATE = {
     "BROKER_MIN_FORCED_REFRESH_SECS": "tuning; the default (60 s) is right",
     "BROKER_WEBHOOK_RETRY_SECS": "tuning; the default (10 s, doubling) is right",
     "BROKER_REFRESH_FAILING_SECS": "tuning; the default (6 h) is right",
+    "BROKER_LOG_FORMAT": "the default is right: JSON when stdout is not a terminal, as under the Functions host",
 }
 
 # App settings names the broker (or its platform) reads, as string literals in the source.

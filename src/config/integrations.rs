@@ -17,6 +17,7 @@ use url::Url;
 
 use super::error::ConfigError;
 use super::expand::{expand, expand_all, Ctx};
+use super::lint::lint;
 use super::templates::apply_template;
 pub use super::templates::catalogue;
 use crate::domain::{IntegrationName, Secret};
@@ -206,6 +207,9 @@ pub struct Integration {
     pub pipeline_resources: Option<Vec<String>>,
     /// Where the vendor account behind a consent comes from.
     pub account: AccountConfig,
+    /// The settings the client id and secret are read from (`%NAME%`), when they are.
+    pub client_id_setting: Option<String>,
+    pub client_secret_setting: Option<String>,
     /// The vendor's OAuth documentation (template-level `docs`).
     pub docs: Vec<Url>,
     /// The vendor's API base URL(s), for a future proxy (validated, not used for requests).
@@ -347,6 +351,24 @@ pub struct IntegrationsFile {
 }
 
 impl IntegrationsFile {
+    /// The names of every configured integration (ready or to be discovered), sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .parsed
+            .ready
+            .keys()
+            .map(|n| n.as_str().to_owned())
+            .chain(
+                self.parsed
+                    .discover
+                    .iter()
+                    .map(|d| d.name.as_str().to_owned()),
+            )
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Reads and validates the file at `path`; a missing file is no error.
     pub fn load(path: PathBuf, get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         match std::fs::read_to_string(&path) {
@@ -504,6 +526,10 @@ pub fn parse(
             .to_owned(),
     })?;
     let mut parsed = Parsed::default();
+    // Every integration is read, and every problem of every one is kept, so one
+    // start (or `oauth-broker check`) reports them all.
+    let mut problems = Vec::new();
+    let mut missing = Vec::new();
     for (name, value) in raw.integrations {
         let ctx = Ctx {
             path: path_s.clone(),
@@ -511,37 +537,81 @@ pub fn parse(
             get,
         };
         let Value::Object(own) = value else {
-            return Err(ctx.fail("must be a JSON object"));
+            problems.push(ConfigError::field(
+                &path_s,
+                format!("integrations.{name}"),
+                "expected an object",
+            ));
+            continue;
         };
-        let merged = apply_template(&ctx, own)?;
-        let needs_discovery =
-            !merged.contains_key("authorization_url") || !merged.contains_key("token_url");
-        match merged.get("issuer").and_then(Value::as_str) {
-            Some(issuer) if needs_discovery => {
-                let issuer = expand(&ctx, "issuer", issuer)?;
-                let issuer = Url::parse(&issuer)
-                    .map_err(|e| ctx.fail(format!("issuer is not a URL: {e}")))?;
-                check_endpoint("issuer", &issuer).map_err(|m| ctx.fail(m))?;
-                // Settings are read now, so discovery at start needs no environment.
-                let mut value = Value::Object(merged);
-                expand_all(&ctx, "", &mut value)?;
-                let Value::Object(value) = value else {
-                    unreachable!()
-                };
-                let name = IntegrationName::parse(&name).map_err(|e| ctx.fail(e.to_string()))?;
-                parsed.discover.push(Discovery {
-                    name,
-                    issuer,
-                    value,
-                });
-            }
-            _ => {
-                let i = finish(&ctx, merged)?;
-                parsed.ready.insert(i.name.clone(), i);
-            }
+        let findings = lint(&path_s, &name, &own, get);
+        if !findings.is_clean() {
+            problems.extend(findings.problems);
+            missing.extend(findings.missing);
+            continue;
+        }
+        if let Err(e) = read_one(&ctx, own, &mut parsed) {
+            problems.push(e);
         }
     }
+    if !missing.is_empty() {
+        problems.insert(
+            0,
+            ConfigError::MissingSettings {
+                path: path_s,
+                missing,
+            },
+        );
+    }
+    if let Some(e) = ConfigError::all(problems) {
+        return Err(e);
+    }
     Ok(parsed)
+}
+
+/// Reads one integration that passed [`lint`] into `parsed`.
+fn read_one(
+    ctx: &Ctx<'_>,
+    own: Map<String, Value>,
+    parsed: &mut Parsed,
+) -> Result<(), ConfigError> {
+    let name = ctx.name.clone();
+    let merged = apply_template(ctx, own)?;
+    let needs_discovery =
+        !merged.contains_key("authorization_url") || !merged.contains_key("token_url");
+    match merged.get("issuer").and_then(Value::as_str) {
+        Some(issuer) if needs_discovery => {
+            let issuer = expand(ctx, "issuer", issuer)?;
+            let issuer =
+                Url::parse(&issuer).map_err(|e| ctx.fail(format!("issuer is not a URL: {e}")))?;
+            check_endpoint("issuer", &issuer).map_err(|m| ctx.fail(m))?;
+            // Settings are read now, so discovery at start needs no environment.
+            let mut value = Value::Object(merged);
+            expand_all(ctx, "", &mut value)?;
+            let Value::Object(value) = value else {
+                unreachable!()
+            };
+            let name = IntegrationName::parse(&name).map_err(|e| ctx.fail(e.to_string()))?;
+            parsed.discover.push(Discovery {
+                name,
+                issuer,
+                value,
+            });
+        }
+        _ => {
+            let i = finish(ctx, merged)?;
+            parsed.ready.insert(i.name.clone(), i);
+        }
+    }
+    Ok(())
+}
+
+/// `NAME` of a `%NAME%` value.
+fn setting_name(v: &str) -> Option<String> {
+    v.strip_prefix('%')
+        .and_then(|s| s.strip_suffix('%'))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 pub(super) fn finish(
@@ -785,6 +855,8 @@ pub(super) fn finish(
         expires_in_ms,
         pipeline_scopes: r.pipeline_scopes,
         pipeline_resources: r.pipeline_resources,
+        client_id_setting: setting_name(&r.client_id),
+        client_secret_setting: setting_name(&r.client_secret),
         provider: r.provider,
         account,
         name,

@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 mod expand;
 pub mod integrations;
+pub mod lint;
 pub mod templates;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -71,6 +72,21 @@ impl Env<'_> {
     ) -> Result<u64, ConfigError> {
         let what = format!("a whole number from {} to {}", range.start(), range.end());
         self.number(name, default, range, &what)
+    }
+}
+
+/// The problems found while reading the settings: each is kept and reading
+/// goes on with a fallback, so one start reports every problem at once.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// The value, or `fallback` with the error kept.
+    fn take<T>(&mut self, r: Result<T, ConfigError>, fallback: T) -> T {
+        r.unwrap_or_else(|e| {
+            self.0.push(e);
+            fallback
+        })
     }
 }
 
@@ -148,41 +164,43 @@ impl Default for RefreshPolicy {
 }
 
 impl RefreshPolicy {
-    fn load(env: &Env<'_>) -> Result<Self, ConfigError> {
+    fn load(env: &Env<'_>, p: &mut Problems) -> Self {
         let d = Self::default();
-        let timeout = env.seconds(
-            "BROKER_UPSTREAM_TIMEOUT_SECS",
-            d.upstream_timeout.as_secs(),
-            1..=120,
-        )?;
-        let lease = env.seconds(
-            "BROKER_REFRESH_LEASE_SECS",
-            d.lease.whole_seconds().unsigned_abs(),
-            2..=3600,
-        )?;
+        let default_timeout = d.upstream_timeout.as_secs();
+        let default_lease = d.lease.whole_seconds().unsigned_abs();
+        let timeout = p.take(
+            env.seconds("BROKER_UPSTREAM_TIMEOUT_SECS", default_timeout, 1..=120),
+            default_timeout,
+        );
+        let lease = p.take(
+            env.seconds("BROKER_REFRESH_LEASE_SECS", default_lease, 2..=3600),
+            default_lease,
+        );
         if lease < timeout + 2 {
-            return Err(ConfigError::setting(
+            p.0.push(ConfigError::setting(
                 "BROKER_REFRESH_LEASE_SECS",
                 format!("({lease}) must exceed BROKER_UPSTREAM_TIMEOUT_SECS ({timeout}) by at least 2 seconds, so a refresh always finishes inside its lease"),
             ));
         }
-        Ok(Self {
+        Self {
             lease: seconds(lease),
             upstream_timeout: std::time::Duration::from_secs(timeout),
-            cooldown: seconds(env.seconds("BROKER_REFRESH_COOLDOWN_SECS", 30, 0..=86_400)?),
-            sweep_concurrency: env.seconds("BROKER_SWEEP_CONCURRENCY", 8, 1..=256)? as usize,
-            sweep_budget: std::time::Duration::from_secs(env.seconds(
-                "BROKER_SWEEP_BUDGET_SECS",
+            cooldown: seconds(p.take(
+                env.seconds("BROKER_REFRESH_COOLDOWN_SECS", 30, 0..=86_400),
+                30,
+            )),
+            sweep_concurrency: p.take(env.seconds("BROKER_SWEEP_CONCURRENCY", 8, 1..=256), 8)
+                as usize,
+            sweep_budget: std::time::Duration::from_secs(p.take(
+                env.seconds("BROKER_SWEEP_BUDGET_SECS", 240, 1..=86_400),
                 240,
-                1..=86_400,
-            )?),
-            min_forced_refresh: seconds(env.seconds(
-                "BROKER_MIN_FORCED_REFRESH_SECS",
+            )),
+            min_forced_refresh: seconds(p.take(
+                env.seconds("BROKER_MIN_FORCED_REFRESH_SECS", 60, 0..=86_400),
                 60,
-                0..=86_400,
-            )?),
+            )),
             ..d
-        })
+        }
     }
 }
 
@@ -250,6 +268,8 @@ pub struct Settings {
     /// Standalone: proxies whose `X-Forwarded-For` names the client
     /// (`BROKER_TRUSTED_PROXIES`, addresses or CIDR blocks; default none).
     pub trusted_proxies: Vec<crate::domain::source::IpBlock>,
+    /// What is allowed but probably wrong (an http public URL on a public host), logged at start.
+    pub warnings: Vec<String>,
 }
 
 const DEFAULT_SQLITE: &str = ".broker/broker.db";
@@ -261,70 +281,90 @@ impl Settings {
     /// Reads every setting through `env` (the process environment in `main`).
     pub fn load(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env { get };
+        let mut p = Problems::default();
 
         let host_port = env.get("FUNCTIONS_CUSTOMHANDLER_PORT");
         let host_mode = host_port.is_some();
         let (listen, api_key, sweep_interval) = if host_mode {
-            let port = env.number(
-                "FUNCTIONS_CUSTOMHANDLER_PORT",
+            let port = p.take(
+                env.number(
+                    "FUNCTIONS_CUSTOMHANDLER_PORT",
+                    0,
+                    0..=65_535,
+                    "a port number",
+                ),
                 0,
-                0..=65_535,
-                "a port number",
-            )?;
+            );
             (
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port as u16),
                 None,
                 None,
             )
         } else {
-            let port = env.number("BROKER_PORT", 7071, 0..=65_535, "a port number (0-65535)")?;
+            let port = p.take(
+                env.number("BROKER_PORT", 7071, 0..=65_535, "a port number (0-65535)"),
+                7071,
+            );
+            let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
             let bind: IpAddr = match env.get("BROKER_BIND") {
-                Some(b) => b.parse().map_err(|_| {
-                    ConfigError::setting(
-                        "BROKER_BIND",
-                        "must be an IP address such as 127.0.0.1 or 0.0.0.0",
-                    )
-                })?,
-                None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                Some(b) => p.take(
+                    b.parse().map_err(|_| {
+                        ConfigError::setting(
+                            "BROKER_BIND",
+                            "must be an IP address such as 127.0.0.1 or 0.0.0.0",
+                        )
+                    }),
+                    loopback,
+                ),
+                None => loopback,
             };
             let api_key = match env.get("BROKER_API_KEY").map(Secret::new) {
                 Some(key) => {
-                    check_api_key(&key, "the key")
-                        .map_err(|e| ConfigError::setting("BROKER_API_KEY", e))?;
+                    if let Err(e) = check_api_key(&key, "the key") {
+                        p.0.push(ConfigError::setting("BROKER_API_KEY", e));
+                    }
                     ApiKeySource::Configured(key)
                 }
                 None if !bind.is_loopback() => {
-                    return Err(ConfigError::setting(
+                    p.0.push(ConfigError::setting(
                         "BROKER_API_KEY",
                         format!("is required when BROKER_BIND ({bind}) is not a loopback address: without it anyone who can reach the port can read tokens. Set BROKER_API_KEY to a long random value (openssl rand -base64 32), or bind to 127.0.0.1"),
                     ));
+                    ApiKeySource::File(PathBuf::new())
                 }
                 // Loopback without a key: one is generated beside the embedded store's files.
                 None => ApiKeySource::File(PathBuf::new()),
             };
-            let secs = env.number(
-                "BROKER_SWEEP_INTERVAL_SECS",
+            let secs = p.take(
+                env.number(
+                    "BROKER_SWEEP_INTERVAL_SECS",
+                    300,
+                    0..=u64::from(u32::MAX),
+                    "a whole number of seconds (0 = never)",
+                ),
                 300,
-                0..=u64::from(u32::MAX),
-                "a whole number of seconds (0 = never)",
-            )?;
+            );
             let sweep = (secs > 0).then(|| std::time::Duration::from_secs(secs));
             (SocketAddr::new(bind, port as u16), Some(api_key), sweep)
         };
 
         let public_url = match env.get("BROKER_PUBLIC_URL") {
-            Some(u) => Some(public_url("BROKER_PUBLIC_URL", &u, "")?),
+            Some(u) => p.take(public_url("BROKER_PUBLIC_URL", &u, "").map(Some), None),
             None => match env.get("WEBSITE_HOSTNAME") {
-                Some(h) => Some(public_url(
-                    "WEBSITE_HOSTNAME",
-                    &format!("https://{h}"),
-                    " (a host name such as my-broker.azurewebsites.net)",
-                )?),
+                Some(h) => p.take(
+                    public_url(
+                        "WEBSITE_HOSTNAME",
+                        &format!("https://{h}"),
+                        " (a host name such as my-broker.azurewebsites.net)",
+                    )
+                    .map(Some),
+                    None,
+                ),
                 None => None,
             },
         };
 
-        let table = || -> Result<String, ConfigError> {
+        let table = |p: &mut Problems| -> String {
             let table = env
                 .get("BROKER_TABLE")
                 .unwrap_or_else(|| DEFAULT_TABLE.to_owned());
@@ -333,19 +373,22 @@ impl Settings {
                 && table.as_bytes()[0].is_ascii_alphabetic()
                 && table.bytes().all(|c| c.is_ascii_alphanumeric())
                 && !table.eq_ignore_ascii_case("tables");
-            if valid {
-                Ok(table)
-            } else {
-                Err(ConfigError::setting(
+            if !valid {
+                p.0.push(ConfigError::setting(
                     "BROKER_TABLE",
                     "must be 3-63 letters and digits, starting with a letter (Table Storage rules)",
-                ))
+                ));
             }
+            table
         };
-        let storage = match identity_storage(&env)? {
+        let default_sqlite = || StorageSettings::Sqlite {
+            path: PathBuf::from(DEFAULT_SQLITE),
+        };
+        let identity = p.take(identity_storage(&env), None);
+        let storage = match identity {
             Some(identity) => StorageSettings::TableIdentity {
                 identity,
-                table: table()?,
+                table: table(&mut p),
             },
             None => {
                 let spec = env
@@ -354,33 +397,41 @@ impl Settings {
                     .unwrap_or_else(|| format!("sqlite:{DEFAULT_SQLITE}"));
                 match spec.strip_prefix("sqlite:") {
                     Some("") => {
-                        return Err(ConfigError::setting(
+                        p.0.push(ConfigError::setting(
                             "BROKER_STORAGE",
                             "sqlite: needs a path, e.g. sqlite:.broker/broker.db",
-                        ))
+                        ));
+                        default_sqlite()
                     }
                     Some(path) => StorageSettings::Sqlite {
                         path: PathBuf::from(path),
                     },
                     None => StorageSettings::Table {
                         connection_string: Secret::new(spec),
-                        table: table()?,
+                        table: table(&mut p),
                     },
                 }
             }
         };
 
         let keys = match (env.get("BROKER_ENCRYPTION_KEYS"), &storage) {
-            (Some(spec), _) => KeySource::Configured(
-                Keyring::parse(&Secret::new(spec))
-                    .map_err(|e| ConfigError::setting("BROKER_ENCRYPTION_KEYS", e.to_string()))?,
-            ),
+            (Some(spec), _) => match Keyring::parse(&Secret::new(spec)) {
+                Ok(k) => KeySource::Configured(k),
+                Err(e) => {
+                    p.0.push(ConfigError::setting(
+                        "BROKER_ENCRYPTION_KEYS",
+                        e.to_string(),
+                    ));
+                    KeySource::File(PathBuf::new())
+                }
+            },
             (None, StorageSettings::Sqlite { path }) => KeySource::File(beside(path, "broker.key")),
             (None, StorageSettings::Table { .. } | StorageSettings::TableIdentity { .. }) => {
-                return Err(ConfigError::setting(
+                p.0.push(ConfigError::setting(
                     "BROKER_ENCRYPTION_KEYS",
                     "is required with Table Storage: set it to <key-id>:<base64 of 32 random bytes>, e.g. k1:$(openssl rand -base64 32); keep it in Key Vault",
-                ))
+                ));
+                KeySource::File(PathBuf::new())
             }
         };
 
@@ -392,42 +443,53 @@ impl Settings {
             }),
             configured => configured,
         });
-        let max_connections = env.number(
-            "BROKER_MAX_CONNECTIONS",
+        let max_connections = p.take(
+            env.number(
+                "BROKER_MAX_CONNECTIONS",
+                256,
+                1..=65_536,
+                "a whole number from 1 to 65536",
+            ),
             256,
-            1..=65_536,
-            "a whole number from 1 to 65536",
-        )? as usize;
+        ) as usize;
 
         let integrations_path = PathBuf::from(
             env.get("BROKER_INTEGRATIONS")
                 .unwrap_or_else(|| "integrations.json".into()),
         );
-        let integrations = IntegrationsFile::load(integrations_path, &|k| env.get(k))?;
+        let integrations = p.take(
+            IntegrationsFile::load(integrations_path.clone(), &|k| env.get(k)),
+            IntegrationsFile {
+                path: integrations_path,
+                found: true,
+                parsed: Default::default(),
+            },
+        );
 
-        let refresh = RefreshPolicy::load(&env)?;
-        let consent_link_lifetime = seconds(env.number(
-            "BROKER_CONSENT_LINK_TTL_SECS",
+        let refresh = RefreshPolicy::load(&env, &mut p);
+        let consent_link_lifetime = seconds(p.take(
+            env.number(
+                "BROKER_CONSENT_LINK_TTL_SECS",
+                86_400,
+                60..=2_592_000,
+                "a whole number of seconds from 60 to 2592000 (30 days)",
+            ),
             86_400,
-            60..=2_592_000,
-            "a whole number of seconds from 60 to 2592000 (30 days)",
-        )?);
-        let events = EventSettings::load(&env)?;
-        let trusted_proxies = match env.get("BROKER_TRUSTED_PROXIES") {
-            None => Vec::new(),
-            Some(list) => list
-                .split(',')
-                .filter(|e| !e.trim().is_empty())
-                .map(|e| {
-                    crate::domain::source::IpBlock::parse(e).ok_or_else(|| {
-                        ConfigError::setting(
-                            "BROKER_TRUSTED_PROXIES",
-                            format!("{:?} is not an IP address or CIDR block (such as 10.0.0.0/8 or ::1)", e.trim()),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
+        ));
+        let events = p.take(EventSettings::load(&env), EventSettings::default());
+        let trusted_proxies = p.take(trusted_proxies(&env), Vec::new());
+        if let Some(e) = ConfigError::all(p.0) {
+            return Err(e);
+        }
+        let mut warnings = Vec::new();
+        if let Some(u) = &public_url {
+            if u.scheme() == "http" && !integrations::is_loopback(u) {
+                warnings.push(format!(
+                    "BROKER_PUBLIC_URL ({}) is http on a host that is not loopback: browsers and vendors reach the broker over plain HTTP there, so consent codes and cookies travel unencrypted, and most vendors refuse an http redirect URI. Put the broker behind a TLS proxy and set an https BROKER_PUBLIC_URL",
+                    u.as_str().trim_end_matches('/')
+                ));
+            }
+        }
         Ok(Self {
             trusted_proxies,
             refresh,
@@ -442,11 +504,32 @@ impl Settings {
             storage,
             keys,
             integrations,
+            warnings,
         })
     }
 }
 
-/// A public base URL: http(s), no query or fragment, no trailing slash in use.
+/// `BROKER_TRUSTED_PROXIES`: addresses or CIDR blocks, comma-separated.
+fn trusted_proxies(env: &Env<'_>) -> Result<Vec<crate::domain::source::IpBlock>, ConfigError> {
+    let Some(list) = env.get("BROKER_TRUSTED_PROXIES") else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            crate::domain::source::IpBlock::parse(e).ok_or_else(|| {
+                ConfigError::setting(
+                    "BROKER_TRUSTED_PROXIES",
+                    format!(
+                        "{:?} is not an IP address or CIDR block (such as 10.0.0.0/8 or ::1)",
+                        e.trim()
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
 fn public_url(setting: &'static str, value: &str, hint: &str) -> Result<Url, ConfigError> {
     let parsed = Url::parse(value.trim_end_matches('/')).map_err(|e| {
         ConfigError::setting(
@@ -597,6 +680,57 @@ pub(crate) mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("i.json");
+        std::fs::write(
+            &file,
+            r#"{"integrations": {
+                "acme": {"provider": "xero", "client_id": "%ACME_ID%", "client_secret": "%ACME_SECRET%", "scopes": "openid read"},
+                "beta": {"provider": "hubspot", "client_id": "%BETA_ID%", "client_secret": "${BETA_SECRET}"}
+            }}"#,
+        )
+        .unwrap();
+        let err = Settings::load(&env(&[
+            ("BROKER_STORAGE", "sqlite:"),
+            ("BROKER_PORT", "http"),
+            ("BROKER_INTEGRATIONS", file.to_str().unwrap()),
+        ]))
+        .unwrap_err();
+        let all: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
+        let text = err.to_string();
+        for part in [
+            "BROKER_PORT: must be a port number",
+            "BROKER_STORAGE: sqlite: needs a path",
+            "integrations.acme.scopes: expected an array of strings",
+            "integrations.beta.client_secret: \"${BETA_SECRET}\" is not read from a setting: write %BETA_SECRET% to read a setting",
+            "3 settings are not set: ACME_ID (integrations.acme.client_id), ACME_SECRET (integrations.acme.client_secret), BETA_ID (integrations.beta.client_id)",
+        ] {
+            assert!(text.contains(part), "{part} in {text}");
+        }
+        // The missing settings are one problem of the five.
+        assert_eq!(all.len(), 5, "{all:#?}");
+    }
+
+    #[test]
+    fn an_http_public_url_on_a_public_host_is_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite:{}/b.db", dir.path().display());
+        let load = |url: &str| {
+            Settings::load(&env(&[("BROKER_STORAGE", &db), ("BROKER_PUBLIC_URL", url)]))
+                .unwrap()
+                .warnings
+        };
+        let w = load("http://broker.example.com");
+        assert!(
+            w.len() == 1 && w[0].contains("http://broker.example.com"),
+            "{w:?}"
+        );
+        assert!(load("http://localhost:7071").is_empty());
+        assert!(load("https://broker.example.com").is_empty());
     }
 
     #[test]

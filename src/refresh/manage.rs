@@ -28,7 +28,13 @@ impl Engine {
 
     /// Every connection with its condition, most urgent first (the status page).
     pub async fn overview(&self) -> Result<Overview, StoreError> {
-        let records = self.store.list().await?;
+        let records: Vec<ConnectionRecord> = self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .map(|r| self.as_assessed(r))
+            .collect();
         let configured = self
             .integrations
             .ready()
@@ -44,6 +50,21 @@ impl Engine {
             },
             super::now(),
         ))
+    }
+
+    /// An operator's "Refresh now": refreshes even a fresh token, and even during
+    /// a cool-down (once: a failure starts a new one).
+    pub async fn refresh_now(
+        &self,
+        integration: &Integration,
+        connection: &ConnectionId,
+    ) -> Result<ConnectionRecord, RefreshError> {
+        let need = super::Need {
+            force: true,
+            bypass_cooldown: true,
+            ..super::Need::default()
+        };
+        self.ensure_fresh(integration, connection, need).await
     }
 
     /// One connection, whatever its status (the admin view).

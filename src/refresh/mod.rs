@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use rand::{Rng, RngCore};
 use time::{Duration, OffsetDateTime};
 
+mod config_change;
 mod manage;
 mod notify;
 mod sweep;
@@ -111,6 +112,8 @@ pub struct Need {
     /// credentials), so a wish longer than the vendor's tokens live does not
     /// refresh on every call.
     pub cap_by_lifetime: bool,
+    /// An operator's "Refresh now": refresh even during a cool-down (once).
+    pub bypass_cooldown: bool,
 }
 
 /// What one sweep did.
@@ -147,6 +150,8 @@ pub struct Engine {
     owner: String,
     /// Where changes of state are told (see `notify`); set once at start.
     events: std::sync::OnceLock<crate::events::Events>,
+    /// When each integration's client configuration last changed (see `config_change`).
+    config_changed: std::sync::RwLock<HashMap<IntegrationName, OffsetDateTime>>,
 }
 
 fn std_duration(d: Duration) -> std::time::Duration {
@@ -171,6 +176,7 @@ impl Engine {
             reads: Coalescer::default(),
             owner: id.iter().map(|b| format!("{b:02x}")).collect(),
             events: std::sync::OnceLock::new(),
+            config_changed: std::sync::RwLock::new(HashMap::new()),
         }
     }
 
@@ -459,7 +465,7 @@ impl Engine {
             let r = &v.value;
             r.refreshed_at == seen_refreshed_at
                 && !r.is_leased(at)
-                && r.cooling_down_since(at, self.policy.cooldown).is_none()
+                && self.cooling_down_since(r, at, need).is_none()
         });
         let mut current = match known {
             Some(v) => v,
@@ -481,7 +487,7 @@ impl Engine {
                 current = self.read(integration, connection).await?;
                 continue;
             }
-            if let Some(at) = rec.cooling_down_since(now, self.policy.cooldown) {
+            if let Some(at) = self.cooling_down_since(rec, now, need) {
                 return self.cooling_down(rec, at, now);
             }
             let lease = rec.leased(&self.owner, now + self.policy.lease);
@@ -498,6 +504,25 @@ impl Engine {
             }
         };
         self.refresh_leased(integration, leased, need.force).await
+    }
+
+    /// When the connection's cool-down began, if it is in one: not for a failure
+    /// from before its integration's configuration changed, nor for an
+    /// operator's "Refresh now".
+    fn cooling_down_since(
+        &self,
+        rec: &ConnectionRecord,
+        now: OffsetDateTime,
+        need: &Need,
+    ) -> Option<OffsetDateTime> {
+        if need.bypass_cooldown {
+            return None;
+        }
+        let at = rec.cooling_down_since(now, self.policy.cooldown)?;
+        match self.config_changed_at(&rec.integration) {
+            Some(changed) if at <= changed => None,
+            _ => Some(at),
+        }
     }
 
     /// During a cool-down: serve the stored token while it is valid, else fail fast.

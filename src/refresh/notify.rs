@@ -297,6 +297,11 @@ impl Engine {
         self.forget(&misconfigured_key(&previous.integration)).await;
     }
 
+    /// Clears the integration's `integration.misconfigured` marker.
+    pub(super) async fn forget_misconfigured(&self, integration: &IntegrationName) {
+        self.forget(&misconfigured_key(integration)).await;
+    }
+
     async fn forget(&self, key: &str) {
         if let Err(e) = self.store.marker_delete(key).await {
             tracing::warn!(marker = key, error = %e, "could not clear an event marker");

@@ -16,6 +16,9 @@ use time::format_description::well_known::Rfc3339;
 
 /// `GET /api/auth/start/{integration}?connection=<id>` (protected).
 pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(moved) = to_public_host(&req, &state) {
+        return moved;
+    }
     let raw = req.match_info().get("integration").unwrap_or_default();
     let integration = match IntegrationName::parse(raw) {
         Ok(n) => n,
@@ -41,16 +44,86 @@ pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         .begin(&integration, connection, allow_account_change)
         .await
     {
-        Ok(started) => redirect(&state, started),
+        Ok(started) => {
+            note_host(&req, &state, &started).await;
+            redirect(&state, started)
+        }
         Err(e) => page(&state, e),
+    }
+}
+
+/// The request's `host:port` (lower case; the public URL's default port when the
+/// `Host` header has none).
+fn request_authority(req: &HttpRequest, state: &AppState) -> Option<String> {
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    let authority: actix_web::http::uri::Authority = host.parse().ok()?;
+    let port = authority.port_u16().or_else(|| {
+        url::Url::parse(state.consent.public_base())
+            .ok()?
+            .port_or_known_default()
+    })?;
+    Some(format!("{}:{port}", authority.host().to_ascii_lowercase()))
+}
+
+/// Standalone on loopback: a consent started at another name of this broker than
+/// the public URL's (`localhost` for `127.0.0.1`, say) is sent to the public URL first, with
+/// the same path and query, before any cookie is set, so that the binding cookie
+/// is set on the host the vendor sends the browser back to.
+fn to_public_host(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
+    let standalone = req
+        .app_data::<web::Data<crate::routes::front_door::FrontDoor>>()
+        .is_some_and(|d| d.is_standalone());
+    // Only when the public URL is itself a loopback name: behind a TLS proxy (a
+    // public URL elsewhere) a request at a loopback name is what a proxy that
+    // rewrites `Host` sends (nginx's default), and a redirect would loop. Other
+    // names than these two are refused by the front door (421).
+    let public_is_loopback = url::Url::parse(state.consent.public_base())
+        .is_ok_and(|u| crate::config::integrations::is_loopback(&u));
+    if !standalone || !public_is_loopback {
+        return None;
+    }
+    let here = request_authority(req, state)?;
+    if here == state.consent.public_authority() {
+        return None;
+    }
+    let target = format!(
+        "{}{}",
+        state.consent.public_base(),
+        req.uri().path_and_query().map_or("", |pq| pq.as_str())
+    );
+    Some(
+        HttpResponse::Found()
+            .insert_header((header::LOCATION, target))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::REFERRER_POLICY, "no-referrer"))
+            .finish(),
+    )
+}
+
+/// Under the Functions host a consent may start on another host than the public
+/// URL's: noted, so that a missing cookie at the callback can be explained.
+async fn note_host(req: &HttpRequest, state: &AppState, started: &Started) {
+    if let Some(here) = request_authority(req, state) {
+        if here != state.consent.public_authority() {
+            state
+                .consent
+                .note_start_host(&started.state_hash, &here)
+                .await;
+        }
     }
 }
 
 /// `GET /api/auth/link?t=<token>` (anonymous): opens a consent link.
 pub async fn open_link(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(moved) = to_public_host(&req, &state) {
+        return moved;
+    }
     let token = query(&req).remove("t").unwrap_or_default();
     match state.consent.open_link(&token).await {
-        Ok(started) => redirect(&state, started),
+        Ok(started) => {
+            note_host(&req, &state, &started).await;
+            redirect(&state, started)
+        }
         Err(e) => page(&state, e),
     }
 }
@@ -106,6 +179,17 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
             let _ = resp.add_cookie(&gone);
             resp
         }
+        Err(ConsentError::OtherBrowser) => {
+            let started_on = match params.get("state") {
+                Some(s) => state.consent.take_start_host(s).await,
+                None => None,
+            };
+            let ended_on = request_authority(&req, &state);
+            match (started_on, ended_on) {
+                (Some(a), Some(b)) if a != b => html::other_browser(Some((&a, &b))),
+                _ => html::other_browser(None),
+            }
+        }
         Err(e) => page(&state, e),
     }
 }
@@ -147,7 +231,7 @@ fn page(state: &AppState, e: ConsentError) -> HttpResponse {
         ConsentError::Incomplete => html::callback_incomplete(redirect_uri),
         ConsentError::NotFound => html::consent_not_found(),
         ConsentError::Expired => html::consent_expired(PENDING_LIFETIME.whole_minutes()),
-        ConsentError::OtherBrowser => html::other_browser(),
+        ConsentError::OtherBrowser => html::other_browser(None),
         ConsentError::IssuerMismatch => html::issuer_mismatch(),
         ConsentError::LinkUnusable => html::link_unusable(),
         ConsentError::AccountMismatch {

@@ -27,6 +27,8 @@ pub struct ConnectionView<'a> {
     integration: &'a str,
     connection: &'a str,
     status: &'static str,
+    /// The status page's condition (`status` plus what is derived from the last refresh).
+    condition: &'static str,
     expires_at: String,
     refreshed_at: String,
     created_at: String,
@@ -38,12 +40,22 @@ pub struct ConnectionView<'a> {
     account: Option<&'a Account>,
 }
 
-impl<'a> From<&'a ConnectionRecord> for ConnectionView<'a> {
-    fn from(r: &'a ConnectionRecord) -> Self {
+impl<'a> ConnectionView<'a> {
+    fn of(state: &AppState, r: &'a ConnectionRecord) -> Self {
+        let idle = match state.engine.integration(&r.integration) {
+            Lookup::Ready(i) => i.refresh_token_idle,
+            _ => None,
+        };
         Self {
             integration: r.integration.as_str(),
             connection: r.connection.as_str(),
             status: r.status.as_str(),
+            condition: crate::domain::condition::assess(
+                &state.engine.as_assessed(r.clone()),
+                idle,
+                crate::domain::clock::now(),
+            )
+            .as_str(),
             expires_at: rfc3339(r.expires_at),
             refreshed_at: rfc3339(r.refreshed_at),
             created_at: rfc3339(r.created_at),
@@ -85,7 +97,7 @@ fn not_found() -> ApiError {
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let all = state.engine.connections().await.map_err(store_err)?;
     Ok(no_store(HttpResponse::Ok()).json(ConnectionList {
-        connections: all.iter().map(ConnectionView::from).collect(),
+        connections: all.iter().map(|r| ConnectionView::of(&state, r)).collect(),
     }))
 }
 
@@ -93,7 +105,7 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 pub async fn show(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (i, c) = path_names(&req)?;
     match state.engine.connection(&i, &c).await.map_err(store_err)? {
-        Some(r) => Ok(no_store(HttpResponse::Ok()).json(ConnectionView::from(&r))),
+        Some(r) => Ok(no_store(HttpResponse::Ok()).json(ConnectionView::of(&state, &r))),
         None => Err(not_found()),
     }
 }
@@ -145,7 +157,7 @@ pub(super) async fn delete_connection(
         Err(RefreshError::Upstream(e)) => Err(ApiError::Upstream(format!(
             "revoking the grant at the provider failed ({e}); the connection was kept. Retry, or delete with ?revoke=false"
         ))),
-        Err(e) => Err(ApiError::from_refresh(e, state.consent.authorize_link(i, c))),
+        Err(e) => Err(ApiError::from_refresh(e, state.consent.reauth_links(i, c))),
     }
 }
 

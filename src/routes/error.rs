@@ -31,8 +31,8 @@ pub enum ApiError {
     IntegrationUnavailable(String),
     #[error("{0}")]
     ConnectionNotFound(String),
-    #[error("the grant is no longer valid; open authorize_url to consent again")]
-    ReauthorizationRequired { authorize_url: String },
+    #[error("the grant is no longer valid at the provider: create a consent link with POST {} (or the status page's button, {}) and have the account owner open it", .0.consent_link_url, .0.status_url)]
+    ReauthorizationRequired(ReauthLinks),
     #[error("{0}")]
     Upstream(String),
     #[error("{0}")]
@@ -62,7 +62,7 @@ impl ApiError {
             Self::IntegrationNotFound(_) => "integration_not_found",
             Self::IntegrationUnavailable(_) => "integration_unavailable",
             Self::ConnectionNotFound(_) => "connection_not_found",
-            Self::ReauthorizationRequired { .. } => "reauthorization_required",
+            Self::ReauthorizationRequired(_) => "reauthorization_required",
             Self::Upstream(_) => "upstream_error",
             Self::IntegrationMisconfigured(_) => "integration_misconfigured",
             Self::StoreUnavailable => "store_unavailable",
@@ -73,15 +73,13 @@ impl ApiError {
         }
     }
 
-    /// Maps an engine failure; `authorize_url` is used for dead grants.
-    pub fn from_refresh(e: RefreshError, authorize_url: String) -> Self {
+    /// Maps an engine failure; `links` say where to go for a dead grant.
+    pub fn from_refresh(e: RefreshError, links: ReauthLinks) -> Self {
         match e {
             RefreshError::NotFound => {
                 Self::ConnectionNotFound("no connection with this name; consent first".into())
             }
-            RefreshError::ReauthorizationRequired => {
-                Self::ReauthorizationRequired { authorize_url }
-            }
+            RefreshError::ReauthorizationRequired => Self::ReauthorizationRequired(links),
             RefreshError::Upstream(err) => {
                 Self::Upstream(format!("refreshing the token failed: {err}"))
             }
@@ -100,13 +98,15 @@ impl ApiError {
     }
 }
 
+pub use crate::consent::ReauthLinks;
+
 /// The error object of every JSON route.
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'static str,
     error_description: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    authorize_url: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    links: Option<&'a ReauthLinks>,
 }
 
 impl ResponseError for ApiError {
@@ -135,8 +135,8 @@ impl ResponseError for ApiError {
         let body = ErrorBody {
             error: self.code(),
             error_description: self.to_string(),
-            authorize_url: match self {
-                Self::ReauthorizationRequired { authorize_url } => Some(authorize_url),
+            links: match self {
+                Self::ReauthorizationRequired(links) => Some(links),
                 _ => None,
             },
         };

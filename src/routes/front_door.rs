@@ -83,6 +83,11 @@ impl FrontDoor {
         }
     }
 
+    /// Standalone mode (the broker is its own front door).
+    pub fn is_standalone(&self) -> bool {
+        self.hosts.is_some()
+    }
+
     /// The key from the head: `x-functions-key`, else `?code=`.
     fn check_key(&self, req: &HttpRequest) -> Result<(), ApiError> {
         let Some(expected) = &self.api_key else {

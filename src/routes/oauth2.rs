@@ -162,15 +162,15 @@ fn oauth_error(state: &AppState, e: IssueError) -> OAuthError {
             integration: i,
             connection: c,
         } => OAuthError::InvalidGrant(format!(
-            "connection {i}/{c} has no grant: an operator must consent first ({})",
-            state.consent.authorize_link(&i, &c)
+            "connection {i}/{c} has no grant: an operator must consent first (a consent link: POST {})",
+            state.consent.reauth_links(&i, &c).consent_link_url
         )),
         IssueError::DeadGrant {
             integration: i,
             connection: c,
         } => OAuthError::InvalidGrant(format!(
-            "the grant of connection {i}/{c} is no longer valid at the provider: an operator must consent again ({})",
-            state.consent.authorize_link(&i, &c)
+            "the grant of connection {i}/{c} is no longer valid at the provider: an operator must consent again (a consent link: POST {})",
+            state.consent.reauth_links(&i, &c).consent_link_url
         )),
         IssueError::Refresh(RefreshError::Misconfigured(_)) => OAuthError::TemporarilyUnavailable(
             "the provider rejected the integration's client credentials; an operator must fix the integration",

@@ -1,14 +1,15 @@
 //! `GET /api/status` (protected): every connection's condition for operators,
 //! as an HTML page or, with `Accept: application/json` or `?format=json`, as
 //! JSON for monitoring (same order). `POST /api/status` takes the page's
-//! buttons (form fields `action` = `consent_link` | `delete`, `integration`,
-//! `connection`) and answers the page again with the outcome on top.
+//! buttons (form fields `action` = `consent_link` | `refresh` | `delete` |
+//! `delete_credential`, `integration`, `connection`, and `client_id` for a
+//! credential) and answers the page again with the outcome on top.
 //!
 //! The forms post back to the page's own URL, so the function key travels
 //! in `?code=` as it did for the page, never inside the page. A POST that a
 //! browser marks as coming from another site (`Sec-Fetch-Site`) is refused, so
-//! a page elsewhere cannot press the buttons of a broker reachable without a
-//! key (standalone on loopback).
+//! a page elsewhere cannot press the buttons even for a browser that holds
+//! the key.
 
 use std::collections::BTreeMap;
 
@@ -137,6 +138,71 @@ async fn open_links(state: &AppState, o: &Overview) -> html::OpenLinks {
     .await
 }
 
+/// What the page shows besides the overview: the integrations whose client is
+/// rejected (once each, naming its settings) and every connection's pipeline
+/// credentials (never a secret).
+async fn extras(state: &AppState, o: &Overview) -> html::Extras {
+    let mut rejected: BTreeMap<&IntegrationName, Vec<String>> = BTreeMap::new();
+    for a in &o.connections {
+        if a.condition == Condition::Misconfigured {
+            rejected
+                .entry(&a.record.integration)
+                .or_default()
+                .push(a.record.connection.as_str().to_owned());
+        }
+    }
+    let rejected = rejected
+        .into_iter()
+        .map(|(name, affected)| {
+            let (id, secret) = match state.engine.integration(name) {
+                Lookup::Ready(i) => (i.client_id_setting.clone(), i.client_secret_setting.clone()),
+                _ => (None, None),
+            };
+            html::RejectedClient {
+                integration: name.as_str().to_owned(),
+                client_id_setting: id,
+                client_secret_setting: secret,
+                affected,
+            }
+        })
+        .collect();
+    let lists = o.connections.iter().map(|a| async move {
+        let r = &a.record;
+        let listed = state
+            .credentials
+            .list(&r.integration, &r.connection)
+            .await
+            .unwrap_or_default();
+        let rows: Vec<html::CredentialRow> = listed
+            .into_iter()
+            .map(|k| html::CredentialRow {
+                client_id: k.client_id.as_str().to_owned(),
+                description: k.description,
+                created_at: k.created_at,
+                last_used_at: k.last_used_at,
+                expires_at: k.expires_at,
+            })
+            .collect();
+        (
+            (
+                r.integration.as_str().to_owned(),
+                r.connection.as_str().to_owned(),
+            ),
+            rows,
+        )
+    });
+    let credentials = futures::future::join_all(lists)
+        .await
+        .into_iter()
+        .filter(|(_, rows)| !rows.is_empty())
+        .collect();
+    html::Extras {
+        rejected,
+        credentials,
+        links: html::OpenLinks::default(),
+    }
+}
+
 async fn page(state: &AppState, o: &Overview, notice: Option<&Notice>) -> HttpResponse {
     let unavailable: Vec<(String, String)> = state
         .engine
@@ -144,8 +210,9 @@ async fn page(state: &AppState, o: &Overview, notice: Option<&Notice>) -> HttpRe
         .into_iter()
         .map(|(n, r)| (n.as_str().to_owned(), r))
         .collect();
-    let links = open_links(state, o).await;
-    html::status_page(o, &unavailable, now(), notice, &links)
+    let mut extras = extras(state, o).await;
+    extras.links = open_links(state, o).await;
+    html::status_page(o, &unavailable, now(), notice, &extras)
 }
 
 /// `GET /api/status[?format=json]`
@@ -180,7 +247,7 @@ pub async fn post(
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let bad = || {
         ApiError::InvalidRequest(
-            "expected the form of a status page button: action (consent_link, delete or end_link), integration, connection (and link)"
+            "expected the form of a status page button: action (consent_link, refresh, delete, delete_credential or end_link), integration, connection (and client_id or link)"
                 .into(),
         )
     };
@@ -232,6 +299,41 @@ pub async fn post(
                 },
                 Err(e) => Notice::Failed {
                     what: "The connection was not deleted:",
+                    reason: e.to_string(),
+                },
+            }
+        }
+        "refresh" => {
+            let result = match state.integration(&i) {
+                Ok(integration) => state
+                    .engine
+                    .refresh_now(&integration, &c)
+                    .await
+                    .map_err(|e| ApiError::from_refresh(e, state.consent.reauth_links(&i, &c))),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(record) => Notice::Refreshed {
+                    integration: i.as_str().to_owned(),
+                    connection: c.as_str().to_owned(),
+                    expires_at: record.expires_at,
+                },
+                Err(e) => Notice::Failed {
+                    what: "The refresh failed:",
+                    reason: e.to_string(),
+                },
+            }
+        }
+        "delete_credential" => {
+            let client_id = field("client_id");
+            match state.credentials.delete(&i, &c, client_id).await {
+                Ok(()) => Notice::CredentialDeleted {
+                    integration: i.as_str().to_owned(),
+                    connection: c.as_str().to_owned(),
+                    client_id: client_id.to_owned(),
+                },
+                Err(e) => Notice::Failed {
+                    what: "The pipeline credential was not deleted:",
                     reason: e.to_string(),
                 },
             }

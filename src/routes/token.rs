@@ -179,10 +179,7 @@ async fn serve(
         .ensure_fresh(&integration, &r.connection, need(caller, &r))
         .await
         .map_err(|e| {
-            ApiError::from_refresh(
-                e,
-                state.consent.authorize_link(&r.integration, &r.connection),
-            )
+            ApiError::from_refresh(e, state.consent.reauth_links(&r.integration, &r.connection))
         })?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -183,3 +183,34 @@ async fn a_person_who_cancels_at_the_vendor_lands_on_the_error_page() {
         started.elapsed()
     );
 }
+
+/// No localhost trap: a person who opens the consent at `localhost` (as the Core Tools docs do)
+/// while the public URL says `127.0.0.1` completes it in Chromium: the broker sends the browser to
+/// the public URL before setting its cookie, so the vendor's callback finds it.
+#[tokio::test]
+async fn a_consent_started_at_localhost_completes_in_chromium() {
+    let app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    let conn = "browser-localhost";
+    let start = app
+        .start_url(conn)
+        .replacen("http://127.0.0.1:", "http://localhost:", 1);
+    assert!(start.starts_with("http://localhost:"), "{start}");
+    let screenshot = artifacts_dir().join("consent-from-localhost.png");
+    let _ = std::fs::remove_file(&screenshot);
+
+    let run = run_browser(start, "success", screenshot.clone()).await;
+
+    assert!(
+        run.str("url").starts_with(&app.redirect_uri()),
+        "the browser ended on the broker's callback: {}",
+        run.raw
+    );
+    assert_eq!(run.status(), 200, "success page: {}", run.raw);
+    assert!(
+        run.str("title").starts_with("Connected"),
+        "title: {:?}",
+        run.str("title")
+    );
+    assert_screenshot(&screenshot);
+    app.token(conn).await;
+}

@@ -493,7 +493,9 @@ async fn without_an_api_key_a_loopback_broker_generates_one_and_requires_it() {
         "the start-up log says where the key is:\n{output}"
     );
     assert!(
-        output.contains("x-functions-key: $(cat ") && output.contains("/api/token/"),
+        output.contains("KEY=$(cat ")
+            && output.contains("x-functions-key: $KEY")
+            && output.contains("/api/token/"),
         "and how to call the token route with it:\n{output}"
     );
     assert!(!output.contains(&key), "never the key itself");

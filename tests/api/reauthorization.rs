@@ -30,6 +30,34 @@ async fn a_revoked_grant_answers_409_reauthorization_required_and_the_sweep_leav
         "authorize_url points at the start route for the connection: {body}"
     );
     assert!(body["error_description"].is_string(), "{body}");
+    // What an operator can use: the consent-link route to POST to, and the status page.
+    assert_eq!(
+        body["consent_link_url"],
+        format!(
+            "{}/api/connections/{INTEGRATION}/{conn}/consent-link",
+            app.base_url()
+        ),
+        "{body}"
+    );
+    assert_eq!(
+        body["status_url"],
+        format!("{}/api/status", app.base_url()),
+        "{body}"
+    );
+    let description = body["error_description"].as_str().unwrap();
+    assert!(
+        description.contains("POST ") && description.contains("/consent-link"),
+        "{description}"
+    );
+    let link = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/connections/{INTEGRATION}/{conn}/consent-link"),
+            None,
+            Key::Configured,
+        )
+        .await;
+    assert_eq!(link.status, 201, "the route it names works: {link:?}");
     let stats = app.oidc().stats().await;
     assert_eq!(stats.refreshes(), 1, "one refresh attempt: {stats:?}");
     assert_eq!(stats.token_errors("invalid_grant"), 1, "{stats:?}");

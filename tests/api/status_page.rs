@@ -146,8 +146,15 @@ async fn rejected_credentials_read_as_misconfigured_and_an_unreachable_vendor_as
     app.restart_with_integrations(&file).await;
     let reply = app.token_reply("creds", "?force_refresh=true").await;
     assert_eq!(reply.error_code(), "integration_misconfigured", "{reply:?}");
+    let v = app.get("/api/status?format=json").await.json();
+    assert_eq!(
+        status_of(&v, "creds").as_deref(),
+        Some("misconfigured"),
+        "{v}"
+    );
 
-    // The right secret again, and the vendor goes away.
+    // The right secret again (a changed configuration: the misconfigured mark ends at start),
+    // and the vendor goes away.
     app.restart_with_integrations(&integrations_file(&issuer, DEFAULT_MARGIN_SECS))
         .await;
     drop(app.oidc.take());
@@ -168,14 +175,10 @@ async fn rejected_credentials_read_as_misconfigured_and_an_unreachable_vendor_as
         .collect();
     assert_eq!(
         order,
-        [
-            ("dead", "reauthorization_required"),
-            ("creds", "misconfigured"),
-            ("down", "failing"),
-        ],
+        [("dead", "reauthorization_required"), ("down", "failing")],
         "{v}"
     );
-    assert_eq!(v["counts"]["active"], json!(1), "{v}");
+    assert_eq!(v["counts"]["active"], json!(2), "creds and fine: {v}");
     // Stored statuses are unchanged: only the dead grant is marked.
     for (conn, stored) in [
         ("creds", "active"),
@@ -493,4 +496,175 @@ async fn the_status_page_in_chromium_shows_the_dead_grant_first_and_its_consent_
     let v = app.get("/api/status?format=json").await.json();
     assert_eq!(v["attention"], json!([]), "{v}");
     assert_eq!(v["counts"]["active"], json!(2), "{v}");
+}
+
+/// Recovery in one obvious step: a rejected client is one banner naming the integration and the
+/// settings its client id and secret come from, its connections are listed as affected without
+/// consent buttons; "Refresh now" refreshes at once even during a cool-down; a dead grant shows no
+/// access-token expiry; an integration without connections gets a form for a first consent link;
+/// each connection lists its pipeline credentials (never a secret) with a delete button.
+#[tokio::test]
+async fn the_status_page_offers_one_obvious_step_for_each_problem() {
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    for conn in ["acme", "globex"] {
+        app.connect(conn).await;
+    }
+    let key = app.broker().key().unwrap().to_owned();
+    let url = app.url(&format!("/api/status?code={key}"));
+    // A pipeline credential for acme.
+    let created = app
+        .call(
+            Method::POST,
+            &format!("/api/connections/{INTEGRATION}/acme/credentials"),
+            Some(r#"{"description": "ADF LS_Acme"}"#),
+            Key::Configured,
+        )
+        .await
+        .json();
+    let client_id = created["client_id"].as_str().unwrap().to_owned();
+    let secret = created["client_secret"].as_str().unwrap().to_owned();
+
+    // A second integration without connections, and a wrong client secret for demo
+    // (a long cool-down, so only "Refresh now" can bypass it).
+    let issuer = app.oidc().issuer.clone();
+    let mut file = integrations_file(&issuer, DEFAULT_MARGIN_SECS);
+    file["integrations"]["second"] = file["integrations"][INTEGRATION].clone();
+    file["integrations"][INTEGRATION]["client_secret"] = json!("%WRONG_SECRET%");
+    app.spec
+        .env
+        .push(("WRONG_SECRET".into(), "not-the-secret".into()));
+    app.spec
+        .env
+        .push(("BROKER_REFRESH_COOLDOWN_SECS".into(), "3600".into()));
+    app.restart_with_integrations(&file).await;
+    let reply = app.token_reply("acme", "?force_refresh=true").await;
+    assert_eq!(reply.error_code(), "integration_misconfigured", "{reply:?}");
+
+    let browser = Browser::new();
+    let page = browser.get(&url).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    let html = html_unescape(&page.body);
+    // One banner for the integration, naming its settings and the affected connection.
+    assert_eq!(
+        html.matches("The vendor rejects the client credentials of")
+            .count(),
+        1,
+        "{html}"
+    );
+    assert!(html.contains("<code>%DEMO_CLIENT_ID%</code>"), "{html}");
+    assert!(html.contains("<code>%WRONG_SECRET%</code>"), "{html}");
+    assert!(
+        html.contains("Affected connections: <code>acme</code>"),
+        "{html}"
+    );
+    let card = |conn: &str| {
+        let start = html
+            .find(&format!("{INTEGRATION} / {conn} <span"))
+            .unwrap_or_else(|| panic!("a card for {conn}: {html}"));
+        let end = html[start..].find("</section>").unwrap() + start;
+        html[start..end].to_owned()
+    };
+    let acme = card("acme");
+    assert!(acme.contains("misconfigured"), "{acme}");
+    assert!(
+        !acme.contains("Create consent link"),
+        "no consent button that cannot help: {acme}"
+    );
+    assert!(acme.contains("Refresh now"), "{acme}");
+    // Its pipeline credential, never the secret, with a delete button.
+    assert!(
+        acme.contains(&client_id) && acme.contains("ADF LS_Acme"),
+        "{acme}"
+    );
+    assert!(acme.contains("delete_credential"), "{acme}");
+    assert!(!html.contains(&secret), "never a credential's secret");
+    // The integration without connections: a form for a first consent link.
+    assert!(html.contains("Connect a first account"), "{html}");
+    assert!(
+        html.contains("name=\"integration\" value=\"second\"")
+            && html.contains("name=\"connection\""),
+        "{html}"
+    );
+
+    // In Chromium: the banner, the affected card, the credentials and the first-account form.
+    let shot = artifacts_dir().join("status-recovery.png");
+    let _ = std::fs::remove_file(&shot);
+    let run = run_status_browser(url.clone(), shot.clone(), None).await;
+    assert_eq!(run["status"], json!(200), "{run}");
+    assert_hardened(&run);
+    assert_png(&shot);
+    let text = run["text"].as_str().unwrap();
+    assert!(
+        text.contains("The vendor rejects the client credentials of demo"),
+        "{text}"
+    );
+    assert!(text.contains("Connect a first account"), "{text}");
+
+    // The fixed secret: back to the right file. Refresh now works at once, cool-down or not.
+    app.spec.env.retain(|(k, _)| k != "WRONG_SECRET");
+    app.spec
+        .env
+        .push(("WRONG_SECRET".into(), CLIENT_SECRET.into()));
+    app.restart_with_integrations(&file).await;
+    let url = app.url(&format!("/api/status?code={key}"));
+    let form = |action: &str, conn: &str| {
+        vec![
+            ("action".to_owned(), action.to_owned()),
+            ("integration".to_owned(), INTEGRATION.to_owned()),
+            ("connection".to_owned(), conn.to_owned()),
+        ]
+    };
+    let before = app.oidc().stats().await.refreshes();
+    let page = browser.post_form(&url, &form("refresh", "globex")).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body.contains("Refreshed <code>demo/globex</code>"),
+        "{}",
+        page.body
+    );
+    assert_eq!(app.oidc().stats().await.refreshes(), before + 1);
+
+    // The first consent link for the new integration, from its form.
+    let page = browser
+        .post_form(
+            &url,
+            &[
+                ("action".to_owned(), "consent_link".to_owned()),
+                ("integration".to_owned(), "second".to_owned()),
+                ("connection".to_owned(), "first-account".to_owned()),
+            ],
+        )
+        .await;
+    assert!(
+        page.body.contains("Consent link for second/first-account"),
+        "{}",
+        page.body
+    );
+
+    // Delete the pipeline credential: it stops working.
+    let mut del = form("delete_credential", "acme");
+    del.push(("client_id".to_owned(), client_id.clone()));
+    let page = browser.post_form(&url, &del).await;
+    assert!(
+        html_unescape(&page.body).contains(&format!(
+            "Deleted the pipeline credential <code>{client_id}</code>"
+        )),
+        "{}",
+        page.body
+    );
+    let listed = app
+        .get(&format!("/api/connections/{INTEGRATION}/acme/credentials"))
+        .await
+        .json();
+    assert_eq!(listed["credentials"], json!([]), "{listed}");
+
+    // A dead grant shows no access-token expiry.
+    kill(&app, "globex").await;
+    let html = html_unescape(&browser.get(&url).await.body);
+    let start = html.find("demo / globex <span").unwrap();
+    let end = html[start..].find("</section>").unwrap() + start;
+    let dead = &html[start..end];
+    assert!(dead.contains("reauthorization_required"), "{dead}");
+    assert!(!dead.contains("Access token expires"), "{dead}");
+    assert!(!dead.contains("Refresh now"), "{dead}");
 }

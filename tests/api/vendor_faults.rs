@@ -22,6 +22,7 @@ use crate::helpers::{Answer, FakeVendor};
 struct VendorApp {
     vendor: FakeVendor,
     broker: Broker,
+    spec: BrokerSpec,
     store: BrokerStore,
     _azurite: Option<Azurite>,
     _dir: tempfile::TempDir,
@@ -66,7 +67,7 @@ async fn vendor_app(table: bool, env: &[(&str, &str)]) -> VendorApp {
     let mut extra: Vec<(String, String)> =
         vec![("VENDOR_SECRET".into(), "vendor-secret-value".into())];
     extra.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let broker = Broker::start(&BrokerSpec {
+    let spec = BrokerSpec {
         port: 0,
         bind: "127.0.0.1".into(),
         storage,
@@ -77,11 +78,12 @@ async fn vendor_app(table: bool, env: &[(&str, &str)]) -> VendorApp {
         integrations_path,
         work_dir: dir.path().to_owned(),
         env: extra,
-    })
-    .await;
+    };
+    let broker = Broker::start(&spec).await;
     VendorApp {
         vendor,
         broker,
+        spec,
         store,
         _azurite: azurite,
         _dir: dir,
@@ -123,6 +125,18 @@ async fn host_post_json(base: &str, path: &str, body: &Value, key: Option<&str>)
 }
 
 impl VendorApp {
+    /// Starts the broker again on the same store, with `secret` as the client secret's setting
+    /// (on a new port), and stops the old one.
+    async fn restart_with_secret(&mut self, secret: &str) {
+        for (k, v) in self.spec.env.iter_mut() {
+            if k == "VENDOR_SECRET" {
+                secret.clone_into(v);
+            }
+        }
+        let new = Broker::start(&self.spec).await;
+        std::mem::replace(&mut self.broker, new).stop();
+    }
+
     async fn seed(&self, r: &ConnectionRecord) {
         self.store.upsert(r).await.unwrap();
     }
@@ -269,6 +283,69 @@ async fn invalid_client_blames_the_integration_not_the_connection() {
         "the connection is not marked dead"
     );
     assert_eq!(stored.tokens.refresh_token.unwrap().expose(), "rt-0");
+}
+
+#[tokio::test]
+async fn a_changed_client_configuration_ends_the_cool_down_and_the_misconfigured_mark_at_start() {
+    let mut app = vendor_app(false, &[("BROKER_REFRESH_COOLDOWN_SECS", "3600")]).await;
+    app.seed(&record("c1", -5, "rt-0")).await;
+    app.vendor
+        .script([Answer::oauth_error(401, "invalid_client")]);
+    let reply = app.token("c1", "").await;
+    assert_eq!(reply.error_code(), "integration_misconfigured", "{reply:?}");
+    let view = |app: &VendorApp| {
+        let base = app.broker.base_url.clone();
+        let key = app.broker.key().map(str::to_owned);
+        async move {
+            host_get(
+                &base,
+                &format!("/api/connections/{INTEGRATION}/c1"),
+                key.as_deref(),
+            )
+            .await
+            .json()
+        }
+    };
+    let shown = view(&app).await;
+    assert_eq!(
+        (shown["status"].as_str(), shown["condition"].as_str()),
+        (Some("active"), Some("misconfigured")),
+        "{shown}"
+    );
+    let listed = host_get(&app.broker.base_url, "/api/connections", app.broker.key())
+        .await
+        .json();
+    assert_eq!(
+        listed["connections"][0]["condition"], "misconfigured",
+        "{listed}"
+    );
+
+    // The same configuration after a restart: the cool-down holds, nobody calls the vendor.
+    app.restart_with_secret("vendor-secret-value").await;
+    let calls = app.vendor.refresh_count();
+    let reply = app.token("c1", "").await;
+    assert_eq!(
+        reply.error_code(),
+        "upstream_error",
+        "still cooling down: {reply:?}"
+    );
+    assert_eq!(app.vendor.refresh_count(), calls);
+    assert_eq!(view(&app).await["condition"], "misconfigured");
+
+    // The operator fixes the secret and restarts: the first call retries at once and works.
+    app.restart_with_secret("the-fixed-secret").await;
+    assert_eq!(
+        view(&app).await["condition"],
+        "active",
+        "no longer misconfigured"
+    );
+    let reply = app.token("c1", "").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        app.vendor.refresh_count(),
+        calls + 1,
+        "one refresh, at once"
+    );
 }
 
 #[tokio::test]

@@ -142,6 +142,10 @@ button.danger{border-color:#b42318;background:#b42318;color:#fff}\
 .notice{padding:.75rem 1rem;border:1px solid #1a7f37;border-radius:6px;background:#eef8f0;margin:1rem 0}\
 .notice.failed{border-color:#b42318;background:#fde8e7}\
 .notice p{margin:.25rem 0}\
+summary.plain{border-color:#4b5563;color:#1b1b1b}\
+.creds{margin-top:.5rem}\
+.creds table{font-size:.9rem}\
+form.first{margin:.5rem 0 1rem}\
 input.copy{display:block;width:100%;box-sizing:border-box;margin:.4rem 0;padding:.5rem;font:.9rem ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;border:1px solid #4b5563;border-radius:4px;background:#fff;color:#1b1b1b}\
 ";
 
@@ -312,7 +316,7 @@ impl Page {
 mod pages;
 mod status;
 pub use pages::*;
-pub use status::{status_page, Notice, OpenLink, OpenLinks};
+pub use status::{status_page, CredentialRow, Extras, Notice, OpenLink, OpenLinks, RejectedClient};
 
 #[cfg(test)]
 mod tests {

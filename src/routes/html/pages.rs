@@ -464,19 +464,44 @@ pub fn consent_expired(minutes: i64) -> HttpResponse {
 }
 
 /// The callback arrived without the cookie set by the start route.
-pub fn other_browser() -> HttpResponse {
-    Page::problem(StatusCode::BAD_REQUEST, "Please finish in the same browser")
-        .lead(Html::of(
-            "This consent was started in a different browser, or this browser blocked the broker's cookie, so the broker cannot tell that it is yours.",
-        ))
-        .heading("What to do")
-        .list(
-            false,
-            vec![Html::of(
-                "Open the consent link again in this browser, allow cookies for this site, and complete the consent here without switching browsers.",
-            )],
-        )
-        .into_response()
+pub fn other_browser(hosts: Option<(&str, &str)>) -> HttpResponse {
+    let page = Page::problem(StatusCode::BAD_REQUEST, "Please finish in the same browser");
+    match hosts {
+        // The same browser, but two names of the broker: the cookie stayed on the first.
+        Some((started, ended)) => page
+            .lead(
+                Html::of("This consent was started on ")
+                    .code(shown(started))
+                    .text(" and came back to ")
+                    .code(shown(ended))
+                    .text(". A browser keeps the broker's cookie for the host it was set on, so it did not send it here."),
+            )
+            .heading("What to do")
+            .list(
+                false,
+                vec![
+                    Html::of("Start the consent again at ")
+                        .code(shown(ended))
+                        .text(" (the broker's public URL), not at ")
+                        .code(shown(started))
+                        .text("."),
+                    Html::of("Or set BROKER_PUBLIC_URL to the address you open the broker at, and register that redirect URI at the vendor."),
+                ],
+            )
+            .into_response(),
+        None => page
+            .lead(Html::of(
+                "This consent was started in a different browser, or this browser blocked the broker's cookie, so the broker cannot tell that it is yours.",
+            ))
+            .heading("What to do")
+            .list(
+                false,
+                vec![Html::of(
+                    "Open the consent link again in this browser, allow cookies for this site, and complete the consent here without switching browsers.",
+                )],
+            )
+            .into_response(),
+    }
 }
 
 /// The pending consent names an integration that was removed meanwhile.

@@ -33,6 +33,16 @@ pub enum Notice {
         integration: String,
         connection: String,
     },
+    Refreshed {
+        integration: String,
+        connection: String,
+        expires_at: OffsetDateTime,
+    },
+    CredentialDeleted {
+        integration: String,
+        connection: String,
+        client_id: String,
+    },
     /// The action failed; `reason` is a safe message (an API error description).
     Failed { what: &'static str, reason: String },
 }
@@ -48,6 +58,37 @@ pub struct OpenLink {
 
 /// Outstanding links by (integration, connection).
 pub type OpenLinks = BTreeMap<(String, String), Vec<OpenLink>>;
+
+/// A pipeline credential as the page lists it: never its secret.
+#[derive(Debug)]
+pub struct CredentialRow {
+    pub client_id: String,
+    pub description: String,
+    pub created_at: OffsetDateTime,
+    pub last_used_at: Option<OffsetDateTime>,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// An integration whose client credentials the vendor rejects.
+#[derive(Debug)]
+pub struct RejectedClient {
+    pub integration: String,
+    /// The settings its client id and secret come from (`%NAME%`), when they do.
+    pub client_id_setting: Option<String>,
+    pub client_secret_setting: Option<String>,
+    /// Its connections that the rejection stops.
+    pub affected: Vec<String>,
+}
+
+/// What the page shows besides the overview.
+#[derive(Debug, Default)]
+pub struct Extras {
+    pub rejected: Vec<RejectedClient>,
+    /// Per (integration, connection).
+    pub credentials: BTreeMap<(String, String), Vec<CredentialRow>>,
+    /// Outstanding consent links per (integration, connection).
+    pub links: OpenLinks,
+}
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
@@ -152,29 +193,83 @@ fn open_links(i: &str, c: &str, links: &[OpenLink], now: OffsetDateTime) -> Html
     out.markup("</ul>\n</details>\n")
 }
 
-fn card(a: &Assessed, links: &OpenLinks, now: OffsetDateTime) -> Html {
+fn button(action: &'static str, i: &str, c: &str, label: &str) -> Html {
+    Html::new()
+        .markup("<form method=\"post\">")
+        .then(hidden("action", action))
+        .then(hidden("integration", i))
+        .then(hidden("connection", c))
+        .markup("<button type=\"submit\">")
+        .text(label)
+        .markup("</button></form>\n")
+}
+
+fn credentials_list(i: &str, c: &str, creds: &[CredentialRow], now: OffsetDateTime) -> Html {
+    if creds.is_empty() {
+        return Html::new();
+    }
+    let mut out = Html::new()
+        .markup("<details class=\"creds\" open><summary class=\"plain\">Pipeline credentials (");
+    out = out.text(creds.len()).markup(")</summary>\n<table>\n<thead><tr><th scope=\"col\">Client id</th><th scope=\"col\">Description</th><th scope=\"col\">Created</th><th scope=\"col\">Last used</th><th scope=\"col\">Expires</th><th scope=\"col\"></th></tr></thead>\n<tbody>\n");
+    for k in creds {
+        out = out
+            .markup("<tr><td>")
+            .code(k.client_id.as_str())
+            .markup("</td><td>")
+            .text(shown(&k.description))
+            .markup("</td><td>")
+            .then(when(k.created_at, now))
+            .markup("</td><td>")
+            .then(match k.last_used_at {
+                Some(t) => when(t, now),
+                None => Html::of("never"),
+            })
+            .markup("</td><td>")
+            .then(match k.expires_at {
+                Some(t) => when(t, now),
+                None => Html::of("never"),
+            })
+            .markup("</td><td><form method=\"post\">")
+            .then(hidden("action", "delete_credential"))
+            .then(hidden("integration", i))
+            .then(hidden("connection", c))
+            .then(hidden("client_id", &k.client_id))
+            .markup("<button type=\"submit\" class=\"danger\">Delete</button></form></td></tr>\n");
+    }
+    out.markup("</tbody>\n</table>\n</details>\n")
+}
+
+fn card(a: &Assessed, now: OffsetDateTime, creds: &[CredentialRow], links: &OpenLinks) -> Html {
     let r = &a.record;
     let (i, c) = (r.integration.as_str(), r.connection.as_str());
     let own_links = links
         .get(&(i.to_owned(), c.to_owned()))
         .filter(|l| !l.is_empty());
+    let dead = a.condition == Condition::ReauthorizationRequired;
+    let rejected = a.condition == Condition::Misconfigured;
     let mut facts = Html::new()
         .markup("<dl>\n<dt>Last refresh</dt><dd>")
         .then(when(r.refreshed_at, now))
-        .markup("</dd>\n<dt>Access token expires</dt><dd>");
-    facts = if r.never_expires() {
-        facts.markup("never (the vendor's tokens do not expire)")
-    } else {
-        facts.then(when(r.expires_at, now))
+        .markup("</dd>\n");
+    // A dead grant's access token is of no use: its expiry would only mislead.
+    if !dead {
+        facts = facts.markup("<dt>Access token expires</dt><dd>");
+        facts = if r.never_expires() {
+            facts.markup("never (the vendor's tokens do not expire)")
+        } else {
+            facts.then(when(r.expires_at, now))
+        }
+        .markup("</dd>\n");
     }
-    .markup("</dd>\n<dt>Vendor account</dt><dd>")
-    .then(match &r.account {
-        Some(acc) => Html::new()
-            .code(crate::oauth::sanitize(&acc.id, 200))
-            .text(format!(" ({})", acc.source)),
-        None => Html::of("not recorded (it is at the next consent)"),
-    })
-    .markup("</dd>\n");
+    facts = facts
+        .markup("<dt>Vendor account</dt><dd>")
+        .then(match &r.account {
+            Some(acc) => Html::new()
+                .code(crate::oauth::sanitize(&acc.id, 200))
+                .text(format!(" ({})", acc.source)),
+            None => Html::of("not recorded (it is at the next consent)"),
+        })
+        .markup("</dd>\n");
     if let Some(end) = r.grant_ends_at() {
         facts = facts
             .markup("<dt>Grant ends at the vendor</dt><dd>")
@@ -199,6 +294,27 @@ fn card(a: &Assessed, links: &OpenLinks, now: OffsetDateTime) -> Html {
     } else {
         "<section class=\"conn\">\n<h3>"
     };
+    let mut actions = Html::new().markup("<div class=\"actions\">\n");
+    if !dead {
+        actions = actions.then(button("refresh", i, c, "Refresh now"));
+    }
+    if rejected {
+        // Neither a consent nor a deletion fixes a rejected client: the banner above says what does.
+        actions = actions.markup("<p>Affected by the integration's rejected client credentials (see above); a new consent does not help.</p>\n");
+    } else {
+        actions = actions
+            .then(button("consent_link", i, c, "Create consent link"))
+            .markup("<details><summary>Revoke and delete\u{2026}</summary>\n<p>This revokes the grant at the vendor and deletes the connection ")
+            .code(format!("{i}/{c}"))
+            .markup(". Pipelines using it fail until someone consents again. This cannot be undone.</p>\n<form method=\"post\">")
+            .then(hidden("action", "delete"))
+            .then(hidden("integration", i))
+            .then(hidden("connection", c))
+            .markup("<button type=\"submit\" class=\"danger\">Yes, revoke and delete ")
+            .text(format!("{i}/{c}"))
+            .markup("</button></form>\n</details>\n");
+    }
+    actions = actions.markup("</div>\n");
     Html::new()
         .markup(section)
         .text(i)
@@ -211,20 +327,52 @@ fn card(a: &Assessed, links: &OpenLinks, now: OffsetDateTime) -> Html {
         .markup("</p>\n")
         .then(facts)
         .then(own_links.map_or_else(Html::new, |l| open_links(i, c, l, now)))
-        .markup("<div class=\"actions\">\n<form method=\"post\">")
+        .then(actions)
+        .then(credentials_list(i, c, creds, now))
+        .markup("</section>\n")
+}
+
+fn banner(r: &RejectedClient) -> Html {
+    let setting = |s: &Option<String>, field: &str| match s {
+        Some(name) => Html::new().code(format!("%{name}%")),
+        None => Html::new()
+            .text("its ")
+            .code(field)
+            .text(" in the integrations file"),
+    };
+    let mut affected = Html::new();
+    for (n, c) in r.affected.iter().enumerate() {
+        if n > 0 {
+            affected = affected.text(", ");
+        }
+        affected = affected.code(c.as_str());
+    }
+    Html::new()
+        .markup("<div class=\"notice failed\" role=\"alert\">\n<p><strong>The vendor rejects the client credentials of ")
+        .code(r.integration.as_str())
+        .markup("</strong> (invalid_client / unauthorized_client). Its client id comes from ")
+        .then(setting(&r.client_id_setting, "client_id"))
+        .text(" and its secret from ")
+        .then(setting(&r.client_secret_setting, "client_secret"))
+        .text(": fix them (and client_auth) in the app settings, then restart the broker; the first call after that retries at once.")
+        .markup("</p>\n<p>")
+        .text("Affected connections: ")
+        .then(affected)
+        .markup("</p>\n</div>\n")
+}
+
+fn first_connection_form(integration: &str) -> Html {
+    Html::new()
+        .markup("<form method=\"post\" class=\"first\">")
         .then(hidden("action", "consent_link"))
-        .then(hidden("integration", i))
-        .then(hidden("connection", c))
-        .markup("<button type=\"submit\">Create consent link</button></form>\n")
-        .markup("<details><summary>Revoke and delete\u{2026}</summary>\n<p>This revokes the grant at the vendor and deletes the connection ")
-        .code(format!("{i}/{c}"))
-        .markup(". Pipelines using it fail until someone consents again. This cannot be undone.</p>\n<form method=\"post\">")
-        .then(hidden("action", "delete"))
-        .then(hidden("integration", i))
-        .then(hidden("connection", c))
-        .markup("<button type=\"submit\" class=\"danger\">Yes, revoke and delete ")
-        .text(format!("{i}/{c}"))
-        .markup("</button></form>\n</details>\n</div>\n</section>\n")
+        .then(hidden("integration", integration))
+        .markup("<label for=\"first-")
+        .text(integration)
+        .markup("\">Connection id for a first account at ")
+        .code(integration)
+        .markup("</label>\n<input class=\"copy\" id=\"first-")
+        .text(integration)
+        .markup("\" name=\"connection\" type=\"text\" required maxlength=\"128\" pattern=\"[A-Za-z0-9][A-Za-z0-9._\\-]{0,127}\" value=\"default\">\n<button type=\"submit\">Create consent link</button></form>\n")
 }
 
 fn notice(n: &Notice, now: OffsetDateTime) -> Html {
@@ -264,6 +412,27 @@ fn notice(n: &Notice, now: OffsetDateTime) -> Html {
             .code(format!("{integration}/{connection}"))
             .text(": opening it now says it cannot be used.")
             .markup("</p></div>\n"),
+        Notice::Refreshed {
+            integration,
+            connection,
+            expires_at,
+        } => Html::new()
+            .markup("<div class=\"notice\" role=\"status\"><p>Refreshed ")
+            .code(format!("{integration}/{connection}"))
+            .text("; the new access token expires ")
+            .then(when(*expires_at, now))
+            .markup(".</p></div>\n"),
+        Notice::CredentialDeleted {
+            integration,
+            connection,
+            client_id,
+        } => Html::new()
+            .markup("<div class=\"notice\" role=\"status\"><p>Deleted the pipeline credential ")
+            .code(client_id.as_str())
+            .text(" of ")
+            .code(format!("{integration}/{connection}"))
+            .text("; it stopped working at once.")
+            .markup("</p></div>\n"),
         Notice::Failed { what, reason } => Html::new()
             .markup("<div class=\"notice failed\" role=\"alert\"><p><strong>")
             .text(what)
@@ -302,8 +471,17 @@ pub fn status_page(
     unavailable: &[(String, String)],
     now: OffsetDateTime,
     notice_of: Option<&Notice>,
-    links: &OpenLinks,
+    extras: &Extras,
 ) -> actix_web::HttpResponse {
+    let creds_of = |a: &Assessed| -> &[CredentialRow] {
+        extras
+            .credentials
+            .get(&(
+                a.record.integration.as_str().to_owned(),
+                a.record.connection.as_str().to_owned(),
+            ))
+            .map_or(&[], Vec::as_slice)
+    };
     let attention: Vec<&Assessed> = o.attention().collect();
     let working: Vec<&Assessed> = o
         .connections
@@ -319,6 +497,9 @@ pub fn status_page(
     page.forms = true;
     if let Some(n) = notice_of {
         page = page.block(notice(n, now));
+    }
+    for r in &extras.rejected {
+        page = page.block(banner(r));
     }
     let total = o.connections.len();
     page = page.lead(if attention.is_empty() {
@@ -355,6 +536,20 @@ pub fn status_page(
     }
     table = table.markup("</tbody>\n</table>\n");
     page = page.heading("By integration").block(table);
+    let empty: Vec<&str> = o
+        .by_integration
+        .iter()
+        .filter(|(_, per)| per.is_empty())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !empty.is_empty() {
+        page = page.heading("Connect a first account").para(Html::of(
+            "These integrations have no connection yet. Name the connection (one per vendor account) and create a consent link to send to the account's owner.",
+        ));
+        for name in empty {
+            page = page.block(first_connection_form(name));
+        }
+    }
     if !unavailable.is_empty() {
         let items = unavailable
             .iter()
@@ -370,13 +565,13 @@ pub fn status_page(
     if !attention.is_empty() {
         page = page.heading("Needs attention");
         for a in &attention {
-            page = page.block(card(a, links, now));
+            page = page.block(card(a, now, creds_of(a), &extras.links));
         }
     }
     if !working.is_empty() {
         page = page.heading("Working");
         for a in &working {
-            page = page.block(card(a, links, now));
+            page = page.block(card(a, now, creds_of(a), &extras.links));
         }
     }
     page.para(
@@ -435,7 +630,7 @@ mod tests {
                 &[(evil.into(), evil.into())],
                 now,
                 Some(n),
-                &OpenLinks::new(),
+                &Extras::default(),
             );
             let csp = resp
                 .headers()
