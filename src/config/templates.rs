@@ -47,14 +47,7 @@ pub(super) fn apply_template(
     template.remove("notes");
     template.remove("token_rate_limit");
     template.remove("rotates_refresh_token");
-    let requires: Vec<String> = match template.remove("requires") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    };
+    let requires = strings(template.remove("requires").as_ref());
     let mut values: BTreeMap<String, String> = match template.remove("defaults") {
         Some(Value::Object(m)) => m
             .into_iter()
