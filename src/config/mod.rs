@@ -254,6 +254,8 @@ pub struct Settings {
     /// Concurrent connections served at most (`BROKER_MAX_CONNECTIONS`, default 256); further
     /// connections wait in the listen backlog.
     pub max_connections: usize,
+    /// Standalone: open connections per source address (`BROKER_MAX_CONNECTIONS_PER_SOURCE`).
+    pub max_connections_per_source: usize,
     /// Standalone mode only: how often the refresh sweep runs.
     pub sweep_interval: Option<std::time::Duration>,
     pub storage: StorageSettings,
@@ -452,6 +454,15 @@ impl Settings {
             ),
             256,
         ) as usize;
+        let max_connections_per_source = p.take(
+            env.number(
+                "BROKER_MAX_CONNECTIONS_PER_SOURCE",
+                64,
+                1..=65_536,
+                "a whole number from 1 to 65536",
+            ),
+            64,
+        ) as usize;
 
         let integrations_path = PathBuf::from(
             env.get("BROKER_INTEGRATIONS")
@@ -500,6 +511,7 @@ impl Settings {
             public_url,
             api_key,
             max_connections,
+            max_connections_per_source,
             sweep_interval,
             storage,
             keys,
@@ -780,6 +792,7 @@ pub(crate) mod tests {
             s.api_key
         );
         assert_eq!(s.max_connections, 256);
+        assert_eq!(s.max_connections_per_source, 64);
         let err = Settings::load(&env(&[
             ("BROKER_STORAGE", &db),
             ("BROKER_MAX_CONNECTIONS", "0"),

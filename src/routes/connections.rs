@@ -236,9 +236,8 @@ pub async fn end_link(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
     {
-        return Err(ApiError::InvalidRequest(
-            "the consent link id is cl_ and base64url characters".into(),
-        ));
+        // No link has such an id (ids are cl_ and base64url characters).
+        return Err(ApiError::ConsentLinkNotFound);
     }
     match state
         .consent

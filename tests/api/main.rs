@@ -42,6 +42,7 @@ mod reauthorization;
 mod reconsent;
 mod row_integrity;
 mod schemathesis;
+mod slow_clients;
 mod sqlite_migration;
 mod status_page;
 mod store_contract;
