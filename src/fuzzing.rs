@@ -132,6 +132,15 @@ fn version(etag: u64) -> Version {
     Version(format!("W/\"{etag}\""))
 }
 
+/// An entity as Table Storage returns it: its PartitionKey and RowKey are
+/// always there, and always the keys it is stored under.
+fn as_returned(pk: &str, rk: &str, m: &Map<String, Value>) -> Map<String, Value> {
+    let mut m = m.clone();
+    m.insert("PartitionKey".into(), Value::String(pk.to_owned()));
+    m.insert("RowKey".into(), Value::String(rk.to_owned()));
+    m
+}
+
 fn time_of(m: &Map<String, Value>, name: &str) -> Option<OffsetDateTime> {
     m.get(name)
         .and_then(Value::as_str)
@@ -215,7 +224,7 @@ impl MemoryTable {
     fn read(&self, pk: &str, rk: &str) -> Option<(Map<String, Value>, Version)> {
         self.lock()
             .get(&key(pk, rk))
-            .map(|(m, e)| (m.clone(), version(*e)))
+            .map(|(m, e)| (as_returned(pk, rk, m), version(*e)))
     }
 
     /// Deletes (only at `expected` when given: `Conflict` if it changed).
@@ -247,8 +256,8 @@ impl MemoryTable {
         self.lock()
             .iter()
             .filter(|((pk, _), (m, _))| keep(pk, m))
-            .map(|(_, (m, e))| {
-                let mut m = m.clone();
+            .map(|((pk, rk), (m, e))| {
+                let mut m = as_returned(pk, rk, m);
                 m.insert("odata.etag".into(), Value::String(version(*e).0));
                 m
             })
@@ -629,26 +638,31 @@ pub fn stored_row(entity: Map<String, Value>, plaintext: &[u8]) -> StoredRow {
         .unwrap_or(&state_hash)
         .to_owned();
 
-    // The connection where `get` looks (its own properties may say otherwise);
-    // the pending row under its RowKey, where `take_pending` and `peek_link` look.
+    // Each row under its own keys (as Table Storage keeps it; missing keys
+    // read as "fuzz"), where `get`, `take_pending` and `peek_link` look.
+    let at = |k: &str| {
+        Some(text(&as_connection, k))
+            .filter(|s| !s.is_empty())
+            .unwrap_or("fuzz")
+            .to_owned()
+    };
+    let (pk, rk) = (at("PartitionKey"), at("RowKey"));
     let connections = MemoryTable::new();
-    connections.plant("fuzz", "fuzz", as_connection);
+    connections.plant(&pk, &rk, as_connection);
     let connections = Store::new(connections, test_keyring());
     let pendings = MemoryTable::new();
     pendings.plant(table::PENDING_PARTITION, &state_hash, as_pending);
     let pendings = Store::new(pendings, test_keyring());
-    let names = (
-        IntegrationName::parse("fuzz").expect("a valid name"),
-        ConnectionId::parse("fuzz").expect("a valid id"),
-    );
+    let names = (IntegrationName::parse(&pk), ConnectionId::parse(&rk));
     runtime().block_on(async {
         // The link is peeked before the pending row is taken (which removes it).
         let link = pendings.peek_link(&link_hash).await;
         StoredRow {
-            connection: connections
-                .get(&names.0, &names.1)
-                .await
-                .map(|v| v.map(|v| v.value)),
+            // Only names of the broker's shape are ever looked up.
+            connection: match names {
+                (Ok(i), Ok(c)) => connections.get(&i, &c).await.map(|v| v.map(|v| v.value)),
+                _ => Ok(None),
+            },
             listed: connections.list().await,
             pending: pendings.take_pending(&state_hash).await,
             link,
