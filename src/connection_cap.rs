@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::domain::source::IpBlock;
 
 /// What a refused connection is told before it is closed.
-const REFUSED: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 108\r\n\r\n{\"error\":\"too_many_connections\",\"error_description\":\"too many open connections from this address; retry\"}";
+const REFUSED: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 105\r\n\r\n{\"error\":\"too_many_connections\",\"error_description\":\"too many open connections from this address; retry\"}";
 
 /// Open connections per source address.
 #[derive(Debug)]
