@@ -6,10 +6,12 @@
 //!   (each proxy appends the address it received the connection from), past
 //!   every trusted proxy, and the first untrusted address is the client.
 //!   Entries a client wrote itself sit further left and are never reached.
-//! - Under the Functions host the peer is always the host on loopback; the
-//!   platform's front end appends the address of the connection it accepted
-//!   as the last `X-Forwarded-For` entry, so that last entry is the client
-//!   (anything a client sends in the header stays to its left).
+//! - Under the Functions host the peer is always the host on loopback. App
+//!   Service's front end sets `client-ip` to the address of the connection it
+//!   accepted, overwriting any value a client sent, so that header is the
+//!   client; without it (a plan whose front end does not set it), the last
+//!   `X-Forwarded-For` entry, which the front end appends (anything a client
+//!   sends in the header stays to its left).
 
 use std::net::IpAddr;
 
@@ -88,6 +90,24 @@ impl SourceRule {
     /// The client's address, from the socket `peer` and the
     /// `X-Forwarded-For` header values in order of arrival.
     pub fn client(&self, peer: Option<IpAddr>, forwarded: &[&str]) -> Option<IpAddr> {
+        self.client_from(peer, forwarded, None)
+    }
+
+    /// [`Self::client`], with the `client-ip` header: under the Functions host,
+    /// App Service's front end sets it to the address it accepted the
+    /// connection from, overwriting any value a client sent, so it is believed
+    /// first there (and ignored standalone, where anyone can send it).
+    pub fn client_from(
+        &self,
+        peer: Option<IpAddr>,
+        forwarded: &[&str],
+        client_ip: Option<&str>,
+    ) -> Option<IpAddr> {
+        if self.functions_host {
+            if let Some(ip) = client_ip.and_then(parse_forwarded) {
+                return Some(ip);
+            }
+        }
         // At most this many hops are looked at (a header can be long).
         const MAX_HOPS: usize = 32;
         let mut entries = forwarded
@@ -184,6 +204,24 @@ mod tests {
         assert_eq!(
             rule.client(Some(ip("127.0.0.1")), &[]),
             Some(ip("127.0.0.1"))
+        );
+        // The front end's client-ip comes first; garbage in it falls back to the list.
+        assert_eq!(
+            rule.client_from(
+                Some(ip("127.0.0.1")),
+                &["6.6.6.6, 203.0.113.9"],
+                Some("198.51.100.7:50123")
+            ),
+            Some(ip("198.51.100.7"))
+        );
+        assert_eq!(
+            rule.client_from(Some(ip("127.0.0.1")), &["203.0.113.9"], Some("junk")),
+            Some(ip("203.0.113.9"))
+        );
+        // Standalone, anyone can send client-ip: it is ignored.
+        assert_eq!(
+            SourceRule::default().client_from(Some(ip("192.0.2.1")), &[], Some("198.51.100.7")),
+            Some(ip("192.0.2.1"))
         );
     }
 }

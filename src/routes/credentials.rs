@@ -218,7 +218,8 @@ pub fn source(req: &HttpRequest) -> Option<IpAddr> {
         .app_data::<actix_web::web::Data<AppState>>()
         .map(|s| std::sync::Arc::clone(&s.source_rule))
         .unwrap_or_default();
-    rule.client(peer, &forwarded)
+    let client_ip = req.headers().get("client-ip").and_then(|v| v.to_str().ok());
+    rule.client_from(peer, &forwarded, client_ip)
 }
 
 /// Who called the token route.

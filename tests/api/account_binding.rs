@@ -9,6 +9,19 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
+/// The `kind` events logged so far, once there are at least `n` (events are logged just after
+/// the page is answered, so a test waits for them; 5 s at most).
+async fn events_n(app: &TestApp, kind: &str, n: usize) -> Vec<Value> {
+    for _ in 0..50 {
+        let found = events(app, kind);
+        if found.len() >= n {
+            return found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    events(app, kind)
+}
+
 fn events(app: &TestApp, kind: &str) -> Vec<Value> {
     app.broker()
         .process()
@@ -87,7 +100,7 @@ async fn another_account_cannot_take_over(store: Store) {
         account_of(&app, "acme").await,
         id_token_account(&app, "alice")
     );
-    let mismatch = events(&app, "connection.account_mismatch");
+    let mismatch = events_n(&app, "connection.account_mismatch", 1).await;
     assert_eq!(mismatch.len(), 1, "one connection.account_mismatch event");
     assert_eq!(mismatch[0]["connection"], json!("acme"));
     assert_eq!(
@@ -164,7 +177,7 @@ async fn an_allowed_change(store: Store) {
         !app.oidc().is_active(&alices).await,
         "the previous account's grant was revoked at the vendor"
     );
-    let changed = events(&app, "connection.account_changed");
+    let changed = events_n(&app, "connection.account_changed", 1).await;
     assert_eq!(changed.len(), 1, "one connection.account_changed");
 
     // Auth start (keyed) takes the same permission as a query parameter.
@@ -178,7 +191,10 @@ async fn an_allowed_change(store: Store) {
         id_token_account(&app, "carol")
     );
     assert!(!app.oidc().is_active(&bobs).await);
-    assert_eq!(events(&app, "connection.account_changed").len(), 2);
+    assert_eq!(
+        events_n(&app, "connection.account_changed", 2).await.len(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -200,7 +216,7 @@ async fn the_account_changed_event_names_both_accounts() {
         .consent_as("acme", "bob", "&allow_account_change=true")
         .await;
     assert_eq!(page.status, 200);
-    let changed = events(&app, "connection.account_changed");
+    let changed = events_n(&app, "connection.account_changed", 1).await;
     assert_eq!(changed.len(), 1);
     assert_eq!(
         changed[0]["previous_account"],
@@ -233,7 +249,7 @@ async fn a_connection_without_an_account_is_revived_but_not_taken_over() {
     assert_eq!(dead.status, 409, "{dead:?}");
     let page = app.consent_as("acme", "alice", "").await;
     assert_eq!(page.status, 200, "a dead grant is revived: {page:?}");
-    let recovered = events(&app, "connection.recovered");
+    let recovered = events_n(&app, "connection.recovered", 1).await;
     assert_eq!(recovered.len(), 1);
     assert_eq!(recovered[0]["account_verified"], json!(false));
     check_token_reply(&app.token_reply("acme", "").await, "acme");

@@ -167,3 +167,41 @@ async fn forced_refreshes_are_budgeted_per_connection_and_pipelines_cannot_force
         "every caller got the newest token: {tokens:?}"
     );
 }
+
+#[tokio::test]
+async fn under_the_functions_host_the_front_ends_client_ip_is_the_source() {
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    // As the Functions host starts it (the token endpoint is anonymous at the host).
+    app.spec.env.push((
+        "FUNCTIONS_CUSTOMHANDLER_PORT".into(),
+        app.spec.port.to_string(),
+    ));
+    app.restart_with_margin(DEFAULT_MARGIN_SECS).await;
+    let post = |client_ip: &str, forwarded: String, n: usize| {
+        let req = reqwest::Client::new()
+            .post(app.url(ENDPOINT))
+            .header("client-ip", client_ip)
+            .header("X-Forwarded-For", forwarded)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", unknown_id(n).as_str()),
+                ("client_secret", "pcs_x"),
+            ]);
+        async move { Reply::from(req.send().await.unwrap()).await.status }
+    };
+    // One client behind the front end, whatever it writes into X-Forwarded-For, is limited ...
+    let mut statuses = Vec::new();
+    for n in 0..40 {
+        statuses.push(post("203.0.113.7:50000", format!("198.51.100.{n}"), n).await);
+    }
+    assert!(
+        statuses[30..].iter().all(|s| *s == 429),
+        "client-ip is the source under the host: {statuses:?}"
+    );
+    // ... and another client is not.
+    assert_eq!(
+        post("203.0.113.8:50001", "203.0.113.7".into(), 200).await,
+        401,
+        "another client-ip is another source"
+    );
+}
