@@ -349,10 +349,11 @@ pub fn basic_credentials(data: &[u8]) {
     }
 }
 
-/// `X-Forwarded-For` and the trusted-proxy rule (`SourceRule::client`). Input: a flags byte (bit
-/// 0: under the Functions host; bits 1-2: no peer, an IPv4 peer, an IPv6 peer, an IPv4-mapped IPv6
-/// peer, from the next 4 or 16 bytes), then text: the trusted blocks (whitespace-separated) on the
-/// first line, one X-Forwarded-For header value per further line.
+/// `X-Forwarded-For`, `client-ip` and the trusted-proxy rule (`SourceRule::client_from`). Input: a
+/// flags byte (bit 0: under the Functions host; bits 1-2: no peer, an IPv4 peer, an IPv6 peer, an
+/// IPv4-mapped IPv6 peer, from the next 4 or 16 bytes; bit 3: a `client-ip` header), then text: the
+/// trusted blocks (whitespace-separated) on the first line, the `client-ip` value on the next when
+/// bit 3 is set, one X-Forwarded-For header value per further line.
 pub fn forwarded_for(data: &[u8]) {
     use oauth_broker::domain::source::{parse_forwarded, IpBlock, SourceRule};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -384,6 +385,10 @@ pub fn forwarded_for(data: &[u8]) {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
+    let client_ip = match flags & 8 {
+        0 => None,
+        _ => Some(lines.next().unwrap_or_default()),
+    };
     let headers: Vec<&str> = lines.collect();
     let mut trusted = Vec::new();
     for b in &blocks {
@@ -409,7 +414,10 @@ pub fn forwarded_for(data: &[u8]) {
         trusted_proxies: trusted.clone(),
         functions_host,
     };
-    let got = rule.client(peer, &headers);
+    let got = rule.client_from(peer, &headers, client_ip);
+    if client_ip.is_none() {
+        assert_eq!(got, rule.client(peer, &headers));
+    }
     // The entries from the right (the nearest hop first), as far as the rule looks.
     let entries: Vec<&str> = headers
         .iter()
@@ -420,8 +428,13 @@ pub fn forwarded_for(data: &[u8]) {
         .take(32)
         .collect();
     if functions_host {
-        // The platform's front end appends the client's address: the last entry, else the peer.
-        let expected = entries.first().and_then(|e| parse_forwarded(e)).or(peer);
+        // The platform's front end sets client-ip to the client's address (overwriting what a
+        // client sent), and appends it to X-Forwarded-For: client-ip, else the last entry, else
+        // the peer.
+        let expected = client_ip
+            .and_then(parse_forwarded)
+            .or_else(|| entries.first().and_then(|e| parse_forwarded(e)))
+            .or(peer);
         assert_eq!(got, expected);
         return;
     }
