@@ -189,13 +189,22 @@ fn object(bytes: &[u8]) -> Option<serde_json::Map<String, Value>> {
     }
 }
 
-/// Whether a secret of the input can be looked for in printed output (long
-/// enough, and not given elsewhere in the input in clear).
-fn traceable(secret: &str, elsewhere: &[&[u8]]) -> bool {
-    secret.len() >= 12
-        && elsewhere
-            .iter()
-            .all(|e| !String::from_utf8_lossy(e).contains(secret))
+/// A secret of the input never shows in what is printed about the outcome: it occurs there no
+/// more often than another secret of its length does when the same input is read with that one
+/// instead (the secret may also be part of text that is printed anyway).
+fn not_printed<T: std::fmt::Debug>(secret: &str, first: &T, again: impl Fn(&str) -> T) {
+    if secret.len() < 8 {
+        return;
+    }
+    let other: String = secret
+        .chars()
+        .map(|c| if c == 'q' { 'z' } else { 'q' })
+        .collect();
+    let (a, b) = (format!("{first:?}"), format!("{:?}", again(&other)));
+    assert!(
+        a.matches(secret).count() <= b.matches(secret).count(),
+        "the secret is printed"
+    );
 }
 
 /// `POST /api/oauth2/token`: its form (grant_type, client_id, client_secret, scope, resource) and
@@ -480,13 +489,10 @@ pub fn credential_row(data: &[u8]) {
     ) else {
         return;
     };
-    let read = fuzzing::credential_row(entity, secret, &tamper);
-    if traceable(secret, &[entity_text, tamper_text]) {
-        assert!(
-            !format!("{read:?}").contains(secret),
-            "the secret is printed"
-        );
-    }
+    let read = fuzzing::credential_row(entity.clone(), secret, &tamper);
+    not_printed(secret, &read, |s| {
+        fuzzing::credential_row(entity.clone(), s, &tamper)
+    });
     let ms = |t: Option<time::OffsetDateTime>| t.map(|t| t.unix_timestamp_nanos() / 1_000_000);
     match &read.authenticated {
         Ok(c) => {
@@ -551,13 +557,10 @@ pub fn outbox_row(data: &[u8]) {
     ) else {
         return;
     };
-    let read = fuzzing::outbox_row(entity, payload, &tamper);
-    if traceable(payload, &[entity_text, tamper_text]) {
-        assert!(
-            !format!("{read:?}").contains(payload),
-            "the payload is printed"
-        );
-    }
+    let read = fuzzing::outbox_row(entity.clone(), payload, &tamper);
+    not_printed(payload, &read, |p| {
+        fuzzing::outbox_row(entity.clone(), p, &tamper)
+    });
     let due = match &read.due {
         Ok(due) => due,
         Err(e) => panic!("one row stopped the drain: {e}"),
