@@ -708,10 +708,7 @@ impl ConsentService {
                 .account_field
                 .clone()
                 .map(|id| Account::new(id, AccountSourceKind::TokenField)),
-            AccountConfig::CallbackParam { name } => params
-                .get(name)
-                .and_then(|v| account::id_from_value(&serde_json::Value::String(v.clone())))
-                .map(|id| Account::new(id, AccountSourceKind::CallbackParam)),
+            AccountConfig::CallbackParam { name } => callback_account(params, name),
             AccountConfig::Userinfo { url, pointer } => {
                 match oauth::userinfo_account(
                     &self.http,
@@ -860,6 +857,14 @@ impl ConsentService {
     pub fn public_base(&self) -> &str {
         self.public_url.as_str().trim_end_matches('/')
     }
+}
+
+/// The account named by the callback parameter `name` (QuickBooks' `realmId`).
+pub(crate) fn callback_account(params: &HashMap<String, String>, name: &str) -> Option<Account> {
+    params
+        .get(name)
+        .and_then(|v| account::id_from_value(&serde_json::Value::String(v.clone())))
+        .map(|id| Account::new(id, AccountSourceKind::CallbackParam))
 }
 
 fn start_host_key(state_hash: &str) -> String {
