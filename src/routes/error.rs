@@ -19,6 +19,8 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("no credential with this client id for this connection")]
     CredentialNotFound,
+    #[error("no outstanding consent link with this id for this connection")]
+    ConsentLinkNotFound,
     /// Too many failed authentications from this client id or source.
     #[error("too many failed authentications; retry in {retry_after_secs} s")]
     TooManyFailures { retry_after_secs: u64 },
@@ -65,6 +67,7 @@ impl ApiError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::CredentialNotFound => "credential_not_found",
+            Self::ConsentLinkNotFound => "consent_link_not_found",
             Self::TooManyFailures { .. } => "too_many_failures",
             Self::IntegrationNotFound(_) => "integration_not_found",
             Self::IntegrationUnavailable(_) => "integration_unavailable",
@@ -130,7 +133,7 @@ impl ResponseError for ApiError {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::CredentialNotFound => StatusCode::NOT_FOUND,
+            Self::CredentialNotFound | Self::ConsentLinkNotFound => StatusCode::NOT_FOUND,
             Self::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::IntegrationNotFound(_) | Self::ConnectionNotFound(_) | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND

@@ -41,6 +41,8 @@ pub struct AppState {
     pub credentials: Arc<Credentials>,
     /// The proxy's client and limits.
     pub proxy: proxy::Proxy,
+    /// How a request's source address is found (for the failure limits).
+    pub source_rule: Arc<crate::domain::source::SourceRule>,
 }
 
 impl AppState {
@@ -168,6 +170,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/api/connections/{integration}/{connection}/consent-link")
             .wrap(key())
             .route(web::post().to(connections::create_link)),
+    )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/consent-links")
+            .wrap(key())
+            .route(web::get().to(connections::list_links)),
+    )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/consent-links/{id}")
+            .wrap(key())
+            .route(web::delete().to(connections::end_link)),
     )
     .service(
         web::resource("/api/connections/{integration}/{connection}/credentials")

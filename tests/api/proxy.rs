@@ -351,7 +351,13 @@ async fn the_callers_credentials_keys_cookies_and_forwarding_headers_never_reach
 
 #[tokio::test]
 async fn a_vendor_401_refreshes_once_and_the_caller_sees_200() {
-    let s = setup(Store::Sqlite, &[], json!({})).await;
+    // No forced-refresh budget: the connection was consented a moment ago (see the next test).
+    let s = setup(
+        Store::Sqlite,
+        &[("BROKER_MIN_FORCED_REFRESH_SECS", "0")],
+        json!({}),
+    )
+    .await;
     let before = s.app.oidc().stats().await.refreshes();
     let old = s.app.access_token("main").await;
     s.api.clear();
@@ -391,6 +397,34 @@ async fn a_vendor_401_refreshes_once_and_the_caller_sees_200() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["body_len"], json!(1000));
+}
+
+#[tokio::test]
+async fn a_vendor_401_inside_the_forced_refresh_budget_is_passed_back_unrefreshed() {
+    // The budget (issue 17) counts from the last refresh the vendor granted: the consent a moment
+    // ago. The engine then hands back the refused token, so the vendor's 401 goes back as it is,
+    // and neither the vendor's token endpoint nor its API is asked again.
+    let s = setup(
+        Store::Sqlite,
+        &[("BROKER_MIN_FORCED_REFRESH_SECS", "3600")],
+        json!({}),
+    )
+    .await;
+    let before = s.app.oidc().stats().await.refreshes();
+    let old = s.app.access_token("main").await;
+    s.api.clear();
+    s.api.script([Fault::Unauthorized]);
+    let r = s.get("/items?page=1").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(
+        r.header("x-broker-error").is_none(),
+        "the vendor's 401: {r:?}"
+    );
+    assert_eq!(s.app.oidc().stats().await.refreshes(), before, "no refresh");
+    assert_eq!(s.api.requests(), 1, "no retry with the refused token");
+    assert_eq!(s.app.access_token("main").await, old);
+    // The next request (the vendor accepts the token again) goes through.
+    assert_eq!(s.get("/items?page=1").await.status, 200);
 }
 
 #[tokio::test]
