@@ -96,10 +96,10 @@ pub fn assess_with(
     max: Option<Duration>,
     now: OffsetDateTime,
 ) -> Condition {
-    match r.status {
+    match &r.status {
         ConnectionStatus::ReauthorizationRequired => return Condition::ReauthorizationRequired,
         ConnectionStatus::NoRefreshToken => return Condition::NoRefreshToken,
-        ConnectionStatus::Active | ConnectionStatus::Unknown => {}
+        ConnectionStatus::Active | ConnectionStatus::Unknown(_) => {}
     }
     let failed_since_refresh = r.last_error_at.is_some_and(|at| at > r.refreshed_at);
     if failed_since_refresh {
@@ -123,7 +123,7 @@ pub fn assess_with(
     if r.grant_ending(now, max) {
         return Condition::RefreshTokenExpiring;
     }
-    if r.status == ConnectionStatus::Unknown {
+    if matches!(r.status, ConnectionStatus::Unknown(_)) {
         return Condition::Unknown;
     }
     Condition::Active
@@ -278,7 +278,7 @@ mod tests {
             Condition::Active
         );
         let mut unknown = record();
-        unknown.status = ConnectionStatus::Unknown;
+        unknown.status = ConnectionStatus::Unknown("suspended".into());
         assert_eq!(assess(&unknown, idle, at(10)), Condition::Unknown);
     }
 

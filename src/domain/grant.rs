@@ -31,7 +31,7 @@ pub struct TokenSet {
 /// "misconfigured" are read from `last_error` / `last_error_at` instead (see
 /// [`condition`](super::condition)), so a successful refresh clears them with
 /// no extra write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectionStatus {
     Active,
     /// The vendor answered `invalid_grant`: only a new consent restores it.
@@ -40,18 +40,21 @@ pub enum ConnectionStatus {
     /// one: the access token is served while it lasts, then a new consent is needed.
     NoRefreshToken,
     /// A status this version does not know (written by a newer version, or
-    /// edited): treated like `active` (the grant is used and refreshed, and a
-    /// successful refresh stores `active`), and listed for attention.
-    Unknown,
+    /// edited), kept verbatim so that writing the row back (a lease, a failed
+    /// refresh) never loses it: treated like `active` (the grant is used and
+    /// refreshed, and a successful refresh stores `active`), and listed for
+    /// attention.
+    Unknown(String),
 }
 
 impl ConnectionStatus {
-    pub fn as_str(self) -> &'static str {
+    /// What is stored: an unknown status as it was read.
+    pub fn as_str(&self) -> &str {
         match self {
             Self::Active => "active",
             Self::ReauthorizationRequired => "reauthorization_required",
             Self::NoRefreshToken => "no_refresh_token",
-            Self::Unknown => "unknown",
+            Self::Unknown(s) => s,
         }
     }
 
@@ -66,13 +69,13 @@ impl ConnectionStatus {
     }
 
     /// The grant cannot be kept alive: only a new consent restores it.
-    pub fn is_dead(self) -> bool {
+    pub fn is_dead(&self) -> bool {
         matches!(self, Self::ReauthorizationRequired | Self::NoRefreshToken)
     }
 
     /// A stored status as read back: an unknown one is [`Self::Unknown`], not an error.
     pub fn read(s: &str) -> Self {
-        Self::parse(s).unwrap_or(Self::Unknown)
+        Self::parse(s).unwrap_or_else(|| Self::Unknown(s.to_owned()))
     }
 }
 
@@ -329,7 +332,15 @@ mod tests {
             assert_eq!(ConnectionStatus::read(s.as_str()), s);
         }
         for other in ["suspended", "", "Active", "unknown"] {
-            assert_eq!(ConnectionStatus::read(other), ConnectionStatus::Unknown);
+            assert_eq!(
+                ConnectionStatus::read(other),
+                ConnectionStatus::Unknown(other.to_owned())
+            );
+            assert_eq!(
+                ConnectionStatus::read(other).as_str(),
+                other,
+                "kept verbatim"
+            );
         }
     }
 }

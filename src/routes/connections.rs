@@ -26,7 +26,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 pub struct ConnectionView<'a> {
     integration: &'a str,
     connection: &'a str,
-    status: &'static str,
+    status: &'a str,
     /// The status page's condition (`status` plus what is derived from the last refresh).
     condition: &'static str,
     expires_at: String,

@@ -220,3 +220,47 @@ async fn a_consent_link_redirected_to_another_connection_does_not_open() {
         .unwrap();
     assert_eq!(pending, 0, "no consent was started");
 }
+
+#[tokio::test]
+async fn a_status_this_version_does_not_know_survives_a_failed_refresh_verbatim() {
+    // A newer version may store a status this one does not know ("suspended", say). Using the
+    // grant and writing the row back (a lease, a failed refresh) must keep it as it was, so a
+    // downgrade and upgrade lose nothing.
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    app.connect("acme").await;
+    let db = rusqlite::Connection::open(app.dir.path().join("data/broker.db")).unwrap();
+    let status = |db: &rusqlite::Connection| -> String {
+        db.query_row(
+            "SELECT status FROM connections WHERE connection = 'acme'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        db.execute(
+            "UPDATE connections SET status = 'suspended' WHERE connection = 'acme'",
+            []
+        )
+        .unwrap(),
+        1
+    );
+    let listed = app.get("/api/connections/demo/acme").await;
+    assert_eq!(listed.json()["status"], json!("suspended"), "{listed:?}");
+
+    // The vendor goes away: a forced refresh takes the lease, fails, and writes the row back.
+    drop(app.oidc.take());
+    let reply = app.token_reply("acme", "?force_refresh=true").await;
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert_eq!(
+        status(&db),
+        "suspended",
+        "the unknown status is kept verbatim"
+    );
+    let listed = app.get("/api/connections/demo/acme").await;
+    assert_eq!(listed.json()["status"], json!("suspended"), "{listed:?}");
+    assert!(
+        listed.json()["last_error"].is_string(),
+        "the failure is recorded: {listed:?}"
+    );
+}
