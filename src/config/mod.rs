@@ -14,6 +14,7 @@
 //! Over 600 lines only with its unit tests.
 
 pub mod discovery;
+pub mod entra;
 pub mod error;
 pub mod events;
 mod expand;
@@ -29,6 +30,7 @@ use url::Url;
 
 use crate::crypto::Keyring;
 use crate::domain::Secret;
+pub use entra::EntraSettings;
 pub use error::ConfigError;
 pub use events::{EventSettings, WebhookFormat, WebhookReceiver};
 pub use integrations::{ClientAuth, Integration, IntegrationsFile};
@@ -257,6 +259,8 @@ pub struct Settings {
     pub consent_link_lifetime: Duration,
     /// Webhook receivers and event thresholds (`BROKER_WEBHOOK_*`).
     pub events: EventSettings,
+    /// Microsoft Entra ID callers (`BROKER_ENTRA_*`); `None`: off.
+    pub entra: Option<EntraSettings>,
     /// What is allowed but probably wrong (an http public URL on a public host), logged at start.
     pub warnings: Vec<String>,
 }
@@ -466,6 +470,7 @@ impl Settings {
             86_400,
         ));
         let events = p.take(EventSettings::load(&env), EventSettings::default());
+        let entra = entra::load(&env, &mut p);
         if let Some(e) = ConfigError::all(p.0) {
             return Err(e);
         }
@@ -482,6 +487,7 @@ impl Settings {
             refresh,
             consent_link_lifetime,
             events,
+            entra,
             listen,
             host_mode,
             public_url,
