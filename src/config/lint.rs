@@ -84,6 +84,7 @@ const FIELDS: &[(&str, Kind)] = &[
     ("renew", Kind::Any),
     ("refresh_token_max_days", Kind::Whole),
     ("post_consent", Kind::Any),
+    ("callers", Kind::Any),
 ];
 
 /// A `%NAME%` whose setting is not set, and the field that refers to it.

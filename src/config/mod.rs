@@ -13,6 +13,7 @@
 //!
 //! Over 600 lines only with its unit tests.
 
+pub mod callers;
 pub mod discovery;
 pub mod entra;
 pub mod error;
