@@ -97,7 +97,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         req.match_info().get("integration").unwrap_or_default(),
         req.match_info().get("connection").unwrap_or_default(),
     )?;
-    caller.allow(&integration, &connection)?;
+    caller.allow(&state, &integration, &connection)?;
     let q = query(&req);
     let min_validity = q
         .get("min_validity_secs")
@@ -151,7 +151,7 @@ pub async fn post(
         &b.integration,
         b.connection.as_deref().unwrap_or(ConnectionId::DEFAULT),
     )?;
-    caller.allow(&integration, &connection)?;
+    caller.allow(&state, &integration, &connection)?;
     serve(
         &state,
         &caller,
