@@ -218,6 +218,17 @@ pub const MIN_API_KEY_LEN: usize = 32;
 
 /// Checks an API key's length; the message says how to make a good one.
 pub fn check_api_key(key: &Secret, origin: &str) -> Result<(), String> {
+    // App Service leaves a Key Vault reference it cannot resolve as the literal text, which names
+    // the vault and secret and is no secret at all: never a key.
+    if key
+        .expose()
+        .trim_start()
+        .starts_with("@Microsoft.KeyVault(")
+    {
+        return Err(format!(
+            "{origin} is a Key Vault reference the platform did not resolve (the secret is missing, or the app's identity may not read it); it is never taken as a key"
+        ));
+    }
     let len = key.expose().chars().count();
     if len < MIN_API_KEY_LEN {
         return Err(format!(
