@@ -68,6 +68,9 @@ pub enum Command {
         /// The link's lifetime in seconds (60 to 2592000)
         #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(60..=2_592_000))]
         expires_in: Option<u64>,
+        /// Let the consent bind the connection to a different vendor account than it has now
+        #[arg(long)]
+        allow_account_change: bool,
     },
 }
 
@@ -363,11 +366,12 @@ pub async fn connections(json: bool, out: &mut dyn Write) -> Result<(), Failure>
     Ok(())
 }
 
-/// `oauth-broker consent-link <integration> <connection> [--expires-in SECS]`.
+/// `oauth-broker consent-link <integration> <connection> [--expires-in SECS] [--allow-account-change]`.
 pub async fn consent_link(
     integration: &str,
     connection: &str,
     expires_in: Option<u64>,
+    allow_account_change: bool,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
     let integration = IntegrationName::parse(integration)
@@ -431,7 +435,7 @@ pub async fn consent_link(
     );
     let lifetime = expires_in.map(|s| time::Duration::seconds(s as i64));
     let link = consent
-        .create_link(&integration, &connection, lifetime)
+        .create_link(&integration, &connection, lifetime, allow_account_change)
         .await
         .map_err(|e| fail(format!("cannot create the link: {e}")))?;
     let _ = writeln!(out, "{}", link.url);

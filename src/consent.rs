@@ -19,13 +19,16 @@ use sha2::{Digest, Sha256};
 use time::Duration;
 use url::Url;
 
+use crate::config::AccountConfig;
 use crate::config::Integration;
+use crate::domain::account::{self as account, IdTokenError};
 use crate::domain::clock::now;
 use crate::domain::{
-    ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, PendingAuthorization, Secret,
+    Account, AccountSourceKind, ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName,
+    PendingAuthorization, Secret,
 };
 use crate::oauth::{self, TokenError};
-use crate::refresh::Engine;
+use crate::refresh::{ConsentOutcome, Engine};
 use crate::registry::Lookup;
 use crate::store::{ConsentLink, Store};
 
@@ -49,6 +52,12 @@ fn random_token() -> Secret {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     Secret::new(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A consent link's public id: the first 22 characters (132 bits) of its
+/// hash. It names the link for listing and ending it; it cannot open it.
+pub fn link_id(link_hash: &str) -> String {
+    format!("cl_{}", &link_hash[..22.min(link_hash.len())])
 }
 
 /// The browser-binding cookie of one started consent (one per consent, so
@@ -90,6 +99,18 @@ pub enum ConsentError {
     IssuerMismatch,
     #[error("the consent link is unknown, used up or expired")]
     LinkUnusable,
+    /// The connection's grant belongs to another vendor account (`unknown`:
+    /// the grant has no account and is active, or the new one could not be
+    /// told); nothing was stored and the new grant was revoked.
+    #[error("the connection is bound to another vendor account")]
+    AccountMismatch {
+        integration: IntegrationName,
+        connection: ConnectionId,
+        unknown: bool,
+    },
+    /// The token response's id_token was not for this client or issuer.
+    #[error("the id_token cannot be accepted: {0}")]
+    AccountUnverifiable(IdTokenError),
     #[error("the code exchange failed: {0}")]
     Exchange(TokenError),
     /// The store failed; `grant_lost` when a code had already been exchanged.
@@ -228,13 +249,17 @@ impl ConsentService {
 
     /// Starts a consent: a fresh single-use state and PKCE pair, stored server
     /// side and bound to this browser with a cookie.
+    /// `allow_account_change`: the consent may bind the connection to another
+    /// vendor account than its current one.
     pub async fn begin(
         &self,
         integration: &IntegrationName,
         connection: ConnectionId,
+        allow_account_change: bool,
     ) -> Result<Started, ConsentError> {
         let integration = self.integration(integration)?;
-        self.begin_with(&integration, connection, None).await
+        self.begin_with(&integration, connection, None, allow_account_change)
+            .await
     }
 
     async fn begin_with(
@@ -242,6 +267,7 @@ impl ConsentService {
         integration: &Integration,
         connection: ConnectionId,
         link_hash: Option<String>,
+        allow_account_change: bool,
     ) -> Result<Started, ConsentError> {
         let auth = oauth::authorization_request(integration, &self.redirect_uri);
         let binding = random_token();
@@ -253,6 +279,7 @@ impl ConsentService {
             binding_hash: hash(binding.expose()),
             expires_at: now() + PENDING_LIFETIME,
             link_hash,
+            allow_account_change,
         };
         if let Err(e) = self.store.insert_pending(&state_hash, &pending).await {
             tracing::error!(integration = %integration.name, connection = %connection, error = %e, "could not store a pending authorization");
@@ -280,9 +307,17 @@ impl ConsentService {
 
         if let Some(error) = params.get("error") {
             // The vendor sent the person back without a code (RFC 6749 §4.1.2.1).
-            // Use the state up so it cannot be replayed.
+            // Use the state up so it cannot be replayed, but only from the
+            // browser that started the consent: someone who merely learnt the
+            // state cannot cancel it.
             if let Some(h) = &state_hash {
-                let _ = self.store.take_pending(h).await;
+                if let Ok(Some(p)) = self.store.peek_pending(h).await {
+                    if !bound_to_browser(&cb, h, &p) {
+                        tracing::warn!(integration = %p.integration, connection = %p.connection, "an error callback without the browser binding cookie; the consent stays open");
+                        return Err(ConsentError::OtherBrowser);
+                    }
+                    let _ = self.store.take_pending(h).await;
+                }
             }
             let error = oauth::sanitize(error, 64);
             tracing::info!(error = %error, "consent refused at the provider");
@@ -316,13 +351,7 @@ impl ConsentService {
             return Err(ConsentError::Expired);
         }
         let cookie = cookie_name(&state_hash);
-        let bound = (cb.cookie)(&cookie).is_some_and(|value| {
-            crate::domain::secret::constant_time_eq(
-                hash(&value).as_bytes(),
-                pending.binding_hash.as_bytes(),
-            )
-        });
-        if !bound {
+        if !bound_to_browser(&cb, &state_hash, &pending) {
             tracing::warn!(integration = %pending.integration, connection = %pending.connection, "callback without the browser binding cookie");
             return Err(ConsentError::OtherBrowser);
         }
@@ -361,6 +390,34 @@ impl ConsentService {
             tracing::warn!(integration = %pending.integration, connection = %pending.connection, error = %e, "code exchange failed");
             ConsentError::Exchange(e)
         })?;
+        let account = match self.account_of(&integration, &tokens, params).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(integration = %pending.integration, connection = %pending.connection, error = %e, "the token response's id_token cannot be accepted; revoking this consent's tokens");
+                self.revoke_unused(&integration, tokens).await;
+                return Err(ConsentError::AccountUnverifiable(e));
+            }
+        };
+        // Before the link is used up: a refused consent leaves it usable for
+        // the account owner it was meant for.
+        match self
+            .engine
+            .check_consent_account(
+                &pending.integration,
+                &pending.connection,
+                account.as_ref(),
+                pending.allow_account_change,
+            )
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(bound)) => {
+                return Err(self
+                    .refuse_account(&integration, &pending.connection, tokens, account, &bound)
+                    .await)
+            }
+            Err(e) => return Err(store_failed(e)),
+        }
         if let Some(link) = &pending.link_hash {
             match self.store.consume_link(link).await {
                 Ok(true) => {}
@@ -404,15 +461,51 @@ impl ConsentService {
             .scope
             .as_deref()
             .map(|granted| missing_scopes(&integration, granted, tokens.refresh_token.is_some()));
-        let record = self
+        // Kept for a refusal found only at the write (the row changed meanwhile).
+        let unkept = oauth::TokenResponse {
+            access_token: tokens.access_token.clone(),
+            refresh_token: tokens.refresh_token.clone(),
+            token_type: String::new(),
+            expires_in: None,
+            expires_at: None,
+            scope: None,
+            metadata: BTreeMap::new(),
+            id_token: None,
+            account_field: None,
+        };
+        let outcome = self
             .engine
-            .store_consent(&integration, &pending.connection, tokens, captured)
+            .store_consent(
+                &integration,
+                &pending.connection,
+                tokens,
+                captured,
+                account.clone(),
+                pending.allow_account_change,
+            )
             .await
             .map_err(|e| {
                 tracing::error!(integration = %pending.integration, connection = %pending.connection, error = %e, "could not store a new grant");
                 ConsentError::Store { grant_lost: true }
             })?;
-        tracing::info!(integration = %pending.integration, connection = %pending.connection, status = record.status.as_str(), "consent completed");
+        let (record, replaced) = match outcome {
+            ConsentOutcome::Stored { record, replaced } => (record, replaced),
+            ConsentOutcome::Refused { bound } => {
+                return Err(self
+                    .refuse_account(&integration, &pending.connection, unkept, account, &bound)
+                    .await)
+            }
+        };
+        tracing::info!(
+            integration = %pending.integration,
+            connection = %pending.connection,
+            status = record.status.as_str(),
+            account = record.account.as_ref().map(|a| a.id.as_str()),
+            "consent completed"
+        );
+        if let Some(previous) = &replaced {
+            self.revoke_replaced(&integration, previous, &record).await;
+        }
         if record.status == ConnectionStatus::NoRefreshToken {
             self.emit_no_refresh_token(&record).await;
         }
@@ -428,19 +521,25 @@ impl ConsentService {
     /// whose hash is stored, so it can be neither forged nor read back from the
     /// store; it is used up when a consent through it completes (so a mail
     /// scanner that opens it first does not burn it). `None` lifetime: the default.
+    /// `allow_account_change`: a consent through it may bind the connection
+    /// to another vendor account.
     pub async fn create_link(
         &self,
         integration: &IntegrationName,
         connection: &ConnectionId,
         lifetime: Option<Duration>,
+        allow_account_change: bool,
     ) -> Result<CreatedLink, ConsentError> {
         self.integration(integration)?;
         let token = random_token();
+        let at = now();
         let link = ConsentLink {
             link_hash: hash(token.expose()),
             integration: integration.clone(),
             connection: connection.clone(),
-            expires_at: now() + lifetime.unwrap_or(self.link_lifetime),
+            expires_at: at + lifetime.unwrap_or(self.link_lifetime),
+            created_at: Some(crate::domain::clock::to_millis(at)),
+            allow_account_change,
         };
         self.store.insert_link(&link).await.map_err(|e| {
             tracing::error!(error = %e, "could not store a consent link");
@@ -449,6 +548,7 @@ impl ConsentService {
         tracing::info!(
             integration = integration.as_str(),
             connection = connection.as_str(),
+            allow_account_change,
             "consent link created"
         );
         let mut url = join(&self.public_url, "api/auth/link");
@@ -457,6 +557,47 @@ impl ConsentService {
             url: url.into(),
             link,
         })
+    }
+
+    /// The outstanding consent links of a connection, with the consents in
+    /// progress through each (never a token: links are stored as hashes).
+    pub async fn links(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<Vec<(ConsentLink, usize)>, ConsentError> {
+        self.integration(integration)?;
+        self.store
+            .links_of(integration, connection)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not list consent links");
+                ConsentError::Store { grant_lost: false }
+            })
+    }
+
+    /// Ends the consent link `id` (see [`link_id`]) of a connection, and the
+    /// consents in progress through it; `Ok(false)` when there is no such link.
+    pub async fn end_link(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+        id: &str,
+    ) -> Result<bool, ConsentError> {
+        let links = self.links(integration, connection).await?;
+        let Some((link, _)) = links.iter().find(|(l, _)| {
+            crate::domain::secret::constant_time_eq(link_id(&l.link_hash).as_bytes(), id.as_bytes())
+        }) else {
+            return Ok(false);
+        };
+        let ended = self.store.end_link(&link.link_hash).await.map_err(|e| {
+            tracing::error!(error = %e, "could not end a consent link");
+            ConsentError::Store { grant_lost: false }
+        })?;
+        if ended {
+            tracing::info!(integration = integration.as_str(), connection = connection.as_str(), link = %id, "consent link ended");
+        }
+        Ok(ended)
     }
 
     /// Opens a consent link: starts a consent for its connection.
@@ -486,7 +627,8 @@ impl ConsentService {
             Lookup::Unknown => return Err(ConsentError::IntegrationGone(link.integration)),
         };
         self.make_room_for_pending(&link.link_hash).await?;
-        self.begin_with(&integration, link.connection, Some(link.link_hash))
+        let allow = link.allow_account_change;
+        self.begin_with(&integration, link.connection, Some(link.link_hash), allow)
             .await
     }
 
@@ -535,6 +677,134 @@ impl ConsentService {
         .await
         {
             tracing::warn!(integration = %integration.name, error = %e, "could not revoke tokens that were not kept");
+        }
+    }
+
+    /// The vendor account behind a consent's tokens: an id_token's `iss` +
+    /// `sub` whenever one arrives (unless the integration opted out), else the
+    /// integration's source. `Ok(None)` when there is no source or it gave
+    /// nothing (logged); `Err` only for an id_token not meant for this client.
+    async fn account_of(
+        &self,
+        integration: &Integration,
+        tokens: &oauth::TokenResponse,
+        params: &HashMap<String, String>,
+    ) -> Result<Option<Account>, IdTokenError> {
+        if integration.account == AccountConfig::OptOut {
+            return Ok(None);
+        }
+        if let Some(jwt) = &tokens.id_token {
+            return account::from_id_token(
+                jwt.expose(),
+                integration.issuer.as_deref(),
+                &integration.client_id,
+            )
+            .map(Some);
+        }
+        let found = match &integration.account {
+            AccountConfig::Default | AccountConfig::OptOut => return Ok(None),
+            AccountConfig::IdToken => None,
+            AccountConfig::TokenField { .. } => tokens
+                .account_field
+                .clone()
+                .map(|id| Account::new(id, AccountSourceKind::TokenField)),
+            AccountConfig::CallbackParam { name } => callback_account(params, name),
+            AccountConfig::Userinfo { url, pointer } => {
+                match oauth::userinfo_account(
+                    &self.http,
+                    url,
+                    &tokens.access_token,
+                    pointer,
+                    self.upstream_timeout,
+                )
+                .await
+                {
+                    Ok(id) => id.map(|id| Account::new(id, AccountSourceKind::Userinfo)),
+                    Err(reason) => {
+                        tracing::warn!(integration = %integration.name, reason = %reason, "the user-info request for the consent's account failed");
+                        None
+                    }
+                }
+            }
+        };
+        if found.is_none() {
+            tracing::warn!(integration = %integration.name, "the consent's vendor account could not be determined from the integration's account source");
+        }
+        Ok(found)
+    }
+
+    /// A consent the connection's account binding refuses: the new tokens are
+    /// revoked, `connection.account_mismatch` is emitted, the grant stays.
+    async fn refuse_account(
+        &self,
+        integration: &Integration,
+        connection: &ConnectionId,
+        tokens: oauth::TokenResponse,
+        attempted: Option<Account>,
+        bound: &ConnectionRecord,
+    ) -> ConsentError {
+        tracing::warn!(
+            integration = %integration.name,
+            connection = %connection,
+            account = attempted.as_ref().map(|a| a.id.as_str()),
+            bound_account = bound.account.as_ref().map(|a| a.id.as_str()),
+            "a consent by another vendor account was refused; the connection keeps its grant and the new tokens are revoked"
+        );
+        self.revoke_unused(integration, tokens).await;
+        self.engine
+            .emit_account_mismatch(
+                &integration.name,
+                connection,
+                Some(bound.status.as_str()),
+                attempted.as_ref(),
+                bound.account.as_ref(),
+            )
+            .await;
+        ConsentError::AccountMismatch {
+            integration: integration.name.clone(),
+            connection: connection.clone(),
+            unknown: bound.account.is_none() || attempted.is_none(),
+        }
+    }
+
+    /// After an allowed account change stored `record` over `previous`: the
+    /// previous account's refresh token is revoked (RFC 7009). Never after a
+    /// consent by the same account (or when either account is unknown): at
+    /// several vendors (Google) revoking any token of a user's grant ends the
+    /// app's whole authorization for that user, the new tokens included.
+    async fn revoke_replaced(
+        &self,
+        integration: &Integration,
+        previous: &ConnectionRecord,
+        record: &ConnectionRecord,
+    ) {
+        let (Some(before), Some(now)) = (&previous.account, &record.account) else {
+            return;
+        };
+        if before.same_as(now) {
+            return;
+        }
+        let Some(url) = &integration.revocation_url else {
+            return;
+        };
+        let result = oauth::revoke(
+            &self.http,
+            integration,
+            url,
+            oauth::Grant {
+                access_token: &previous.tokens.access_token,
+                refresh_token: previous.tokens.refresh_token.as_ref(),
+            },
+            self.upstream_timeout,
+        )
+        .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(integration = %integration.name, connection = %record.connection, "the previous account's grant was revoked after an account change")
+            }
+            Err(e) => {
+                tracing::warn!(integration = %integration.name, connection = %record.connection, error = %e, "could not revoke the previous account's grant after an account change")
+            }
         }
     }
 
@@ -589,6 +859,14 @@ impl ConsentService {
     }
 }
 
+/// The account named by the callback parameter `name` (QuickBooks' `realmId`).
+pub(crate) fn callback_account(params: &HashMap<String, String>, name: &str) -> Option<Account> {
+    params
+        .get(name)
+        .and_then(|v| account::id_from_value(&serde_json::Value::String(v.clone())))
+        .map(|id| Account::new(id, AccountSourceKind::CallbackParam))
+}
+
 fn start_host_key(state_hash: &str) -> String {
     format!("consent-start-host:{state_hash}")
 }
@@ -631,7 +909,7 @@ impl crate::events::ConsentLinks for ConsentService {
         integration: &IntegrationName,
         connection: &ConnectionId,
     ) -> Option<Secret> {
-        match self.create_link(integration, connection, None).await {
+        match self.create_link(integration, connection, None, false).await {
             Ok(created) => Some(Secret::new(created.url)),
             Err(e) => {
                 tracing::warn!(integration = integration.as_str(), connection = connection.as_str(), error = %e, "no consent link for the event");
@@ -639,6 +917,17 @@ impl crate::events::ConsentLinks for ConsentService {
             }
         }
     }
+}
+
+/// Whether the callback came to the browser that started the consent (its
+/// binding cookie hashes to the stored binding).
+fn bound_to_browser(cb: &Callback<'_>, state_hash: &str, pending: &PendingAuthorization) -> bool {
+    (cb.cookie)(&cookie_name(state_hash)).is_some_and(|value| {
+        crate::domain::secret::constant_time_eq(
+            hash(&value).as_bytes(),
+            pending.binding_hash.as_bytes(),
+        )
+    })
 }
 
 /// RFC 9207 §2.4: when the integration knows its issuer, a callback's `iss`

@@ -14,8 +14,9 @@
 //!   same work (a keyed hash is computed even when there is nothing to compare
 //!   it with), so client ids cannot be probed.
 //! - Failed authentications are counted per client id and per source address
-//!   (per instance, in a fixed window); past the limit, requests are refused
-//!   before any store read.
+//!   (per instance, in a fixed window); past the limit, failures answer 429.
+//!   The secret is always checked first: a correct one is never refused for
+//!   failures someone else caused.
 //!
 //! Depends on the domain, the store and the refresh engine; handlers call it.
 
@@ -311,24 +312,27 @@ impl Credentials {
         let shown = ClientId::parse(client_id)
             .map(|c| c.to_string())
             .unwrap_or_else(|| "(malformed)".to_owned());
-        let retry = self
-            .by_client
-            .blocked(&client_key)
-            .max(self.by_source.blocked(&source_key));
-        if let Some(retry_after_secs) = retry {
-            tracing::warn!(
-                client_id = %shown,
-                source = %source_key,
-                outcome = "rate_limited",
-                "client authentication refused: too many failures"
-            );
-            return Err(AuthError::RateLimited { retry_after_secs });
-        }
+        // The secret is checked first, whatever the limits say: failures of
+        // others (anyone can send wrong secrets for a client id, which is not
+        // secret) never lock out the right one. Only failures are limited.
         match self.check(client_id, secret).await {
             Ok(c) => Ok(c),
             Err(Ok(failure)) => {
+                let retry = self
+                    .by_client
+                    .blocked(&client_key)
+                    .max(self.by_source.blocked(&source_key));
                 self.by_client.fail(&client_key);
                 self.by_source.fail(&source_key);
+                if let Some(retry_after_secs) = retry {
+                    tracing::warn!(
+                        client_id = %shown,
+                        source = %source_key,
+                        outcome = "rate_limited",
+                        "client authentication failed, past the failure limit"
+                    );
+                    return Err(AuthError::RateLimited { retry_after_secs });
+                }
                 tracing::warn!(
                     client_id = %shown,
                     source = %source_key,
@@ -353,7 +357,7 @@ impl Credentials {
         let store = &self.store;
         let keys = store.keyring();
         let Some(id) = ClientId::parse(client_id) else {
-            burn(keys, secret);
+            burn(keys, client_id, secret);
             return Err(Ok(Failure::Malformed));
         };
         let read = {
@@ -361,7 +365,7 @@ impl Credentials {
             move || async move { store.get_credential(&id).await }
         };
         let Some(c) = self.reads.read(&id, read).await.map_err(Err)? else {
-            burn(keys, secret);
+            burn(keys, client_id, secret);
             return Err(Ok(Failure::Unknown));
         };
         let input = c.hash_input(secret);
@@ -369,7 +373,7 @@ impl Credentials {
             Ok(true) => {}
             Ok(false) => return Err(Ok(Failure::WrongSecret)),
             Err(_) => {
-                burn(keys, secret);
+                burn(keys, client_id, secret);
                 return Err(Ok(Failure::KeyRemoved));
             }
         }
@@ -487,9 +491,22 @@ impl Credentials {
 
 /// The same keyed hash a real check computes, for a request with nothing to
 /// compare against: unknown and known client ids cost the same.
-fn burn(keys: &crate::crypto::Keyring, secret: &Secret) {
-    let (_, h) = keys.mac(secret.expose().as_bytes());
-    std::hint::black_box(h);
+/// The work of checking a secret when there is nothing to check it against
+/// (an unknown, malformed or unverifiable client id): the same hash input
+/// and the same constant-time verification as a known credential, so the
+/// answer takes as long (see the README's Security section for the figures).
+fn burn(keys: &crate::crypto::Keyring, client_id: &str, secret: &Secret) {
+    /// Base64 of 32 zero bytes: a hash no input produces.
+    const NO_HASH: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let input = format!(
+        "oauth-broker/v2/credential\n{}\n{}\n{}\n-\n-\n{}",
+        client_id.get(..client_id.len().min(64)).unwrap_or_default(),
+        "stand-in-integration",
+        "stand-in-connection",
+        secret.expose()
+    );
+    let r = keys.verify_mac(keys.current_key_id(), input.as_bytes(), NO_HASH);
+    std::hint::black_box(r.ok());
 }
 
 /// Failures per key in fixed windows.

@@ -133,6 +133,9 @@ pub fn json_body(e: &Event) -> Value {
         "status": e.status,
         "error": e.error,
         "consent_link": e.consent_link.as_ref().map(Secret::expose),
+        "account": e.account,
+        "previous_account": e.previous_account,
+        "account_verified": e.account_verified,
     })
 }
 
@@ -153,6 +156,12 @@ fn facts(e: &Event) -> Vec<(&'static str, String)> {
     }
     if let Some(err) = &e.error {
         f.push(("Error", err.clone()));
+    }
+    if let Some(a) = &e.account {
+        f.push(("Account", a.id.clone()));
+    }
+    if let Some(a) = &e.previous_account {
+        f.push(("Previous account", a.id.clone()));
     }
     f.push(("Event", format!("{} {}", e.kind.as_str(), e.id)));
     f
@@ -317,6 +326,9 @@ impl Events {
             status = event.status.as_deref(),
             error = event.error.as_deref(),
             consent_link = event.consent_link.is_some(),
+            account = event.account.as_ref().map(|a| a.id.as_str()),
+            previous_account = event.previous_account.as_ref().map(|a| a.id.as_str()),
+            account_verified = event.account_verified,
             receivers = receivers.len(),
             "event"
         );
@@ -512,7 +524,7 @@ impl Events {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("X-Broker-Event-Id", &entry.event_id)
             .header("X-Broker-Event-Type", &entry.event_type);
-        if let Some(secret) = &self.inner.settings.secret {
+        if let Some(secret) = &receiver.secret {
             req = req.header(
                 "X-Broker-Signature",
                 signature(secret, now().unix_timestamp(), &body),
@@ -625,6 +637,9 @@ mod tests {
             "status",
             "error",
             "consent_link",
+            "account",
+            "previous_account",
+            "account_verified",
         ] {
             assert!(json.get(k).is_some(), "{k} in {json}");
         }

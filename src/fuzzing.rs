@@ -4,16 +4,19 @@
 //! broker does, reaching code that is private to its module. They are not part
 //! of the broker's API and nothing in the broker calls them.
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use actix_web::body::MessageBody;
 use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::crypto::Keyring;
 use crate::domain::{
-    ConnectionId, ConnectionRecord, IntegrationName, PendingAuthorization, Secret,
+    ConnectionId, ConnectionRecord, IntegrationName, PendingAuthorization, PipelineCredential,
+    Secret,
 };
 use crate::oauth::{self, TokenError, TokenResponse};
 use crate::store::{
@@ -31,6 +34,7 @@ pub fn token_response(
     let shape = oauth::Shape {
         metadata: metadata_fields,
         expires_at_field: Some("expires_at"),
+        account_pointer: None,
     };
     oauth::parse_token_response(status, is_form, body, &shape)
 }
@@ -106,174 +110,460 @@ pub fn test_keyring() -> Keyring {
     .expect("a valid key spec")
 }
 
-/// A backend holding one entity as Table Storage would hand it back: the
-/// broker's own entity decoding runs on every read.
-struct OneEntity(Map<String, Value>);
-
-fn decoded<T>(
-    m: &Map<String, Value>,
-    f: fn(&Map<String, Value>) -> Result<T, StoreError>,
-) -> Result<Option<T>, StoreError> {
-    f(m).map(Some)
+/// The fuzzing store backend: an in-memory Table Storage. Entities are kept
+/// as Table Storage hands them back (JSON objects), under their PartitionKey
+/// and RowKey, each with an ETag; every write goes through the broker's own
+/// entity mapping (`store::table`) and every read decodes through it, with
+/// Table Storage's conditional-write rules. Hostile table contents are
+/// planted with [`MemoryTable::plant`] and edited with [`MemoryTable::edit`].
+#[derive(Default)]
+pub struct MemoryTable {
+    rows: Mutex<Rows>,
+    etags: AtomicU64,
 }
 
-impl Backend for OneEntity {
+type Rows = BTreeMap<(String, String), (Map<String, Value>, u64)>;
+
+fn key(pk: &str, rk: &str) -> (String, String) {
+    (pk.to_owned(), rk.to_owned())
+}
+
+fn version(etag: u64) -> Version {
+    Version(format!("W/\"{etag}\""))
+}
+
+/// An entity as Table Storage returns it: its PartitionKey and RowKey are
+/// always there, and always the keys it is stored under.
+fn as_returned(pk: &str, rk: &str, m: &Map<String, Value>) -> Map<String, Value> {
+    let mut m = m.clone();
+    m.insert("PartitionKey".into(), Value::String(pk.to_owned()));
+    m.insert("RowKey".into(), Value::String(rk.to_owned()));
+    m
+}
+
+fn time_of(m: &Map<String, Value>, name: &str) -> Option<OffsetDateTime> {
+    m.get(name)
+        .and_then(Value::as_str)
+        .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+}
+
+impl MemoryTable {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rows> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn next_etag(&self) -> u64 {
+        self.etags.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Puts an entity into the table as it is (a writer with access to the table).
+    pub fn plant(&self, pk: &str, rk: &str, entity: Map<String, Value>) {
+        let etag = self.next_etag();
+        self.lock().insert(key(pk, rk), (entity, etag));
+    }
+
+    /// The entity at `pk`/`rk`, as stored.
+    pub fn entity(&self, pk: &str, rk: &str) -> Option<Map<String, Value>> {
+        self.lock().get(&key(pk, rk)).map(|(m, _)| m.clone())
+    }
+
+    /// Changes an entity in place (a writer with access to the table); a new ETag.
+    pub fn edit(&self, pk: &str, rk: &str, f: impl FnOnce(&mut Map<String, Value>)) {
+        let etag = self.next_etag();
+        if let Some((m, e)) = self.lock().get_mut(&key(pk, rk)) {
+            f(m);
+            *e = etag;
+        }
+    }
+
+    /// Every (PartitionKey, RowKey) held.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// Inserts unless the key exists (`Conflict`).
+    fn insert(
+        &self,
+        pk: &str,
+        rk: &str,
+        entity: Map<String, Value>,
+    ) -> Result<Version, StoreError> {
+        let etag = self.next_etag();
+        let mut rows = self.lock();
+        if rows.contains_key(&key(pk, rk)) {
+            return Err(StoreError::Conflict);
+        }
+        rows.insert(key(pk, rk), (entity, etag));
+        Ok(version(etag))
+    }
+
+    /// Replaces at `expected` (`NotFound` when absent, `Conflict` when changed).
+    fn replace(
+        &self,
+        pk: &str,
+        rk: &str,
+        entity: Map<String, Value>,
+        expected: &Version,
+    ) -> Result<Version, StoreError> {
+        let etag = self.next_etag();
+        let mut rows = self.lock();
+        let Some((m, e)) = rows.get_mut(&key(pk, rk)) else {
+            return Err(StoreError::NotFound);
+        };
+        if version(*e) != *expected {
+            return Err(StoreError::Conflict);
+        }
+        (*m, *e) = (entity, etag);
+        Ok(version(etag))
+    }
+
+    fn read(&self, pk: &str, rk: &str) -> Option<(Map<String, Value>, Version)> {
+        self.lock()
+            .get(&key(pk, rk))
+            .map(|(m, e)| (as_returned(pk, rk, m), version(*e)))
+    }
+
+    /// Deletes (only at `expected` when given: `Conflict` if it changed).
+    fn delete_at(
+        &self,
+        pk: &str,
+        rk: &str,
+        expected: Option<&Version>,
+    ) -> Result<bool, StoreError> {
+        let mut rows = self.lock();
+        let k = key(pk, rk);
+        match (rows.get(&k), expected) {
+            (None, _) => Ok(false),
+            (Some((_, e)), Some(v)) if version(*e) != *v => Err(StoreError::Conflict),
+            (Some(_), _) => {
+                rows.remove(&k);
+                Ok(true)
+            }
+        }
+    }
+
+    fn remove(&self, pk: &str, rk: &str) -> Option<Map<String, Value>> {
+        self.lock().remove(&key(pk, rk)).map(|(m, _)| m)
+    }
+
+    /// A query: the entities of which `keep` holds, in key order, each with its
+    /// `odata.etag` as Table Storage adds it to query results.
+    fn query(&self, keep: impl Fn(&str, &Map<String, Value>) -> bool) -> Vec<Map<String, Value>> {
+        self.lock()
+            .iter()
+            .filter(|((pk, _), (m, _))| keep(pk, m))
+            .map(|((pk, rk), (m, e))| {
+                let mut m = as_returned(pk, rk, m);
+                m.insert("odata.etag".into(), Value::String(version(*e).0));
+                m
+            })
+            .collect()
+    }
+
+    fn connections(&self, keep: impl Fn(&ConnectionRow) -> bool) -> Vec<Versioned<ConnectionRow>> {
+        self.query(|pk, _| pk < "~")
+            .iter()
+            .filter_map(|m| match table::connection_row(m) {
+                Ok(value) => keep(&value).then(|| Versioned {
+                    value,
+                    version: Version(text(m, "odata.etag").to_owned()),
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping an unreadable connection entity");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn pending_where(
+        &self,
+        keep: impl Fn(&Map<String, Value>) -> bool,
+    ) -> Result<Vec<PendingRow>, StoreError> {
+        self.query(|pk, m| pk == table::PENDING_PARTITION && keep(m))
+            .iter()
+            .map(table::pending_row)
+            .collect()
+    }
+
+    fn credentials_of(&self, integration: &str, connection: &str) -> Vec<CredentialRow> {
+        self.query(|pk, m| {
+            pk == table::CREDENTIAL_PARTITION
+                && m.get("Integration").and_then(Value::as_str) == Some(integration)
+                && m.get("Connection").and_then(Value::as_str) == Some(connection)
+        })
+        .iter()
+        .filter_map(|m| match table::credential_row(m) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "skipping an unreadable credential entity");
+                None
+            }
+        })
+        .collect()
+    }
+}
+
+fn ready<T: Send + 'static>(v: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(v))
+}
+
+impl Backend for MemoryTable {
     fn init(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
+        ready(Ok(()))
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
+        ready(Ok(()))
     }
     fn get_connection<'a>(
         &'a self,
-        _: &'a str,
-        _: &'a str,
+        integration: &'a str,
+        connection: &'a str,
     ) -> BoxFuture<'a, Result<Option<Versioned<ConnectionRow>>, StoreError>> {
-        Box::pin(async move {
-            Ok(
-                decoded(&self.0, table::connection_row)?.map(|value| Versioned {
-                    value,
-                    version: Version("1".into()),
-                }),
-            )
-        })
+        ready(
+            self.read(integration, connection)
+                .map(|(m, version)| {
+                    Ok(Versioned {
+                        value: table::connection_row(&m)?,
+                        version,
+                    })
+                })
+                .transpose(),
+        )
     }
     fn upsert_connection<'a>(
         &'a self,
-        _: &'a ConnectionRow,
+        row: &'a ConnectionRow,
     ) -> BoxFuture<'a, Result<Version, StoreError>> {
-        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
+        let etag = self.next_etag();
+        self.lock().insert(
+            key(&row.integration, &row.connection),
+            (table::connection_entity(row), etag),
+        );
+        ready(Ok(version(etag)))
     }
     fn replace_connection<'a>(
         &'a self,
-        _: &'a ConnectionRow,
-        _: &'a Version,
+        row: &'a ConnectionRow,
+        version: &'a Version,
     ) -> BoxFuture<'a, Result<Version, StoreError>> {
-        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
+        ready(self.replace(
+            &row.integration,
+            &row.connection,
+            table::connection_entity(row),
+            version,
+        ))
     }
     fn list_due(
         &self,
-        _: OffsetDateTime,
-        _: OffsetDateTime,
+        expires_before: OffsetDateTime,
+        refreshed_before: OffsetDateTime,
     ) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
-        self.list_connections()
+        ready(Ok(self.connections(|r| {
+            r.status == "active"
+                && (r.expires_at < expires_before || r.refreshed_at < refreshed_before)
+        })))
     }
-    fn insert_pending<'a>(&'a self, _: &'a PendingRow) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
+    fn insert_pending<'a>(&'a self, row: &'a PendingRow) -> BoxFuture<'a, Result<(), StoreError>> {
+        ready(
+            self.insert(
+                table::PENDING_PARTITION,
+                &row.state_hash,
+                table::pending_entity(row),
+            )
+            .map(|_| ()),
+        )
     }
     fn take_pending<'a>(
         &'a self,
-        _: &'a str,
+        state_hash: &'a str,
     ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
-        Box::pin(async move { decoded(&self.0, table::pending_row) })
+        ready(
+            self.remove(table::PENDING_PARTITION, state_hash)
+                .map(|m| table::pending_row(&m))
+                .transpose(),
+        )
+    }
+    fn purge_pending(&self, before: OffsetDateTime) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let mut rows = self.lock();
+        let n = rows.len();
+        rows.retain(|(pk, _), (m, _)| {
+            pk != table::PENDING_PARTITION || time_of(m, "ExpiresAt").is_none_or(|t| t >= before)
+        });
+        ready(Ok((n - rows.len()) as u64))
+    }
+    fn peek_pending<'a>(
+        &'a self,
+        state_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
+        ready(
+            self.read(table::PENDING_PARTITION, state_hash)
+                .map(|(m, _)| table::pending_row(&m))
+                .transpose(),
+        )
     }
     fn pending_of_link<'a>(
         &'a self,
         link_hash: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
-        Box::pin(async move {
-            Ok(decoded(&self.0, table::pending_row)?
-                .filter(|r| r.link_hash.as_deref() == Some(link_hash))
-                .into_iter()
-                .collect())
-        })
+        ready(self.pending_where(|m| m.get("LinkHash").and_then(Value::as_str) == Some(link_hash)))
     }
-    fn purge_pending(&self, _: OffsetDateTime) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async { Ok(0) })
-    }
-    fn peek_pending<'a>(
+    fn pending_of_connection<'a>(
         &'a self,
-        _: &'a str,
-    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
-        Box::pin(async move { decoded(&self.0, table::pending_row) })
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
+        ready(self.pending_where(|m| {
+            m.get("Integration").and_then(Value::as_str) == Some(integration)
+                && m.get("Connection").and_then(Value::as_str) == Some(connection)
+        }))
     }
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
-        Box::pin(async move {
-            Ok(table::connection_row(&self.0)
-                .into_iter()
-                .map(|value| Versioned {
-                    value,
-                    version: Version("1".into()),
-                })
-                .collect())
-        })
-    }
-    fn insert_credential<'a>(
-        &'a self,
-        _: &'a CredentialRow,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
-    }
-    fn get_credential<'a>(
-        &'a self,
-        _: &'a str,
-    ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>> {
-        Box::pin(async { Ok(None) })
-    }
-    fn list_credentials<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<CredentialRow>, StoreError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-    fn touch_credential<'a>(
-        &'a self,
-        _: &'a str,
-        _: OffsetDateTime,
-        _: Option<&'a crate::domain::SecretHash>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
-    }
-    fn delete_credential<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async { Ok(false) })
-    }
-    fn delete_credentials_of<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a str,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async { Ok(0) })
+        ready(Ok(self.connections(|_| true)))
     }
     fn delete_connection<'a>(
         &'a self,
-        _: &'a str,
-        _: &'a str,
+        integration: &'a str,
+        connection: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async { Ok(false) })
+        ready(Ok(self.remove(integration, connection).is_some()))
     }
-    fn insert_aux<'a>(&'a self, _: &'a AuxRow) -> BoxFuture<'a, Result<Version, StoreError>> {
-        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
+    fn insert_credential<'a>(
+        &'a self,
+        row: &'a CredentialRow,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        ready(
+            self.insert(
+                table::CREDENTIAL_PARTITION,
+                &row.client_id,
+                table::credential_entity(row),
+            )
+            .map(|_| ()),
+        )
+    }
+    fn get_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>> {
+        ready(
+            self.read(table::CREDENTIAL_PARTITION, client_id)
+                .map(|(m, _)| table::credential_row(&m))
+                .transpose(),
+        )
+    }
+    fn list_credentials<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CredentialRow>, StoreError>> {
+        ready(Ok(self.credentials_of(integration, connection)))
+    }
+    fn touch_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+        last_used_at: OffsetDateTime,
+        rehashed: Option<&'a crate::domain::SecretHash>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        // A merge with If-Match: *: 404 on a deleted row, never a re-creation.
+        let etag = self.next_etag();
+        let mut rows = self.lock();
+        let Some((m, e)) = rows.get_mut(&key(table::CREDENTIAL_PARTITION, client_id)) else {
+            return ready(Err(StoreError::NotFound));
+        };
+        table::put_time(m, "LastUsedAt", Some(last_used_at));
+        if let Some(h) = rehashed {
+            m.insert("KeyId".into(), Value::String(h.key_id.clone()));
+            m.insert("SecretHash".into(), Value::String(h.hash.clone()));
+        }
+        *e = etag;
+        ready(Ok(()))
+    }
+    fn delete_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        ready(Ok(self
+            .remove(table::CREDENTIAL_PARTITION, client_id)
+            .is_some()))
+    }
+    fn delete_credentials_of<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let mut removed = 0;
+        for c in self.credentials_of(integration, connection) {
+            if self
+                .remove(table::CREDENTIAL_PARTITION, &c.client_id)
+                .is_some()
+            {
+                removed += 1;
+            }
+        }
+        ready(Ok(removed))
+    }
+    fn insert_aux<'a>(&'a self, row: &'a AuxRow) -> BoxFuture<'a, Result<Version, StoreError>> {
+        ready(self.insert(
+            table::aux_partition(row.kind),
+            &row.key,
+            table::aux_entity(row),
+        ))
     }
     fn get_aux<'a>(
         &'a self,
-        _: AuxKind,
-        _: &'a str,
+        kind: AuxKind,
+        key: &'a str,
     ) -> BoxFuture<'a, Result<Option<Versioned<AuxRow>>, StoreError>> {
-        Box::pin(async { Ok(None) })
+        ready(
+            self.read(table::aux_partition(kind), key)
+                .map(|(m, version)| {
+                    Ok(Versioned {
+                        value: table::aux_row(kind, &m)?,
+                        version,
+                    })
+                })
+                .transpose(),
+        )
     }
     fn replace_aux<'a>(
         &'a self,
-        _: &'a AuxRow,
-        _: &'a Version,
+        row: &'a AuxRow,
+        version: &'a Version,
     ) -> BoxFuture<'a, Result<Version, StoreError>> {
-        Box::pin(async { Err(StoreError::Unavailable("read-only".into())) })
+        ready(self.replace(
+            table::aux_partition(row.kind),
+            &row.key,
+            table::aux_entity(row),
+            version,
+        ))
     }
     fn delete_aux<'a>(
         &'a self,
-        _: AuxKind,
-        _: &'a str,
-        _: Option<&'a Version>,
+        kind: AuxKind,
+        key: &'a str,
+        expected: Option<&'a Version>,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async { Ok(false) })
+        ready(self.delete_at(table::aux_partition(kind), key, expected))
     }
     fn due_aux(
         &self,
-        _: AuxKind,
-        _: OffsetDateTime,
-        _: u32,
+        kind: AuxKind,
+        before: OffsetDateTime,
+        limit: u32,
     ) -> BoxFuture<'_, Result<Vec<Versioned<AuxRow>>, StoreError>> {
-        Box::pin(async { Ok(Vec::new()) })
+        let partition = table::aux_partition(kind);
+        let mut page =
+            self.query(|pk, m| pk == partition && time_of(m, "DueAt").is_some_and(|t| t <= before));
+        page.truncate(limit.max(1) as usize);
+        let (due, unreadable) = table::due_page(kind, page);
+        for (key, version) in unreadable {
+            let _ = self.delete_at(partition, &key, Some(&version));
+        }
+        ready(Ok(due))
     }
 }
 
@@ -343,23 +633,39 @@ pub fn stored_row(entity: Map<String, Value>, plaintext: &[u8]) -> StoredRow {
         })
     });
     let state_hash = text(&as_pending, "RowKey").to_owned();
-    let link_hash = state_hash.trim_start_matches("link-").to_owned();
+    let link_hash = state_hash
+        .strip_prefix("link-")
+        .unwrap_or(&state_hash)
+        .to_owned();
 
-    let connections = Store::new(Arc::new(OneEntity(as_connection)), test_keyring());
-    let pendings = Store::new(Arc::new(OneEntity(as_pending)), test_keyring());
-    let names = (
-        IntegrationName::parse("fuzz").expect("a valid name"),
-        ConnectionId::parse("fuzz").expect("a valid id"),
-    );
+    // Each row under its own keys (as Table Storage keeps it; missing keys
+    // read as "fuzz"), where `get`, `take_pending` and `peek_link` look.
+    let at = |k: &str| {
+        Some(text(&as_connection, k))
+            .filter(|s| !s.is_empty())
+            .unwrap_or("fuzz")
+            .to_owned()
+    };
+    let (pk, rk) = (at("PartitionKey"), at("RowKey"));
+    let connections = MemoryTable::new();
+    connections.plant(&pk, &rk, as_connection);
+    let connections = Store::new(connections, test_keyring());
+    let pendings = MemoryTable::new();
+    pendings.plant(table::PENDING_PARTITION, &state_hash, as_pending);
+    let pendings = Store::new(pendings, test_keyring());
+    let names = (IntegrationName::parse(&pk), ConnectionId::parse(&rk));
     runtime().block_on(async {
+        // The link is peeked before the pending row is taken (which removes it).
+        let link = pendings.peek_link(&link_hash).await;
         StoredRow {
-            connection: connections
-                .get(&names.0, &names.1)
-                .await
-                .map(|v| v.map(|v| v.value)),
+            // Only names of the broker's shape are ever looked up.
+            connection: match names {
+                (Ok(i), Ok(c)) => connections.get(&i, &c).await.map(|v| v.map(|v| v.value)),
+                _ => Ok(None),
+            },
             listed: connections.list().await,
             pending: pendings.take_pending(&state_hash).await,
-            link: pendings.peek_link(&link_hash).await,
+            link,
         }
     })
 }
@@ -413,3 +719,358 @@ pub fn entra_settings() -> crate::config::EntraSettings {
 
 pub const ENTRA_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const ENTRA_CLIENT: &str = "0f1e2d3c-0000-4000-8000-000000000001";
+/// A token endpoint's answer read for the consent's account: the account id
+/// at `pointer` (a `token_field` source) and the `id_token`, as
+/// `ConsentService::complete` reads them.
+pub fn token_account(body: &[u8], pointer: &str) -> Result<TokenResponse, TokenError> {
+    let shape = oauth::Shape {
+        metadata: &[],
+        expires_at_field: None,
+        account_pointer: Some(pointer),
+    };
+    oauth::parse_token_response(200, false, body, &shape)
+}
+
+/// The account a callback parameter names (`account` from `callback_param`),
+/// read from the vendor's redirect as the callback reads it; `None` when the
+/// HTTP layer refuses such a request line.
+pub fn callback_account(query_string: &str, name: &str) -> Option<Option<crate::domain::Account>> {
+    let params = query(query_string)?;
+    Some(crate::consent::callback_account(&params, name))
+}
+
+fn request_with(
+    headers: &[(actix_web::http::header::HeaderName, Option<&[u8]>)],
+) -> Option<actix_web::HttpRequest> {
+    let mut req = actix_web::test::TestRequest::post().uri("/api/oauth2/token");
+    for (name, value) in headers {
+        if let Some(v) = value {
+            let v = actix_web::http::header::HeaderValue::from_bytes(v).ok()?;
+            req = req.insert_header((name.clone(), v));
+        }
+    }
+    Some(req.to_http_request())
+}
+
+/// What the token endpoint read from a request: the client id, secret,
+/// `scope` and `resource`.
+pub type ClientRequest = (String, Secret, Option<String>, Option<String>);
+
+/// `POST /api/oauth2/token` as the handler reads it before any credential is
+/// looked at: `Ok` what the client presented, `Err` the status and JSON body
+/// of the RFC 6749 §5.2 answer. `None` when the HTTP layer refuses such
+/// header values before any handler runs.
+pub fn token_form(
+    content_type: Option<&[u8]>,
+    authorization: Option<&[u8]>,
+    body: &[u8],
+) -> Option<Result<ClientRequest, (u16, String)>> {
+    use actix_web::http::header;
+    let req = request_with(&[
+        (header::CONTENT_TYPE, content_type),
+        (header::AUTHORIZATION, authorization),
+    ])?;
+    Some(match crate::routes::oauth2::read_request(&req, body) {
+        Ok(r) => Ok((r.client_id, r.secret, r.scope, r.resource)),
+        Err(e) => {
+            let resp = e.response();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().try_into_bytes().unwrap_or_default();
+            Err((status, String::from_utf8_lossy(&body).into_owned()))
+        }
+    })
+}
+
+/// The client credentials an `Authorization` header carries, as the token
+/// routes read them: `Some(None)` no Basic credentials, `Some(Some(Err))`
+/// Basic but malformed; `None` when the HTTP layer refuses the value.
+#[allow(clippy::type_complexity)]
+pub fn basic(authorization: &[u8]) -> Option<Option<Result<(String, Secret), ()>>> {
+    let req = request_with(&[(actix_web::http::header::AUTHORIZATION, Some(authorization))])?;
+    Some(crate::routes::credentials::basic_credentials(&req))
+}
+
+/// The `Authorization` value a client sends for `id` and `secret` per
+/// RFC 6749 §2.3.1 (each part form-urlencoded, then RFC 7617 Basic).
+pub fn basic_header(id: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+    )
+}
+
+/// Applies `tamper` to an entity as a writer to the table would: each property
+/// set (`null` removes it).
+fn apply(entity: &mut Map<String, Value>, tamper: &Map<String, Value>) {
+    for (k, v) in tamper {
+        match v {
+            Value::Null => {
+                entity.remove(k);
+            }
+            v => {
+                entity.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// An engine for [`crate::credentials::Credentials`] (authentication never
+/// reaches it: it holds no integration and an empty store).
+fn engine() -> Arc<crate::refresh::Engine> {
+    static ENGINE: OnceLock<Arc<crate::refresh::Engine>> = OnceLock::new();
+    Arc::clone(ENGINE.get_or_init(|| {
+        Arc::new(crate::refresh::Engine::new(
+            Store::new(MemoryTable::new(), test_keyring()),
+            reqwest::Client::new(),
+            crate::registry::Registry::of(BTreeMap::new()),
+            crate::config::RefreshPolicy::default(),
+        ))
+    }))
+}
+
+/// What the broker makes of a pipeline credential's row read back from the table.
+#[derive(Debug)]
+pub struct CredentialRead {
+    /// The credential as it read when its hash was made (`SecretHash: "seal"`).
+    pub sealed: Option<PipelineCredential>,
+    /// The client id the row ended up under (its RowKey after tampering).
+    pub client_id: String,
+    /// The point read by that client id (`None`: not a client id's shape).
+    pub got: Option<Result<Option<PipelineCredential>, StoreError>>,
+    /// The listing of the connection the row names (`None`: names not valid).
+    pub listed: Option<Result<Vec<PipelineCredential>, StoreError>>,
+    /// Authenticating as that client id with `secret`.
+    pub authenticated: Result<PipelineCredential, crate::credentials::AuthError>,
+}
+
+/// A `~credential` entity read back through the real [`Store`] and the real
+/// authentication ([`crate::credentials::Credentials::authenticate`]). A
+/// `SecretHash` of `"seal"` is replaced by the keyed hash of `secret` for the
+/// credential as the row reads then (as the broker writes it); `tamper` is
+/// applied afterwards (a table writer's edit; a changed RowKey moves the row).
+pub fn credential_row(
+    mut entity: Map<String, Value>,
+    secret: &str,
+    tamper: &Map<String, Value>,
+) -> CredentialRead {
+    let secret = Secret::new(secret.to_owned());
+    let table = MemoryTable::new();
+    let store = Store::new(table.clone(), test_keyring());
+    let credentials = crate::credentials::Credentials::new(engine(), store.clone());
+    runtime().block_on(async {
+        let mut sealed = None;
+        let rk = text(&entity, "RowKey").to_owned();
+        if text(&entity, "SecretHash") == "seal" {
+            table.plant(table::CREDENTIAL_PARTITION, &rk, entity.clone());
+            if let Some(id) = crate::domain::ClientId::parse(&rk) {
+                if let Ok(Some(c)) = store.get_credential(&id).await {
+                    let (key_id, hash) = store.keyring().mac(&c.hash_input(&secret));
+                    entity.insert("KeyId".into(), Value::String(key_id));
+                    entity.insert("SecretHash".into(), Value::String(hash));
+                    sealed = Some(c);
+                }
+            }
+            table.remove(table::CREDENTIAL_PARTITION, &rk);
+        }
+        apply(&mut entity, tamper);
+        let client_id = text(&entity, "RowKey").to_owned();
+        let names = (
+            IntegrationName::parse(text(&entity, "Integration")),
+            ConnectionId::parse(text(&entity, "Connection")),
+        );
+        table.plant(table::CREDENTIAL_PARTITION, &client_id, entity);
+        let got = match crate::domain::ClientId::parse(&client_id) {
+            Some(id) => Some(store.get_credential(&id).await),
+            None => None,
+        };
+        let listed = match names {
+            (Ok(i), Ok(c)) => Some(store.list_credentials(&i, &c).await),
+            _ => None,
+        };
+        let authenticated = credentials.authenticate(&client_id, &secret, None).await;
+        CredentialRead {
+            sealed,
+            client_id,
+            got,
+            listed,
+            authenticated,
+        }
+    })
+}
+
+/// An outbox entry's body fields as the fuzzer names them (the broker's own
+/// stored form, `store::outbox`, is private): what is sealed when `s` is "seal".
+#[derive(serde::Deserialize)]
+struct BodyFields {
+    e: String,
+    t: String,
+    r: String,
+    o: i64,
+    #[serde(default)]
+    n: u32,
+    #[serde(default)]
+    x: Option<String>,
+}
+
+/// The key of the well-formed entry every drain must still deliver.
+pub const GOOD_OUTBOX_KEY: &str = "0000000000000-good.r0";
+
+/// What the broker makes of an outbox row (and of the same entity as a marker).
+#[derive(Debug)]
+pub struct OutboxRead {
+    /// The entry written through the real store when the body said `"s": "seal"`.
+    pub written: Option<crate::store::OutboxEntry>,
+    /// The well-formed entry written next to it (`None` if the keys collide).
+    pub good: Option<crate::store::OutboxEntry>,
+    /// The key the fuzzer's row ended up under.
+    pub key: String,
+    /// Whether the row was due at the drain (its DueAt a date before the drain's time).
+    pub due_row: bool,
+    /// One drain of the outbox.
+    pub due: Result<Vec<Versioned<crate::store::OutboxEntry>>, StoreError>,
+    /// The outbox keys still in the table after the drain.
+    pub left: Vec<String>,
+    /// The same entity read as a marker.
+    pub marker: Result<Option<Versioned<String>>, StoreError>,
+    /// The marker after the broker's recovery: replaced at its version when
+    /// it read, deleted and created again when it did not.
+    pub marker_after: Result<Option<Versioned<String>>, StoreError>,
+}
+
+/// The instant every outbox drain of the fuzz target runs at.
+pub fn drain_time() -> OffsetDateTime {
+    time::macros::datetime!(2999-12-31 00:00 UTC)
+}
+
+/// An `~outbox` entity read back through the real [`Store`] by a drain
+/// (`outbox_due`), next to a well-formed entry, and the same entity as a
+/// marker. A `Body` that is a JSON object with `"s": "seal"` is written
+/// through the real store instead (its fields sealed with `payload` for the
+/// entity's RowKey and DueAt); `tamper` is applied afterwards: properties of
+/// the entity, and `Body.<field>` for fields of the stored body.
+pub fn outbox_row(
+    mut entity: Map<String, Value>,
+    payload: &str,
+    tamper: &Map<String, Value>,
+) -> OutboxRead {
+    use crate::store::OutboxEntry;
+    let table = MemoryTable::new();
+    let store = Store::new(table.clone(), test_keyring());
+    let outbox = table::aux_partition(AuxKind::Outbox);
+    runtime().block_on(async {
+        let rk = text(&entity, "RowKey").to_owned();
+        let good = OutboxEntry {
+            key: GOOD_OUTBOX_KEY.into(),
+            event_id: "0000000000000-good".into(),
+            event_type: "connection.reauthorization_required".into(),
+            receiver: "r0".into(),
+            occurred_at: time::macros::datetime!(2026-12-01 00:00 UTC),
+            next_attempt_at: time::macros::datetime!(2026-12-01 00:00 UTC),
+            attempts: 0,
+            last_error: None,
+            payload: Secret::new("{\"type\":\"connection.reauthorization_required\"}"),
+        };
+        let good = (rk != GOOD_OUTBOX_KEY).then_some(good);
+        if let Some(g) = &good {
+            store
+                .outbox_add(g)
+                .await
+                .expect("the memory table takes a new entry");
+        }
+        let fields = entity
+            .get("Body")
+            .and_then(Value::as_str)
+            .and_then(|b| serde_json::from_str::<Map<String, Value>>(b).ok())
+            .filter(|b| b.get("s").and_then(Value::as_str) == Some("seal"))
+            .and_then(|b| serde_json::from_value::<BodyFields>(Value::Object(b)).ok());
+        let mut written = None;
+        if let (Some(f), Ok(row)) = (fields, {
+            let mut probe = entity.clone();
+            probe.insert("Body".into(), Value::String(String::new()));
+            table::aux_row(AuxKind::Outbox, &probe)
+        }) {
+            let occurred = OffsetDateTime::from_unix_timestamp_nanos(i128::from(f.o) * 1_000_000);
+            if let (Ok(occurred_at), true) = (occurred, rk != GOOD_OUTBOX_KEY) {
+                let e = OutboxEntry {
+                    key: row.key.clone(),
+                    event_id: f.e,
+                    event_type: f.t,
+                    receiver: f.r,
+                    occurred_at,
+                    next_attempt_at: row.due_at,
+                    attempts: f.n,
+                    last_error: f.x,
+                    payload: Secret::new(payload.to_owned()),
+                };
+                if store.outbox_add(&e).await.is_ok() {
+                    let stored = table.entity(outbox, &row.key).unwrap_or_default();
+                    // The fuzzer's other properties stay (a sealed row with extra junk).
+                    for (k, v) in stored {
+                        entity.insert(k, v);
+                    }
+                    table.remove(outbox, &row.key);
+                    written = Some(e);
+                }
+            }
+        }
+        let (body_tamper, tamper): (Map<String, Value>, Map<String, Value>) = tamper
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .partition(|(k, _)| k.starts_with("Body."));
+        if !body_tamper.is_empty() {
+            if let Some(Ok(Value::Object(mut b))) = entity
+                .get("Body")
+                .and_then(Value::as_str)
+                .map(serde_json::from_str::<Value>)
+            {
+                let fields: Map<String, Value> = body_tamper
+                    .into_iter()
+                    .map(|(k, v)| (k["Body.".len()..].to_owned(), v))
+                    .collect();
+                apply(&mut b, &fields);
+                entity.insert("Body".into(), Value::String(Value::Object(b).to_string()));
+            }
+        }
+        apply(&mut entity, &tamper);
+        let key = text(&entity, "RowKey").to_owned();
+        let due_row = time_of(&entity, "DueAt").is_some_and(|t| t <= drain_time());
+        table.plant(table::aux_partition(AuxKind::Marker), &key, entity.clone());
+        if key != GOOD_OUTBOX_KEY {
+            table.plant(outbox, &key, entity);
+        }
+        let due = store.outbox_due(drain_time(), 100).await;
+        let left = table
+            .keys()
+            .into_iter()
+            .filter(|(pk, _)| pk == outbox)
+            .map(|(_, rk)| rk)
+            .collect();
+        let marker = store.marker_get(&key).await;
+        let recovered = match &marker {
+            Ok(Some(v)) => store
+                .marker_put(&key, "{}", Some(&v.version))
+                .await
+                .map(|_| ()),
+            _ => match store.marker_delete(&key).await {
+                Ok(_) => store.marker_put(&key, "{}", None).await.map(|_| ()),
+                Err(e) => Err(e),
+            },
+        };
+        let marker_after = match recovered {
+            Ok(()) => store.marker_get(&key).await,
+            Err(e) => Err(e),
+        };
+        OutboxRead {
+            written,
+            good,
+            key,
+            due_row,
+            due,
+            left,
+            marker,
+            marker_after,
+        }
+    })
+}

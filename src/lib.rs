@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod coalesce;
 pub mod config;
+pub mod connection_cap;
 pub mod consent;
 pub mod credentials;
 pub mod crypto;

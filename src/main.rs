@@ -34,7 +34,17 @@ async fn operator(command: Command) -> std::process::ExitCode {
             integration,
             connection,
             expires_in,
-        } => cli::consent_link(&integration, &connection, expires_in, &mut out).await,
+            allow_account_change,
+        } => {
+            cli::consent_link(
+                &integration,
+                &connection,
+                expires_in,
+                allow_account_change,
+                &mut out,
+            )
+            .await
+        }
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -83,6 +83,10 @@ pub struct TokenResponse {
     pub scope: Option<String>,
     /// The fields the integration's `token_metadata` names (never a token).
     pub metadata: BTreeMap<String, String>,
+    /// An OpenID Connect id_token, when one came back (read for its account, never stored).
+    pub id_token: Option<Secret>,
+    /// The account id at the integration's `account.pointer` (`token_field` source).
+    pub account_field: Option<String>,
 }
 
 /// Why a token request failed. None of the variants carries a secret.
@@ -457,6 +461,7 @@ async fn token_request(
     let shape = Shape {
         metadata: &integration.token_metadata,
         expires_at_field: integration.expires_at_field.as_deref(),
+        account_pointer: integration.account.token_pointer(),
     };
     match parse_token_response(status, is_form, &body, &shape) {
         Err(TokenError::Server { status, .. }) => Err(TokenError::Server {
@@ -510,6 +515,40 @@ pub async fn revoke(
     }
 }
 
+/// The account id at `pointer` in the vendor's user-info answer to a GET
+/// with the new access token (`Authorization: Bearer`). Redirects are not
+/// followed and the answer is read up to 64 KiB; any failure is a reason
+/// (without the token), never a panic.
+pub async fn userinfo_account(
+    http: &reqwest::Client,
+    url: &Url,
+    access_token: &Secret,
+    pointer: &str,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    let resp = http
+        .get(url.clone())
+        .timeout(timeout)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .bearer_auth(access_token.expose())
+        // GitHub's API refuses requests without a User-Agent.
+        .header(reqwest::header::USER_AGENT, "oauth-broker")
+        .send()
+        .await
+        .map_err(|e| transport_reason(&e))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(format!("the user-info request answered HTTP {status}"));
+    }
+    let body = read_capped(resp, MAX_BODY).await.map_err(|e| match e {
+        BodyError::TooLarge => "the user-info answer is too large".to_owned(),
+        BodyError::Transport(e) => transport_reason(&e),
+    })?;
+    let doc: Value =
+        serde_json::from_slice(&body).map_err(|_| "the user-info answer is not JSON".to_owned())?;
+    Ok(crate::domain::account::id_at_pointer(&doc, pointer))
+}
+
 fn basic_auth(integration: &Integration) -> String {
     format!("Basic {}", STANDARD.encode(basic_credentials(integration)))
 }
@@ -541,6 +580,8 @@ pub(crate) struct Shape<'a> {
     pub metadata: &'a [String],
     /// The field with an absolute expiry (`expires_at_field`).
     pub expires_at_field: Option<&'a str>,
+    /// A JSON pointer to the vendor account's id (`account` from `token_field`).
+    pub account_pointer: Option<&'a str>,
 }
 
 /// An absolute expiry as vendors send it: an RFC 3339 / ISO 8601 date-time
@@ -585,6 +626,7 @@ pub(crate) fn parse_token_response(
     shape: &Shape<'_>,
 ) -> Result<TokenResponse, TokenError> {
     let metadata_fields = shape.metadata;
+    let account_pointer = shape.account_pointer;
     let map: Option<Map<String, Value>> = match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Some(m),
         _ if is_form || !body.starts_with(b"{") => {
@@ -671,6 +713,11 @@ pub(crate) fn parse_token_response(
             .unwrap_or_else(|| "Bearer".into()),
         expires_in,
         scope: text(&m, "scope").map(|s| sanitize(&s, MAX_SCOPE)),
+        id_token: text(&m, "id_token")
+            .filter(|t| !t.is_empty() && t.len() <= MAX_ACCESS_TOKEN)
+            .map(Secret::new),
+        account_field: account_pointer
+            .and_then(|p| crate::domain::account::id_at_pointer(&Value::Object(m.clone()), p)),
         metadata: metadata_fields
             .iter()
             .filter(|f| !matches!(f.as_str(), "access_token" | "refresh_token" | "id_token"))
@@ -781,6 +828,7 @@ mod tests {
         let shape = Shape {
             metadata: &[],
             expires_at_field: Some("expires_at"),
+            account_pointer: None,
         };
         let r = parse_token_response(
             200,
@@ -914,6 +962,7 @@ mod tests {
         let shape = Shape {
             metadata: &fields,
             expires_at_field: None,
+            account_pointer: None,
         };
         let r = parse_token_response(200, false, body, &shape).unwrap();
         assert_eq!(r.metadata.len(), 2);

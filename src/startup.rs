@@ -173,6 +173,10 @@ impl Application {
             consent,
             credentials,
             entra: entra.clone(),
+            source_rule: Arc::new(crate::domain::source::SourceRule {
+                trusted_proxies: settings.trusted_proxies.clone(),
+                functions_host: settings.host_mode,
+            }),
         });
         let front_door = web::Data::new(match (&api_key, settings.host_mode) {
             (Some((key, _)), false) => FrontDoor::standalone(
@@ -190,6 +194,13 @@ impl Application {
         let workers = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .min(settings.max_connections);
+        // Standalone only: under the Functions host every request comes from the host.
+        let cap = (!settings.host_mode).then(|| {
+            crate::connection_cap::ConnectionCap::new(
+                settings.max_connections_per_source,
+                settings.trusted_proxies.clone(),
+            )
+        });
         let server = HttpServer::new(move || {
             let mut headers = DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff"));
             if hsts {
@@ -207,6 +218,11 @@ impl Application {
         .max_connections(settings.max_connections / workers)
         .client_request_timeout(Duration::from_secs(5))
         .client_disconnect_timeout(Duration::from_secs(1))
+        .on_connect(move |io, ext| {
+            if let Some(cap) = &cap {
+                cap.on_connect(io, ext);
+            }
+        })
         .listen(listener)
         .map_err(|source| StartupError::Listen {
             addr: settings.listen,

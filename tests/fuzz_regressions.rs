@@ -68,6 +68,36 @@ fn stored_row_corpus() {
     replay("stored_row", checks::stored_row);
 }
 
+#[test]
+fn token_form_corpus() {
+    replay("token_form", checks::token_form);
+}
+
+#[test]
+fn basic_credentials_corpus() {
+    replay("basic_credentials", checks::basic_credentials);
+}
+
+#[test]
+fn forwarded_for_corpus() {
+    replay("forwarded_for", checks::forwarded_for);
+}
+
+#[test]
+fn credential_row_corpus() {
+    replay("credential_row", checks::credential_row);
+}
+
+#[test]
+fn outbox_row_corpus() {
+    replay("outbox_row", checks::outbox_row);
+}
+
+#[test]
+fn account_corpus() {
+    replay("account", checks::account);
+}
+
 /// The checks are not vacuous: the sealed seed rows decode (so the fuzzer starts past decryption).
 #[test]
 fn the_sealed_seed_rows_decode_past_decryption() {

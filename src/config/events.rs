@@ -33,14 +33,15 @@ pub struct WebhookReceiver {
     pub id: String,
     /// The URL's host, for logs.
     pub host: String,
+    /// Signs this receiver's deliveries (`X-Broker-Signature`): its own, so
+    /// no receiver can sign events for another. `None`: unsigned (Teams, Slack).
+    pub secret: Option<Secret>,
 }
 
 /// Events and their delivery.
 #[derive(Debug, Clone)]
 pub struct EventSettings {
     pub receivers: Vec<WebhookReceiver>,
-    /// Signs every delivery (`X-Broker-Signature`).
-    pub secret: Option<Secret>,
     /// Delay before the first retry of a failed delivery; doubles up to an hour.
     pub retry: std::time::Duration,
     /// Transient refresh failures for this long make a `connection.refresh_failing` event.
@@ -51,7 +52,6 @@ impl Default for EventSettings {
     fn default() -> Self {
         Self {
             receivers: Vec::new(),
-            secret: None,
             retry: std::time::Duration::from_secs(10),
             refresh_failing_after: time::Duration::hours(6),
         }
@@ -123,40 +123,109 @@ fn receiver(raw: &str) -> Result<WebhookReceiver, ConfigError> {
         url: Secret::new(url),
         format,
         host,
+        secret: None,
     })
 }
 
 impl EventSettings {
     pub(super) fn load(env: &Env<'_>) -> Result<Self, ConfigError> {
         let mut receivers: Vec<WebhookReceiver> = Vec::new();
-        if let Some(list) = env.get("BROKER_WEBHOOK_URL") {
-            for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let r = receiver(raw)?;
-                if !receivers.iter().any(|x| x.id == r.id) {
-                    receivers.push(r);
-                }
-            }
+        let entries: Vec<String> = env
+            .get("BROKER_WEBHOOK_URL")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let single = env.get("BROKER_WEBHOOK_SECRET").map(Secret::new);
+        // BROKER_WEBHOOK_SECRETS: one secret per BROKER_WEBHOOK_URL entry, same order,
+        // comma-separated; an entry may be empty for a Teams or Slack receiver.
+        let per: Option<Vec<String>> = env
+            .get("BROKER_WEBHOOK_SECRETS")
+            .map(|list| list.split(',').map(|s| s.trim().to_owned()).collect());
+        if per.is_some() && single.is_some() {
+            return Err(ConfigError::setting(
+                "BROKER_WEBHOOK_SECRETS",
+                "is set together with BROKER_WEBHOOK_SECRET: set one of them (BROKER_WEBHOOK_SECRETS gives each receiver its own)",
+            ));
         }
-        let secret = env.get("BROKER_WEBHOOK_SECRET").map(Secret::new);
-        if let Some(s) = &secret {
-            if s.expose().len() < 16 {
+        if let Some(per) = &per {
+            if per.len() != entries.len() {
                 return Err(ConfigError::setting(
-                    "BROKER_WEBHOOK_SECRET",
-                    "must be at least 16 characters; generate one with openssl rand -hex 32",
+                    "BROKER_WEBHOOK_SECRETS",
+                    format!(
+                        "has {} entries and BROKER_WEBHOOK_URL {}: give one secret per receiver, in the same order (empty for a Teams or Slack receiver)",
+                        per.len(),
+                        entries.len()
+                    ),
                 ));
             }
         }
-        if secret.is_none() && receivers.iter().any(|r| r.format == WebhookFormat::Json) {
+        let short = |name: &'static str| {
+            ConfigError::setting(
+                name,
+                "each secret must be at least 16 characters; generate one with openssl rand -hex 32",
+            )
+        };
+        for (n, raw) in entries.iter().enumerate() {
+            let mut r = receiver(raw)?;
+            r.secret = match (&per, &single) {
+                (Some(per), _) => Some(per[n].clone())
+                    .filter(|s| !s.is_empty())
+                    .map(Secret::new),
+                (None, Some(s)) if r.format == WebhookFormat::Json => Some(s.clone()),
+                _ => None,
+            };
+            if r.secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+                return Err(short(if per.is_some() {
+                    "BROKER_WEBHOOK_SECRETS"
+                } else {
+                    "BROKER_WEBHOOK_SECRET"
+                }));
+            }
+            if !receivers.iter().any(|x| x.id == r.id) {
+                receivers.push(r);
+            }
+        }
+        if single.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return Err(short("BROKER_WEBHOOK_SECRET"));
+        }
+        if let Some(r) = receivers
+            .iter()
+            .find(|r| r.format == WebhookFormat::Json && r.secret.is_none())
+        {
+            return Err(ConfigError::setting(
+                if per.is_some() { "BROKER_WEBHOOK_SECRETS" } else { "BROKER_WEBHOOK_SECRET" },
+                format!("is required for the JSON receiver on {}: every delivery to it is signed (X-Broker-Signature). Generate one with openssl rand -hex 32 and give it to the receiver", r.host),
+            ));
+        }
+        let json: Vec<&WebhookReceiver> = receivers
+            .iter()
+            .filter(|r| r.format == WebhookFormat::Json)
+            .collect();
+        if per.is_none() && json.len() > 1 {
             return Err(ConfigError::setting(
                 "BROKER_WEBHOOK_SECRET",
-                "is required when BROKER_WEBHOOK_URL names a JSON receiver: every delivery is signed with it (X-Broker-Signature). Generate one with openssl rand -hex 32 and give it to the receiver",
+                "signs for one JSON receiver only: with one secret for several, each receiver could sign events for the others. Give each its own in BROKER_WEBHOOK_SECRETS (one per BROKER_WEBHOOK_URL entry, same order)",
             ));
+        }
+        for (i, a) in json.iter().enumerate() {
+            if json[i + 1..].iter().any(|b| {
+                a.secret.as_ref().map(Secret::expose) == b.secret.as_ref().map(Secret::expose)
+            }) {
+                return Err(ConfigError::setting(
+                    "BROKER_WEBHOOK_SECRETS",
+                    "gives two JSON receivers the same secret: each could sign events for the other; give each its own",
+                ));
+            }
         }
         let retry = env.seconds("BROKER_WEBHOOK_RETRY_SECS", 10, 1..=3600)?;
         let failing = env.seconds("BROKER_REFRESH_FAILING_SECS", 21_600, 1..=2_592_000)?;
         Ok(Self {
             receivers,
-            secret,
             retry: std::time::Duration::from_secs(retry),
             refresh_failing_after: super::seconds(failing),
         })
@@ -173,13 +242,65 @@ mod tests {
     }
 
     #[test]
+    fn each_json_receiver_has_its_own_secret() {
+        let two = "https://a.example/h,https://b.example/h";
+        // One secret for two JSON receivers: each could sign for the other.
+        let err = load(&[
+            ("BROKER_WEBHOOK_URL", two),
+            ("BROKER_WEBHOOK_SECRET", "0123456789abcdef"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("BROKER_WEBHOOK_SECRETS"), "{err}");
+        assert!(!err.contains("0123456789abcdef"), "{err}");
+        for (secrets, ok) in [
+            ("0123456789abcdef,fedcba9876543210", true),
+            ("0123456789abcdef,0123456789abcdef", false),
+            ("0123456789abcdef", false),
+            ("0123456789abcdef,", false),
+            ("0123456789abcdef,short", false),
+        ] {
+            let r = load(&[
+                ("BROKER_WEBHOOK_URL", two),
+                ("BROKER_WEBHOOK_SECRETS", secrets),
+            ]);
+            assert_eq!(r.is_ok(), ok, "{secrets}: {:?}", r.err());
+        }
+        let s = load(&[
+            ("BROKER_WEBHOOK_URL", two),
+            (
+                "BROKER_WEBHOOK_SECRETS",
+                "0123456789abcdef,fedcba9876543210",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.receivers[1].secret.as_ref().unwrap().expose(),
+            "fedcba9876543210"
+        );
+        // One JSON receiver and a Slack one: the single secret signs the JSON one only.
+        let s = load(&[
+            (
+                "BROKER_WEBHOOK_URL",
+                "https://a.example/h,https://hooks.slack.com/services/T/B/x",
+            ),
+            ("BROKER_WEBHOOK_SECRET", "0123456789abcdef"),
+        ])
+        .unwrap();
+        assert!(s.receivers[0].secret.is_some() && s.receivers[1].secret.is_none());
+    }
+
+    #[test]
     fn receivers_are_recognised_by_suffix_or_host() {
         let s = load(&[
             (
                 "BROKER_WEBHOOK_URL",
                 "https://example.com/hook, https://hooks.slack.com/services/T/B/x ,https://prod-1.westeurope.logic.azure.com/workflows/abc?api-version=2016-06-01&sig=s&format=teams,https://prod-2.westeurope.logic.azure.com/workflows/def?sig=s,https://x.webhook.office.com/webhookb2/abc,https://chat.example.com/in?format=slack,http://127.0.0.1:9/x&format=teams",
             ),
-            ("BROKER_WEBHOOK_SECRET", "0123456789abcdef"),
+            (
+                "BROKER_WEBHOOK_SECRETS",
+                "0123456789abcdef,,,fedcba9876543210,,,",
+            ),
         ])
         .unwrap();
         let formats: Vec<_> = s.receivers.iter().map(|r| r.format).collect();

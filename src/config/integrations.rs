@@ -40,6 +40,122 @@ pub enum TokenBody {
     Json,
 }
 
+/// How the vendor account behind a consent is found (field `account`; the
+/// format is shared with the vendor catalogue, see README "Configure").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountConfig {
+    /// No `account` field: an id_token's `iss` + `sub` when one arrives, else none.
+    Default,
+    /// `"account": null`: no account is recorded, not even from an id_token.
+    OptOut,
+    /// `{"from": "id_token"}`.
+    IdToken,
+    /// `{"from": "token_field", "pointer": "/team/id"}`: a JSON pointer into the token response.
+    TokenField { pointer: String },
+    /// `{"from": "callback_param", "name": "realmId"}`.
+    CallbackParam { name: String },
+    /// `{"from": "userinfo", "url": …, "pointer": "/id"}`: a GET with the new access token.
+    Userinfo { url: Url, pointer: String },
+}
+
+impl AccountConfig {
+    /// The token-response pointer, when that is the source.
+    pub fn token_pointer(&self) -> Option<&str> {
+        match self {
+            Self::TokenField { pointer } => Some(pointer),
+            _ => None,
+        }
+    }
+}
+
+/// Reads an `account` value (after the template was merged).
+pub(super) fn parse_account(v: Option<&Value>) -> Result<AccountConfig, String> {
+    let obj = match v {
+        None => return Ok(AccountConfig::Default),
+        Some(Value::Null) => return Ok(AccountConfig::OptOut),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(
+                "account must be an object such as {\"from\": \"id_token\"}, or null".into(),
+            )
+        }
+    };
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match obj.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(format!("account.{k} must be a non-empty string")),
+        }
+    };
+    let need = |k: &str| -> Result<String, String> {
+        text(k)?.ok_or_else(|| format!("account.{k} is missing"))
+    };
+    let pointer = || -> Result<String, String> {
+        let p = need("pointer")?;
+        if !p.starts_with('/') {
+            return Err(format!(
+                "account.pointer must be a JSON pointer starting with '/' (RFC 6901); it is {p:?}"
+            ));
+        }
+        // Never a token or secret as an account id (a pointer at
+        // `/authed_user/access_token` would store a token in clear).
+        if p.split('/').any(|seg| {
+            let seg = seg.to_ascii_lowercase();
+            seg.contains("token") || seg.contains("secret") || seg.contains("password")
+        }) {
+            return Err(format!(
+                "account.pointer must not point at a token or secret; it is {p:?}"
+            ));
+        }
+        Ok(p)
+    };
+    let from = need("from")?;
+    let allowed: &[&str] = match from.as_str() {
+        "id_token" => &["from", "docs"],
+        "token_field" => &["from", "pointer", "docs"],
+        "callback_param" => &["from", "name", "docs"],
+        "userinfo" => &["from", "url", "pointer", "docs"],
+        other => {
+            return Err(format!(
+                "account.from is {other:?}; use \"id_token\", \"token_field\", \"callback_param\" or \"userinfo\""
+            ))
+        }
+    };
+    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!(
+            "account.{k} is not a field of an account from {from}"
+        ));
+    }
+    text("docs")?;
+    Ok(match from.as_str() {
+        "id_token" => AccountConfig::IdToken,
+        "token_field" => AccountConfig::TokenField {
+            pointer: pointer()?,
+        },
+        "callback_param" => {
+            let name = need("name")?;
+            if matches!(
+                name.as_str(),
+                "code" | "state" | "iss" | "error" | "error_description" | "error_uri"
+            ) {
+                return Err(format!(
+                    "account.name {name:?} is an OAuth parameter, not an account"
+                ));
+            }
+            AccountConfig::CallbackParam { name }
+        }
+        _ => {
+            let url = need("url")?;
+            let url = Url::parse(&url).map_err(|e| format!("account.url is not a URL: {e}"))?;
+            check_endpoint("account.url", &url)?;
+            AccountConfig::Userinfo {
+                url,
+                pointer: pointer()?,
+            }
+        }
+    })
+}
+
 /// One OAuth app at one vendor.
 #[derive(Debug, Clone)]
 pub struct Integration {
@@ -89,6 +205,8 @@ pub struct Integration {
     pub pipeline_scopes: Option<Vec<String>>,
     /// Resources a pipeline may name there; `None`: any `resource` is accepted and ignored.
     pub pipeline_resources: Option<Vec<String>>,
+    /// Where the vendor account behind a consent comes from.
+    pub account: AccountConfig,
     /// The settings the client id and secret are read from (`%NAME%`), when they are.
     pub client_id_setting: Option<String>,
     pub client_secret_setting: Option<String>,
@@ -500,8 +618,14 @@ fn setting_name(v: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integration, ConfigError> {
+pub(super) fn finish(
+    ctx: &Ctx<'_>,
+    mut value: Map<String, Value>,
+) -> Result<Integration, ConfigError> {
     let name = IntegrationName::parse(&ctx.name).map_err(|e| ctx.fail(e.to_string()))?;
+    // Documentation for people (a template's reason for having no account source).
+    value.remove("account_note");
+    let account = parse_account(value.remove("account").as_ref()).map_err(|m| ctx.fail(m))?;
     let r: RawIntegration =
         serde_json::from_value(Value::Object(value)).map_err(|e| ctx.fail(e.to_string()))?;
     let url_of = |field: &str, v: &str| -> Result<Url, ConfigError> {
@@ -739,6 +863,7 @@ pub(super) fn finish(ctx: &Ctx<'_>, value: Map<String, Value>) -> Result<Integra
         client_secret_setting: setting_name(&r.client_secret),
         provider: r.provider,
         callers: super::callers::read(ctx, r.callers.as_ref())?,
+        account,
         name,
     })
 }
@@ -808,6 +933,31 @@ mod tests {
     }
 
     #[test]
+    fn account_sources_are_validated() {
+        let ok = |v: Value| parse_account(Some(&v));
+        assert_eq!(parse_account(None), Ok(AccountConfig::Default));
+        assert_eq!(ok(Value::Null), Ok(AccountConfig::OptOut));
+        assert_eq!(
+            ok(serde_json::json!({"from": "token_field", "pointer": "/team/id"})),
+            Ok(AccountConfig::TokenField {
+                pointer: "/team/id".into()
+            })
+        );
+        for bad in [
+            serde_json::json!("id_token"),
+            serde_json::json!({"from": "magic"}),
+            serde_json::json!({"from": "token_field"}),
+            serde_json::json!({"from": "token_field", "pointer": "team"}),
+            serde_json::json!({"from": "token_field", "pointer": "/authed_user/access_token"}),
+            serde_json::json!({"from": "callback_param", "name": "code"}),
+            serde_json::json!({"from": "userinfo", "url": "http://api.example.com/me", "pointer": "/id"}),
+            serde_json::json!({"from": "id_token", "pointer": "/x"}),
+        ] {
+            assert!(ok(bad.clone()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn every_template_in_the_catalogue_builds_with_https_urls_and_declared_placeholders() {
         assert!(catalogue().len() >= 40);
         for (name, template) in catalogue() {
@@ -841,6 +991,21 @@ mod tests {
                     .is_some_and(|n| !n.is_empty()),
                 "{name} has notes"
             );
+            // Every template says where its account comes from, citing the
+            // vendor's page, or why there is no stable identifier.
+            match (t.get("account"), t.get("account_note")) {
+                (Some(Value::Object(a)), None) => {
+                    assert!(
+                        a.get("docs")
+                            .and_then(Value::as_str)
+                            .is_some_and(|d| d.starts_with("https://")),
+                        "{name}: account cites its docs"
+                    );
+                    parse_account(t.get("account")).unwrap_or_else(|e| panic!("{name}: {e}"));
+                }
+                (None, Some(Value::String(n))) if !n.is_empty() => {}
+                _ => panic!("{name}: needs either an account source or an account_note"),
+            }
             let requires: Vec<&str> = t
                 .get("requires")
                 .and_then(Value::as_array)

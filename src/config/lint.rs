@@ -85,6 +85,7 @@ const FIELDS: &[(&str, Kind)] = &[
     ("refresh_token_max_days", Kind::Whole),
     ("post_consent", Kind::Any),
     ("callers", Kind::Any),
+    ("account", Kind::Any),
 ];
 
 /// A `%NAME%` whose setting is not set, and the field that refers to it.

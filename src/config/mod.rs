@@ -34,7 +34,7 @@ use crate::domain::Secret;
 pub use entra::EntraSettings;
 pub use error::ConfigError;
 pub use events::{EventSettings, WebhookFormat, WebhookReceiver};
-pub use integrations::{ClientAuth, Integration, IntegrationsFile};
+pub use integrations::{AccountConfig, ClientAuth, Integration, IntegrationsFile};
 
 /// Reads settings by name; empty values count as unset.
 struct Env<'a> {
@@ -145,6 +145,9 @@ pub struct RefreshPolicy {
     /// A sweep starts no new refresh after this long (`BROKER_SWEEP_BUDGET_SECS`, default 240,
     /// inside the Consumption plan's 5-minute function timeout).
     pub sweep_budget: std::time::Duration,
+    /// Forced refreshes of one connection at most this often, across callers
+    /// and instances (`BROKER_MIN_FORCED_REFRESH_SECS`, default 60; zero: no budget).
+    pub min_forced_refresh: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -158,6 +161,7 @@ impl Default for RefreshPolicy {
             cooldown: Duration::seconds(30),
             sweep_concurrency: 8,
             sweep_budget: std::time::Duration::from_secs(240),
+            min_forced_refresh: Duration::seconds(60),
         }
     }
 }
@@ -193,6 +197,10 @@ impl RefreshPolicy {
             sweep_budget: std::time::Duration::from_secs(p.take(
                 env.seconds("BROKER_SWEEP_BUDGET_SECS", 240, 1..=86_400),
                 240,
+            )),
+            min_forced_refresh: seconds(p.take(
+                env.seconds("BROKER_MIN_FORCED_REFRESH_SECS", 60, 0..=86_400),
+                60,
             )),
             ..d
         }
@@ -264,6 +272,8 @@ pub struct Settings {
     /// Concurrent connections served at most (`BROKER_MAX_CONNECTIONS`, default 256); further
     /// connections wait in the listen backlog.
     pub max_connections: usize,
+    /// Standalone: open connections per source address (`BROKER_MAX_CONNECTIONS_PER_SOURCE`).
+    pub max_connections_per_source: usize,
     /// Standalone mode only: how often the refresh sweep runs.
     pub sweep_interval: Option<std::time::Duration>,
     pub storage: StorageSettings,
@@ -277,6 +287,9 @@ pub struct Settings {
     pub events: EventSettings,
     /// Microsoft Entra ID callers (`BROKER_ENTRA_*`); `None`: off.
     pub entra: Option<EntraSettings>,
+    /// Standalone: proxies whose `X-Forwarded-For` names the client
+    /// (`BROKER_TRUSTED_PROXIES`, addresses or CIDR blocks; default none).
+    pub trusted_proxies: Vec<crate::domain::source::IpBlock>,
     /// What is allowed but probably wrong (an http public URL on a public host), logged at start.
     pub warnings: Vec<String>,
 }
@@ -470,6 +483,15 @@ impl Settings {
             ),
             256,
         ) as usize;
+        let max_connections_per_source = p.take(
+            env.number(
+                "BROKER_MAX_CONNECTIONS_PER_SOURCE",
+                64,
+                1..=65_536,
+                "a whole number from 1 to 65536",
+            ),
+            64,
+        ) as usize;
 
         let integrations_path = PathBuf::from(
             env.get("BROKER_INTEGRATIONS")
@@ -497,6 +519,7 @@ impl Settings {
         let events = p.take(EventSettings::load(&env), EventSettings::default());
         let entra = entra::load(&env, &mut p);
         let token_keys = token_keys(&env, &mut p);
+        let trusted_proxies = p.take(trusted_proxies(&env), Vec::new());
         if let Some(e) = ConfigError::all(p.0) {
             return Err(e);
         }
@@ -510,6 +533,7 @@ impl Settings {
             }
         }
         Ok(Self {
+            trusted_proxies,
             refresh,
             consent_link_lifetime,
             events,
@@ -520,6 +544,7 @@ impl Settings {
             public_url,
             api_key,
             max_connections,
+            max_connections_per_source,
             sweep_interval,
             storage,
             keys,
@@ -546,6 +571,27 @@ fn token_keys(env: &Env<'_>, p: &mut Problems) -> Vec<Secret> {
         }
     }
     keys
+}
+
+/// `BROKER_TRUSTED_PROXIES`: addresses or CIDR blocks, comma-separated.
+fn trusted_proxies(env: &Env<'_>) -> Result<Vec<crate::domain::source::IpBlock>, ConfigError> {
+    let Some(list) = env.get("BROKER_TRUSTED_PROXIES") else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            crate::domain::source::IpBlock::parse(e).ok_or_else(|| {
+                ConfigError::setting(
+                    "BROKER_TRUSTED_PROXIES",
+                    format!(
+                        "{:?} is not an IP address or CIDR block (such as 10.0.0.0/8 or ::1)",
+                        e.trim()
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 fn public_url(setting: &'static str, value: &str, hint: &str) -> Result<Url, ConfigError> {
@@ -798,6 +844,7 @@ pub(crate) mod tests {
             s.api_key
         );
         assert_eq!(s.max_connections, 256);
+        assert_eq!(s.max_connections_per_source, 64);
         let err = Settings::load(&env(&[
             ("BROKER_STORAGE", &db),
             ("BROKER_MAX_CONNECTIONS", "0"),

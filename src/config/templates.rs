@@ -47,10 +47,6 @@ pub(super) fn apply_template(
     template.remove("notes");
     template.remove("token_rate_limit");
     template.remove("rotates_refresh_token");
-    // The account binding (issue 17) is parsed once its parser is on main;
-    // until then the templates carry it in the agreed format and it is dropped here.
-    template.remove("account");
-    template.remove("account_note");
     let requires = strings(template.remove("requires").as_ref());
     let mut values: BTreeMap<String, String> = match template.remove("defaults") {
         Some(Value::Object(m)) => m

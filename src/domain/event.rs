@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use super::{ConnectionId, IntegrationName, Secret};
+use super::{Account, ConnectionId, IntegrationName, Secret};
 
 /// What happened. The wire names (`as_str`) are a public contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,6 +21,10 @@ pub enum EventType {
     ConnectionRefreshFailing,
     /// A consent returned no refresh token (the grant cannot be kept alive).
     ConnectionNoRefreshToken,
+    /// A consent by another vendor account than the connection's was refused.
+    ConnectionAccountMismatch,
+    /// A consent the operator allowed to change accounts bound the connection to another one.
+    ConnectionAccountChanged,
     /// The vendor rejected the integration's client credentials (`invalid_client`)
     /// after they had worked: once per breakage, not once per call.
     IntegrationMisconfigured,
@@ -30,13 +34,15 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 10] = [
         Self::ConnectionCreated,
         Self::ConnectionReauthorizationRequired,
         Self::ConnectionRecovered,
         Self::ConnectionDeleted,
         Self::ConnectionRefreshFailing,
         Self::ConnectionNoRefreshToken,
+        Self::ConnectionAccountMismatch,
+        Self::ConnectionAccountChanged,
         Self::IntegrationMisconfigured,
         Self::ConnectionRefreshTokenExpiring,
     ];
@@ -49,6 +55,8 @@ impl EventType {
             Self::ConnectionDeleted => "connection.deleted",
             Self::ConnectionRefreshFailing => "connection.refresh_failing",
             Self::ConnectionNoRefreshToken => "connection.no_refresh_token",
+            Self::ConnectionAccountMismatch => "connection.account_mismatch",
+            Self::ConnectionAccountChanged => "connection.account_changed",
             Self::IntegrationMisconfigured => "integration.misconfigured",
             Self::ConnectionRefreshTokenExpiring => "connection.refresh_token_expiring",
         }
@@ -70,6 +78,12 @@ impl EventType {
             Self::ConnectionRefreshFailing => "Refreshing a connection has been failing",
             Self::ConnectionNoRefreshToken => {
                 "A consent returned no refresh token: the connection stops working when its access token expires"
+            }
+            Self::ConnectionAccountMismatch => {
+                "A consent by another vendor account was refused: the connection keeps its grant"
+            }
+            Self::ConnectionAccountChanged => {
+                "A connection was bound to another vendor account (the operator allowed it)"
             }
             Self::IntegrationMisconfigured => {
                 "The vendor rejects the integration's client credentials (invalid_client)"
@@ -97,6 +111,15 @@ pub struct Event {
     /// The vendor's error code (or a short class of failure), sanitised.
     pub error: Option<String>,
     pub consent_link: Option<Secret>,
+    /// The vendor account of the connection after the event; for
+    /// `connection.account_mismatch` the account that tried to consent.
+    pub account: Option<Account>,
+    /// `connection.account_changed`: the account before; `connection.account_mismatch`:
+    /// the account the connection stays bound to.
+    pub previous_account: Option<Account>,
+    /// At a consent that replaced a grant: whether the new account was checked
+    /// against the replaced grant's (false: that grant had no account to compare).
+    pub account_verified: Option<bool>,
 }
 
 impl Event {
@@ -117,6 +140,9 @@ impl Event {
             status: None,
             error: None,
             consent_link: None,
+            account: None,
+            previous_account: None,
+            account_verified: None,
         }
     }
 

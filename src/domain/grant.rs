@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use time::{Duration, OffsetDateTime};
 
-use super::{ConnectionId, IntegrationName, Secret};
+use super::{Account, ConnectionId, IntegrationName, Secret};
 
 /// The lifetime stored for an access token that does not expire (the vendor
 /// says so, or announces ten years or more): no refresh is ever due for it.
@@ -65,6 +65,11 @@ impl ConnectionStatus {
         }
     }
 
+    /// The grant cannot be kept alive: only a new consent restores it.
+    pub fn is_dead(self) -> bool {
+        matches!(self, Self::ReauthorizationRequired | Self::NoRefreshToken)
+    }
+
     /// A stored status as read back: an unknown one is [`Self::Unknown`], not an error.
     pub fn read(s: &str) -> Self {
         Self::parse(s).unwrap_or(Self::Unknown)
@@ -91,6 +96,9 @@ pub struct ConnectionRecord {
     /// Vendor metadata captured at consent (QuickBooks `realmId`, Salesforce
     /// `instance_url`, …): returned by the token route, never secret.
     pub metadata: BTreeMap<String, String>,
+    /// The vendor account that granted it (`None`: no source, or a row stored
+    /// before accounts were recorded; it gains one at its next consent).
+    pub account: Option<Account>,
 }
 
 impl ConnectionRecord {
@@ -119,6 +127,7 @@ impl ConnectionRecord {
             lease_until: None,
             lease_owner: None,
             metadata: BTreeMap::new(),
+            account: None,
         }
     }
 
@@ -227,6 +236,29 @@ pub struct PendingAuthorization {
     pub expires_at: OffsetDateTime,
     /// Hash of the consent link it was started from; completing it uses the link up.
     pub link_hash: Option<String>,
+    /// The operator allowed this consent to bind the connection to another
+    /// vendor account (`allow_account_change` on the link or at auth start).
+    pub allow_account_change: bool,
+}
+
+/// Whether a consent by `new` may replace the grant `previous`:
+/// - the same account always may (that is how a dead grant is revived);
+/// - another account, or one that cannot be told, only when the operator allowed an account change;
+/// - a grant with no account (no source, or stored before accounts were recorded) may be
+///   revived when dead, but an active one is not replaced unless allowed.
+pub fn consent_may_replace(
+    previous: &ConnectionRecord,
+    new: Option<&Account>,
+    allow_account_change: bool,
+) -> bool {
+    if allow_account_change {
+        return true;
+    }
+    match (&previous.account, new) {
+        (Some(bound), Some(new)) => bound.same_as(new),
+        (Some(_), None) => false,
+        (None, _) => previous.status.is_dead(),
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! azure, rusqlite or oauth2; every other module may depend on this one, and it
 //! depends on none of them.
 
+pub mod account;
 pub mod clock;
 pub mod condition;
 pub mod credential;
@@ -14,7 +15,9 @@ pub mod ids;
 pub mod oauth_error;
 pub mod scope;
 pub mod secret;
+pub mod source;
 
+pub use account::{Account, AccountSourceKind};
 pub use condition::Condition;
 pub use credential::{ClientId, PipelineCredential, SecretHash};
 pub use event::{Event, EventType};

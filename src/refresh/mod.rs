@@ -47,12 +47,27 @@ mod sweep;
 use crate::coalesce::Coalescer;
 use crate::config::{Integration, RefreshPolicy};
 pub use crate::domain::clock::now;
-use crate::domain::grant::{refresh_threshold, GRANT_ENDS_AT};
+use crate::domain::grant::{consent_may_replace, refresh_threshold, GRANT_ENDS_AT};
 use crate::domain::scope;
-use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet};
+use crate::domain::{
+    Account, ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet,
+};
 use crate::oauth::{self, TokenError, TokenResponse};
 use crate::registry::{Lookup, Registry};
 use crate::store::{Store, StoreError, Versioned};
+
+/// What became of a completed consent's grant.
+#[derive(Debug)]
+pub enum ConsentOutcome {
+    /// Stored; `replaced` is the grant it replaced, if any.
+    Stored {
+        record: ConnectionRecord,
+        replaced: Option<Box<ConnectionRecord>>,
+    },
+    /// Not stored: the connection's grant (`bound`, unchanged) belongs to
+    /// another vendor account, or has none and is active.
+    Refused { bound: ConnectionRecord },
+}
 
 /// Time kept in hand after the last upstream call for the final store write.
 const WRITE_MARGIN: Duration = Duration::seconds(2);
@@ -170,24 +185,39 @@ impl Engine {
         self.integrations.get(name)
     }
 
-    /// Stores the grant from a completed consent, replacing any earlier grant
-    /// of the same connection (and restoring it to `active`, or
-    /// `no_refresh_token` when the vendor sent none and the integration expects one).
+    /// Whether a consent by `account` may replace the connection's grant now:
+    /// `Err(bound)` (the account the connection is bound to, if any, and its
+    /// status) when it may not. Checked before a consent link is used up, and
+    /// again, conditionally, when the grant is stored.
+    pub async fn check_consent_account(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+        account: Option<&Account>,
+        allow_account_change: bool,
+    ) -> Result<Result<(), ConnectionRecord>, StoreError> {
+        Ok(match self.store.get(integration, connection).await? {
+            Some(p) if !consent_may_replace(&p.value, account, allow_account_change) => {
+                Err(p.value)
+            }
+            _ => Ok(()),
+        })
+    }
+
+    /// Stores the grant of a completed consent, unless the connection's grant
+    /// belongs to another vendor account (see [`consent_may_replace`]): the
+    /// decision and the write are one conditional step (the row's version), so
+    /// a change between them is decided again on a fresh read.
     pub async fn store_consent(
         &self,
         integration: &Integration,
         connection: &ConnectionId,
         resp: TokenResponse,
         mut metadata: BTreeMap<String, String>,
-    ) -> Result<ConnectionRecord, StoreError> {
+        account: Option<Account>,
+        allow_account_change: bool,
+    ) -> Result<ConsentOutcome, StoreError> {
         metadata.extend(resp.metadata);
-        let now = now();
-        let previous = self
-            .store
-            .get(&integration.name, connection)
-            .await?
-            .map(|v| v.value);
-        let created_at = previous.as_ref().map_or(now, |p| p.created_at);
         let scope = resp
             .scope
             .map(|s| scope::normalize(&s))
@@ -196,36 +226,63 @@ impl Engine {
             access_token: resp.access_token,
             refresh_token: resp.refresh_token,
         };
-        let expires_at =
-            now.saturating_add(integration.lifetime_at(resp.expires_in, resp.expires_at, now));
-        if let Some(max) = integration.refresh_token_max {
-            // The vendor's clock for the grant starts now, whatever an earlier grant said.
-            metadata.insert(
-                GRANT_ENDS_AT.into(),
-                crate::domain::clock::rfc3339(now.saturating_add(max)),
+        for _ in 0..8 {
+            let now = now();
+            let previous = self.store.get(&integration.name, connection).await?;
+            if let Some(p) = &previous {
+                if !consent_may_replace(&p.value, account.as_ref(), allow_account_change) {
+                    return Ok(ConsentOutcome::Refused {
+                        bound: p.value.clone(),
+                    });
+                }
+            }
+            let expires_at =
+                now.saturating_add(integration.lifetime_at(resp.expires_in, resp.expires_at, now));
+            let mut record_metadata = metadata.clone();
+            if let Some(max) = integration.refresh_token_max {
+                // The vendor's clock for the grant starts now, whatever an earlier grant said.
+                record_metadata.insert(
+                    GRANT_ENDS_AT.into(),
+                    crate::domain::clock::rfc3339(now.saturating_add(max)),
+                );
+            }
+            let mut record = ConnectionRecord::new_grant(
+                integration.name.clone(),
+                connection.clone(),
+                tokens.clone(),
+                resp.token_type.clone(),
+                scope.clone(),
+                expires_at,
+                now,
             );
+            record.created_at = previous.as_ref().map_or(now, |p| p.value.created_at);
+            record.metadata = record_metadata;
+            record.account = account.clone();
+            // A grant renewed by exchange (`renew`) needs no refresh token.
+            if record.tokens.refresh_token.is_none()
+                && integration.expects_refresh_token
+                && integration.renew.is_none()
+            {
+                record.status = ConnectionStatus::NoRefreshToken;
+            }
+            let written = match &previous {
+                None => self.store.upsert(&record).await,
+                Some(p) => self.store.replace(&record, &p.version).await,
+            };
+            match written {
+                Ok(_) => {}
+                // Changed or deleted since the read (a refresh, another consent): decide again.
+                Err(StoreError::Conflict | StoreError::NotFound) => continue,
+                Err(e) => return Err(e),
+            }
+            let previous = previous.map(|p| p.value);
+            self.on_consent(previous.as_ref(), &record).await;
+            return Ok(ConsentOutcome::Stored {
+                record,
+                replaced: previous.map(Box::new),
+            });
         }
-        let mut record = ConnectionRecord::new_grant(
-            integration.name.clone(),
-            connection.clone(),
-            tokens,
-            resp.token_type,
-            scope,
-            expires_at,
-            now,
-        );
-        record.created_at = created_at;
-        record.metadata = metadata;
-        // A grant renewed by exchange (`renew`) needs no refresh token.
-        if record.tokens.refresh_token.is_none()
-            && integration.expects_refresh_token
-            && integration.renew.is_none()
-        {
-            record.status = ConnectionStatus::NoRefreshToken;
-        }
-        self.store.upsert(&record).await?;
-        self.on_consent(previous.as_ref(), &record).await;
-        Ok(record)
+        Err(StoreError::Conflict)
     }
 
     /// True when `record` does not satisfy `need` at `now`.
@@ -249,22 +306,46 @@ impl Engine {
             }
             m => m,
         };
-        let threshold = if need.whole_margin {
-            min_validity.map_or(integration.refresh_margin, |m| {
-                m.max(integration.refresh_margin)
-            })
-        } else {
-            refresh_threshold(
-                integration.refresh_margin,
-                min_validity,
-                record.issued_lifetime(),
-            )
+        let threshold = |min_validity: Option<Duration>| {
+            if need.whole_margin {
+                min_validity.map_or(integration.refresh_margin, |m| {
+                    m.max(integration.refresh_margin)
+                })
+            } else {
+                refresh_threshold(
+                    integration.refresh_margin,
+                    min_validity,
+                    record.issued_lifetime(),
+                )
+            }
         };
-        need.force
-            || record.is_due(now, threshold)
+        // Due without anyone's wish: the margin, or the keep-alive.
+        if record.is_due(now, threshold(None))
             || need
                 .refreshed_before
                 .is_some_and(|t| record.refreshed_at < t)
+        {
+            return true;
+        }
+        if !(need.force || record.is_due(now, threshold(min_validity))) {
+            return false;
+        }
+        // A forced refresh (force_refresh, or more validity than the stored
+        // token has): at most one per BROKER_MIN_FORCED_REFRESH_SECS per
+        // connection, counted from the last refresh the vendor granted (the
+        // row's `refreshed_at`, so across callers and instances); inside the
+        // window the current token, still valid by the margin, is served.
+        let budget = self.policy.min_forced_refresh;
+        if budget > Duration::ZERO
+            && record
+                .refreshed_at
+                .checked_add(budget)
+                .is_none_or(|until| until > now)
+        {
+            tracing::debug!(integration = %record.integration, connection = %record.connection, "forced refresh inside the budget window; serving the current token");
+            return false;
+        }
+        true
     }
 
     /// Returns the connection with an access token that satisfies `need`,

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Engine;
 use crate::domain::clock::now;
-use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, EventType, IntegrationName};
+use crate::domain::{
+    Account, ConnectionId, ConnectionRecord, ConnectionStatus, EventType, IntegrationName,
+};
 use crate::events::{error_code, Events};
 use crate::oauth::TokenError;
 use crate::store::StoreError;
@@ -96,6 +98,39 @@ impl Engine {
             .event(kind, &record.integration, Some(&record.connection))
             .with_status(status);
         event.error = error;
+        event.account = record.account.clone();
+        events.emit(event).await;
+    }
+
+    /// `connection.account_mismatch`: a consent by `attempted` was refused for
+    /// the connection, which stays bound to `bound` (and keeps its grant).
+    pub async fn emit_account_mismatch(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+        status: Option<&str>,
+        attempted: Option<&Account>,
+        bound: Option<&Account>,
+    ) {
+        let Some(events) = self.events.get() else {
+            return;
+        };
+        let mut event = events.event(
+            EventType::ConnectionAccountMismatch,
+            integration,
+            Some(connection),
+        );
+        event.status = status.map(str::to_owned);
+        event.error = Some(
+            if attempted.is_some() {
+                "account_mismatch"
+            } else {
+                "account_unverified"
+            }
+            .into(),
+        );
+        event.account = attempted.cloned();
+        event.previous_account = bound.cloned();
         events.emit(event).await;
     }
 
@@ -118,14 +153,39 @@ impl Engine {
                 if p.grant_ends_at() != record.grant_ends_at() {
                     self.forget_grant_end(p).await;
                 }
+                let same =
+                    matches!((&p.account, &record.account), (Some(a), Some(b)) if a.same_as(b));
+                let Some(events) = self.events.get() else {
+                    return;
+                };
+                // Another account (allowed by the operator), or an active grant
+                // of unknown account replaced: the binding changed.
+                if !same && (p.account.is_some() || !p.status.is_dead()) {
+                    let mut event = events
+                        .event(
+                            EventType::ConnectionAccountChanged,
+                            &record.integration,
+                            Some(&record.connection),
+                        )
+                        .with_status(status);
+                    event.account = record.account.clone();
+                    event.previous_account = p.account.clone();
+                    event.account_verified = Some(false);
+                    events.emit(event).await;
+                }
                 // A dead grant (or one that could not be kept alive) works again.
-                let was_dead = matches!(
-                    p.status,
-                    ConnectionStatus::ReauthorizationRequired | ConnectionStatus::NoRefreshToken
-                );
-                if was_dead && record.status == ConnectionStatus::Active {
-                    self.emit(EventType::ConnectionRecovered, record, status, None)
-                        .await;
+                if p.status.is_dead() && record.status == ConnectionStatus::Active {
+                    let mut event = events
+                        .event(
+                            EventType::ConnectionRecovered,
+                            &record.integration,
+                            Some(&record.connection),
+                        )
+                        .with_status(status);
+                    event.account = record.account.clone();
+                    event.previous_account = p.account.clone();
+                    event.account_verified = Some(same);
+                    events.emit(event).await;
                 }
             }
         }

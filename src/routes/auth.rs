@@ -32,7 +32,18 @@ pub async fn start(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         Ok(c) => c,
         Err(e) => return html::invalid_connection(raw_connection, e),
     };
-    match state.consent.begin(&integration, connection).await {
+    let allow_account_change = match params.get("allow_account_change").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return html::invalid_parameter("allow_account_change", "it must be true or false")
+        }
+    };
+    match state
+        .consent
+        .begin(&integration, connection, allow_account_change)
+        .await
+    {
         Ok(started) => {
             note_host(&req, &state, &started).await;
             redirect(&state, started)
@@ -223,6 +234,12 @@ fn page(state: &AppState, e: ConsentError) -> HttpResponse {
         ConsentError::OtherBrowser => html::other_browser(None),
         ConsentError::IssuerMismatch => html::issuer_mismatch(),
         ConsentError::LinkUnusable => html::link_unusable(),
+        ConsentError::AccountMismatch {
+            integration,
+            connection,
+            unknown,
+        } => html::account_mismatch(integration.as_str(), connection.as_str(), unknown),
+        ConsentError::AccountUnverifiable(e) => html::account_unverifiable(&e.to_string()),
         // The vendor's words (already stripped of what the broker sent, and cut
         // short) are shown apart from the broker's, labelled as the vendor's.
         ConsentError::Exchange(TokenError::Rejected {

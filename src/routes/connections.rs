@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::front_door::{Body, JSON_BODY_LIMIT};
 use super::{no_store, path_names, query, AppState};
 use crate::consent::{ConsentError, MAX_LINK_LIFETIME};
-use crate::domain::{ConnectionId, ConnectionRecord, IntegrationName};
+use crate::domain::{Account, ConnectionId, ConnectionRecord, IntegrationName};
 use crate::refresh::RefreshError;
 use crate::registry::Lookup;
 
@@ -36,6 +36,8 @@ pub struct ConnectionView<'a> {
     last_error_at: Option<String>,
     scope: &'a str,
     metadata: &'a BTreeMap<String, String>,
+    /// The vendor account that granted it: `{"id", "source"}`, or null.
+    account: Option<&'a Account>,
 }
 
 impl<'a> ConnectionView<'a> {
@@ -61,6 +63,7 @@ impl<'a> ConnectionView<'a> {
             last_error_at: r.last_error_at.map(rfc3339),
             scope: &r.scope,
             metadata: &r.metadata,
+            account: r.account.as_ref(),
         }
     }
 }
@@ -76,6 +79,9 @@ struct LinkView<'a> {
     expires_at: String,
     integration: &'a str,
     connection: &'a str,
+    id: String,
+    created_at: Option<String>,
+    allow_account_change: bool,
 }
 
 fn store_err(e: crate::store::StoreError) -> ApiError {
@@ -160,6 +166,88 @@ pub(super) async fn delete_connection(
 struct LinkBody {
     #[serde(default, deserialize_with = "super::whole_seconds")]
     expires_in_secs: Option<u32>,
+    /// A consent through the link may bind the connection to another vendor account.
+    #[serde(default)]
+    allow_account_change: bool,
+}
+
+fn link_error(e: ConsentError) -> ApiError {
+    match e {
+        ConsentError::UnknownIntegration(_) => ApiError::IntegrationNotFound(e.to_string()),
+        ConsentError::IntegrationUnavailable { .. } => {
+            ApiError::IntegrationUnavailable(e.to_string())
+        }
+        _ => ApiError::StoreUnavailable,
+    }
+}
+
+/// One outstanding consent link, as an admin sees it: never its token.
+#[derive(Serialize)]
+struct OutstandingLink {
+    id: String,
+    created_at: Option<String>,
+    expires_at: String,
+    consents_in_progress: usize,
+    allow_account_change: bool,
+}
+
+#[derive(Serialize)]
+struct OutstandingLinks<'a> {
+    integration: &'a str,
+    connection: &'a str,
+    consent_links: Vec<OutstandingLink>,
+}
+
+/// `GET /api/connections/{integration}/{connection}/consent-links`: the
+/// connection's links that are not used up (expired ones included until the
+/// purge removes them; `expires_at` says which).
+pub async fn list_links(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (i, c) = path_names(&req)?;
+    let links = state.consent.links(&i, &c).await.map_err(link_error)?;
+    Ok(no_store(HttpResponse::Ok()).json(OutstandingLinks {
+        integration: i.as_str(),
+        connection: c.as_str(),
+        consent_links: links
+            .into_iter()
+            .map(|(l, n)| OutstandingLink {
+                id: crate::consent::link_id(&l.link_hash),
+                created_at: l.created_at.map(rfc3339),
+                expires_at: rfc3339(l.expires_at),
+                consents_in_progress: n,
+                allow_account_change: l.allow_account_change,
+            })
+            .collect(),
+    }))
+}
+
+/// `DELETE /api/connections/{integration}/{connection}/consent-links/{id}`:
+/// ends one link (204); opening it afterwards answers 410.
+pub async fn end_link(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (i, c) = path_names(&req)?;
+    let id = req.match_info().get("id").unwrap_or_default();
+    if id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    {
+        // No link has such an id (ids are cl_ and base64url characters).
+        return Err(ApiError::ConsentLinkNotFound);
+    }
+    match state
+        .consent
+        .end_link(&i, &c, id)
+        .await
+        .map_err(link_error)?
+    {
+        true => Ok(no_store(HttpResponse::NoContent()).finish()),
+        false => Err(ApiError::ConsentLinkNotFound),
+    }
 }
 
 /// `POST /api/connections/{integration}/{connection}/consent-link`: a link
@@ -174,12 +262,12 @@ pub async fn create_link(
         LinkBody::default()
     } else if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::InvalidRequest(
-            "the body must be empty or a JSON object {\"expires_in_secs\": <seconds>}".into(),
+            "the body must be empty or a JSON object {\"expires_in_secs\": <seconds>, \"allow_account_change\": <bool>}".into(),
         ));
     } else {
         serde_json::from_slice(&body).map_err(|_| {
             ApiError::InvalidRequest(
-                "the body must be empty or a JSON object {\"expires_in_secs\": <seconds>}".into(),
+                "the body must be empty or a JSON object {\"expires_in_secs\": <seconds>, \"allow_account_change\": <bool>}".into(),
             )
         })?
     };
@@ -195,7 +283,7 @@ pub async fn create_link(
     };
     let created = state
         .consent
-        .create_link(&i, &c, lifetime)
+        .create_link(&i, &c, lifetime, b.allow_account_change)
         .await
         .map_err(|e| match e {
             ConsentError::UnknownIntegration(_) => ApiError::IntegrationNotFound(e.to_string()),
@@ -209,5 +297,8 @@ pub async fn create_link(
         expires_at: rfc3339(created.link.expires_at),
         integration: i.as_str(),
         connection: c.as_str(),
+        id: crate::consent::link_id(&created.link.link_hash),
+        created_at: created.link.created_at.map(rfc3339),
+        allow_account_change: created.link.allow_account_change,
     }))
 }

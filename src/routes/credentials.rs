@@ -206,34 +206,20 @@ fn decode_basic(b64: &str) -> Result<(String, Secret), ()> {
     Ok((id, secret))
 }
 
-/// The address a request came from: the peer, or, when the peer is on
-/// loopback (the Functions host, or a local reverse proxy), the address the
-/// last proxy appended to `X-Forwarded-For`.
+/// The address a request came from (see [`crate::domain::source`]).
 pub fn source(req: &HttpRequest) -> Option<IpAddr> {
     let peer = req.peer_addr().map(|a| a.ip());
-    if !peer.is_some_and(|p| p.is_loopback()) {
-        return peer;
-    }
-    let forwarded = req
+    let forwarded: Vec<&str> = req
         .headers()
         .get_all("x-forwarded-for")
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .last()
-        .and_then(parse_forwarded);
-    forwarded.or(peer)
-}
-
-/// `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`.
-fn parse_forwarded(s: &str) -> Option<IpAddr> {
-    let s = s.trim();
-    if let Ok(ip) = s.parse() {
-        return Some(ip);
-    }
-    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
-        return Some(sa.ip());
-    }
-    None
+        .collect();
+    let rule = req
+        .app_data::<actix_web::web::Data<AppState>>()
+        .map(|s| std::sync::Arc::clone(&s.source_rule))
+        .unwrap_or_default();
+    let client_ip = req.headers().get("client-ip").and_then(|v| v.to_str().ok());
+    rule.client_from(peer, &forwarded, client_ip)
 }
 
 /// Who called the token route.
@@ -389,6 +375,7 @@ mod tests {
 
     #[test]
     fn forwarded_addresses_parse_with_or_without_port() {
+        use crate::domain::source::parse_forwarded;
         assert_eq!(
             parse_forwarded(" 203.0.113.7:5123"),
             "203.0.113.7".parse().ok()

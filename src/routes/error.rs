@@ -25,6 +25,8 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("no credential with this client id for this connection")]
     CredentialNotFound,
+    #[error("no outstanding consent link with this id for this connection")]
+    ConsentLinkNotFound,
     /// Too many failed authentications from this client id or source.
     #[error("too many failed authentications; retry in {retry_after_secs} s")]
     TooManyFailures { retry_after_secs: u64 },
@@ -63,6 +65,7 @@ impl ApiError {
             Self::EntraUnavailable => "entra_unavailable",
             Self::Forbidden(_) => "forbidden",
             Self::CredentialNotFound => "credential_not_found",
+            Self::ConsentLinkNotFound => "consent_link_not_found",
             Self::TooManyFailures { .. } => "too_many_failures",
             Self::IntegrationNotFound(_) => "integration_not_found",
             Self::IntegrationUnavailable(_) => "integration_unavailable",
@@ -121,7 +124,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::EntraUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::CredentialNotFound => StatusCode::NOT_FOUND,
+            Self::CredentialNotFound | Self::ConsentLinkNotFound => StatusCode::NOT_FOUND,
             Self::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::IntegrationNotFound(_) | Self::ConnectionNotFound(_) | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND

@@ -41,6 +41,8 @@ pub struct AppState {
     pub credentials: Arc<Credentials>,
     /// Microsoft Entra ID callers (`BROKER_ENTRA_*`); `None`: off.
     pub entra: Option<Arc<crate::entra::Verifier>>,
+    /// How a request's source address is found (for the failure limits).
+    pub source_rule: Arc<crate::domain::source::SourceRule>,
 }
 
 impl AppState {
@@ -174,6 +176,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::resource("/api/connections/{integration}/{connection}/consent-link")
             .wrap(admin())
             .route(web::post().to(connections::create_link)),
+    )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/consent-links")
+            .wrap(admin())
+            .route(web::get().to(connections::list_links)),
+    )
+    .service(
+        web::resource("/api/connections/{integration}/{connection}/consent-links/{id}")
+            .wrap(admin())
+            .route(web::delete().to(connections::end_link)),
     )
     .service(
         web::resource("/api/connections/{integration}/{connection}/credentials")

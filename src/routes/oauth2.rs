@@ -46,7 +46,7 @@ struct ErrorBody {
 /// An RFC 6749 §5.2 error answer. Descriptions are fixed texts plus names,
 /// never a secret and never a cause chain.
 #[derive(Debug)]
-enum OAuthError {
+pub(crate) enum OAuthError {
     InvalidRequest(&'static str),
     InvalidClient,
     UnsupportedGrantType,
@@ -58,7 +58,7 @@ enum OAuthError {
 }
 
 impl OAuthError {
-    fn response(&self) -> HttpResponse {
+    pub(crate) fn response(&self) -> HttpResponse {
         let (status, code, description) = match self {
             Self::InvalidRequest(d) => (StatusCode::BAD_REQUEST, "invalid_request", d.to_string()),
             Self::InvalidClient => (
@@ -201,11 +201,20 @@ pub async fn token(
     }
 }
 
-async fn issue(
-    req: &HttpRequest,
-    body: &[u8],
-    state: &AppState,
-) -> Result<HttpResponse, OAuthError> {
+/// What a token request presents, read from its headers and form before any
+/// credential is looked at: the client's id and secret (by exactly one
+/// method), and the `scope` and `resource` it asks for.
+#[derive(Debug)]
+pub(crate) struct ClientRequest {
+    pub client_id: String,
+    pub secret: Secret,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
+}
+
+/// Reads a token request (RFC 6749 §4.4.2, client authentication §2.3.1);
+/// the error is the §5.2 answer.
+pub(crate) fn read_request(req: &HttpRequest, body: &[u8]) -> Result<ClientRequest, OAuthError> {
     if !is_form(req) {
         return Err(OAuthError::InvalidRequest(
             "the body must be application/x-www-form-urlencoded (RFC 6749 section 4.4.2)",
@@ -241,15 +250,33 @@ async fn issue(
         (None, Some(id), Some(secret)) => (id, secret),
         (None, _, _) => return Err(OAuthError::InvalidClient),
     };
-    let (scope, resource) = (form.get("scope"), form.get("resource"));
+    Ok(ClientRequest {
+        client_id,
+        secret,
+        scope: form.remove("scope"),
+        resource: form.remove("resource"),
+    })
+}
+
+async fn issue(
+    req: &HttpRequest,
+    body: &[u8],
+    state: &AppState,
+) -> Result<HttpResponse, OAuthError> {
+    let ClientRequest {
+        client_id,
+        secret,
+        scope,
+        resource,
+    } = read_request(req, body)?;
     let record = state
         .credentials
         .issue(
             &client_id,
             &secret,
             source(req),
-            scope.map(String::as_str),
-            resource.map(String::as_str),
+            scope.as_deref(),
+            resource.as_deref(),
         )
         .await
         .map_err(|e| oauth_error(state, e))?;

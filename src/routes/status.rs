@@ -112,6 +112,32 @@ async fn overview(state: &AppState) -> Result<Overview, ApiError> {
     })
 }
 
+/// The outstanding consent links of every connection shown (a few store
+/// queries at a time; a failure leaves that connection's list out).
+async fn open_links(state: &AppState, o: &Overview) -> html::OpenLinks {
+    use futures::StreamExt as _;
+    futures::stream::iter(o.connections.iter().map(|a| {
+        let (i, c) = (a.record.integration.clone(), a.record.connection.clone());
+        async move {
+            let links = state.consent.links(&i, &c).await.ok()?;
+            let open: Vec<html::OpenLink> = links
+                .into_iter()
+                .map(|(l, n)| html::OpenLink {
+                    id: crate::consent::link_id(&l.link_hash),
+                    expires_at: l.expires_at,
+                    consents_in_progress: n,
+                    allow_account_change: l.allow_account_change,
+                })
+                .collect();
+            Some(((i.as_str().to_owned(), c.as_str().to_owned()), open))
+        }
+    }))
+    .buffer_unordered(8)
+    .filter_map(|x| async move { x })
+    .collect()
+    .await
+}
+
 /// What the page shows besides the overview: the integrations whose client is
 /// rejected (once each, naming its settings) and every connection's pipeline
 /// credentials (never a secret).
@@ -173,6 +199,7 @@ async fn extras(state: &AppState, o: &Overview) -> html::Extras {
     html::Extras {
         rejected,
         credentials,
+        links: html::OpenLinks::default(),
     }
 }
 
@@ -183,7 +210,8 @@ async fn page(state: &AppState, o: &Overview, notice: Option<&Notice>) -> HttpRe
         .into_iter()
         .map(|(n, r)| (n.as_str().to_owned(), r))
         .collect();
-    let extras = extras(state, o).await;
+    let mut extras = extras(state, o).await;
+    extras.links = open_links(state, o).await;
     html::status_page(o, &unavailable, now(), notice, &extras)
 }
 
@@ -219,14 +247,14 @@ pub async fn post(
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let bad = || {
         ApiError::InvalidRequest(
-            "expected the form of a status page button: action (consent_link, refresh, delete or delete_credential), integration, connection (and client_id)"
+            "expected the form of a status page button: action (consent_link, refresh, delete, delete_credential or end_link), integration, connection (and client_id or link)"
                 .into(),
         )
     };
     let i = IntegrationName::parse(field("integration")).map_err(|_| bad())?;
     let c = ConnectionId::parse(field("connection")).map_err(|_| bad())?;
     let notice = match field("action") {
-        "consent_link" => match state.consent.create_link(&i, &c, None).await {
+        "consent_link" => match state.consent.create_link(&i, &c, None, false).await {
             Ok(created) => Notice::LinkCreated {
                 integration: i.as_str().to_owned(),
                 connection: c.as_str().to_owned(),
@@ -235,6 +263,23 @@ pub async fn post(
             },
             Err(e) => Notice::Failed {
                 what: "No consent link was created:",
+                reason: match e {
+                    ConsentError::Store { .. } => ApiError::StoreUnavailable.to_string(),
+                    other => other.to_string(),
+                },
+            },
+        },
+        "end_link" => match state.consent.end_link(&i, &c, field("link")).await {
+            Ok(true) => Notice::LinkEnded {
+                integration: i.as_str().to_owned(),
+                connection: c.as_str().to_owned(),
+            },
+            Ok(false) => Notice::Failed {
+                what: "No consent link was ended:",
+                reason: ApiError::ConsentLinkNotFound.to_string(),
+            },
+            Err(e) => Notice::Failed {
+                what: "No consent link was ended:",
                 reason: match e {
                     ConsentError::Store { .. } => ApiError::StoreUnavailable.to_string(),
                     other => other.to_string(),

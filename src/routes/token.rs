@@ -51,18 +51,28 @@ struct TokenRequest {
     force: bool,
 }
 
-/// A pipeline credential's own `min_validity` applies when the request names
-/// none (then capped by the token's lifetime, as on the token endpoint).
+/// A pipeline credential may not force a refresh: `force_refresh` and
+/// `min_validity_secs` are ignored for it, and its own `min_validity` applies
+/// (capped by the token's lifetime, as on the token endpoint). One pipeline
+/// must not be able to spend the vendor quota of every connection of the app.
 fn need(caller: &TokenCaller, r: &TokenRequest) -> Need {
-    match (r.min_validity, caller.min_validity()) {
-        (None, Some(own)) => Need {
-            min_validity: Some(own),
-            force: r.force,
+    match caller {
+        TokenCaller::Pipeline(_) => Need {
+            min_validity: caller.min_validity(),
+            force: false,
             cap_by_lifetime: true,
             ..Need::default()
         },
-        (asked, _) => Need {
-            min_validity: asked,
+        // An Entra ID identity is a pipeline too: it may not force; the validity it asks for is
+        // capped by the token's lifetime, so asking cannot force a refresh either.
+        TokenCaller::Entra(_) => Need {
+            min_validity: r.min_validity,
+            force: false,
+            cap_by_lifetime: true,
+            ..Need::default()
+        },
+        TokenCaller::Admin => Need {
+            min_validity: r.min_validity,
             force: r.force,
             ..Need::default()
         },

@@ -76,6 +76,9 @@ pub struct ConnectionRow {
     pub lease_owner: Option<String>,
     /// Vendor metadata captured at consent (JSON object of strings; not secret).
     pub metadata: String,
+    /// The vendor account that granted it, as `{"id", "source"}` JSON; `None`
+    /// for rows stored before accounts were recorded (and rows with no source).
+    pub account: Option<String>,
 }
 
 /// A pending authorization as stored, keyed by the SHA-256 of its `state`.
@@ -174,6 +177,13 @@ pub trait Backend: Send + Sync + 'static {
     fn pending_of_link<'a>(
         &'a self,
         link_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>>;
+    /// Every pending row (consent links and consents in progress) of one
+    /// connection, following continuations.
+    fn pending_of_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
     ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>>;
     /// Every connection, following continuations (the admin listing; not on the token path).
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>>;
@@ -280,16 +290,33 @@ fn millis(t: OffsetDateTime) -> i128 {
 /// expiry, metadata), so a writer to the table cannot change any of them
 /// without the row failing to open. Status, errors, leases and times of the
 /// last refresh are state, not bound (see docs/security.md).
+///
+/// The account the grant belongs to is bound too, when there is one: it is
+/// appended only then, so rows written before accounts existed (which have
+/// none) open as before, and a writer can neither add, change nor remove the
+/// account of a row without the row failing to open.
 pub(crate) fn aad_connection(r: &ConnectionRow) -> Vec<u8> {
-    serde_json::to_vec(&(
-        "oauth-broker/v2/connection",
-        &r.integration,
-        &r.connection,
-        &r.token_type,
-        &r.scope,
-        millis(r.expires_at),
-        &r.metadata,
-    ))
+    match &r.account {
+        None => serde_json::to_vec(&(
+            "oauth-broker/v2/connection",
+            &r.integration,
+            &r.connection,
+            &r.token_type,
+            &r.scope,
+            millis(r.expires_at),
+            &r.metadata,
+        )),
+        Some(account) => serde_json::to_vec(&(
+            "oauth-broker/v2/connection",
+            &r.integration,
+            &r.connection,
+            &r.token_type,
+            &r.scope,
+            millis(r.expires_at),
+            &r.metadata,
+            account,
+        )),
+    }
     .expect("serializing strings and numbers cannot fail")
 }
 
@@ -405,6 +432,17 @@ impl Store {
         connection: &ConnectionId,
     ) -> Result<bool, StoreError> {
         self.ready().await?;
+        // Its consent links and consents in progress first: none of them may
+        // create the connection again once it is deleted.
+        let ended = self.end_pending_of(integration, connection).await?;
+        if ended > 0 {
+            tracing::info!(
+                integration = integration.as_str(),
+                connection = connection.as_str(),
+                ended,
+                "consent links and consents in progress of a deleted connection ended"
+            );
+        }
         let removed = self
             .backend
             .delete_credentials_of(integration.as_str(), connection.as_str())
@@ -446,6 +484,7 @@ impl Store {
             lease_until: r.lease_until,
             lease_owner: r.lease_owner.clone(),
             metadata: serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into()),
+            account: r.account.as_ref().map(crate::domain::Account::to_stored),
         };
         (row.key_id, row.sealed_tokens) = self.seal_v2(&json, &aad_connection(&row));
         row
@@ -505,6 +544,13 @@ impl Store {
             lease_owner: row.lease_owner,
             metadata: serde_json::from_str(&row.metadata)
                 .map_err(|_| corrupt("metadata is not a JSON object of strings"))?,
+            account: match &row.account {
+                None => None,
+                Some(a) => Some(
+                    crate::domain::Account::from_stored(a)
+                        .ok_or_else(|| corrupt("account is not an {\"id\", \"source\"} object"))?,
+                ),
+            },
         })
     }
 }

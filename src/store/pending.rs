@@ -14,6 +14,28 @@ pub struct ConsentLink {
     pub integration: IntegrationName,
     pub connection: ConnectionId,
     pub expires_at: OffsetDateTime,
+    /// `None` for links created before links recorded it.
+    pub created_at: Option<OffsetDateTime>,
+    /// A consent through it may bind the connection to another vendor account.
+    pub allow_account_change: bool,
+}
+
+/// What a link seals (an empty plaintext for links created before this was
+/// recorded): authenticated with the link's fields, not secret.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct LinkFacts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_at: Option<i64>,
+    #[serde(default)]
+    allow_account_change: bool,
+}
+
+/// What a pending authorization seals when the consent may change accounts
+/// (otherwise only the verifier, as before: a verifier never starts with `{`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingFacts {
+    v: String,
+    allow_account_change: bool,
 }
 
 fn link_key(link_hash: &str) -> String {
@@ -64,11 +86,17 @@ impl Store {
             expires_at: crate::domain::clock::to_millis(p.expires_at),
             link_hash: p.link_hash.clone(),
         };
-        let verifier = p
-            .pkce_verifier
-            .as_ref()
-            .map_or(&[][..], |v| v.expose().as_bytes());
-        (row.key_id, row.sealed_verifier) = self.seal_v2(verifier, &aad_pending(&row));
+        let verifier = p.pkce_verifier.as_ref().map_or("", |v| v.expose());
+        let plain = if p.allow_account_change {
+            serde_json::to_vec(&PendingFacts {
+                v: verifier.to_owned(),
+                allow_account_change: true,
+            })
+            .expect("strings serialize")
+        } else {
+            verifier.as_bytes().to_vec()
+        };
+        (row.key_id, row.sealed_verifier) = self.seal_v2(&plain, &aad_pending(&row));
         self.backend.insert_pending(&row).await
     }
 
@@ -125,17 +153,24 @@ impl Store {
                     row.integration, row.connection
                 ))
             })?;
+        let (verifier, allow_account_change) = if verifier.starts_with(b"{") {
+            let f: PendingFacts = serde_json::from_slice(&verifier)
+                .map_err(|_| StoreError::Corrupt("pending authorization facts".into()))?;
+            (f.v, f.allow_account_change)
+        } else {
+            (
+                String::from_utf8(verifier).map_err(|_| StoreError::Corrupt("verifier".into()))?,
+                false,
+            )
+        };
         Ok(PendingAuthorization {
             integration: IntegrationName::parse(&row.integration)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             connection: ConnectionId::parse(&row.connection)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             // An empty sealed verifier is a flow without PKCE.
-            pkce_verifier: Some(
-                String::from_utf8(verifier).map_err(|_| StoreError::Corrupt("verifier".into()))?,
-            )
-            .filter(|v| !v.is_empty())
-            .map(Secret::new),
+            pkce_verifier: Some(verifier).filter(|v| !v.is_empty()).map(Secret::new),
+            allow_account_change,
             binding_hash: row.binding_hash,
             expires_at: row.expires_at,
             link_hash: row.link_hash,
@@ -155,7 +190,12 @@ impl Store {
             expires_at: crate::domain::clock::to_millis(link.expires_at),
             link_hash: None,
         };
-        (row.key_id, row.sealed_verifier) = self.seal_v2(b"", &aad_link(&row));
+        let facts = LinkFacts {
+            created_at: link.created_at.map(millis).map(|m| m as i64),
+            allow_account_change: link.allow_account_change,
+        };
+        let plain = serde_json::to_vec(&facts).expect("numbers serialize");
+        (row.key_id, row.sealed_verifier) = self.seal_v2(&plain, &aad_link(&row));
         self.backend.insert_pending(&row).await
     }
 
@@ -166,9 +206,19 @@ impl Store {
                 r.integration, r.connection
             ))
         };
-        self.open_v2(&r.key_id, &r.sealed_verifier, &aad_link(&r))
+        let plain = self
+            .open_v2(&r.key_id, &r.sealed_verifier, &aad_link(&r))
             .map_err(|e| corrupt(e.to_string()))?;
+        let facts: LinkFacts = if plain.is_empty() {
+            LinkFacts::default()
+        } else {
+            serde_json::from_slice(&plain).map_err(|_| corrupt("link facts".into()))?
+        };
         Ok(ConsentLink {
+            created_at: facts.created_at.and_then(|m| {
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(m) * 1_000_000).ok()
+            }),
+            allow_account_change: facts.allow_account_change,
             link_hash: link_hash.to_owned(),
             integration: IntegrationName::parse(&r.integration)
                 .map_err(|e| corrupt(e.to_string()))?,
@@ -195,6 +245,75 @@ impl Store {
             .take_pending(&link_key(link_hash))
             .await?
             .is_some())
+    }
+
+    /// The consent links of a connection that are not used up, each with the
+    /// number of consents in progress through it (unexpired ones).
+    pub async fn links_of(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<Vec<(ConsentLink, usize)>, StoreError> {
+        self.ready().await?;
+        let rows = self
+            .backend
+            .pending_of_connection(integration.as_str(), connection.as_str())
+            .await?;
+        let at = crate::domain::clock::now();
+        let mut links = Vec::new();
+        for r in &rows {
+            let Some(hash) = r.state_hash.strip_prefix("link-") else {
+                continue;
+            };
+            match self.open_link(hash, r.clone()) {
+                Ok(link) => {
+                    let in_progress = rows
+                        .iter()
+                        .filter(|p| p.link_hash.as_deref() == Some(hash) && p.expires_at >= at)
+                        .count();
+                    links.push((link, in_progress));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping a consent link that cannot be read")
+                }
+            }
+        }
+        links.sort_by_key(|(l, _)| l.expires_at);
+        Ok(links)
+    }
+
+    /// Ends one consent link (and the consents in progress through it).
+    /// `Ok(false)` when it is not there (used up, ended, or never existed).
+    pub async fn end_link(&self, link_hash: &str) -> Result<bool, StoreError> {
+        self.ready().await?;
+        let taken = self
+            .backend
+            .take_pending(&link_key(link_hash))
+            .await?
+            .is_some();
+        for p in self.backend.pending_of_link(link_hash).await? {
+            self.backend.take_pending(&p.state_hash).await?;
+        }
+        Ok(taken)
+    }
+
+    /// Ends every consent link and consent in progress of a connection; returns how many.
+    pub(super) async fn end_pending_of(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<u64, StoreError> {
+        let rows = self
+            .backend
+            .pending_of_connection(integration.as_str(), connection.as_str())
+            .await?;
+        let mut ended = 0;
+        for r in rows {
+            if self.backend.take_pending(&r.state_hash).await?.is_some() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     pub async fn purge_pending(&self, before: OffsetDateTime) -> Result<u64, StoreError> {

@@ -52,7 +52,10 @@ fn opt_ms(v: Option<i64>) -> Result<Option<OffsetDateTime>, rusqlite::Error> {
     v.map(from_ms).transpose()
 }
 
-const SCHEMA: &str = "
+/// Schema 1: the tables as the first versions created them, before
+/// `user_version` was kept (they set none, so such a database reads 0; every
+/// statement is `IF NOT EXISTS`, so applying it to one changes nothing).
+const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS connections (
     integration   TEXT NOT NULL,
     connection    TEXT NOT NULL,
@@ -108,6 +111,54 @@ CREATE TABLE IF NOT EXISTS aux (
 CREATE INDEX IF NOT EXISTS aux_due ON aux (kind, due_at);
 ";
 
+/// The migrations, in order: the database's `PRAGMA user_version` is the
+/// number applied. Append only; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    SCHEMA_1,
+    // 2: the vendor account behind a grant (issue 17); NULL for older rows.
+    // Pending rows by connection: a connection's consent links are listed and
+    // end with it.
+    "ALTER TABLE connections ADD COLUMN account TEXT;
+     CREATE INDEX IF NOT EXISTS pending_of ON pending (integration, connection);",
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Brings the database to [`SCHEMA_VERSION`] in one immediate transaction, so
+/// of several processes opening it at once one migrates and the others then
+/// find it done. A database from a newer version is refused, not altered.
+fn migrate(db: &mut Connection) -> Result<(), StoreError> {
+    let tx = db
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    let at: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    let at = usize::try_from(at).unwrap_or(usize::MAX);
+    if at > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the database has schema version {at}, written by a newer broker; this one knows up to {SCHEMA_VERSION}: run the newer version (or restore a backup)"
+        )));
+    }
+    if at == SCHEMA_VERSION {
+        return Ok(());
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(at) {
+        tx.execute_batch(m)
+            .map_err(|e| unavailable(format!("schema migration {} failed: {e}", i + 1)))?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION as i64)
+        .map_err(unavailable)?;
+    tx.commit().map_err(unavailable)?;
+    tracing::info!(
+        from = at,
+        to = SCHEMA_VERSION,
+        "embedded store schema migrated"
+    );
+    Ok(())
+}
+
 fn read_aux(kind: AuxKind) -> impl Fn(&Row<'_>) -> Result<Versioned<AuxRow>, rusqlite::Error> {
     move |r| {
         Ok(Versioned {
@@ -142,7 +193,7 @@ fn read_credential(r: &Row<'_>) -> Result<CredentialRow, rusqlite::Error> {
 
 const CONN_COLUMNS: &str =
     "integration, connection, version, status, key_id, sealed_tokens, token_type, scope, \
-     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata";
+     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata, account";
 
 const PENDING_COLUMNS: &str =
     "state_hash, integration, connection, key_id, sealed_verifier, binding_hash, expires_at, link_hash";
@@ -201,6 +252,7 @@ fn read_connection(r: &Row<'_>) -> Result<Versioned<ConnectionRow>, rusqlite::Er
             lease_until: opt_ms(r.get(13)?)?,
             lease_owner: r.get(14)?,
             metadata: r.get(15)?,
+            account: r.get(16)?,
         },
     })
 }
@@ -243,7 +295,7 @@ impl SqliteBackend {
 
 impl Backend for SqliteBackend {
     fn init(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.run(|c| c.execute_batch(SCHEMA).map_err(unavailable))
+        self.run(migrate)
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -276,20 +328,21 @@ impl Backend for SqliteBackend {
         self.run(move |db| {
             db.query_row(
                 "INSERT INTO connections (integration, connection, version, status, key_id, sealed_tokens, token_type, scope,
-                     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata)
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata, account)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                  ON CONFLICT (integration, connection) DO UPDATE SET
                      version = version + 1, status = excluded.status, key_id = excluded.key_id,
                      sealed_tokens = excluded.sealed_tokens, token_type = excluded.token_type, scope = excluded.scope,
                      expires_at = excluded.expires_at, created_at = excluded.created_at,
                      refreshed_at = excluded.refreshed_at, last_error = excluded.last_error,
                      last_error_at = excluded.last_error_at, lease_until = excluded.lease_until,
-                     lease_owner = excluded.lease_owner, metadata = excluded.metadata
+                     lease_owner = excluded.lease_owner, metadata = excluded.metadata,
+                     account = excluded.account
                  RETURNING version",
                 params![
                     r.integration, r.connection, r.status, r.key_id, r.sealed_tokens, r.token_type, r.scope,
                     ms(r.expires_at), ms(r.created_at), ms(r.refreshed_at), r.last_error,
-                    r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, r.metadata
+                    r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, r.metadata, r.account
                 ],
                 |x| x.get::<_, i64>(0),
             )
@@ -314,13 +367,14 @@ impl Backend for SqliteBackend {
                     "UPDATE connections SET version = version + 1, status = ?3, key_id = ?4, sealed_tokens = ?5,
                          token_type = ?6, scope = ?7, expires_at = ?8, created_at = ?9, refreshed_at = ?10,
                          last_error = ?11, last_error_at = ?12, lease_until = ?13, lease_owner = ?14,
-                         metadata = ?16
+                         metadata = ?16, account = ?17
                      WHERE integration = ?1 AND connection = ?2 AND version = ?15
                      RETURNING version",
                     params![
                         r.integration, r.connection, r.status, r.key_id, r.sealed_tokens, r.token_type, r.scope,
                         ms(r.expires_at), ms(r.created_at), ms(r.refreshed_at), r.last_error,
-                        r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, expected, r.metadata
+                        r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, expected, r.metadata,
+                        r.account
                     ],
                     |x| x.get::<_, i64>(0),
                 )
@@ -404,6 +458,25 @@ impl Backend for SqliteBackend {
                 &format!("SELECT {PENDING_COLUMNS} FROM pending WHERE state_hash = ?1"),
                 &h,
             )
+        })
+    }
+
+    fn pending_of_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
+        let (i, c) = (integration.to_owned(), connection.to_owned());
+        self.run(move |db| {
+            let mut stmt = db
+                .prepare_cached(&format!(
+                    "SELECT {PENDING_COLUMNS} FROM pending WHERE integration = ?1 AND connection = ?2"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![i, c], read_pending)
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
     }
 

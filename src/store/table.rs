@@ -34,18 +34,18 @@ use super::{
 };
 use crate::domain::{Secret, SecretHash};
 
-const PENDING_PARTITION: &str = "~pending";
+pub(crate) const PENDING_PARTITION: &str = "~pending";
 
 /// Side rows (outbox, markers) live in partitions that sort after every
 /// integration name (`[a-z0-9-]`), like `~pending`.
-fn aux_partition(kind: AuxKind) -> &'static str {
+pub(crate) fn aux_partition(kind: AuxKind) -> &'static str {
     match kind {
         AuxKind::Outbox => "~outbox",
         AuxKind::Marker => "~marker",
     }
 }
 /// Pipeline credentials: RowKey = client id (a point read on every use).
-const CREDENTIAL_PARTITION: &str = "~credential";
+pub(crate) const CREDENTIAL_PARTITION: &str = "~credential";
 
 /// A storage connection string the broker cannot use (never echoes it: it holds a key).
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +254,7 @@ fn fmt_time(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-fn put_time(m: &mut Map<String, Value>, name: &str, t: Option<OffsetDateTime>) {
+pub(crate) fn put_time(m: &mut Map<String, Value>, name: &str, t: Option<OffsetDateTime>) {
     if let Some(t) = t {
         m.insert(name.to_owned(), Value::String(fmt_time(t)));
         m.insert(
@@ -292,7 +292,7 @@ fn get_time(m: &Map<String, Value>, name: &str) -> Result<OffsetDateTime, StoreE
     opt_time(m, name)?.ok_or_else(|| StoreError::Corrupt(format!("property {name} is missing")))
 }
 
-fn connection_entity(r: &ConnectionRow) -> Map<String, Value> {
+pub(crate) fn connection_entity(r: &ConnectionRow) -> Map<String, Value> {
     let mut m = Map::new();
     put_str(&mut m, "PartitionKey", Some(&r.integration));
     put_str(&mut m, "RowKey", Some(&r.connection));
@@ -309,6 +309,7 @@ fn connection_entity(r: &ConnectionRow) -> Map<String, Value> {
     put_time(&mut m, "LeaseUntil", r.lease_until);
     put_str(&mut m, "LeaseOwner", r.lease_owner.as_deref());
     put_str(&mut m, "Metadata", Some(&r.metadata));
+    put_str(&mut m, "Account", r.account.as_deref());
     m
 }
 
@@ -329,10 +330,11 @@ pub(crate) fn connection_row(m: &Map<String, Value>) -> Result<ConnectionRow, St
         lease_until: opt_time(m, "LeaseUntil")?,
         lease_owner: opt_str(m, "LeaseOwner"),
         metadata: opt_str(m, "Metadata").unwrap_or_else(|| "{}".into()),
+        account: opt_str(m, "Account"),
     })
 }
 
-fn pending_entity(r: &PendingRow) -> Map<String, Value> {
+pub(crate) fn pending_entity(r: &PendingRow) -> Map<String, Value> {
     let mut m = Map::new();
     put_str(&mut m, "PartitionKey", Some(PENDING_PARTITION));
     put_str(&mut m, "RowKey", Some(&r.state_hash));
@@ -383,7 +385,7 @@ fn opt_i64(m: &Map<String, Value>, name: &str) -> Result<Option<i64>, StoreError
     }
 }
 
-fn credential_entity(r: &CredentialRow) -> Map<String, Value> {
+pub(crate) fn credential_entity(r: &CredentialRow) -> Map<String, Value> {
     let mut m = Map::new();
     put_str(&mut m, "PartitionKey", Some(CREDENTIAL_PARTITION));
     put_str(&mut m, "RowKey", Some(&r.client_id));
@@ -399,7 +401,7 @@ fn credential_entity(r: &CredentialRow) -> Map<String, Value> {
     m
 }
 
-fn credential_row(m: &Map<String, Value>) -> Result<CredentialRow, StoreError> {
+pub(crate) fn credential_row(m: &Map<String, Value>) -> Result<CredentialRow, StoreError> {
     Ok(CredentialRow {
         client_id: get_str(m, "RowKey")?,
         integration: get_str(m, "Integration")?,
@@ -419,7 +421,7 @@ fn odata_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-fn aux_entity(r: &AuxRow) -> Map<String, Value> {
+pub(crate) fn aux_entity(r: &AuxRow) -> Map<String, Value> {
     let mut m = Map::new();
     put_str(&mut m, "PartitionKey", Some(aux_partition(r.kind)));
     put_str(&mut m, "RowKey", Some(&r.key));
@@ -428,13 +430,43 @@ fn aux_entity(r: &AuxRow) -> Map<String, Value> {
     m
 }
 
-fn aux_row(kind: AuxKind, m: &Map<String, Value>) -> Result<AuxRow, StoreError> {
+pub(crate) fn aux_row(kind: AuxKind, m: &Map<String, Value>) -> Result<AuxRow, StoreError> {
     Ok(AuxRow {
         kind,
         key: get_str(m, "RowKey")?,
         due_at: get_time(m, "DueAt")?,
         body: get_str(m, "Body")?,
     })
+}
+
+/// One page of side rows as a query answers them (each entity with its
+/// `odata.etag`), earliest first; and the key and version of each entity that
+/// cannot be read as a side row. One such entity must not stop every later
+/// drain: the caller removes it (it can never be used, and would otherwise
+/// come back in every page).
+pub(crate) fn due_page(
+    kind: AuxKind,
+    entities: Vec<Map<String, Value>>,
+) -> (Vec<Versioned<AuxRow>>, Vec<(String, Version)>) {
+    let mut out = Vec::with_capacity(entities.len());
+    let mut unreadable = Vec::new();
+    for m in entities {
+        match (aux_row(kind, &m), etag_of(&m)) {
+            (Ok(value), Ok(version)) => out.push(Versioned { value, version }),
+            (Err(e), version) => {
+                let key = opt_str(&m, "RowKey");
+                tracing::error!(error = %e, kind = kind.as_str(), key = key.as_deref().unwrap_or_default(), "removing a side row that cannot be read");
+                if let (Some(key), Ok(version)) = (key, version) {
+                    unreadable.push((key, version));
+                }
+            }
+            (Ok(_), Err(e)) => {
+                tracing::error!(error = %e, kind = kind.as_str(), "skipping a side row without a version")
+            }
+        }
+    }
+    out.sort_by_key(|v| v.value.due_at);
+    (out, unreadable)
 }
 
 fn etag_of(m: &Map<String, Value>) -> Result<Version, StoreError> {
@@ -613,6 +645,25 @@ impl Backend for TableBackend {
                 .await?
                 .map(|(m, _)| pending_row(&m))
                 .transpose()
+        })
+    }
+
+    fn pending_of_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
+        Box::pin(async move {
+            let filter = format!(
+                "PartitionKey eq '{PENDING_PARTITION}' and Integration eq {} and Connection eq {}",
+                odata_string(integration),
+                odata_string(connection)
+            );
+            self.query_entities(filter)
+                .await?
+                .iter()
+                .map(pending_row)
+                .collect()
         })
     }
 
@@ -835,18 +886,16 @@ impl Backend for TableBackend {
                 .filter(filter)
                 .top(limit.max(1))
                 .into_stream::<Map<String, Value>>();
-            let mut out = Vec::new();
             // One page: the rest waits for the next drain.
-            if let Some(page) = pages.next().await {
-                for m in page.map_err(classify)?.entities {
-                    out.push(Versioned {
-                        value: aux_row(kind, &m)?,
-                        version: etag_of(&m)?,
-                    });
-                }
+            let Some(page) = pages.next().await else {
+                return Ok(Vec::new());
+            };
+            let (due, unreadable) = due_page(kind, page.map_err(classify)?.entities);
+            for (key, version) in unreadable {
+                // Best effort (at its version): the next drain tries again.
+                let _ = self.delete_aux(kind, &key, Some(&version)).await;
             }
-            out.sort_by_key(|v| v.value.due_at);
-            Ok(out)
+            Ok(due)
         })
     }
 }

@@ -186,3 +186,27 @@ async fn a_discovered_issuer_that_always_sends_iss_must_send_it() {
     assert_eq!(page.status, 400, "{page:?}");
     assert_eq!(app.oidc().stats().await.authorization_codes(), 0);
 }
+
+#[tokio::test]
+async fn someone_who_learns_the_state_cannot_cancel_with_an_error_callback() {
+    let app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    let browser = Browser::new();
+    let consent = app.consent_until_callback(&browser, "c1").await;
+
+    // A stranger (no binding cookie) sends the state back with an error first.
+    let forged = format!(
+        "{}?state={}&error=access_denied",
+        app.redirect_uri(),
+        consent.state
+    );
+    let stranger = Browser::new().get(&forged).await;
+    assert_eq!(stranger.status, 400, "{stranger:?}");
+    assert_eq!(pending_rows(&app), 1, "the consent is still in progress");
+
+    let page = browser.get(&consent.callback_url).await;
+    assert_eq!(
+        page.status, 200,
+        "the real browser still completes: {page:?}"
+    );
+    check_token_reply(&app.token_reply("c1", "").await, "c1");
+}

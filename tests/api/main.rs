@@ -9,16 +9,19 @@
 
 mod helpers;
 
+mod account_binding;
 mod alert_query;
 mod api_keys;
 mod auth_start;
 mod bad_input;
 mod browser_consent;
+mod caller_limits;
 mod cli;
 mod concurrency;
 mod conformance;
 mod connections;
 mod consent_edges;
+mod consent_links;
 mod consent_warnings;
 mod discovery;
 mod encryption_at_rest;
@@ -40,6 +43,8 @@ mod reauthorization;
 mod reconsent;
 mod row_integrity;
 mod schemathesis;
+mod slow_clients;
+mod sqlite_migration;
 mod status_page;
 mod store_contract;
 mod sweep_panic;

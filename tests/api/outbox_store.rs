@@ -129,6 +129,7 @@ async fn side_rows(b: Arc<dyn Backend>) {
         lease_until: None,
         lease_owner: None,
         metadata: "{}".into(),
+        account: None,
     };
     b.upsert_connection(&conn).await.unwrap();
     let listed = b.list_connections().await.unwrap();
@@ -213,4 +214,56 @@ async fn side_rows_meet_the_contract_on_azurite() {
     );
     side_rows(b.clone()).await;
     sealed_outbox(b).await;
+}
+
+/// One outbox entity that cannot be read as a side row (a writer to the table
+/// dropped its Body) does not stop the drain: the entries beside it are still
+/// delivered and it is removed. Before, every drain failed on it and no event
+/// was delivered again (found by the `outbox_row` fuzz target).
+#[tokio::test]
+async fn an_unreadable_outbox_entity_does_not_stop_the_drain_on_azurite() {
+    let azurite = Azurite::start().await;
+    let table = fresh_table_name();
+    let b: Arc<dyn Backend> = Arc::new(
+        TableBackend::connect(
+            &Secret::new(azurite.connection_string()),
+            &table,
+            http_client(),
+        )
+        .unwrap(),
+    );
+    b.init().await.unwrap();
+    b.insert_aux(&aux(AuxKind::Outbox, "evt_1.r1", 10, "one"))
+        .await
+        .unwrap();
+    // Sorts before the good row, so it is in the first page whatever the limit.
+    let bad = serde_json::json!({
+        "PartitionKey": "~outbox",
+        "RowKey": "evt_0.r1",
+        "DueAt": "2030-03-17T17:46:40.007Z",
+        "DueAt@odata.type": "Edm.DateTime",
+    });
+    azurite
+        .service_client()
+        .table_client(&table)
+        .insert::<_, serde_json::Value>(bad)
+        .unwrap()
+        .await
+        .unwrap();
+    let due = b
+        .due_aux(AuxKind::Outbox, t(20), 10)
+        .await
+        .expect("the drain reads");
+    let keys: Vec<&str> = due.iter().map(|v| v.value.key.as_str()).collect();
+    assert_eq!(keys, ["evt_1.r1"]);
+    assert!(
+        b.get_aux(AuxKind::Outbox, "evt_0.r1")
+            .await
+            .is_ok_and(|r| r.is_none()),
+        "the unreadable entity is removed"
+    );
+    assert_eq!(
+        b.due_aux(AuxKind::Outbox, t(20), 10).await.unwrap().len(),
+        1
+    );
 }

@@ -779,7 +779,13 @@ async fn malformed_token_requests_get_the_documented_errors() {
 
 #[tokio::test]
 async fn failed_authentications_are_limited_per_client_id_and_per_source() {
-    let app = TestApp::spawn(keyed_app(Store::Sqlite)).await;
+    let mut app = TestApp::spawn(keyed_app(Store::Sqlite)).await;
+    // The test's sources are named by X-Forwarded-For: behind a proxy the broker trusts.
+    app.stop_broker();
+    app.spec
+        .env
+        .push(("BROKER_TRUSTED_PROXIES".into(), "127.0.0.1/32, ::1".into()));
+    app.start_broker().await;
     app.connect("r").await;
     let (id, secret) = create_credential(&app, "r", None).await;
     let (other_id, other_secret) = create_credential(&app, "r", None).await;
@@ -808,12 +814,14 @@ async fn failed_authentications_are_limited_per_client_id_and_per_source() {
     }
     let n = limited.expect("failures per client id are limited");
     assert!(n >= 5, "a few mistakes are allowed before the limit: {n}");
-    let reply = from("198.51.100.200".into(), &id, &secret).await;
+    let reply = from("198.51.100.200".into(), &id, &wrong).await;
     assert_eq!(
         reply.status, 429,
-        "the client id is cooling down: {reply:?}"
+        "the client id is cooling down for wrong secrets: {reply:?}"
     );
     assert!(reply.header("retry-after").is_some(), "{reply:?}");
+    // The correct secret is never refused for someone else's failures (issue 17).
+    check_endpoint_success(&from("198.51.100.202".into(), &id, &secret).await);
     // Another client id from a fresh source is not affected.
     check_endpoint_success(&from("198.51.100.201".into(), &other_id, &other_secret).await);
 
@@ -829,8 +837,10 @@ async fn failed_authentications_are_limited_per_client_id_and_per_source() {
         check_endpoint_error(&reply, 401, "invalid_client");
     }
     assert!(limited.is_some(), "failures per source are limited");
-    let reply = from("203.0.113.9".into(), &other_id, &other_secret).await;
+    let reply = from("203.0.113.9".into(), &other_id, "pcs_guess").await;
     assert_eq!(reply.status, 429, "the source is cooling down: {reply:?}");
+    // A correct secret from the cooling source still works.
+    check_endpoint_success(&from("203.0.113.9".into(), &other_id, &other_secret).await);
     check_endpoint_success(&from("203.0.113.10".into(), &other_id, &other_secret).await);
 }
 

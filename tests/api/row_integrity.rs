@@ -42,7 +42,14 @@ async fn a_tampered_connection_row_is_refused_and_the_original_still_serves() {
     let backend = table_backend(&app);
     let original = raw_row(&backend, "acme").await;
 
-    let tampers: [(&str, Tamper); 4] = [
+    let tampers: [(&str, Tamper); 6] = [
+        // The account a grant is bound to: neither changed (a consent by the
+        // attacker's account would then pass) nor removed (a row without one
+        // may be revived by anyone).
+        ("account", |r| {
+            r.account = Some(r#"{"id":"http://127.0.0.1:1#mallory","source":"id_token"}"#.into())
+        }),
+        ("account removed", |r| r.account = None),
         ("metadata", |r| {
             r.metadata = r#"{"instance_url":"https://attacker.example"}"#.into()
         }),
@@ -104,9 +111,18 @@ async fn rows_sealed_before_row_integrity_are_still_read_and_rewritten_at_their_
         ))
         .unwrap()
     };
+    // Format 2 appends the account when there is one.
+    let account = row.account.take().expect("the consent recorded an account");
+    let mut with_account: Vec<serde_json::Value> = serde_json::from_slice(&aad_v2(&row)).unwrap();
+    with_account.push(serde_json::Value::String(account));
     let plain = keys
-        .open(&row.key_id, &row.sealed_tokens[3..], &aad_v2(&row))
+        .open(
+            &row.key_id,
+            &row.sealed_tokens[3..],
+            &serde_json::to_vec(&with_account).unwrap(),
+        )
         .expect("format 2 binds exactly these fields");
+    // Format 1 rows were written before accounts were recorded: none.
     let (key_id, sealed) = keys.seal(
         &plain,
         format!("oauth-broker/v1/{INTEGRATION}/legacy").as_bytes(),

@@ -40,6 +40,7 @@ fn row(
         lease_until: None,
         lease_owner: None,
         metadata: r#"{"realmId":"123"}"#.into(),
+        account: Some(r#"{"id":"T1","source":"token_field"}"#.into()),
     }
 }
 

@@ -89,6 +89,13 @@ impl Backend for PanicsOnBoom {
     ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
         self.0.pending_of_link(link_hash)
     }
+    fn pending_of_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
+        self.0.pending_of_connection(integration, connection)
+    }
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         self.0.list_connections()
     }

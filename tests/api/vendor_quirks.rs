@@ -83,10 +83,22 @@ impl SimApp {
     /// Runs a consent of `connection` to its end (the vendor's authorize page is skipped: the
     /// callback comes back with a code and `extra` query parameters). Returns the callback page.
     pub async fn consent(&self, integration: &str, connection: &str, extra: &str) -> Reply {
+        self.consent_allowing(integration, connection, "", extra)
+            .await
+    }
+
+    /// A consent whose auth-start query gets `start_extra` (`&allow_account_change=true`).
+    pub async fn consent_allowing(
+        &self,
+        integration: &str,
+        connection: &str,
+        start_extra: &str,
+        extra: &str,
+    ) -> Reply {
         let browser = Browser::new();
         let start = browser
             .get(&format!(
-                "{}/api/auth/start/{integration}?connection={connection}&code={}",
+                "{}/api/auth/start/{integration}?connection={connection}&code={}{start_extra}",
                 self.broker.base_url,
                 self.broker.key().unwrap()
             ))
@@ -512,8 +524,14 @@ async fn a_grant_the_vendor_ends_at_a_fixed_age_is_warned_about_once() {
     assert!((shown - end).abs() < time::Duration::seconds(1), "{status}");
     assert!(app.status_page().await.contains("Grant ends at the vendor"));
 
-    // A new consent starts a new grant: the warning is gone, and would come again for it.
-    assert_eq!(app.consent("linkedin", "old", "").await.status, 200);
+    // A new consent starts a new grant: the warning is gone, and would come again for it. The
+    // seeded row has no account, so replacing its active grant needs an allowed account change.
+    assert_eq!(
+        app.consent_allowing("linkedin", "old", "&allow_account_change=true", "")
+            .await
+            .status,
+        200
+    );
     assert_eq!(app.status().await["attention"], json!([]));
 }
 

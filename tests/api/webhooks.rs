@@ -238,6 +238,30 @@ impl Receiver {
 /// docs/operations.md tells receivers to: recompute, compare, and refuse an old timestamp.
 #[track_caller]
 pub fn assert_signed(r: &Received) {
+    assert_signed_with(r, WEBHOOK_SECRET);
+}
+
+/// Whether `r`'s signature verifies with `secret` (timestamp not checked).
+pub fn signed_with(r: &Received, secret: &str) -> bool {
+    let Some(header) = r.headers.get("x-broker-signature") else {
+        return false;
+    };
+    let part = |k: &str| {
+        header
+            .split(',')
+            .find_map(|p| p.strip_prefix(&format!("{k}=")).map(str::to_owned))
+    };
+    let (Some(t), Some(v1)) = (part("t"), part("v1")) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{}", r.body).as_bytes());
+    mac.verify_slice(&hex_bytes(&v1)).is_ok()
+}
+
+/// [`assert_signed`] with a receiver's own secret.
+#[track_caller]
+pub fn assert_signed_with(r: &Received, secret: &str) {
     let header = r
         .headers
         .get("x-broker-signature")
@@ -252,7 +276,7 @@ pub fn assert_signed(r: &Received) {
         }
     }
     let (t, v1) = (t.expect("t="), v1.expect("v1="));
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{t}.{}", r.body).as_bytes());
     let expected: String = mac
         .finalize()
@@ -264,7 +288,7 @@ pub fn assert_signed(r: &Received) {
     let age = time::OffsetDateTime::now_utc().unix_timestamp() - t.parse::<i64>().unwrap();
     assert!((-5..300).contains(&age), "a fresh timestamp: {header}");
     // A body changed in transit does not verify.
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{t}.{} ", r.body).as_bytes());
     assert!(mac.verify_slice(&hex_bytes(&v1)).is_err());
 }
@@ -276,14 +300,46 @@ fn hex_bytes(h: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Restarts the app's broker with webhooks to `receivers` and `extra` settings.
+/// The secret of the `i`-th receiver when several JSON receivers each have their own.
+pub fn receiver_secret(i: usize) -> String {
+    if i == 0 {
+        WEBHOOK_SECRET.to_owned()
+    } else {
+        format!("{WEBHOOK_SECRET}-{i}")
+    }
+}
+
+fn is_chat(url: &str) -> bool {
+    url.ends_with("format=teams") || url.ends_with("format=slack")
+}
+
+/// Restarts the app's broker with webhooks to `receivers` and `extra` settings: one
+/// `BROKER_WEBHOOK_SECRET` for a single JSON receiver, else `BROKER_WEBHOOK_SECRETS`
+/// ([`receiver_secret`] for each JSON receiver, none for Teams or Slack).
 pub async fn with_webhooks(app: &mut TestApp, receivers: &[&str], extra: &[(&str, &str)]) {
     app.spec
         .env
         .push(("BROKER_WEBHOOK_URL".into(), receivers.join(",")));
-    app.spec
-        .env
-        .push(("BROKER_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()));
+    if receivers.iter().filter(|u| !is_chat(u)).count() > 1 {
+        let secrets: Vec<String> = receivers
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                if is_chat(u) {
+                    String::new()
+                } else {
+                    receiver_secret(i)
+                }
+            })
+            .collect();
+        app.spec
+            .env
+            .push(("BROKER_WEBHOOK_SECRETS".into(), secrets.join(",")));
+    } else {
+        app.spec
+            .env
+            .push(("BROKER_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()));
+    }
     app.spec
         .env
         .extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -629,4 +685,40 @@ async fn a_stuck_receiver_delays_neither_the_token_answer_nor_the_other_receiver
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_receiver_gets_deliveries_only_its_own_secret_verifies() {
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    let a = Receiver::start(&[], 0).await;
+    let b = Receiver::start(&[], 0).await;
+    with_webhooks(&mut app, &[&a.url, &b.url], &[]).await;
+    app.connect("acme").await;
+    let got_a = a.delivered("connection.created").await;
+    let got_b = b.delivered("connection.created").await;
+    assert_signed_with(&got_a, &receiver_secret(0));
+    assert_signed_with(&got_b, &receiver_secret(1));
+    // Neither receiver holds what signs for the other: a forged event fails the other's check.
+    assert!(!signed_with(&got_a, &receiver_secret(1)));
+    assert!(!signed_with(&got_b, &receiver_secret(0)));
+}
+
+#[tokio::test]
+async fn one_secret_for_several_json_receivers_is_refused_at_start() {
+    let mut app = TestApp::spawn(AppOptions::on(Store::Sqlite)).await;
+    app.stop_broker();
+    app.spec.env.push((
+        "BROKER_WEBHOOK_URL".into(),
+        "https://a.example/h,https://b.example/h".into(),
+    ));
+    app.spec
+        .env
+        .push(("BROKER_WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()));
+    let (status, output) = Broker::run_expecting_exit(&app.spec).await;
+    assert!(!status.success());
+    assert!(output.contains("BROKER_WEBHOOK_SECRETS"), "{output}");
+    assert!(
+        !output.contains(WEBHOOK_SECRET),
+        "the secret is never echoed: {output}"
+    );
 }

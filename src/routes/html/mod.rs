@@ -316,7 +316,7 @@ impl Page {
 mod pages;
 mod status;
 pub use pages::*;
-pub use status::{status_page, CredentialRow, Extras, Notice, RejectedClient};
+pub use status::{status_page, CredentialRow, Extras, Notice, OpenLink, OpenLinks, RejectedClient};
 
 #[cfg(test)]
 mod tests {

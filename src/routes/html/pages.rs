@@ -248,6 +248,19 @@ pub fn invalid_connection(raw: &str, reason: impl fmt::Display) -> HttpResponse 
     invalid_link_part("connection ", raw, "a connection id", reason)
 }
 
+/// A start link's `allow_account_change` is neither `true` nor `false`.
+pub fn invalid_parameter(name: &'static str, reason: &'static str) -> HttpResponse {
+    Page::problem(StatusCode::BAD_REQUEST, "This consent link is not valid")
+        .lead(
+            Html::of("The link's ")
+                .code(name)
+                .text(" parameter cannot be used: ")
+                .text(reason)
+                .text("."),
+        )
+        .into_response()
+}
+
 fn invalid_link_part(
     what: &'static str,
     raw: &str,
@@ -542,6 +555,47 @@ pub fn exchange_failed(
                 Html::of("If it fails again, ask whoever runs the broker to check the integration's client id and client secret."),
                 redirect_uri_check(redirect_uri),
             ],
+        )
+        .into_response()
+}
+
+/// A consent by another vendor account than the one the connection belongs to
+/// (or, for a connection whose account is not known, one that would replace a
+/// working grant): nothing was changed (409).
+pub fn account_mismatch(integration: &str, connection: &str, unknown: bool) -> HttpResponse {
+    let lead = Html::of("The connection ")
+        .code(shown(connection))
+        .text(" of ")
+        .code(shown(integration))
+        .text(if unknown {
+            " is already connected, and the broker cannot tell whether the account you signed in with is the one it is connected to. Nothing was changed: the connection keeps its current grant."
+        } else {
+            " is connected to another account at the vendor than the one you signed in with. Nothing was changed: the connection keeps its current grant, and the access you just gave was withdrawn."
+        });
+    Page::problem(StatusCode::CONFLICT, "This connection belongs to another account")
+        .lead(lead)
+        .heading("What to do")
+        .list(
+            false,
+            vec![
+                Html::of("If you signed in with the wrong account, sign out at the vendor, open the link again and sign in with the account this connection uses."),
+                Html::of("If the connection should now use your account, ask whoever runs the broker for a consent link that allows an account change."),
+            ],
+        )
+        .into_response()
+}
+
+/// The id_token in the vendor's answer was not issued for this app by its
+/// issuer: nothing was connected (502).
+pub fn account_unverifiable(reason: &str) -> HttpResponse {
+    Page::problem(StatusCode::BAD_GATEWAY, "The vendor's answer could not be checked")
+        .lead(Html::of(
+            "The vendor's answer says who signed in, but not in a way this broker can accept, so nothing was connected and the access was withdrawn.",
+        ))
+        .heading("What to do")
+        .list(
+            false,
+            vec![Html::of("Tell whoever runs the broker: ").text(shown(reason)).text(".")],
         )
         .into_response()
 }

@@ -29,6 +29,10 @@ pub enum Notice {
         connection: String,
         revoked: bool,
     },
+    LinkEnded {
+        integration: String,
+        connection: String,
+    },
     Refreshed {
         integration: String,
         connection: String,
@@ -42,6 +46,18 @@ pub enum Notice {
     /// The action failed; `reason` is a safe message (an API error description).
     Failed { what: &'static str, reason: String },
 }
+
+/// An outstanding consent link of a connection, as the page lists it (never its token).
+#[derive(Debug, Clone)]
+pub struct OpenLink {
+    pub id: String,
+    pub expires_at: OffsetDateTime,
+    pub consents_in_progress: usize,
+    pub allow_account_change: bool,
+}
+
+/// Outstanding links by (integration, connection).
+pub type OpenLinks = BTreeMap<(String, String), Vec<OpenLink>>;
 
 /// A pipeline credential as the page lists it: never its secret.
 #[derive(Debug)]
@@ -70,6 +86,8 @@ pub struct Extras {
     pub rejected: Vec<RejectedClient>,
     /// Per (integration, connection).
     pub credentials: BTreeMap<(String, String), Vec<CredentialRow>>,
+    /// Outstanding consent links per (integration, connection).
+    pub links: OpenLinks,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -140,6 +158,41 @@ fn hidden(name: &'static str, value: &str) -> Html {
         .markup("\">")
 }
 
+fn open_links(i: &str, c: &str, links: &[OpenLink], now: OffsetDateTime) -> Html {
+    let mut out = Html::new()
+        .markup("<details><summary>Open consent links (")
+        .text(links.len())
+        .markup(")</summary>\n<ul>\n");
+    for l in links {
+        out = out
+            .markup("<li>")
+            .code(&l.id)
+            .text(if l.expires_at < now {
+                ", expired "
+            } else {
+                ", valid until "
+            })
+            .then(when(l.expires_at, now))
+            .text(format!(
+                ", {} consent{} in progress{}",
+                l.consents_in_progress,
+                if l.consents_in_progress == 1 { "" } else { "s" },
+                if l.allow_account_change {
+                    ", may change the account"
+                } else {
+                    ""
+                }
+            ))
+            .markup(" <form method=\"post\" class=\"inline\">")
+            .then(hidden("action", "end_link"))
+            .then(hidden("integration", i))
+            .then(hidden("connection", c))
+            .then(hidden("link", &l.id))
+            .markup("<button type=\"submit\">End this link</button></form></li>\n");
+    }
+    out.markup("</ul>\n</details>\n")
+}
+
 fn button(action: &'static str, i: &str, c: &str, label: &str) -> Html {
     Html::new()
         .markup("<form method=\"post\">")
@@ -186,9 +239,12 @@ fn credentials_list(i: &str, c: &str, creds: &[CredentialRow], now: OffsetDateTi
     out.markup("</tbody>\n</table>\n</details>\n")
 }
 
-fn card(a: &Assessed, now: OffsetDateTime, creds: &[CredentialRow]) -> Html {
+fn card(a: &Assessed, now: OffsetDateTime, creds: &[CredentialRow], links: &OpenLinks) -> Html {
     let r = &a.record;
     let (i, c) = (r.integration.as_str(), r.connection.as_str());
+    let own_links = links
+        .get(&(i.to_owned(), c.to_owned()))
+        .filter(|l| !l.is_empty());
     let dead = a.condition == Condition::ReauthorizationRequired;
     let rejected = a.condition == Condition::Misconfigured;
     let mut facts = Html::new()
@@ -205,6 +261,15 @@ fn card(a: &Assessed, now: OffsetDateTime, creds: &[CredentialRow]) -> Html {
         }
         .markup("</dd>\n");
     }
+    facts = facts
+        .markup("<dt>Vendor account</dt><dd>")
+        .then(match &r.account {
+            Some(acc) => Html::new()
+                .code(crate::oauth::sanitize(&acc.id, 200))
+                .text(format!(" ({})", acc.source)),
+            None => Html::of("not recorded (it is at the next consent)"),
+        })
+        .markup("</dd>\n");
     if let Some(end) = r.grant_ends_at() {
         facts = facts
             .markup("<dt>Grant ends at the vendor</dt><dd>")
@@ -261,6 +326,7 @@ fn card(a: &Assessed, now: OffsetDateTime, creds: &[CredentialRow]) -> Html {
         .text(meaning(a.condition))
         .markup("</p>\n")
         .then(facts)
+        .then(own_links.map_or_else(Html::new, |l| open_links(i, c, l, now)))
         .then(actions)
         .then(credentials_list(i, c, creds, now))
         .markup("</section>\n")
@@ -337,6 +403,14 @@ fn notice(n: &Notice, now: OffsetDateTime) -> Html {
             } else {
                 "; the integration has no revocation endpoint (or is no longer configured), so nothing was revoked at the vendor."
             })
+            .markup("</p></div>\n"),
+        Notice::LinkEnded {
+            integration,
+            connection,
+        } => Html::new()
+            .markup("<div class=\"notice\" role=\"status\"><p>Ended a consent link of ")
+            .code(format!("{integration}/{connection}"))
+            .text(": opening it now says it cannot be used.")
             .markup("</p></div>\n"),
         Notice::Refreshed {
             integration,
@@ -491,13 +565,13 @@ pub fn status_page(
     if !attention.is_empty() {
         page = page.heading("Needs attention");
         for a in &attention {
-            page = page.block(card(a, now, creds_of(a)));
+            page = page.block(card(a, now, creds_of(a), &extras.links));
         }
     }
     if !working.is_empty() {
         page = page.heading("Working");
         for a in &working {
-            page = page.block(card(a, now, creds_of(a)));
+            page = page.block(card(a, now, creds_of(a), &extras.links));
         }
     }
     page.para(

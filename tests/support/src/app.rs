@@ -241,6 +241,13 @@ impl TestApp {
         old
     }
 
+    /// Starts the broker again after [`Self::stop_broker`] (same port, store, keys and file).
+    pub async fn start_broker(&mut self) {
+        assert!(self.broker.is_none(), "the broker is already running");
+        self.broker = Some(Broker::start(&self.spec).await);
+        self.host = host_client();
+    }
+
     /// Restarts the broker on the same port, store and keys with another integrations file.
     pub async fn restart_with_integrations(&mut self, file: &Value) -> Output {
         let old = self.stop_broker();
@@ -390,6 +397,31 @@ impl TestApp {
             code,
             callback_url,
         }
+    }
+
+    /// A consent for `conn` by the provider account `login`, from auth start (`extra` appended to
+    /// its query, e.g. `&allow_account_change=true`); the callback page, whatever its status.
+    pub async fn consent_as(&self, conn: &str, login: &str, extra: &str) -> Reply {
+        let browser = Browser::as_user(login);
+        let url = format!("{}{extra}", self.start_url(conn));
+        let start = browser.get(&url).await;
+        assert_eq!(start.status, 302, "auth-start redirects: {start:?}");
+        let callback = browser
+            .consent(&start.location(), &self.redirect_uri())
+            .await;
+        browser.get(&callback).await
+    }
+
+    /// A consent through the keyless consent link `link` by the provider account `login`; the
+    /// callback page, whatever its status.
+    pub async fn consent_through_link_as(&self, link: &str, login: &str) -> Reply {
+        let browser = Browser::as_user(login);
+        let opened = browser.get(link).await;
+        assert_eq!(opened.status, 302, "the link starts a consent: {opened:?}");
+        let callback = browser
+            .consent(&opened.location(), &self.redirect_uri())
+            .await;
+        browser.get(&callback).await
     }
 
     /// A complete consent for `conn` in a fresh browser; asserts the callback page is a 200.

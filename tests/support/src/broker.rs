@@ -63,6 +63,8 @@ impl BrokerSpec {
             .env("BROKER_INTEGRATIONS", &self.integrations_path)
             .env("BROKER_STORAGE", &self.storage)
             .env("BROKER_SWEEP_INTERVAL_SECS", "0")
+            // Tests force refreshes back to back; the budget's own tests set it (`env` wins).
+            .env("BROKER_MIN_FORCED_REFRESH_SECS", "0")
             .env("RUST_LOG", "debug")
             .current_dir(&self.work_dir);
         let optional = [

@@ -9,6 +9,8 @@ use crate::HTTP_TIMEOUT;
 
 pub struct Browser {
     client: reqwest::Client,
+    /// The login the provider's login form gets (oidc-provider's `sub` is the login).
+    login: String,
 }
 
 impl Default for Browser {
@@ -19,6 +21,11 @@ impl Default for Browser {
 
 impl Browser {
     pub fn new() -> Browser {
+        Browser::as_user("tester")
+    }
+
+    /// A fresh browser whose person signs in at the provider as `login` (its `sub` there).
+    pub fn as_user(login: &str) -> Browser {
         Browser {
             client: reqwest::Client::builder()
                 .cookie_store(true)
@@ -26,6 +33,7 @@ impl Browser {
                 .timeout(HTTP_TIMEOUT)
                 .build()
                 .unwrap(),
+            login: login.to_owned(),
         }
     }
 
@@ -82,8 +90,16 @@ impl Browser {
                             )
                         });
                     let action = url.join(&form.action).unwrap();
-                    trail.push(format!("200 -> POST {action} {:?}", form.fields));
-                    reply = self.post_form(action.as_str(), &form.fields).await;
+                    let fields: Vec<(String, String)> = form
+                        .fields
+                        .iter()
+                        .map(|(k, v)| match k.as_str() {
+                            "login" => (k.clone(), self.login.clone()),
+                            _ => (k.clone(), v.clone()),
+                        })
+                        .collect();
+                    trail.push(format!("200 -> POST {action} {fields:?}"));
+                    reply = self.post_form(action.as_str(), &fields).await;
                     url = action;
                 }
                 _ => panic!(
