@@ -24,6 +24,16 @@
 #                           and the pipeline credentials' secrets (Key Vault Secrets User on each of
 #                           those secrets, never on the vault), and the linked services, datasets and
 #                           pipelines of infra/adf are imported
+#   --adf-identity-access <integration>/<connection>
+#                           (repeatable; with --data-factory) Data Factory's managed identity may get
+#                           tokens for this connection with no secret at all: its object id is added to
+#                           the integration's "callers" in the integrations file (edited in place, then
+#                           shipped), and Entra ID callers are turned on: BROKER_ENTRA_TENANT_ID = this
+#                           tenant, BROKER_ENTRA_AUDIENCE = --entra-audience, or else the client id of
+#                           the app's managed identity (no app registration needed)
+#   --entra-audience <uri>  the broker's audience when it has an app registration (its application ID
+#                           URI and/or client id, comma-separated; needed for the Broker.Admin app
+#                           role: docs/data-factory.md); turns Entra ID callers on
 #   --connection <id>       connection id of the consent links and of the pipeline credential created
 #                           per integration for Data Factory's REST linked services (LS_VendorApi_Broker,
 #                           token endpoint; LS_VendorApi_Proxy, the proxy with HTTP Basic), its secret
@@ -68,6 +78,10 @@ web_api=2024-04-01
 token_functions="token token-post"
 rg="" location="" prefix="" subscription="" public_url="" data_factory="" connection=default
 integrations="" skip_package=0 rotate=0 memory=2048 package="" alert_email="" private_network=0
+adf_access=() entra_audience="" entra_tenant=""
+# The admin key the broker checks itself on the routes that accept Entra ID callers (anonymous at the
+# host): BROKER_API_KEY, a Key Vault reference to this secret (main.bicep's apiKeySecretName).
+api_key_secret=broker-api-key
 [[ -f integrations.json ]] && integrations=integrations.json
 
 die() { echo "infra/deploy.sh: $*" >&2; exit 1; }
@@ -85,6 +99,8 @@ while [[ $# -gt 0 ]]; do
     --public-url) public_url=${2:?}; shift 2 ;;
     --data-factory) data_factory=${2:?}; shift 2 ;;
     --connection) connection=${2:?}; shift 2 ;;
+    --adf-identity-access) adf_access+=("${2:?}"); shift 2 ;;
+    --entra-audience) entra_audience=${2:?}; shift 2 ;;
     --memory) memory=${2:?}; shift 2 ;;
     --alert-email) alert_email=${2:?}; shift 2 ;;
     --private-network) private_network=1; shift ;;
@@ -108,6 +124,13 @@ package=$(from_caller "$package")
   || die "--alert-email must be an e-mail address"
 [[ $connection =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]] \
   || die "--connection must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit"
+for access in "${adf_access[@]}"; do
+  [[ $access =~ ^[a-z0-9][a-z0-9_-]{0,63}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]] \
+    || die "--adf-identity-access is <integration>/<connection> (got $access)"
+done
+[[ ${#adf_access[@]} == 0 || -n $data_factory ]] || die "--adf-identity-access needs --data-factory <rg>/<factory> (whose managed identity it allows)"
+[[ ${#adf_access[@]} == 0 || -n $integrations ]] || die "--adf-identity-access needs an integrations file (--integrations)"
+[[ -z $entra_audience || $entra_audience =~ ^[^[:space:]]+$ ]] || die "--entra-audience must not contain spaces (comma-separate several)"
 for tool in az python3 curl; do
   command -v "$tool" >/dev/null || die "$tool is required"
 done
@@ -446,6 +469,56 @@ if [[ -n $data_factory ]]; then
   [[ -n $adf_principal ]] || die "Data Factory $data_factory has no system-assigned managed identity"
 fi
 
+# Data Factory's identity as a caller (--adf-identity-access): its object id joins the integration's
+# "callers" in the integrations file, which the package ships; the broker reads it at start, so
+# nothing about its access outlives the file.
+if [[ ${#adf_access[@]} -gt 0 ]]; then
+  python3 - "$integrations" "$adf_principal" "${adf_access[@]}" <<'PY' || die "could not add Data Factory's identity to the callers of $integrations"
+import json, sys
+path, principal, wanted = sys.argv[1], sys.argv[2].lower(), sys.argv[3:]
+doc = json.load(open(path, encoding="utf-8"))
+integrations = doc.get("integrations", {})
+changed = False
+for access in wanted:
+    name, connection = access.split("/", 1)
+    if name not in integrations:
+        sys.exit(f"infra/deploy.sh: --adf-identity-access {access}: {path} has no integration {name!r}")
+    callers = integrations[name].setdefault("callers", [])
+    entry = next((c for c in callers if str(c.get("object_id", "")).lower() == principal), None)
+    if entry is None:
+        callers.append({"object_id": principal, "connections": [connection],
+                        "description": "Azure Data Factory's managed identity (infra/deploy.sh --adf-identity-access)"})
+        changed = True
+    elif entry.get("connections") != "*" and connection not in entry.get("connections", []):
+        entry.setdefault("connections", []).append(connection)
+        changed = True
+    print(f"==> Data Factory's identity {principal} may get tokens for {name}/{connection}", file=sys.stderr)
+if changed:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    print(f"==> {path}: callers updated (commit it)", file=sys.stderr)
+PY
+  if [[ -n $package ]]; then
+    # A prebuilt package ships the integrations file it was built with.
+    python3 - "$package" "$integrations" <<'PY' || die "$package does not ship the callers of $integrations: build the package again (infra/deploy.sh without --package, or scripts/package --integrations $integrations)"
+import json, sys, zipfile
+try:
+    shipped = json.loads(zipfile.ZipFile(sys.argv[1]).read("integrations.json"))
+except (KeyError, zipfile.BadZipFile, ValueError):
+    sys.exit(1)
+wanted = json.load(open(sys.argv[2], encoding="utf-8"))
+strip = lambda d: {n: i.get("callers") for n, i in d.get("integrations", {}).items()}
+sys.exit(0 if strip(shipped) == strip(wanted) else 1)
+PY
+  fi
+fi
+if [[ ${#adf_access[@]} -gt 0 || -n $entra_audience ]]; then
+  entra_tenant=$(az account show --query tenantId -o tsv)
+  [[ $entra_tenant =~ ^[0-9a-fA-F-]{36}$ ]] || die "could not read the tenant id (az account show --query tenantId)"
+  log "Entra ID callers on: tenant $entra_tenant, audience ${entra_audience:-the client id of the app identity}"
+fi
+
 # ------------------------------------------------------------------------------------------------
 # 4. infrastructure
 
@@ -453,6 +526,7 @@ fi
 DEPLOY_PREFIX=$prefix DEPLOY_LOCATION=$location DEPLOY_PUBLIC_URL=$public_url \
   DEPLOY_OPERATOR_ID=$operator_id DEPLOY_OPERATOR_TYPE=$operator_type DEPLOY_PRIVATE_NETWORK=$private_network \
   DEPLOY_MEMORY=$memory DEPLOY_ALERT_EMAIL=$alert_email \
+  DEPLOY_ENTRA_TENANT=$entra_tenant DEPLOY_ENTRA_AUDIENCE=$entra_audience \
   python3 - "$workdir/settings.json" "$workdir/params.json" <<'PY'
 import json, os, sys
 s = json.load(open(sys.argv[1]))
@@ -469,6 +543,8 @@ params = {
     "privateNetwork": e["DEPLOY_PRIVATE_NETWORK"] == "1",
     "instanceMemoryMB": int(e["DEPLOY_MEMORY"]),
     "alertEmail": e["DEPLOY_ALERT_EMAIL"],
+    "entraTenantId": e["DEPLOY_ENTRA_TENANT"],
+    "entraAudience": e["DEPLOY_ENTRA_AUDIENCE"],
 }
 with open(sys.argv[2], "w") as f:
     json.dump({"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#",
@@ -492,6 +568,9 @@ vault_uri=$(previous_output keyVaultUri)
 vault_uri=${vault_uri%/}
 identity_principal=$(previous_output identityPrincipalId)
 [[ -n $identity_principal ]] || die "the deployment produced no identityPrincipalId output"
+# The audience Data Factory asks its token for (authentication MSI, resource): the template's.
+broker_audience=$(previous_output brokerAudience)
+broker_audience=${broker_audience%%,*}
 
 # Key Vault Secrets User for a principal on exactly these secrets (infra/secret-access.bicep), never on
 # the vault. Each secret must exist (a role assignment's scope must).
@@ -577,13 +656,32 @@ if [[ $create_key == 1 ]]; then
   restart_settings_reload "$app" "$vault_uri"
 fi
 
+# The keys the broker checks itself (BROKER_API_KEY: admin; BROKER_TOKEN_KEYS: Data Factory's token key,
+# also its function key below): created once, before the code starts, since its app settings refer to
+# them. A Key Vault reference to a missing secret would leave the setting unresolved, which the broker
+# refuses at start rather than take as a key.
+for key_secret in "$api_key_secret" "$function_key_secret"; do
+  if ! secret_exists "$vault" "$key_secret"; then
+    log "generating $key_secret (stored only in Key Vault $vault)"
+    # Kept in the private work dir for this run's own calls: a data-plane read would fail from
+    # outside a private network, while this first write goes through ARM.
+    python3 -c 'import secrets, sys; open(sys.argv[1], "w").write(secrets.token_urlsafe(48))' "$workdir/generated-$key_secret"
+    case $key_secret in
+      "$api_key_secret") what="oauth-broker BROKER_API_KEY: the admin key the broker checks on its admin and token routes" ;;
+      *) what="oauth-broker function key for Azure Data Factory (the token functions only; BROKER_TOKEN_KEYS)" ;;
+    esac
+    put_secret "$vault" "$key_secret" "$workdir/generated-$key_secret" "$what"
+  fi
+done
+
 # ------------------------------------------------------------------------------------------------
 # 6. the broker's identity may read exactly the secrets its app settings refer to (the encryption key
 #    and the integrations' client secrets), granted before the code can start
 
-python3 - "$workdir/settings.json" "$encryption_secret" >"$workdir/broker-secrets" <<'PY'
+python3 - "$workdir/settings.json" "$encryption_secret" "$api_key_secret" "$function_key_secret" >"$workdir/broker-secrets" <<'PY'
 import json, sys
-print(sys.argv[2])
+for name in sys.argv[2:]:
+    print(name)
 for name in json.load(open(sys.argv[1]))["secretNames"]:
     print(name.lower().replace("_", "-"))
 PY
@@ -722,7 +820,9 @@ done
 #    ARM (POST .../host/default/listkeys) into a private file and never stored or printed.
 
 app_id=$(az functionapp show -g "$rg" -n "$app" --query id -o tsv)
-if secret_exists "$vault" "$function_key_secret"; then
+if [[ -s $workdir/generated-$function_key_secret ]]; then
+  mv "$workdir/generated-$function_key_secret" "$workdir/function-key"
+elif secret_exists "$vault" "$function_key_secret"; then
   az keyvault secret show --vault-name "$vault" -n "$function_key_secret" --query value -o tsv >"$workdir/function-key" 2>"$workdir/az-error" \
     || die "Key Vault $vault holds $function_key_secret but it cannot be read ($(first_error)); nothing was changed"
 fi
@@ -764,17 +864,25 @@ if python3 -c 'import json, sys; sys.exit(0 if "adf" in (json.load(open(sys.argv
     || error_is_not_found \
     || die "could not delete the host key adf of $app, which opens every function: $(first_error). Delete it: az functionapp keys delete -g $rg -n $app --key-type functionKeys --key-name adf"
 fi
+rm -f "$workdir/host-keys.json"
+# The admin routes (consent links, credentials) are anonymous at the host and checked by the broker:
+# they take BROKER_API_KEY (Key Vault secret broker-api-key), which Data Factory never reads.
 admin_key=1
-python3 - "$workdir/host-keys.json" "$workdir/key-header" <<'PY' || admin_key=0
-import json, sys
-keys = json.load(open(sys.argv[1], encoding="utf-8"))
-key = (keys.get("functionKeys") or {}).get("default")
+if [[ -s $workdir/generated-$api_key_secret ]]; then
+  mv "$workdir/generated-$api_key_secret" "$workdir/api-key"
+else
+  az keyvault secret show --vault-name "$vault" -n "$api_key_secret" --query value -o tsv >"$workdir/api-key" 2>"$workdir/az-error" \
+    || admin_key=0
+fi
+python3 - "$workdir/api-key" "$workdir/key-header" <<'PY' || admin_key=0
+import sys
+key = open(sys.argv[1], encoding="utf-8").read().strip()
 if not key:
     sys.exit(1)
 open(sys.argv[2], "w").write(f"x-functions-key: {key}\n")
 PY
-rm -f "$workdir/host-keys.json"
-[[ $admin_key == 1 ]] || log "WARNING: $app has no host key named default yet: no consent links or pipeline credentials were created (run infra/deploy.sh again)"
+rm -f "$workdir/api-key"
+[[ $admin_key == 1 ]] || log "WARNING: $api_key_secret cannot be read from $vault ($(first_error)): no consent links or pipeline credentials were created (run infra/deploy.sh again)"
 
 # ------------------------------------------------------------------------------------------------
 # 10. consent links (to a private file, not the terminal: a link lets whoever reads it complete the
@@ -813,7 +921,7 @@ try:
         raise ValueError("the answer carries a key")
     print(f"{name}/{connection}: {url}  (expires {expires})")
 except (OSError, ValueError, KeyError, TypeError):
-    print(f"{name}/{connection}: (no consent link: HTTP {status}; create one later with POST {route} and a host key)")
+    print(f"{name}/{connection}: (no consent link: HTTP {status}; create one later with POST {route} and the admin key, Key Vault secret broker-api-key)")
 PY
 done <"$workdir/integration-names"
 rm -f "$workdir/link.json"
@@ -859,7 +967,7 @@ while read -r name; do
       -H 'Content-Type: application/json' --data-binary '{"description": "Azure Data Factory (infra/deploy.sh)"}' \
       "https://$host$path") || status=000
   else
-    status="(no host key)"
+    status="(no admin key)"
   fi
   if [[ $status != 201 ]] || ! client_id=$(python3 - "$workdir/credential.json" "$workdir/credential-secret" <<'PY'
 import json, sys
@@ -870,7 +978,7 @@ open(sys.argv[2], "w", encoding="utf-8").write(c["client_secret"])
 print(c["client_id"])
 PY
   ); then
-    echo "     $name/$connection: (no pipeline credential: HTTP $status; create one later with POST $path and a host key)"
+    echo "     $name/$connection: (no pipeline credential: HTTP $status; create one later with POST $path and the admin key, Key Vault secret $api_key_secret)"
     rm -f "$workdir/credential.json" "$workdir/credential-secret"
     continue
   fi
@@ -891,11 +999,12 @@ first_integration=$(head -n 1 "$workdir/integration-names")
 first_integration=${first_integration:-microsoft}
 default_secret=$(python3 infra/names.py credential-secret "$first_integration" "$connection") || default_secret=""
 rm -rf dist/adf
-python3 - "https://$host" "$vault_uri/" "$first_integration" "$connection" "$default_secret" <<'PY'
+[[ -n $broker_audience ]] || broker_audience=$(previous_output identityClientId)
+python3 - "https://$host" "$vault_uri/" "$first_integration" "$connection" "$default_secret" "$broker_audience" <<'PY'
 import json, os, sys
-app_url, vault_url, integration, connection, secret = sys.argv[1:6]
+app_url, vault_url, integration, connection, secret, audience = sys.argv[1:7]
 fill = {"__FUNCTION_APP_URL__": app_url, "__KEY_VAULT_URL__": vault_url, "__DEFAULT_INTEGRATION__": integration,
-        "__DEFAULT_CONNECTION__": connection, "__DEFAULT_CREDENTIAL_SECRET__": secret}
+        "__DEFAULT_CONNECTION__": connection, "__DEFAULT_CREDENTIAL_SECRET__": secret, "__BROKER_AUDIENCE__": audience}
 for root, _dirs, files in os.walk("infra/adf"):
     for f in sorted(files):
         if not f.endswith(".json"):
@@ -937,6 +1046,10 @@ fi
 # ------------------------------------------------------------------------------------------------
 # 12. what to do next
 
+audience_shown=${broker_audience:-"(set when Entra ID callers are on)"}
+access_shown=""
+[[ ${#adf_access[@]} -gt 0 ]] && access_shown=", done for: ${adf_access[*]}"
+
 cat <<EOT
 
 4. Azure Data Factory: the assets are in dist/adf (function app URL and Key Vault filled in).
@@ -950,6 +1063,9 @@ cat <<EOT
    and send Authorization: Bearer @{activity('GetToken').output.access_token}.
    A credential for a later connection: run infra/deploy.sh again with --connection <connection>
    (it creates the credential, stores its secret and lets the factory read it).
+   PL_BrokerToken_Web_MSI needs no secret at all: its Web activity authenticates with the factory's
+   managed identity (resource $audience_shown); the factory must be among the integration's callers
+   (--adf-identity-access <integration>/<connection>$access_shown).
 EOT
 if [[ $private_network == 1 ]]; then
   cat <<EOT

@@ -29,6 +29,12 @@
 
 targetScope = 'resourceGroup'
 
+@description('Microsoft Entra ID tenant whose access tokens the broker accepts (BROKER_ENTRA_TENANT_ID); empty: no Entra ID callers.')
+param entraTenantId string = ''
+
+@description('The audience those tokens must carry (BROKER_ENTRA_AUDIENCE: an application ID URI and/or client id, comma-separated); empty: the client id of the app\'s managed identity.')
+param entraAudience string = ''
+
 @description('Short lowercase prefix for resource names (letters and digits, 3-11 characters).')
 @minLength(3)
 @maxLength(11)
@@ -113,6 +119,9 @@ var baseUrl = empty(publicUrl) ? 'https://${appName}.azurewebsites.net' : public
 // Key Vault secret names.
 var encryptionKeysSecretName = 'broker-encryption-keys'
 var functionKeySecretName = 'broker-function-key'
+// The admin key the broker checks itself (BROKER_API_KEY) on the routes that are anonymous at the
+// host because they accept Entra ID callers; created by deploy.sh, like the function key.
+var apiKeySecretName = 'broker-api-key'
 
 // Built-in role definitions.
 var roles = {
@@ -476,6 +485,25 @@ var brokerSettings = [
     name: 'BROKER_INTEGRATIONS'
     value: 'integrations.json'
   }
+  // Checked by the broker on the token and admin routes (anonymous at the host): the admin key, and
+  // the token-only key Data Factory holds (the same secret as its function key).
+  {
+    name: 'BROKER_API_KEY'
+    value: '@Microsoft.KeyVault(SecretUri=${vaultUri}/secrets/${apiKeySecretName}/)'
+  }
+  {
+    name: 'BROKER_TOKEN_KEYS'
+    value: '@Microsoft.KeyVault(SecretUri=${vaultUri}/secrets/${functionKeySecretName}/)'
+  }
+  // Entra ID callers (deploy.sh --adf-identity-access / --entra-audience); an empty value is unset.
+  {
+    name: 'BROKER_ENTRA_TENANT_ID'
+    value: entraTenantId
+  }
+  {
+    name: 'BROKER_ENTRA_AUDIENCE'
+    value: empty(entraTenantId) ? '' : brokerAudience
+  }
   {
     name: 'BROKER_PUBLIC_URL'
     value: baseUrl
@@ -489,6 +517,8 @@ var brokerSettings = [
     value: 'info'
   }
 ]
+
+var brokerAudience = empty(entraAudience) ? identity.properties.clientId : entraAudience
 
 var integrationSettingList = [for s in items(integrationSettings): {
   name: s.key
@@ -610,6 +640,8 @@ output keyVaultName string = vault.name
 output keyVaultUri string = vaultUri
 output encryptionKeysSecretName string = encryptionKeysSecretName
 output functionKeySecretName string = functionKeySecretName
+output apiKeySecretName string = apiKeySecretName
+output brokerAudience string = empty(entraTenantId) ? '' : brokerAudience
 output storageAccountName string = storage.name
 output tableName string = table.name
 output identityClientId string = identity.properties.clientId

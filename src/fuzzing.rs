@@ -707,6 +707,46 @@ pub fn rewrite_links(
     (r.json(body), header)
 }
 
+/// An `Authorization` header value as the Entra check reads it: the Bearer
+/// token, split and decoded (`entra::jwt::parse`), then the claim checks
+/// against a fixed tenant and audience at `now` (the signature cannot verify
+/// on fuzzed input, so it is skipped to reach the claims). `None`: not Bearer.
+pub fn entra_authorization(
+    value: &str,
+    now: i64,
+) -> Option<Result<crate::entra::EntraCaller, crate::entra::VerifyError>> {
+    use crate::entra::{Check, VerifyError};
+    let token = match crate::entra::bearer(value)? {
+        Ok(t) => t,
+        Err(()) => {
+            return Some(Err(VerifyError::Invalid(Check::Malformed(
+                crate::entra::jwt::Malformed::Parts,
+            ))))
+        }
+    };
+    let u = match crate::entra::jwt::parse(token) {
+        Ok(u) => u,
+        Err(m) => return Some(Err(VerifyError::Invalid(Check::Malformed(m)))),
+    };
+    Some(crate::entra::check_claims(
+        &entra_settings(),
+        &u.claims,
+        now,
+    ))
+}
+
+/// The tenant and audiences [`entra_authorization`] checks against.
+pub fn entra_settings() -> crate::config::EntraSettings {
+    crate::config::EntraSettings {
+        tenant: ENTRA_TENANT.into(),
+        audiences: vec!["api://oauth-broker".into(), ENTRA_CLIENT.into()],
+        authority: url::Url::parse("https://login.microsoftonline.com").expect("a fixed URL"),
+    }
+}
+
+pub const ENTRA_TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const ENTRA_CLIENT: &str = "0f1e2d3c-0000-4000-8000-000000000001";
+
 /// A token endpoint's answer read for the consent's account: the account id
 /// at `pointer` (a `token_field` source) and the `id_token`, as
 /// `ConsentService::complete` reads them.

@@ -7,6 +7,7 @@
 //!   path, header and link rules);
 //! - `config` (settings and the integrations file, validated once);
 //! - `oauth` (the vendor side of the protocol), `store` (sealed persistence);
+//! - `entra` (Microsoft Entra ID access tokens: keys, checks);
 //! - `events` (changes of state as log lines and signed webhooks, from an
 //!   outbox in the store);
 //! - `registry` (integrations, with background discovery), `refresh` (the
@@ -22,6 +23,7 @@ pub mod consent;
 pub mod credentials;
 pub mod crypto;
 pub mod domain;
+pub mod entra;
 pub mod events;
 pub mod functions_host;
 #[cfg(feature = "fuzzing")]

@@ -154,6 +154,10 @@ impl Application {
             }
         };
         let credentials = Arc::new(Credentials::new(Arc::clone(&engine), store.clone()));
+        let entra = settings
+            .entra
+            .clone()
+            .map(|e| crate::entra::Verifier::new(e, http.clone()));
         let consent = ConsentService::new(
             Arc::clone(&engine),
             store,
@@ -169,14 +173,23 @@ impl Application {
             consent,
             credentials,
             proxy: routes::proxy::Proxy::new(settings.proxy.clone()),
+            entra: entra.clone(),
             source_rule: Arc::new(crate::domain::source::SourceRule {
                 trusted_proxies: settings.trusted_proxies.clone(),
                 functions_host: settings.host_mode,
             }),
         });
-        let front_door = web::Data::new(match &api_key {
-            Some((key, _)) => FrontDoor::standalone(&public_url, addr.port(), key.clone()),
-            None => FrontDoor::functions_host(),
+        let front_door = web::Data::new(match (&api_key, settings.host_mode) {
+            (Some((key, _)), false) => FrontDoor::standalone(
+                &public_url,
+                addr.port(),
+                key.clone(),
+                settings.token_keys.clone(),
+            ),
+            (key, _) => FrontDoor::functions_host(
+                key.as_ref().map(|(k, _)| k.clone()),
+                settings.token_keys.clone(),
+            ),
         });
         let hsts = public_url.scheme() == "https";
         let workers = std::thread::available_parallelism()
@@ -221,6 +234,10 @@ impl Application {
 
         // Bound: now the slow work.
         registry.spawn_discovery();
+        if let Some(entra) = &entra {
+            tracing::info!(tenant = %entra.settings().tenant, audiences = ?entra.settings().audiences, metadata = %entra.settings().metadata_url(), "Entra ID callers accepted");
+            entra.spawn_prefetch();
+        }
         // Before `listening`, so the first call after a fixed configuration already
         // retries; bounded, so a slow store cannot hold the start (it then ends in
         // the background).

@@ -59,7 +59,7 @@ NOT_SET_BY_TEMPLATE = {
     "BROKER_PROXY_RETRY_MAX_SECS": "tuning; the default (30 s) is right",
     "BROKER_PROXY_REWRITE_MAX_BYTES": "tuning; the default (16 MiB) is right",
     "BROKER_BIND": "standalone mode only",
-    "BROKER_API_KEY": "standalone mode only (function keys protect routes under the host)",
+    "BROKER_ENTRA_AUTHORITY": "the public cloud's https://login.microsoftonline.com is the default; sovereign clouds set it",
     "BROKER_SWEEP_INTERVAL_SECS": "standalone mode only (the timer function drives the sweep)",
     "BROKER_STORAGE": "a connection string carries an account key: the template uses BROKER_STORAGE__* (identity), and BROKER_STORAGE would override it",
     "BROKER_STORAGE__credential": "optional; managedidentity is the only value",
@@ -725,7 +725,31 @@ def check_adf(template_doc):
             check(any(a["typeProperties"].get("source", {}).get("paginationRules") for a in copies),
                   f"pipeline {name} pages with ADF pagination rules")
             continue
-        check(bool(function_activities), f"pipeline {name} gets a token with an Azure Function activity")
+        # A Web activity with the factory's managed identity (authentication MSI) needs no key.
+        msi_activities = {a["name"]: a for a in activities if a["type"] == "WebActivity"
+                          and (a["typeProperties"].get("authentication") or {}).get("type") == "MSI"}
+        for aname, a in msi_activities.items():
+            tp, policy = a["typeProperties"], a.get("policy", {})
+            method = tp.get("method", "").upper()
+            url = route_template(tp.get("url")) or ""
+            prefix = "__FUNCTION_APP_URL__/api/"
+            check(url.startswith(prefix), f"{name}.{aname} calls the broker ({prefix}…; got {url})")
+            template = url[len(prefix):] if url.startswith(prefix) else None
+            match = [r for r in routes if r[0] == template and method in r[1]]
+            check(bool(match), f"{name}.{aname}: {method} {template} is a route the broker serves")
+            check(bool(match) and match[0][2] == "anonymous",
+                  f"{name}.{aname}: the route is anonymous at the host (an identity holds no function key; the broker checks its token)")
+            check(template is not None and template.startswith("token"), f"{name}.{aname} calls the token route")
+            check(tp["authentication"].get("resource") == "__BROKER_AUDIENCE__",
+                  f"{name}.{aname} asks for a token with resource = the broker's audience (__BROKER_AUDIENCE__)")
+            check("x-functions-key" not in json.dumps(tp).lower(), f"{name}.{aname} sends no key")
+            check(policy.get("secureOutput") is True, f"{name}.{aname} has secureOutput: true")
+            check(int(policy.get("retry", 0)) >= 1, f"{name}.{aname} retries")
+        if msi_activities:
+            check("brokerAudience" in (template_doc or {}).get("outputs", {}),
+                  "main.bicep outputs brokerAudience, which deploy.sh renders as __BROKER_AUDIENCE__")
+        check(bool(function_activities) or bool(msi_activities),
+              f"pipeline {name} gets a token with an Azure Function activity or a Web activity with its managed identity")
         for aname, a in function_activities.items():
             tp, policy = a["typeProperties"], a.get("policy", {})
             method = tp.get("method", "").upper()
@@ -743,10 +767,10 @@ def check_adf(template_doc):
         text = json.dumps(activities)
         used = set(re.findall(r"activity\('(\w+)'\)\.output\.(\w+)", text))
         for activity, field in sorted(used):
-            if activity in function_activities:
+            if activity in function_activities or activity in msi_activities:
                 check(field in answer_fields, f"{name} reads {activity}.output.{field}, a field the token route answers")
         bearer = "@{concat('Bearer ', activity('GetToken').output.access_token)}"
-        downstream = [a for a in activities if a["type"] in ("Copy", "WebActivity")]
+        downstream = [a for a in activities if a["type"] in ("Copy", "WebActivity") and a["name"] not in msi_activities]
         for a in downstream:
             headers = a["typeProperties"].get("source", {}).get("additionalHeaders") or a["typeProperties"].get("headers", {})
             check(expression_text(headers.get("Authorization")) == bearer,

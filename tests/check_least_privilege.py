@@ -177,10 +177,32 @@ def token_functions(root):
     names = set()
     for fj in glob.glob(os.path.join(root, "functions", "*", "function.json")):
         for b in json.load(open(fj, encoding="utf-8"))["bindings"]:
-            if b.get("type") == "httpTrigger" and b.get("route", "").split("/")[0] == "token" \
-                    and b.get("authLevel", "function") == "function":
+            if b.get("type") == "httpTrigger" and b.get("route", "").split("/")[0] == "token":
                 names.add(os.path.basename(os.path.dirname(fj)))
     return names
+
+
+def rule_token_key_split(main_text, deploy):
+    """The token routes are anonymous at the host (they accept Entra ID callers) and the broker checks
+    keys there itself: Data Factory's key (broker-function-key) is a token-only key (BROKER_TOKEN_KEYS),
+    the admin key (BROKER_API_KEY) another secret, which Data Factory is never granted."""
+    bad = []
+    settings = dict(re.findall(r"name: '(BROKER_API_KEY|BROKER_TOKEN_KEYS)'\s*\n\s*value: '([^']*)'", main_text))
+    if "${functionKeySecretName}" not in settings.get("BROKER_TOKEN_KEYS", ""):
+        bad.append("main.bicep's BROKER_TOKEN_KEYS is not the Key Vault reference to functionKeySecretName (Data Factory's key)")
+    if "${apiKeySecretName}" not in settings.get("BROKER_API_KEY", ""):
+        bad.append("main.bicep's BROKER_API_KEY is not the Key Vault reference to apiKeySecretName")
+    api = re.search(r"^var apiKeySecretName = '([^']+)'", main_text, re.M)
+    fk = re.search(r"^var functionKeySecretName = '([^']+)'", main_text, re.M)
+    if not api or not fk or api.group(1) == fk.group(1):
+        bad.append("the admin key and Data Factory's key are not two different secrets")
+    code = code_lines(deploy)
+    for ln in code:
+        if "adf-secrets" in ln and "api_key_secret" in ln:
+            bad.append(f"deploy.sh lets Data Factory read the admin key: {ln.strip()[:100]}")
+    if not re.search(r'^api_key_secret=' + re.escape(api.group(1) if api else "?") + r'$', deploy, re.M):
+        bad.append("deploy.sh's api_key_secret is not main.bicep's apiKeySecretName")
+    return bad
 
 
 def rule_function_level_key(deploy, wanted):
@@ -321,6 +343,8 @@ def check_least_privilege(root):
            rule_deploy_grants_per_secret(deploy))
     report("Data Factory's key is a function key on the token functions only; deploy.sh writes no host key",
            rule_function_level_key(deploy, wanted))
+    report("the broker checks Data Factory's token-only key and the admin key, two secrets; Data Factory never reads the admin key",
+           rule_token_key_split(main_text, deploy))
     report("the broker's Storage Table Data Contributor is scoped to its table", rule_table_scoped(main_doc))
     for label, doc in (("main.bicep", main_doc), ("secret-access.bicep", access_doc)):
         report(f"{label}: role assignment names are guid(scope, principal id, role)", rule_role_names(doc))
@@ -369,6 +393,13 @@ resource dataFactorySecretsUser 'Microsoft.Authorization/roleAssignments@2022-04
     expect_violation(lambda t: rule_function_level_key(t, wanted),
                      mutated(deploy, 'token_functions="token token-post"', 'token_functions="token token-post consent-link"', "extra"),
                      "deploy.sh giving Data Factory's key to consent-link too")
+    expect_violation(lambda t: rule_token_key_split(t, deploy),
+                     mutated(main_text, "secrets/${apiKeySecretName}/", "secrets/${functionKeySecretName}/", "same key"),
+                     "main.bicep making Data Factory's key the admin key")
+    expect_violation(lambda t: rule_token_key_split(main_text, t),
+                     mutated(deploy, 'echo "$function_key_secret" >>"$workdir/adf-secrets"',
+                             'echo "$function_key_secret" >>"$workdir/adf-secrets"; echo "$api_key_secret" >>"$workdir/adf-secrets"', "adf admin"),
+                     "deploy.sh letting Data Factory read the admin key")
     expect_violation(lambda t: rule_table_scoped(parse(t)),
                      mutated(main_text, "  scope: table\n", "  scope: storage\n", "account scope"),
                      "main.bicep scoping the table role to the storage account")

@@ -281,6 +281,49 @@ fn same_shape(a: &Value, b: &Value, bases: &[String], proxy: &str) -> Result<(),
     }
 }
 
+/// An `Authorization` header value as the Entra ID check reads it (Bearer token, JWT header and
+/// claims). A token is accepted only with this tenant's issuer, an accepted audience, the tenant,
+/// a lifetime around the fixed clock and a GUID object id; the caller is that object id.
+pub fn entra_token(data: &[u8]) {
+    const NOW: i64 = 1_800_000_000;
+    let Ok(value) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Some(Ok(caller)) = fuzzing::entra_authorization(value, NOW) else {
+        return;
+    };
+    let token = value
+        .trim()
+        .split_once(' ')
+        .map(|(_, t)| t.trim())
+        .unwrap_or_default();
+    let claims = token.split('.').nth(1).unwrap_or_default();
+    use base64::Engine as _;
+    let claims: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .expect("an accepted token's claims decode");
+    let iss = claims["iss"].as_str().unwrap_or_default();
+    assert!(
+        iss == format!("https://sts.windows.net/{}/", fuzzing::ENTRA_TENANT)
+            || iss
+                == format!(
+                    "https://login.microsoftonline.com/{}/v2.0",
+                    fuzzing::ENTRA_TENANT
+                ),
+        "accepted issuer {iss}"
+    );
+    assert!(claims["tid"]
+        .as_str()
+        .is_some_and(|t| t.eq_ignore_ascii_case(fuzzing::ENTRA_TENANT)));
+    let exp = claims["exp"].as_f64().expect("an accepted token has exp");
+    assert!(exp >= (NOW - 300) as f64);
+    assert!(
+        caller.object_id.len() == 36 && !caller.object_id.bytes().any(|b| b.is_ascii_uppercase())
+    );
+}
+
 /// Splits at the first two NUL bytes: three parts (missing ones empty).
 fn three(data: &[u8]) -> [&[u8]; 3] {
     let mut parts = data.splitn(3, |&b| b == 0);

@@ -234,6 +234,8 @@ pub struct Integration {
     pub refresh_token_max: Option<Duration>,
     /// Metadata fetched from the vendor right after consent (Mailchimp's data centre).
     pub post_consent: Option<PostConsent>,
+    /// Microsoft Entra ID identities that may get tokens for some connections (`callers`).
+    pub callers: Vec<super::callers::Caller>,
 }
 
 /// How an access token is renewed by exchange (`renew`).
@@ -473,6 +475,8 @@ struct RawIntegration {
     refresh_token_max_days: Option<u32>,
     #[serde(default)]
     post_consent: Option<RawPostConsent>,
+    #[serde(default)]
+    callers: Option<Value>,
 }
 
 /// A URL or a list of URLs (`docs`, `api_base_url`).
@@ -891,6 +895,7 @@ pub(super) fn finish(
         client_id_setting: setting_name(&r.client_id),
         client_secret_setting: setting_name(&r.client_secret),
         provider: r.provider,
+        callers: super::callers::read(ctx, r.callers.as_ref())?,
         account,
         name,
     })

@@ -87,6 +87,7 @@ const FIELDS: &[(&str, Kind)] = &[
     ("renew", Kind::Any),
     ("refresh_token_max_days", Kind::Whole),
     ("post_consent", Kind::Any),
+    ("callers", Kind::Any),
     ("account", Kind::Any),
 ];
 

@@ -13,7 +13,9 @@
 //!
 //! Over 600 lines only with its unit tests.
 
+pub mod callers;
 pub mod discovery;
+pub mod entra;
 pub mod error;
 pub mod events;
 mod expand;
@@ -30,6 +32,7 @@ use url::Url;
 
 use crate::crypto::Keyring;
 use crate::domain::Secret;
+pub use entra::EntraSettings;
 pub use error::ConfigError;
 pub use events::{EventSettings, WebhookFormat, WebhookReceiver};
 pub use integrations::{AccountConfig, ClientAuth, Integration, IntegrationsFile};
@@ -225,6 +228,17 @@ pub const MIN_API_KEY_LEN: usize = 32;
 
 /// Checks an API key's length; the message says how to make a good one.
 pub fn check_api_key(key: &Secret, origin: &str) -> Result<(), String> {
+    // App Service leaves a Key Vault reference it cannot resolve as the literal text, which names
+    // the vault and secret and is no secret at all: never a key.
+    if key
+        .expose()
+        .trim_start()
+        .starts_with("@Microsoft.KeyVault(")
+    {
+        return Err(format!(
+            "{origin} is a Key Vault reference the platform did not resolve (the secret is missing, or the app's identity may not read it); it is never taken as a key"
+        ));
+    }
     let len = key.expose().chars().count();
     if len < MIN_API_KEY_LEN {
         return Err(format!(
@@ -250,9 +264,13 @@ pub struct Settings {
     pub host_mode: bool,
     /// `BROKER_PUBLIC_URL`, or `https://$WEBSITE_HOSTNAME`; `None` means "the address we bound".
     pub public_url: Option<Url>,
-    /// Standalone mode only: the key protected routes require (`None` under the Functions host,
-    /// whose function keys protect the routes).
+    /// The admin key. Standalone: the key every protected route requires (configured or
+    /// generated). Under the Functions host: `BROKER_API_KEY` when set, checked by the handler on
+    /// the routes that are anonymous at the host (`None`: those routes accept no key).
     pub api_key: Option<ApiKeySource>,
+    /// `BROKER_TOKEN_KEYS`: keys that open the token routes and nothing else (Data Factory's, when
+    /// it does not use its managed identity), checked by the handler in both modes.
+    pub token_keys: Vec<Secret>,
     /// Concurrent connections served at most (`BROKER_MAX_CONNECTIONS`, default 256); further
     /// connections wait in the listen backlog.
     pub max_connections: usize,
@@ -269,6 +287,8 @@ pub struct Settings {
     pub consent_link_lifetime: Duration,
     /// Webhook receivers and event thresholds (`BROKER_WEBHOOK_*`).
     pub events: EventSettings,
+    /// Microsoft Entra ID callers (`BROKER_ENTRA_*`); `None`: off.
+    pub entra: Option<EntraSettings>,
     /// Standalone: proxies whose `X-Forwarded-For` names the client
     /// (`BROKER_TRUSTED_PROXIES`, addresses or CIDR blocks; default none).
     pub trusted_proxies: Vec<crate::domain::source::IpBlock>,
@@ -361,9 +381,18 @@ impl Settings {
                 ),
                 0,
             );
+            // Under the host, BROKER_API_KEY is the admin key the handler itself checks on the
+            // routes that are anonymous at the host (they accept Entra ID callers); unset, those
+            // routes open to no key at all.
+            let api_key = env.get("BROKER_API_KEY").map(Secret::new).map(|key| {
+                if let Err(e) = check_api_key(&key, "the key") {
+                    p.0.push(ConfigError::setting("BROKER_API_KEY", e));
+                }
+                ApiKeySource::Configured(key)
+            });
             (
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port as u16),
-                None,
+                api_key,
                 None,
             )
         } else {
@@ -553,6 +582,8 @@ impl Settings {
         ));
         let events = p.take(EventSettings::load(&env), EventSettings::default());
         let proxy = ProxySettings::load(&env, &mut p);
+        let entra = entra::load(&env, &mut p);
+        let token_keys = token_keys(&env, &mut p);
         let trusted_proxies = p.take(trusted_proxies(&env), Vec::new());
         if let Some(e) = ConfigError::all(p.0) {
             return Err(e);
@@ -572,6 +603,8 @@ impl Settings {
             refresh,
             consent_link_lifetime,
             events,
+            entra,
+            token_keys,
             listen,
             host_mode,
             public_url,
@@ -585,6 +618,25 @@ impl Settings {
             warnings,
         })
     }
+}
+
+/// `BROKER_TOKEN_KEYS`: comma-separated keys, each as long as an API key must be.
+fn token_keys(env: &Env<'_>, p: &mut Problems) -> Vec<Secret> {
+    let Some(v) = env.get("BROKER_TOKEN_KEYS") else {
+        return Vec::new();
+    };
+    let keys: Vec<Secret> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(Secret::new)
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        if let Err(e) = check_api_key(k, &format!("key {}", i + 1)) {
+            p.0.push(ConfigError::setting("BROKER_TOKEN_KEYS", e));
+        }
+    }
+    keys
 }
 
 /// `BROKER_TRUSTED_PROXIES`: addresses or CIDR blocks, comma-separated.
@@ -896,13 +948,13 @@ pub(crate) mod tests {
         let s = Settings::load(&env(&[
             ("FUNCTIONS_CUSTOMHANDLER_PORT", "34567"),
             ("BROKER_STORAGE", &db),
-            ("BROKER_API_KEY", "k"),
             ("WEBSITE_HOSTNAME", "x.azurewebsites.net"),
         ]))
         .unwrap();
         assert!(s.host_mode);
         assert_eq!(s.listen.to_string(), "127.0.0.1:34567");
         assert!(s.api_key.is_none() && s.sweep_interval.is_none());
+        assert!(s.token_keys.is_empty());
         assert_eq!(
             s.public_url.as_ref().map(Url::as_str),
             Some("https://x.azurewebsites.net/")
@@ -910,5 +962,44 @@ pub(crate) mod tests {
         assert!(!s.integrations.found);
         // The key file is created at start (startup), beside the database.
         assert!(matches!(&s.keys, KeySource::File(p) if p == &dir.path().join("broker.key")));
+    }
+
+    #[test]
+    fn under_the_host_the_admin_key_and_token_keys_are_the_handler_s_and_checked_for_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite:{}/b.db", dir.path().display());
+        let admin = "a-0123456789abcdef0123456789abcdef";
+        let t1 = "t-0123456789abcdef0123456789abcdef";
+        let t2 = "u-0123456789abcdef0123456789abcdef";
+        let s = Settings::load(&env(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "34567"),
+            ("BROKER_STORAGE", &db),
+            ("BROKER_API_KEY", admin),
+            ("BROKER_TOKEN_KEYS", &format!("{t1}, {t2},")),
+        ]))
+        .unwrap();
+        assert!(matches!(&s.api_key, Some(ApiKeySource::Configured(k)) if k.expose() == admin));
+        let keys: Vec<&str> = s.token_keys.iter().map(Secret::expose).collect();
+        assert_eq!(keys, [t1, t2]);
+        let err = Settings::load(&env(&[
+            ("FUNCTIONS_CUSTOMHANDLER_PORT", "34567"),
+            ("BROKER_STORAGE", &db),
+            ("BROKER_API_KEY", "short"),
+            ("BROKER_TOKEN_KEYS", &format!("{t1},tiny")),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("BROKER_API_KEY: the key is 5 characters"),
+            "{err}"
+        );
+        assert!(
+            err.contains("BROKER_TOKEN_KEYS: key 2 is 4 characters"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("tiny") && !err.contains("short"),
+            "keys are not echoed: {err}"
+        );
     }
 }

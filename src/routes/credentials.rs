@@ -224,19 +224,57 @@ pub fn source(req: &HttpRequest) -> Option<IpAddr> {
 
 /// Who called the token route.
 pub enum TokenCaller {
-    /// The API key (standalone) or a function key (checked by the Functions host).
+    /// The admin key or a token-only key (checked by the handler), or a function key (checked by
+    /// the Functions host).
     Admin,
     /// A pipeline credential: its own connection only.
     Pipeline(Box<PipelineCredential>),
+    /// A Microsoft Entra ID identity: the connections the integration's `callers` list for it.
+    Entra(std::sync::Arc<crate::entra::EntraCaller>),
 }
 
 impl TokenCaller {
-    /// 403 `forbidden` when a pipeline credential asks for another connection.
-    pub fn allow(&self, i: &IntegrationName, c: &ConnectionId) -> Result<(), ApiError> {
+    /// 403 `forbidden` when a pipeline credential asks for another connection, or an Entra
+    /// identity for a connection `callers` does not list for it (an unknown integration
+    /// included, so an identity cannot probe for names).
+    pub fn allow(
+        &self,
+        state: &AppState,
+        i: &IntegrationName,
+        c: &ConnectionId,
+    ) -> Result<(), ApiError> {
         match self {
             Self::Pipeline(cred) if !cred.covers(i, c) => Err(ApiError::Forbidden(
                 "this client credential is for another connection",
             )),
+            Self::Entra(caller) => {
+                let allowed = match state.engine.integration(i) {
+                    crate::registry::Lookup::Ready(integration) => {
+                        crate::config::callers::allows(&integration.callers, &caller.object_id, c)
+                    }
+                    crate::registry::Lookup::Unavailable { .. } => {
+                        return state.integration(i).map(|_| ());
+                    }
+                    crate::registry::Lookup::Unknown => false,
+                };
+                tracing::info!(
+                    outcome = if allowed { "allowed" } else { "forbidden" },
+                    caller_oid = %caller.object_id,
+                    caller_app_id = caller.app_id.as_deref().unwrap_or(""),
+                    caller_roles = ?caller.roles,
+                    token_version = caller.version.as_deref().unwrap_or(""),
+                    integration = %i.as_str(),
+                    connection = %c.as_str(),
+                    "Entra ID caller on the token route"
+                );
+                if allowed {
+                    Ok(())
+                } else {
+                    Err(ApiError::Forbidden(
+                        "this identity is not among the integration's callers for this connection",
+                    ))
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -245,7 +283,7 @@ impl TokenCaller {
     pub fn min_validity(&self) -> Option<time::Duration> {
         match self {
             Self::Pipeline(cred) => cred.min_validity,
-            Self::Admin => None,
+            Self::Admin | Self::Entra(_) => None,
         }
     }
 }
@@ -269,6 +307,9 @@ struct AuthenticatedPipeline(Box<PipelineCredential>);
 impl TokenCaller {
     /// Who the front door let through: a pipeline credential, else the key holder.
     pub fn of(req: &HttpRequest) -> Self {
+        if let Some(caller) = super::access::entra_caller(req) {
+            return Self::Entra(caller);
+        }
         match req.extensions().get::<AuthenticatedPipeline>() {
             Some(p) => Self::Pipeline(p.0.clone()),
             None => Self::Admin,
@@ -303,14 +344,14 @@ async fn authenticate(
 /// Around the token routes, in place of [`front_door::require_key`]: a
 /// request with `Authorization: Basic` is a pipeline credential, checked here
 /// from the head (before any byte of the body is read, whatever key comes
-/// with it) and handed to the handler; any other request needs the key, as on
-/// every protected route.
+/// with it) and handed to the handler; any other request needs an Entra ID
+/// token or a key ([`super::access::require_token_caller`]).
 pub async fn require_key_or_credential(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     let Some(basic) = basic_credentials(req.request()) else {
-        return front_door::require_key(req, next).await;
+        return super::access::require_token_caller(req, next).await;
     };
     let state = req
         .app_data::<web::Data<AppState>>()

@@ -14,6 +14,12 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A bearer token (Entra ID) that failed a check; the stable short reason only.
+    #[error("the bearer token was not accepted ({0})")]
+    InvalidToken(&'static str),
+    /// Entra ID's signing keys could not be fetched, and none are cached.
+    #[error("the Entra ID signing keys are unavailable; try again shortly")]
+    EntraUnavailable,
     /// Authenticated, but not for this connection (a pipeline credential of another one).
     #[error("{0}")]
     Forbidden(&'static str),
@@ -65,6 +71,8 @@ impl ApiError {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
             Self::Unauthorized(_) => "unauthorized",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::EntraUnavailable => "entra_unavailable",
             Self::Forbidden(_) => "forbidden",
             Self::CredentialNotFound => "credential_not_found",
             Self::ConsentLinkNotFound => "consent_link_not_found",
@@ -131,7 +139,8 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::EntraUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::CredentialNotFound | Self::ConsentLinkNotFound => StatusCode::NOT_FOUND,
             Self::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -166,6 +175,10 @@ impl ResponseError for ApiError {
         reply.insert_header((header::CACHE_CONTROL, "no-store"));
         // The broker's own answer, not a vendor's (the proxy passes those through).
         reply.insert_header((BROKER_ERROR, "true"));
+        if let Self::InvalidToken(_) = self {
+            // RFC 6750 §3: the challenge names the error, nothing more.
+            reply.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
+        }
         if let Self::TooManyFailures { retry_after_secs } = self {
             reply.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
         }

@@ -61,25 +61,51 @@ pub const TIMER_BODY_LIMIT: usize = 16 * 1024;
 pub struct FrontDoor {
     /// Standalone mode: the host names requests may carry; `None` under the Functions host.
     hosts: Option<AllowedHosts>,
-    /// Standalone mode's key; `None` under the Functions host.
+    /// The admin key: standalone's key; under the Functions host `BROKER_API_KEY`, checked only
+    /// on the routes that are anonymous at the host (`None`: those routes take no key).
     api_key: Option<Secret>,
+    /// `BROKER_TOKEN_KEYS`: keys that open the token routes and nothing else.
+    token_keys: Vec<Secret>,
+}
+
+/// Which key a request presented in its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented {
+    /// No `x-functions-key` header and no `?code=`.
+    Nothing,
+    /// The admin key.
+    Admin,
+    /// One of the token-only keys.
+    TokenOnly,
+    /// A key that is none of these (under the host: perhaps a function key, which the handler
+    /// cannot verify).
+    Unknown,
 }
 
 impl FrontDoor {
-    /// Under the Functions host: no host or key check (the host does both).
-    pub fn functions_host() -> Self {
+    /// Under the Functions host: no host check (the host owns that), function keys checked by
+    /// the host on `authLevel: function` routes, and these keys by the handler on the routes
+    /// that are anonymous at the host.
+    pub fn functions_host(api_key: Option<Secret>, token_keys: Vec<Secret>) -> Self {
         Self {
             hosts: None,
-            api_key: None,
+            api_key,
+            token_keys,
         }
     }
 
     /// Standalone: requests must name `public_url`'s host or a loopback name
     /// with `port` (the bound port), and protected routes need `api_key`.
-    pub fn standalone(public_url: &Url, port: u16, api_key: Secret) -> Self {
+    pub fn standalone(
+        public_url: &Url,
+        port: u16,
+        api_key: Secret,
+        token_keys: Vec<Secret>,
+    ) -> Self {
         Self {
             hosts: Some(AllowedHosts::new(public_url, port)),
             api_key: Some(api_key),
+            token_keys,
         }
     }
 
@@ -88,28 +114,59 @@ impl FrontDoor {
         self.hosts.is_some()
     }
 
-    /// Standalone mode, where the broker checks an API key itself.
-    pub fn has_key(&self) -> bool {
-        self.api_key.is_some()
-    }
-
-    /// The key from the head: `x-functions-key`, else `?code=`.
-    fn check_key(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let Some(expected) = &self.api_key else {
-            return Ok(());
-        };
+    /// The key from the head: `x-functions-key`, else `?code=`, compared in constant time with
+    /// every key the broker knows.
+    pub fn presented(&self, req: &HttpRequest) -> Presented {
         let given = req
             .headers()
             .get("x-functions-key")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .or_else(|| query(req).remove("code"));
-        match given {
-            Some(g) if constant_time_eq(g.as_bytes(), expected.expose().as_bytes()) => Ok(()),
-            Some(_) => Err(ApiError::Unauthorized("the key is not valid")),
-            None => Err(ApiError::Unauthorized(
+        let Some(g) = given else {
+            return Presented::Nothing;
+        };
+        let matches = |k: &Secret| constant_time_eq(g.as_bytes(), k.expose().as_bytes());
+        // Every key is compared, so the time does not tell which kind matched.
+        let admin = self.api_key.as_ref().is_some_and(matches);
+        let token = self
+            .token_keys
+            .iter()
+            .fold(false, |acc, k| matches(k) | acc);
+        match (admin, token) {
+            (true, _) => Presented::Admin,
+            (false, true) => Presented::TokenOnly,
+            _ => Presented::Unknown,
+        }
+    }
+
+    /// What the refusal of `presented` on a route that wants `admin` (else a token route) says.
+    pub fn refusal(&self, presented: Presented, admin: bool) -> Option<ApiError> {
+        match presented {
+            Presented::Admin => None,
+            Presented::TokenOnly if !admin => None,
+            Presented::TokenOnly => Some(ApiError::Forbidden(
+                "this key opens only the token routes",
+            )),
+            Presented::Nothing => Some(ApiError::Unauthorized(
                 "this route needs a key: send it as the x-functions-key header or the code query parameter",
             )),
+            Presented::Unknown if !self.is_standalone() => Some(ApiError::Unauthorized(
+                "the key is not valid: under the Functions host this route is checked by the broker (BROKER_API_KEY, or a token key of BROKER_TOKEN_KEYS on the token routes), not by function keys",
+            )),
+            Presented::Unknown => Some(ApiError::Unauthorized("the key is not valid")),
+        }
+    }
+
+    /// The key on a route the host checks (`authLevel: function`): standalone, the admin key;
+    /// under the host, nothing (the host did).
+    fn check_key(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        if !self.is_standalone() {
+            return Ok(());
+        }
+        match self.refusal(self.presented(req), true) {
+            None => Ok(()),
+            Some(e) => Err(e),
         }
     }
 }
@@ -241,7 +298,7 @@ fn has_body(req: &HttpRequest) -> bool {
 }
 
 /// An early answer: the error, and the connection closed when a body was announced.
-pub(super) fn refuse(req: ServiceRequest, e: &ApiError) -> ServiceResponse<BoxBody> {
+pub(crate) fn refuse(req: ServiceRequest, e: &ApiError) -> ServiceResponse<BoxBody> {
     let (http, payload) = req.into_parts();
     let mut resp = e.error_response();
     if !has_body(&http) {
@@ -299,7 +356,8 @@ pub async fn admit(
     Ok(keeping(res, shared))
 }
 
-/// Around each protected resource: the key, from the head alone.
+/// Around each resource the host protects (`authLevel: function`): standalone, the admin key,
+/// from the head alone; under the host, nothing more.
 pub async fn require_key(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,

@@ -5,6 +5,7 @@
 //!
 //! Depends on `refresh`, `consent`, `registry` (lookups) and `domain`.
 
+pub mod access;
 pub mod auth;
 pub mod connections;
 pub mod credentials;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub credentials: Arc<Credentials>,
     /// The proxy's client and limits.
     pub proxy: proxy::Proxy,
+    /// Microsoft Entra ID callers (`BROKER_ENTRA_*`); `None`: off.
+    pub entra: Option<Arc<crate::entra::Verifier>>,
     /// How a request's source address is found (for the failure limits).
     pub source_rule: Arc<crate::domain::source::SourceRule>,
 }
@@ -124,12 +127,18 @@ pub fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpRespons
     b
 }
 
-/// The routes. Protected ones are wrapped in [`front_door::require_key`]
-/// (standalone mode's key, checked before the body is read); the anonymous
-/// ones (health, the API description, the callback the vendor sends the
-/// browser to, consent links) are not.
+/// The routes. Those the Functions host protects are wrapped in
+/// [`front_door::require_key`] (standalone mode's key, checked before the body
+/// is read); those that accept Entra ID callers in [`access::require_admin`]
+/// or, the token routes, [`credentials::require_key_or_credential`] (checked
+/// by the handler in both modes: they are anonymous at the host); the
+/// anonymous ones (health, the API description, the callback the vendor sends
+/// the browser to, consent links, the token endpoint) are not.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Routes the Functions host protects with a function key (and standalone, the admin key).
     let key = || from_fn(front_door::require_key);
+    // Routes that accept Entra ID callers: anonymous at the host, checked here in both modes.
+    let admin = || from_fn(access::require_admin);
     cfg.service(
         web::resource("/api/auth/start/{integration}")
             .wrap(key())
@@ -150,46 +159,46 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/api/openapi.json").route(web::get().to(openapi::document)))
     .service(
         web::resource("/api/status")
-            .wrap(key())
+            .wrap(admin())
             .route(web::get().to(status::get))
             .route(web::post().to(status::post)),
     )
     .service(web::resource("/api/auth/link").route(web::get().to(auth::open_link)))
     .service(
         web::resource("/api/connections")
-            .wrap(key())
+            .wrap(admin())
             .route(web::get().to(connections::list)),
     )
     .service(
         web::resource("/api/connections/{integration}/{connection}")
-            .wrap(key())
+            .wrap(admin())
             .route(web::get().to(connections::show))
             .route(web::delete().to(connections::delete)),
     )
     .service(
         web::resource("/api/connections/{integration}/{connection}/consent-link")
-            .wrap(key())
+            .wrap(admin())
             .route(web::post().to(connections::create_link)),
     )
     .service(
         web::resource("/api/connections/{integration}/{connection}/consent-links")
-            .wrap(key())
+            .wrap(admin())
             .route(web::get().to(connections::list_links)),
     )
     .service(
         web::resource("/api/connections/{integration}/{connection}/consent-links/{id}")
-            .wrap(key())
+            .wrap(admin())
             .route(web::delete().to(connections::end_link)),
     )
     .service(
         web::resource("/api/connections/{integration}/{connection}/credentials")
-            .wrap(key())
+            .wrap(admin())
             .route(web::get().to(credentials::list))
             .route(web::post().to(credentials::create)),
     )
     .service(
         web::resource("/api/connections/{integration}/{connection}/credentials/{client_id}")
-            .wrap(key())
+            .wrap(admin())
             .route(web::delete().to(credentials::delete)),
     )
     // Anonymous at the Functions host: the broker authenticates the caller itself.

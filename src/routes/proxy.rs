@@ -27,7 +27,7 @@ use url::Url;
 
 use super::credentials::{self, TokenCaller};
 use super::error::ApiError;
-use super::front_door::{self, FrontDoor};
+
 use super::{names, AppState};
 use crate::config::proxy::{check_base, fill_metadata};
 use crate::config::{Integration, ProxySettings};
@@ -64,23 +64,15 @@ impl Proxy {
     }
 }
 
-/// Around the proxy route: `Authorization: Basic` is a pipeline credential
-/// (checked as on the token route); anything else needs the standalone API
-/// key. Under the Functions host there is no key the handler could check, so
-/// a request without a credential is refused (401).
+/// Around the proxy route (anonymous at the Functions host): the broker checks
+/// the caller itself, as on the token routes: a pipeline credential of the
+/// connection as `Authorization: Basic`, an Entra ID identity listed in the
+/// integration's `callers`, or a key the broker verifies (`BROKER_API_KEY`,
+/// or a token key of `BROKER_TOKEN_KEYS`, which may fetch every token anyway).
 pub async fn require_credential(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let standalone = req
-        .app_data::<web::Data<FrontDoor>>()
-        .is_some_and(|d| d.has_key());
-    if credentials::basic_credentials(req.request()).is_none() && !standalone {
-        let e = ApiError::Unauthorized(
-            "the proxy needs a pipeline credential of this connection as HTTP Basic (client_id:client_secret)",
-        );
-        return Ok(front_door::refuse(req, &e));
-    }
     credentials::require_key_or_credential(req, next).await
 }
 
@@ -346,7 +338,7 @@ async fn serve(
     }
     outcome.integration = i.as_str().to_owned();
     outcome.connection = c.as_str().to_owned();
-    TokenCaller::of(req).allow(&i, &c)?;
+    TokenCaller::of(req).allow(state, &i, &c)?;
     let integration = state.integration(&i)?;
     if integration.proxy.api_base_url.is_empty() {
         return Err(ApiError::ProxyNotConfigured(format!(

@@ -63,6 +63,14 @@ fn need(caller: &TokenCaller, r: &TokenRequest) -> Need {
             cap_by_lifetime: true,
             ..Need::default()
         },
+        // An Entra ID identity is a pipeline too: it may not force; the validity it asks for is
+        // capped by the token's lifetime, so asking cannot force a refresh either.
+        TokenCaller::Entra(_) => Need {
+            min_validity: r.min_validity,
+            force: false,
+            cap_by_lifetime: true,
+            ..Need::default()
+        },
         TokenCaller::Admin => Need {
             min_validity: r.min_validity,
             force: r.force,
@@ -99,7 +107,7 @@ pub async fn get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         req.match_info().get("integration").unwrap_or_default(),
         req.match_info().get("connection").unwrap_or_default(),
     )?;
-    caller.allow(&integration, &connection)?;
+    caller.allow(&state, &integration, &connection)?;
     let prefetched = super::credentials::take_prefetched(&req);
     let q = query(&req);
     let min_validity = q
@@ -155,7 +163,7 @@ pub async fn post(
         &b.integration,
         b.connection.as_deref().unwrap_or(ConnectionId::DEFAULT),
     )?;
-    caller.allow(&integration, &connection)?;
+    caller.allow(&state, &integration, &connection)?;
     serve(
         &state,
         &caller,

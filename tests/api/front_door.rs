@@ -417,6 +417,8 @@ async fn a_host_header_that_does_not_name_the_broker_is_refused_with_a_json_421(
     }
 }
 
+const HOST_MODE_KEY: &str = "host-mode-key-0123456789abcdef0123456789";
+
 #[tokio::test]
 async fn under_the_functions_host_forwarded_requests_with_the_apps_host_names_are_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -428,6 +430,9 @@ async fn under_the_functions_host_forwarded_requests_with_the_apps_host_names_ar
             "WEBSITE_HOSTNAME".to_owned(),
             "front-door-test.azurewebsites.net".to_owned(),
         ),
+        // The token route is anonymous at the host (it accepts Entra ID callers): the broker
+        // checks its own key there (tests/api/entra.rs), whatever host name the request carries.
+        ("BROKER_API_KEY".to_owned(), HOST_MODE_KEY.to_owned()),
     ]);
     let broker = Broker::start(&s).await;
     assert_eq!(broker.port, port, "the host's port");
@@ -441,14 +446,14 @@ async fn under_the_functions_host_forwarded_requests_with_the_apps_host_names_ar
             "GET",
             "/api/token/demo/x",
             host,
-            &["X-Azure-Functions-InvocationId: 1".into()],
+            &[
+                "X-Azure-Functions-InvocationId: 1".into(),
+                format!("x-functions-key: {HOST_MODE_KEY}"),
+            ],
         ))
         .await;
         let reply = c.reply(GENEROUS, None).await.expect("an answer");
-        assert_eq!(
-            reply.status, 404,
-            "Host {host}: the host authenticated the caller: {reply:?}"
-        );
+        assert_eq!(reply.status, 404, "Host {host}: served: {reply:?}");
         assert_eq!(
             reply.header("strict-transport-security"),
             Some("max-age=31536000"),

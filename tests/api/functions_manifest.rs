@@ -82,7 +82,11 @@ fn fill_route(route: &str) -> String {
 /// The routes a caller without a function key must reach: health, the API
 /// description, the vendor's redirect back, consent links (whose token is the
 /// credential) and the OAuth 2.0 token endpoint (the broker authenticates the
-/// client itself).
+/// client itself); and the routes that accept Microsoft Entra ID callers, who
+/// hold no function key: the token routes and the admin routes (the broker
+/// checks their callers itself: `tests/api/entra.rs` runs it as the host
+/// calls it). Only `auth/start` (opened in a browser with a key) stays
+/// `authLevel: function`.
 fn is_anonymous_route(shape: &str) -> bool {
     shape == "health"
         || shape == "openapi.json"
@@ -92,6 +96,17 @@ fn is_anonymous_route(shape: &str) -> bool {
         // The proxy: the handler authenticates the pipeline credential itself (Basic), and a
         // function key on the URL would be lost on ADF's absolute next-page links.
         || shape.starts_with("proxy/")
+        || is_checked_by_the_broker(shape)
+}
+
+/// The routes anonymous at the host whose callers the broker checks (Entra ID token, pipeline
+/// credential, BROKER_API_KEY or a token key).
+pub(crate) fn is_checked_by_the_broker(shape: &str) -> bool {
+    shape == "token/{}/{}"
+        || shape == "token"
+        || shape == "status"
+        || shape == "connections"
+        || shape.starts_with("connections/")
 }
 
 #[test]

@@ -25,6 +25,7 @@ mod consent_links;
 mod consent_warnings;
 mod discovery;
 mod encryption_at_rest;
+mod entra;
 mod events_once;
 mod flow;
 mod front_door;

@@ -39,7 +39,10 @@ CLI's documented behaviour where it matters to the script:
   changes the code that runs;
 - the app answers /api/health 200 only while code from a succeeded deployment runs and its identity
   may read the encryption key (a Key Vault reference); the admin routes (consent-link, credentials)
-  take only a host key (default or master), never a function key of another function.
+  are anonymous at the host (they accept Entra ID callers) and the broker checks them: they take only
+  BROKER_API_KEY, the Key Vault reference to broker-api-key (resolved only when the app's identity may
+  read that secret), never a host key, a function key or Data Factory's token key;
+- `az account show --query tenantId` answers the tenant of the signed-in identity.
 """
 
 import base64
@@ -227,6 +230,10 @@ def secret_id(state, rg, vault, name):
     return f"/subscriptions/{state['subscription']}/resourceGroups/{rg}/providers/Microsoft.KeyVault/vaults/{vault}/secrets/{name}"
 
 
+TENANT = "72f988bf-0000-4000-8000-000000000002"
+IDENTITY_CLIENT_ID = "cccccccc-1111-4222-8333-444444444444"
+
+
 def can_read_secret(state, principal_id, vault, name):
     """Key Vault RBAC: Secrets User (or Officer) at the secret's scope or above."""
     v = state["vaults"].get(vault)
@@ -252,7 +259,7 @@ def az(argv):
     if cmd.startswith("account show"):
         q = opt(argv, "--query")
         utype, uname = principal(state)
-        return out({"id": sub, "user.type": utype, "user.name": uname}.get(q, None) if q else
+        return out({"id": sub, "user.type": utype, "user.name": uname, "tenantId": TENANT}.get(q, None) if q else
                    {"id": sub, "user": {"type": utype, "name": uname}}, argv)
     if cmd.startswith("account set"):
         return None
@@ -260,7 +267,7 @@ def az(argv):
         resource = (opt(argv, "--resource") or ARM).rstrip("/")
         if resource == APP_SERVICE and state.get("appservice_audience_unsupported"):
             fail(f"Audience {APP_SERVICE} is not a supported MSI token audience.")
-        claims = {"aud": resource, "tid": "72f988bf-0000-4000-8000-000000000002", "oid": state["oid"],
+        claims = {"aud": resource, "tid": TENANT, "oid": state["oid"],
                   "idtyp": "user" if state.get("login", "user") == "user" else "app"}
         token = b64url({"typ": "JWT", "alg": "RS256"}) + "." + b64url(claims) + "." + secrets.token_urlsafe(24)
         state["tokens"].append(token)
@@ -419,7 +426,10 @@ def az(argv):
             "publicUrl": f"https://{app}.azurewebsites.net", "redirectUri": f"https://{app}.azurewebsites.net/api/auth/callback",
             "keyVaultName": name, "keyVaultUri": f"https://{name}.vault.azure.net",
             "encryptionKeysSecretName": "broker-encryption-keys", "functionKeySecretName": "broker-function-key",
-            "identityPrincipalId": state["identity_principal"]}}
+            "apiKeySecretName": "broker-api-key", "identityPrincipalId": state["identity_principal"],
+            "identityClientId": IDENTITY_CLIENT_ID,
+            "brokerAudience": (params.get("entraAudience", {}).get("value") or IDENTITY_CLIENT_ID)
+            if params.get("entraTenantId", {}).get("value") else ""}}
         state["app"]["name"] = app
         save(state)
         return out(None, argv)
@@ -637,8 +647,10 @@ def curl(argv):
         state["health"].append(status)
     elif url.endswith("/credentials") or url.endswith("/consent-link"):
         app = state["app"]
-        host_keys = [k for k in [*app["keys"].values(), app.get("master_key")] if k]
-        if not state["uploaded"] or header.get("x-functions-key") not in host_keys:
+        vault = vault_name(state)
+        api_keys = state["vaults"].get(vault, {}).get("secrets", {}).get("broker-api-key", [])
+        resolved = can_read_secret(state, state["identity_principal"], vault, "broker-api-key")
+        if not state["uploaded"] or not resolved or not api_keys or header.get("x-functions-key") != api_keys[-1]:
             status, body = 401, ""
             state.setdefault("admin_refused", []).append(url)
         elif url.endswith("/credentials"):

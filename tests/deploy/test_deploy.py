@@ -171,9 +171,12 @@ class DeployTest(unittest.TestCase):
             if "broker-function-key" in v["secrets"]:
                 stored = v["secrets"]["broker-function-key"][-1]
                 self.assertTrue(stored, "the function key in Key Vault is empty")
-                for fn in ("token", "token-post"):
-                    self.assertEqual(stored, s["app"].get("function_keys", {}).get(fn, {}).get("adf"),
-                                     f"Key Vault and the function {fn} disagree on Data Factory's key")
+                # It exists before the code (BROKER_TOKEN_KEYS refers to it); once the token
+                # functions have keys, theirs is the same.
+                if s["app"].get("function_keys"):
+                    for fn in ("token", "token-post"):
+                        self.assertEqual(stored, s["app"].get("function_keys", {}).get(fn, {}).get("adf"),
+                                         f"Key Vault and the function {fn} disagree on Data Factory's key")
                 self.assertNotIn(stored, s["app"]["keys"].values(), "Data Factory's key is a host key (it opens every function)")
                 self.assertNotIn("adf", s["app"]["keys"], "a host key adf is left (it opens every function)")
                 others = [fn for fn, keys in s["app"].get("function_keys", {}).items()
@@ -210,7 +213,11 @@ class DeployTest(unittest.TestCase):
             self.fail(f"deploy.sh relies on az functionapp keys, whose values are redacted: {c['argv']}")
         for c in az_calls(calls, "ad"):
             self.fail(f"deploy.sh calls Microsoft Graph (empty under a managed-identity login): {c['argv']}")
-        self.assertEqual(s.get("admin_refused", []), [], "an admin route was called without a host key")
+        self.assertEqual(s.get("admin_refused", []), [], "an admin route was called without the admin key (BROKER_API_KEY)")
+        # Data Factory never reads the admin key.
+        for ra in s["role_assignments"]:
+            if ra["principal"] == ADF_PRINCIPAL:
+                self.assertFalse(ra["scope"].endswith("/secrets/broker-api-key"), "Data Factory may read the admin key")
 
     def consent_file(self):
         return os.path.join(self.env.repo, "dist", "consent-links.txt")
@@ -262,10 +269,11 @@ class DeployTest(unittest.TestCase):
         self.assertIn("/api/auth/start/acme?link=cl_", self.consent_links())
         self.assertNotIn("code=", self.consent_links())
         self.assertIn(f"kv-{PREFIX}-", out)
-        # The app's identity may read exactly the encryption key and the client secret, each on its own.
+        # The app's identity may read exactly the encryption key, the client secret and the two keys
+        # it checks itself (BROKER_API_KEY, BROKER_TOKEN_KEYS), each on its own.
         access = env.state()["access_deployments"]
         self.assertEqual([(a["principal"], sorted(a["secrets"])) for a in access],
-                         [(IDENTITY, ["acme-client-secret", "broker-encryption-keys"])])
+                         [(IDENTITY, ["acme-client-secret", "broker-api-key", "broker-encryption-keys", "broker-function-key"])])
         granted = calls.index(az_calls(calls, "deployment", "group", "create")[1])
         self.assertLess(key_written, granted)
         self.assertLess(granted, uploaded, "the identity may read its secrets before the code starts")
@@ -725,17 +733,85 @@ class DeployTest(unittest.TestCase):
         self.assertIn("--connection must be", r.stderr)
         self.assertEqual(az_calls(calls, "group", "create"), [])
 
-    def test_the_admin_routes_use_the_host_key_data_factory_never_gets(self):
+    def test_the_admin_routes_use_the_admin_key_data_factory_never_gets(self):
         env = self.start()
-        r, calls = env.run()
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme")
         self.assert_success(r)
         app = env.state()["app"]
         posts = [c for c in calls if c["tool"] == "curl" and c["argv"][-1].endswith(("/consent-link", "/credentials"))]
         self.assertEqual(len(posts), 2)
-        self.assertEqual(env.state()["admin_refused"] if "admin_refused" in env.state() else [], [])
-        stored = self.vault()[1]["secrets"]["broker-function-key"][-1]
-        self.assertNotEqual(stored, app["keys"]["default"])
-        self.assertIn("default", app["keys"])
+        self.assertEqual(env.state().get("admin_refused", []), [])
+        secrets = self.vault()[1]["secrets"]
+        admin, token = secrets["broker-api-key"], secrets["broker-function-key"]
+        self.assertEqual(len(admin), 1, "the admin key is created once")
+        self.assertNotEqual(admin[-1], token[-1], "the admin key and Data Factory's token key differ")
+        self.assertNotIn(admin[-1], app["keys"].values(), "the admin key is no host key")
+        # The app's identity reads both (its BROKER_API_KEY and BROKER_TOKEN_KEYS references), Data
+        # Factory only its token key.
+        broker = [ra["scope"].rsplit("/secrets/", 1)[1] for ra in env.state()["role_assignments"]
+                  if ra["principal"] == IDENTITY and "/secrets/" in ra["scope"]]
+        self.assertTrue({"broker-api-key", "broker-function-key"} <= set(broker), broker)
+        # Both exist before the code is uploaded (its settings refer to them).
+        upload = next(i for i, c in enumerate(calls) if c["tool"] == "curl" and "/api/publish" in c["argv"][-1])
+        for name in ("broker-api-key", "broker-function-key"):
+            put = next(i for i, c in enumerate(calls) if c in secret_puts(calls, name))
+            self.assertLess(put, upload, f"{name} is written before the upload")
+        # A re-run keeps it.
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme")
+        self.assert_success(r)
+        self.assertEqual(secret_puts(calls, "broker-api-key"), [])
+
+    def test_adf_identity_access_adds_the_factory_to_callers_and_turns_entra_on(self):
+        env = self.start()
+        pkg = os.path.join(env.repo, "broker.zip")
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme", "--adf-identity-access", "acme/default")
+        # The prebuilt package does not ship the new callers: stopped before anything is deployed, and
+        # the integrations file now lists the factory.
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("does not ship the callers", r.stderr)
+        self.assertEqual(az_calls(calls, "deployment", "group", "create"), [])
+        with open(os.path.join(env.repo, "integrations.json")) as f:
+            doc = json.load(f)
+        self.assertEqual(doc["integrations"]["acme"]["callers"][0]["object_id"], ADF_PRINCIPAL)
+        self.assertEqual(doc["integrations"]["acme"]["callers"][0]["connections"], ["default"])
+        # A package built from that file: deployed, with Entra ID on for this tenant and the app's
+        # identity as the audience, and the MSI pipeline rendered with it.
+        import zipfile
+        with zipfile.ZipFile(pkg, "w") as z:
+            z.writestr("integrations.json", json.dumps(doc))
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme", "--adf-identity-access", "acme/default",
+                           "--adf-identity-access", "acme/eu.1")
+        self.assertNotEqual(r.returncode, 0, "a second connection changes the callers again")
+        with open(os.path.join(env.repo, "integrations.json")) as f:
+            doc = json.load(f)
+        self.assertEqual(doc["integrations"]["acme"]["callers"], [{
+            "object_id": ADF_PRINCIPAL, "connections": ["default", "eu.1"],
+            "description": doc["integrations"]["acme"]["callers"][0]["description"]}], "one entry, merged")
+        with zipfile.ZipFile(pkg, "w") as z:
+            z.writestr("integrations.json", json.dumps(doc))
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme", "--adf-identity-access", "acme/default",
+                           "--adf-identity-access", "acme/eu.1")
+        self.assert_success(r)
+        params = env.state()["deployments"][-1]
+        self.assertEqual(params["entraTenantId"], "72f988bf-0000-4000-8000-000000000002")
+        self.assertEqual(params["entraAudience"], "")
+        with open(os.path.join(env.repo, "dist", "adf", "pipeline", "PL_BrokerToken_Web_MSI.json")) as f:
+            msi = json.load(f)
+        get = msi["properties"]["activities"][0]["typeProperties"]
+        self.assertEqual(get["authentication"], {"type": "MSI", "resource": "cccccccc-1111-4222-8333-444444444444"})
+        self.assertIn("https://demo-broker-", get["url"]["value"])
+        # An app registration's audience instead.
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme", "--adf-identity-access", "acme/default",
+                           "--adf-identity-access", "acme/eu.1", "--entra-audience", "api://oauth-broker-acme")
+        self.assert_success(r)
+        self.assertEqual(env.state()["deployments"][-1]["entraAudience"], "api://oauth-broker-acme")
+        # Without Data Factory the flag is refused before anything.
+        r, calls = env.run("--adf-identity-access", "acme/default")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("needs --data-factory", r.stderr)
+        r, calls = env.run("--data-factory", "rg-adf/adf-acme", "--adf-identity-access", "nosuch/default")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("has no integration 'nosuch'", r.stderr)
 
     def test_private_network(self):
         env = self.start(providers={ns: "Registered" for ns in ALL_PROVIDERS if ns not in ("Microsoft.Network", "Microsoft.App")})

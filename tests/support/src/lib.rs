@@ -6,6 +6,8 @@
 //! - [`azurite`]: Azurite (Table Storage), over HTTP or HTTPS with OAuth; raw table reads.
 //! - [`oidc`]: oidc-provider, the strict authorization server (`oidc-server.mjs`).
 //! - [`broker`]: the `oauth-broker` executable and how it is started.
+//! - [`entra`]: a stand-in for Microsoft Entra ID (metadata, key set with rotation, RS256 access
+//!   tokens shaped like Entra's v1.0/v2.0 app-only tokens, and wrong ones on purpose).
 //! - [`fake_vendor`]: a scriptable token endpoint for the faults oidc-provider cannot produce.
 //! - [`test_api`]: a vendor API for the proxy (tokens checked at oidc-provider, scripted faults).
 //! - [`http`]: replies, the Functions host's client and headers, the timer envelope.
@@ -29,6 +31,7 @@ pub mod azurite;
 pub mod broker;
 pub mod browser;
 pub mod chromium;
+pub mod entra;
 pub mod fake_vendor;
 pub mod http;
 pub mod oidc;
