@@ -4,29 +4,11 @@
 //! refreshes of one connection are budgeted, and pipeline credentials cannot force at all.
 
 use base64::Engine as _;
-use reqwest::Method;
 use serde_json::Value;
 
 use crate::helpers::*;
 
 const ENDPOINT: &str = "/api/oauth2/token";
-
-async fn credential(app: &TestApp, conn: &str) -> (String, String) {
-    let reply = app
-        .call(
-            Method::POST,
-            &format!("/api/connections/{INTEGRATION}/{conn}/credentials"),
-            None,
-            Key::Configured,
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{reply:?}");
-    let v = reply.json();
-    (
-        v["client_id"].as_str().unwrap().to_owned(),
-        v["client_secret"].as_str().unwrap().to_owned(),
-    )
-}
 
 async fn token_endpoint(app: &TestApp, id: &str, secret: &str, forwarded: Option<&str>) -> Reply {
     let mut req = reqwest::Client::new().post(app.url(ENDPOINT)).form(&[

@@ -43,23 +43,6 @@ fn file(issuer: &str, api_base: &str, extra: Value) -> Value {
     f
 }
 
-async fn credential(app: &TestApp, conn: &str) -> (String, String) {
-    let r = app
-        .call(
-            Method::POST,
-            &format!("/api/connections/{INTEGRATION}/{conn}/credentials"),
-            None,
-            Key::Configured,
-        )
-        .await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let v = r.json();
-    (
-        v["client_id"].as_str().unwrap().to_owned(),
-        v["client_secret"].as_str().unwrap().to_owned(),
-    )
-}
-
 async fn setup(store: Store, env: &[(&str, &str)], extra: Value) -> Setup {
     let mut app = TestApp::spawn(AppOptions::on(store)).await;
     let issuer = app.oidc().issuer.clone();
