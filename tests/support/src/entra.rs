@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use ring::rand::SystemRandom;
@@ -187,36 +187,19 @@ impl Entra {
         let tenant = uuid_ish();
         let state = Arc::new(State::default());
         *state.published.lock().unwrap() = vec![0];
-        let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::clone(&state);
         let served_keys = Arc::clone(&keys);
         let served_tenant = tenant.clone();
-        std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let data = web::Data::from(shared);
-                let keys = web::Data::from(served_keys);
-                let tenant = web::Data::new(served_tenant);
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(data.clone())
-                        .app_data(keys.clone())
-                        .app_data(tenant.clone())
-                        .route(
-                            "/{tenant}/v2.0/.well-known/openid-configuration",
-                            web::get().to(metadata),
-                        )
-                        .route("/{tenant}/discovery/v2.0/keys", web::get().to(jwks))
-                })
-                .workers(1)
-                .bind(("127.0.0.1", 0))
-                .unwrap();
-                let port = server.addrs()[0].port();
-                let server = server.run();
-                tx.send((port, server.handle())).unwrap();
-                let _ = server.await;
-            })
+        let (port, handle) = crate::util::serve_on_loopback(1, move |cfg| {
+            cfg.app_data(web::Data::from(Arc::clone(&shared)))
+                .app_data(web::Data::from(Arc::clone(&served_keys)))
+                .app_data(web::Data::new(served_tenant.clone()))
+                .route(
+                    "/{tenant}/v2.0/.well-known/openid-configuration",
+                    web::get().to(metadata),
+                )
+                .route("/{tenant}/discovery/v2.0/keys", web::get().to(jwks));
         });
-        let (port, handle) = rx.recv().unwrap();
         Entra {
             authority: format!("http://127.0.0.1:{port}"),
             tenant,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
 /// One scripted answer to a refresh.
@@ -91,30 +91,15 @@ pub struct FakeVendor {
 impl FakeVendor {
     pub fn start() -> FakeVendor {
         let state = Arc::new(State::default());
-        let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::clone(&state);
-        std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let data = web::Data::from(shared);
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(data.clone())
-                        .route("/token", web::post().to(token))
-                        .route(
-                            "/.well-known/oauth-authorization-server",
-                            web::get().to(metadata),
-                        )
-                })
-                .workers(2)
-                .bind(("127.0.0.1", 0))
-                .unwrap();
-                let port = server.addrs()[0].port();
-                let server = server.run();
-                tx.send((port, server.handle())).unwrap();
-                let _ = server.await;
-            })
+        let (port, handle) = crate::util::serve_on_loopback(2, move |cfg| {
+            cfg.app_data(web::Data::from(Arc::clone(&shared)))
+                .route("/token", web::post().to(token))
+                .route(
+                    "/.well-known/oauth-authorization-server",
+                    web::get().to(metadata),
+                );
         });
-        let (port, handle) = rx.recv().unwrap();
         FakeVendor {
             base: format!("http://127.0.0.1:{port}"),
             state,

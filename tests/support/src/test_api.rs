@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 /// One scripted answer, taken by the next authenticated request.
@@ -73,29 +73,14 @@ impl TestApi {
             introspect: issuer.map(|i| format!("{i}/__introspect")),
             ..State::default()
         });
-        let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::clone(&state);
-        std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let data = web::Data::from(shared);
-                let http = web::Data::new(reqwest::Client::new());
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(data.clone())
-                        .app_data(http.clone())
-                        .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
-                        .default_service(web::to(handle))
-                })
-                .workers(2)
-                .bind(("127.0.0.1", 0))
-                .unwrap();
-                let port = server.addrs()[0].port();
-                let server = server.run();
-                tx.send((port, server.handle())).unwrap();
-                let _ = server.await;
-            })
+        let http = reqwest::Client::new();
+        let (port, handle) = crate::util::serve_on_loopback(2, move |cfg| {
+            cfg.app_data(web::Data::from(Arc::clone(&shared)))
+                .app_data(web::Data::new(http.clone()))
+                .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+                .default_service(web::to(handle));
         });
-        let (port, handle) = rx.recv().unwrap();
         let base = format!("http://127.0.0.1:{port}");
         *state.base.lock().unwrap() = base.clone();
         TestApi {

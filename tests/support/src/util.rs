@@ -208,3 +208,28 @@ fn encodings_of_finds_a_secret_base64_encoded_inside_a_larger_blob() {
     let unrelated = STANDARD.encode("tok_something_else_entirely_0123456789");
     assert!(!encodings_of(secret).iter().any(|e| unrelated.contains(e)));
 }
+
+/// Serves an actix-web app made by `configure` (its routes and app data) on 127.0.0.1 at a free
+/// port, in a thread with its own actix system: the port, and a handle that stops it. The
+/// in-process fakes (vendor, Entra ID, test API) all start this way.
+pub fn serve_on_loopback<F>(workers: usize, configure: F) -> (u16, actix_web::dev::ServerHandle)
+where
+    F: Fn(&mut actix_web::web::ServiceConfig) + Send + Clone + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = actix_web::HttpServer::new(move || {
+                actix_web::App::new().configure(configure.clone())
+            })
+            .workers(workers)
+            .bind(("127.0.0.1", 0))
+            .unwrap();
+            let port = server.addrs()[0].port();
+            let server = server.run();
+            tx.send((port, server.handle())).unwrap();
+            let _ = server.await;
+        })
+    });
+    rx.recv().unwrap()
+}

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 /// How a vendor announces an access token's lifetime.
@@ -127,27 +127,12 @@ pub struct VendorSim {
 impl VendorSim {
     pub fn start() -> VendorSim {
         let state = Arc::new(State::default());
-        let (tx, rx) = std::sync::mpsc::channel();
         let shared = Arc::clone(&state);
-        std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let data = web::Data::from(shared);
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(data.clone())
-                        .app_data(web::PayloadConfig::new(1 << 20))
-                        .route("/{vendor}/{endpoint}", web::to(handle))
-                })
-                .workers(2)
-                .bind(("127.0.0.1", 0))
-                .unwrap();
-                let port = server.addrs()[0].port();
-                let server = server.run();
-                tx.send((port, server.handle())).unwrap();
-                let _ = server.await;
-            })
+        let (port, handle) = crate::util::serve_on_loopback(2, move |cfg| {
+            cfg.app_data(web::Data::from(Arc::clone(&shared)))
+                .app_data(web::PayloadConfig::new(1 << 20))
+                .route("/{vendor}/{endpoint}", web::to(handle));
         });
-        let (port, handle) = rx.recv().unwrap();
         VendorSim {
             base: format!("http://127.0.0.1:{port}"),
             state,
