@@ -138,6 +138,19 @@ impl Proc {
         }
     }
 
+    /// Its output once `until` holds of it, or after 10 s whatever it is then. The output is read
+    /// by a thread, so a line written just before an answer may arrive just after it.
+    pub fn text_when(&self, until: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.text();
+            if until(&text) || std::time::Instant::now() >= deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Panics with its output when the process has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
