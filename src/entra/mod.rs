@@ -15,9 +15,14 @@
 //! `exp`/`nbf` hold with 5 minutes of skew (`exp`, `nbf`); `oid` is there
 //! (`oid`). The caller is its `oid`.
 //!
+//! A token that passed every check is kept ([`verified`]) until its `exp`, so
+//! a caller reusing its token pays for the signature once; its lifetime is
+//! still checked at every use.
+//!
 //! Depends on `config` (the settings) and `vendor_body` (capped reads).
 
 pub mod jwt;
+pub mod verified;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -30,6 +35,7 @@ use url::Url;
 
 use crate::config::entra::{EntraSettings, ADMIN_ROLE};
 use jwt::Malformed;
+use verified::{Fingerprint, Lookup, Verified, Window};
 
 /// Tolerated clock difference for `exp` and `nbf`.
 pub const SKEW_SECS: i64 = 300;
@@ -155,6 +161,8 @@ pub struct Verifier {
     keys: RwLock<KeySet>,
     /// One fetch at a time.
     fetching: tokio::sync::Mutex<()>,
+    /// Tokens that passed every check, emptied at every key fetch.
+    verified: Verified,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +228,7 @@ impl Verifier {
             http,
             keys: RwLock::new(KeySet::default()),
             fetching: tokio::sync::Mutex::new(()),
+            verified: Verified::default(),
         })
     }
 
@@ -283,6 +292,8 @@ impl Verifier {
         let mut w = self.keys.write().unwrap_or_else(|p| p.into_inner());
         w.keys = keys;
         w.fetched_at = Some(Instant::now());
+        drop(w);
+        self.verified.clear();
         tracing::info!(keys = count, "Entra ID signing keys fetched");
         Ok(count)
     }
@@ -364,10 +375,13 @@ impl Verifier {
 
     /// Renews a day-old key set in the background (the caller is served from the cache).
     fn renew_if_old(self: &Arc<Self>) {
+        let old = |k: &KeySet| k.fetched_at.is_some_and(|t| t.elapsed() >= MAX_KEY_AGE);
+        if !old(&self.keys.read().unwrap_or_else(|p| p.into_inner())) {
+            return;
+        }
         {
             let mut w = self.keys.write().unwrap_or_else(|p| p.into_inner());
-            let old = w.fetched_at.is_some_and(|t| t.elapsed() >= MAX_KEY_AGE);
-            if !old || w.renewing {
+            if !old(&w) || w.renewing {
                 return;
             }
             w.renewing = true;
@@ -382,9 +396,20 @@ impl Verifier {
         });
     }
 
-    /// Verifies a bearer token.
-    pub async fn verify(self: &Arc<Self>, token: &str) -> Result<EntraCaller, VerifyError> {
+    /// Verifies a bearer token (or finds it verified earlier and still inside its lifetime).
+    pub async fn verify(self: &Arc<Self>, token: &str) -> Result<Arc<EntraCaller>, VerifyError> {
         let invalid = VerifyError::Invalid;
+        let now = now_unix();
+        let print = Fingerprint::of(token);
+        match self.verified.lookup(print, now) {
+            Lookup::Valid(caller) => {
+                self.renew_if_old();
+                return Ok(caller);
+            }
+            Lookup::Outside { expired: true } => return Err(invalid(Check::Expired)),
+            Lookup::Outside { expired: false } => return Err(invalid(Check::NotYetValid)),
+            Lookup::Unknown => {}
+        }
         let u = jwt::parse(token).map_err(|m| invalid(Check::Malformed(m)))?;
         if u.header.alg != "RS256" {
             return Err(invalid(Check::Algorithm));
@@ -407,7 +432,12 @@ impl Verifier {
             &u.signature,
         )
         .map_err(|_| invalid(Check::Signature))?;
-        check_claims(&self.settings, &u.claims, now_unix())
+        let caller = Arc::new(check_claims(&self.settings, &u.claims, now)?);
+        if let Some(window) = window(&u.claims) {
+            self.verified
+                .insert(print, Arc::clone(&caller), window, now);
+        }
+        Ok(caller)
     }
 }
 
@@ -428,6 +458,14 @@ pub fn bearer(value: &str) -> Option<Result<&str, ()>> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
     Some(if ok { Ok(token) } else { Err(()) })
+}
+
+/// When a token may be used: `exp` and `nbf` widened by the skew; `None` without `exp`.
+fn window(c: &jwt::Claims) -> Option<Window> {
+    Some(Window {
+        until: c.exp?.0.saturating_add(SKEW_SECS),
+        from: c.nbf.map(|n| n.0.saturating_sub(SKEW_SECS)),
+    })
 }
 
 /// The claim checks, after the signature verified.
@@ -455,14 +493,12 @@ pub fn check_claims(
     {
         return Err(invalid(Check::Tenant));
     }
-    match c.exp {
-        Some(exp) if now <= exp.0.saturating_add(SKEW_SECS) => {}
-        _ => return Err(invalid(Check::Expired)),
+    let lifetime = window(c).ok_or(invalid(Check::Expired))?;
+    if now > lifetime.until {
+        return Err(invalid(Check::Expired));
     }
-    if let Some(nbf) = c.nbf {
-        if now.saturating_add(SKEW_SECS) < nbf.0 {
-            return Err(invalid(Check::NotYetValid));
-        }
+    if !lifetime.holds(now) {
+        return Err(invalid(Check::NotYetValid));
     }
     let oid = c
         .oid

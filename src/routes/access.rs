@@ -57,7 +57,7 @@ async fn entra(
         }
     };
     Some(match verifier.verify(token).await {
-        Ok(caller) => Ok(Arc::new(caller)),
+        Ok(caller) => Ok(caller),
         Err(VerifyError::Invalid(check)) => Err(refused(req, check)),
         Err(VerifyError::KeysUnavailable) => {
             tracing::error!(

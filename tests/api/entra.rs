@@ -400,7 +400,8 @@ async fn an_unknown_kid_refetches_the_keys_once_a_minute_and_a_rotated_in_key_is
     // Again: cached now.
     check_token_reply(&token_get(&app, "acme", &rotated).await, "acme");
     // The retired key is gone from the set; a key never published is unknown: both refused, and
-    // within the minute neither fetches again.
+    // within the minute neither fetches again. RS256 signing is deterministic, so the retired
+    // key's token is the very token accepted (and kept as verified) above: the fetch forgot it.
     for (what, signer) in [
         ("retired key", Signer::Key(0)),
         ("unknown key", Signer::Key(2)),
