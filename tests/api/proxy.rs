@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use broker_testkit::entra::{Entra, Principal, Version};
 use broker_testkit::test_api::{Fault, TestApi};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -691,4 +692,55 @@ async fn under_the_functions_host_only_a_pipeline_credential_opens_the_proxy() {
             seen[0]
         );
     }
+}
+
+#[tokio::test]
+async fn an_entra_identity_uses_the_proxy_for_its_listed_connections_only() {
+    // Data Factory's managed identity, as its REST connector authenticates against the proxy
+    // (authenticationType ManagedServiceIdentity, aadResourceId = the broker's audience).
+    let entra = Entra::start();
+    let adf = Principal::data_factory("adf-main");
+    let audience = "api://oauth-broker-proxy-test";
+    let env = [
+        ("BROKER_ENTRA_TENANT_ID", entra.tenant.as_str()),
+        ("BROKER_ENTRA_AUDIENCE", audience),
+        ("BROKER_ENTRA_AUTHORITY", entra.authority.as_str()),
+    ];
+    let callers = json!({"callers": [{"object_id": adf.object_id(), "connections": ["main"]}]});
+    let s = setup(Store::Sqlite, &env, callers).await;
+    let vendor_token = s.app.access_token("main").await;
+    let identity = entra.token(Version::V1, &adf, audience, &[]);
+    let with = |conn: &str, token: &str| {
+        reqwest::Client::new()
+            .get(s.proxy_url(conn, "/echo"))
+            .bearer_auth(token)
+    };
+    s.api.clear();
+
+    let r = s.send(with("main", &identity)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = s.api.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Bearer {vendor_token}").as_str()),
+        "the vendor gets the connection's token, not the identity's"
+    );
+    let signature = identity.rsplit('.').next().unwrap();
+    assert!(
+        !format!("{seen:?}").contains(signature),
+        "the Entra token never reaches the vendor"
+    );
+
+    // The same identity on a connection it is not listed for; a token for another audience.
+    broker_error(&s.send(with("second", &identity)).await, 403, "forbidden");
+    let elsewhere = entra.token(Version::V1, &adf, "api://another-app", &[]);
+    let r = s.send(with("main", &elsewhere)).await;
+    broker_error(&r, 401, "invalid_token");
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some("Bearer error=\"invalid_token\""),
+        "{r:?}"
+    );
+    assert_eq!(s.api.requests(), 1, "no refused request reached the vendor");
 }
