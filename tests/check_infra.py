@@ -687,13 +687,25 @@ def check_adf(template_doc):
         route = served.get("proxy/{}/{}/{}")
         check(route is not None and {"GET", "POST"} <= set(route[1]) and route[2] == "anonymous",
               f"{name}: the broker serves proxy/{{}}/{{}}/{{}}, takes GET and POST and is anonymous (the broker checks the credential)")
-        check(tp.get("authenticationType") == "Basic", f"{name} authenticates with HTTP Basic (the pipeline credential)")
+        if tp.get("authenticationType") == "ManagedServiceIdentity":
+            # The factory's managed identity: an Entra ID token for the broker's audience, no secret.
+            check(tp.get("aadResourceId") == "__BROKER_AUDIENCE__",
+                  f"{name}.aadResourceId is the broker's audience (__BROKER_AUDIENCE__, main.bicep's brokerAudience)")
+            check(not {"userName", "password", "servicePrincipalKey"} & set(tp),
+                  f"{name} holds no user name, password or key (the identity needs none)")
+            check("brokerAudience" in (template_doc or {}).get("outputs", {}),
+                  "main.bicep outputs brokerAudience, which deploy.sh renders as __BROKER_AUDIENCE__")
+            continue
+        check(tp.get("authenticationType") == "Basic",
+              f"{name} authenticates with HTTP Basic (the pipeline credential) or the factory's managed identity")
         check(tp.get("userName") == "@{linkedService().clientId}", f"{name}.userName is the credential's client id")
         secret = tp.get("password", {})
         check(secret.get("type") == "AzureKeyVaultSecret"
               and expression_text(secret.get("secretName")) == "@linkedService().credentialSecretName",
               f"{name}.password is the Key Vault secret its credentialSecretName parameter names "
               "(the name infra/names.py computes and deploy.sh stores; ADF expressions cannot compute it)")
+    check(any(tp.get("authenticationType") == "ManagedServiceIdentity" for tp in proxy_services.values()),
+          "a REST linked service calls the proxy with the factory's managed identity")
     via_proxy_datasets = {n for n, d in kinds["dataset"].items()
                           if d["properties"].get("linkedServiceName", {}).get("referenceName") in proxy_services}
     check(bool(via_proxy_datasets), "a dataset reads through the proxy linked service")
@@ -702,9 +714,15 @@ def check_adf(template_doc):
         inputs = {i["referenceName"] for a in activities for i in a.get("inputs", [])}
         if inputs & via_proxy_datasets:
             params = doc["properties"].get("parameters", {})
-            check(params.get("credentialSecretName", {}).get("defaultValue") == "__DEFAULT_CREDENTIAL_SECRET__"
-                  and "python3 infra/names.py credential-secret" in deploy,
-                  f"deploy.sh renders infra/names.py's secret name into {name} (it reads through the proxy)")
+            services = {kinds["dataset"][i]["properties"]["linkedServiceName"]["referenceName"]
+                        for i in inputs & via_proxy_datasets}
+            if any(proxy_services[sv].get("authenticationType") == "Basic" for sv in services):
+                check(params.get("credentialSecretName", {}).get("defaultValue") == "__DEFAULT_CREDENTIAL_SECRET__"
+                      and "python3 infra/names.py credential-secret" in deploy,
+                      f"deploy.sh renders infra/names.py's secret name into {name} (it reads through the proxy)")
+            else:
+                check(not {"clientId", "credentialSecretName"} & set(params),
+                      f"{name} reads through the proxy with the factory's identity: no credential parameters")
             check(params.get("integration", {}).get("defaultValue") == "__DEFAULT_INTEGRATION__"
                   and params.get("connection", {}).get("defaultValue") == "__DEFAULT_CONNECTION__",
                   f"{name}'s integration and connection default to the ones deploy.sh made the credential for")
