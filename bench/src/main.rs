@@ -377,7 +377,16 @@ impl Fixture {
 
     /// The broker's settings on `port` (`RUST_LOG=info`; `extra` settings last).
     fn broker_spec(&self, env: &Env, port: u16, extra: &[(&str, &str)]) -> BrokerSpec {
-        let mut settings = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+        let mut settings = vec![
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+            // Every load generator here is one loopback address with several connection pools
+            // (key, Basic, bearer clients): the standalone per-source cap (64) would refuse the
+            // bench's own connections at concurrency 64 and count them as errors.
+            (
+                "BROKER_MAX_CONNECTIONS_PER_SOURCE".to_owned(),
+                "65536".to_owned(),
+            ),
+        ];
         settings.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         BrokerSpec {
             port,
@@ -733,12 +742,30 @@ where
     }
 }
 
+/// Says why a request failed, for the first few failures of the run (a count alone hides whether
+/// the broker refused, the store timed out or the client ran out of sockets).
+fn failed(what: impl std::fmt::Display) -> bool {
+    static SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if SHOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+        eprintln!("bench: a request failed: {what}");
+    }
+    false
+}
+
 fn get_ok(http: &reqwest::Client, url: &str) -> impl Future<Output = bool> {
     let req = http.get(url);
     async move {
         match req.send().await {
             Ok(r) if r.status() == 200 => r.bytes().await.is_ok(),
-            _ => false,
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                failed(format_args!(
+                    "{status} {}",
+                    body.chars().take(200).collect::<String>()
+                ))
+            }
+            Err(e) => failed(e),
         }
     }
 }
