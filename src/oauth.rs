@@ -115,6 +115,19 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// The kind of failure, stored beside its text (`last_error_kind`) so that
+    /// classifying a stored failure never reads the text: `oauth:<code>` (the
+    /// vendor's OAuth error code), `http:<status>`, `transport` or
+    /// `invalid_response`. Read back by [`crate::domain::condition`].
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Rejected { error, .. } => sanitize(&format!("oauth:{error}"), 80),
+            Self::Server { status, .. } => format!("http:{status}"),
+            Self::Transport(_) => "transport".into(),
+            Self::InvalidResponse(_) => "invalid_response".into(),
+        }
+    }
+
     /// The OAuth error code when the vendor gave one.
     pub fn oauth_error(&self) -> Option<&OAuthErrorCode> {
         match self {

@@ -74,7 +74,21 @@ impl Condition {
 /// error (the refresh engine stores the error's text, sanitised).
 const REJECTED_PREFIX: &str = "the provider answered ";
 
-/// The OAuth error code in a stored `last_error`, when the vendor sent one.
+/// The OAuth error code of the last failure: from its stored kind
+/// (`oauth:<code>`, see `TokenError::kind`), or, for a row stored before kinds
+/// were, from its text as those versions wrote it.
+pub fn last_error_code(r: &ConnectionRecord) -> Option<OAuthErrorCode> {
+    match r.last_error_kind.as_deref() {
+        Some(kind) => kind
+            .strip_prefix("oauth:")
+            .filter(|c| !c.is_empty())
+            .map(OAuthErrorCode::parse),
+        None => r.last_error.as_deref().and_then(error_code),
+    }
+}
+
+/// The OAuth error code in a stored `last_error` text, when the vendor sent
+/// one: how rows written before `last_error_kind` are read.
 pub fn error_code(last_error: &str) -> Option<OAuthErrorCode> {
     let rest = last_error.strip_prefix(REJECTED_PREFIX)?;
     let code = rest.split([':', ' ']).next().filter(|c| !c.is_empty())?;
@@ -103,11 +117,7 @@ pub fn assess_with(
     }
     let failed_since_refresh = r.last_error_at.is_some_and(|at| at > r.refreshed_at);
     if failed_since_refresh {
-        let blames_client = r
-            .last_error
-            .as_deref()
-            .and_then(error_code)
-            .is_some_and(|c| c.blames_client());
+        let blames_client = last_error_code(r).is_some_and(|c| c.blames_client());
         return if blames_client {
             Condition::Misconfigured
         } else {
@@ -259,6 +269,76 @@ mod tests {
         // Refreshed since: the error is history.
         r.refreshed_at = at(15);
         assert_eq!(assess(&r, None, at(20)), Condition::Active);
+    }
+
+    #[test]
+    fn the_stored_kind_classifies_a_failure_whatever_its_text_says() {
+        let mut r = record();
+        r.last_error_at = Some(at(10));
+        // Reworded text, typed kind: the kind decides.
+        r.last_error = Some("Xero said no to the client".into());
+        r.last_error_kind = Some("oauth:invalid_client".into());
+        assert_eq!(assess(&r, None, at(20)), Condition::Misconfigured);
+        // Text that reads like a client error, kind of a server fault: failing.
+        r.last_error = Some("the provider answered invalid_client".into());
+        r.last_error_kind = Some("http:503".into());
+        assert_eq!(assess(&r, None, at(20)), Condition::Failing);
+        for kind in [
+            "transport",
+            "invalid_response",
+            "oauth:",
+            "oauth:invalid_grant",
+            "later:x",
+        ] {
+            r.last_error_kind = Some(kind.into());
+            assert_eq!(assess(&r, None, at(20)), Condition::Failing, "{kind}");
+        }
+        // A row stored before kinds existed is read by its text, as before.
+        r.last_error_kind = None;
+        assert_eq!(assess(&r, None, at(20)), Condition::Misconfigured);
+    }
+
+    #[test]
+    fn every_token_error_has_a_kind_that_classifies_as_its_text_did() {
+        use crate::oauth::TokenError;
+        let errors = [
+            TokenError::Rejected {
+                status: 401,
+                error: OAuthErrorCode::InvalidClient,
+                description: Some("bad secret".into()),
+            },
+            TokenError::Rejected {
+                status: 400,
+                error: OAuthErrorCode::UnauthorizedClient,
+                description: None,
+            },
+            TokenError::Rejected {
+                status: 400,
+                error: OAuthErrorCode::Other("weird\ncode".into()),
+                description: None,
+            },
+            TokenError::Server {
+                status: 503,
+                retry_after: Some(3),
+            },
+            TokenError::Transport("timed out".into()),
+            TokenError::InvalidResponse("no access_token".into()),
+        ];
+        for e in errors {
+            let mut by_kind = record();
+            by_kind.last_error_at = Some(at(10));
+            by_kind.last_error = Some("reworded".into());
+            by_kind.last_error_kind = Some(e.kind());
+            let mut by_text = record();
+            by_text.last_error_at = Some(at(10));
+            by_text.last_error = Some(crate::oauth::sanitize(&e.to_string(), 300));
+            assert_eq!(
+                assess(&by_kind, None, at(20)),
+                assess(&by_text, None, at(20)),
+                "{e}"
+            );
+            assert!(!e.kind().chars().any(char::is_control), "{e}");
+        }
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub struct ConnectionRecord {
     pub refreshed_at: OffsetDateTime,
     pub last_error: Option<String>,
     pub last_error_at: Option<OffsetDateTime>,
+    /// What kind of failure `last_error` describes, as [`crate::oauth::TokenError::kind`]
+    /// stores it (`oauth:<code>`, `http:<status>`, `transport`, `invalid_response`), so that
+    /// classifying it never reads the text; `None` for rows stored before it existed.
+    pub last_error_kind: Option<String>,
     /// A refresh in progress somewhere holds the row until this instant.
     pub lease_until: Option<OffsetDateTime>,
     pub lease_owner: Option<String>,
@@ -127,6 +131,7 @@ impl ConnectionRecord {
             refreshed_at: now,
             last_error: None,
             last_error_at: None,
+            last_error_kind: None,
             lease_until: None,
             lease_owner: None,
             metadata: BTreeMap::new(),

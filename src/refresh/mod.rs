@@ -727,6 +727,7 @@ impl Engine {
                 next.refreshed_at = now;
                 next.last_error = None;
                 next.last_error_at = None;
+                next.last_error_kind = None;
                 match self.store.replace(&next, &leased.version).await {
                     Ok(_) => {
                         tracing::info!(
@@ -757,6 +758,7 @@ impl Engine {
             Err(err) => {
                 next.last_error = Some(oauth::sanitize(&err.to_string(), 300));
                 next.last_error_at = Some(now);
+                next.last_error_kind = Some(err.kind());
                 let outcome = if err.is_dead_grant() {
                     next.status = ConnectionStatus::ReauthorizationRequired;
                     "reauthorization_required"

@@ -72,6 +72,8 @@ pub struct ConnectionRow {
     pub refreshed_at: OffsetDateTime,
     pub last_error: Option<String>,
     pub last_error_at: Option<OffsetDateTime>,
+    /// `ConnectionRecord::last_error_kind`; `None` for older rows.
+    pub last_error_kind: Option<String>,
     pub lease_until: Option<OffsetDateTime>,
     pub lease_owner: Option<String>,
     /// Vendor metadata captured at consent (JSON object of strings; not secret).
@@ -481,6 +483,7 @@ impl Store {
             refreshed_at: r.refreshed_at,
             last_error: r.last_error.clone(),
             last_error_at: r.last_error_at,
+            last_error_kind: r.last_error_kind.clone(),
             lease_until: r.lease_until,
             lease_owner: r.lease_owner.clone(),
             metadata: serde_json::to_string(&r.metadata).unwrap_or_else(|_| "{}".into()),
@@ -540,6 +543,7 @@ impl Store {
             refreshed_at: row.refreshed_at,
             last_error: row.last_error,
             last_error_at: row.last_error_at,
+            last_error_kind: row.last_error_kind,
             lease_until: row.lease_until,
             lease_owner: row.lease_owner,
             metadata: serde_json::from_str(&row.metadata)

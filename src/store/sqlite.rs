@@ -120,6 +120,9 @@ const MIGRATIONS: &[&str] = &[
     // end with it.
     "ALTER TABLE connections ADD COLUMN account TEXT;
      CREATE INDEX IF NOT EXISTS pending_of ON pending (integration, connection);",
+    // 3: the kind of the last refresh failure beside its text (issue 16); NULL
+    // for older rows, which are classified by their text as before.
+    "ALTER TABLE connections ADD COLUMN last_error_kind TEXT;",
 ];
 
 /// The schema version this build writes.
@@ -193,7 +196,7 @@ fn read_credential(r: &Row<'_>) -> Result<CredentialRow, rusqlite::Error> {
 
 const CONN_COLUMNS: &str =
     "integration, connection, version, status, key_id, sealed_tokens, token_type, scope, \
-     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata, account";
+     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata, account, last_error_kind";
 
 const PENDING_COLUMNS: &str =
     "state_hash, integration, connection, key_id, sealed_verifier, binding_hash, expires_at, link_hash";
@@ -253,6 +256,7 @@ fn read_connection(r: &Row<'_>) -> Result<Versioned<ConnectionRow>, rusqlite::Er
             lease_owner: r.get(14)?,
             metadata: r.get(15)?,
             account: r.get(16)?,
+            last_error_kind: r.get(17)?,
         },
     })
 }
@@ -328,8 +332,9 @@ impl Backend for SqliteBackend {
         self.run(move |db| {
             db.query_row(
                 "INSERT INTO connections (integration, connection, version, status, key_id, sealed_tokens, token_type, scope,
-                     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata, account)
-                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                     expires_at, created_at, refreshed_at, last_error, last_error_at, lease_until, lease_owner, metadata, account,
+                     last_error_kind)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                  ON CONFLICT (integration, connection) DO UPDATE SET
                      version = version + 1, status = excluded.status, key_id = excluded.key_id,
                      sealed_tokens = excluded.sealed_tokens, token_type = excluded.token_type, scope = excluded.scope,
@@ -337,12 +342,13 @@ impl Backend for SqliteBackend {
                      refreshed_at = excluded.refreshed_at, last_error = excluded.last_error,
                      last_error_at = excluded.last_error_at, lease_until = excluded.lease_until,
                      lease_owner = excluded.lease_owner, metadata = excluded.metadata,
-                     account = excluded.account
+                     account = excluded.account, last_error_kind = excluded.last_error_kind
                  RETURNING version",
                 params![
                     r.integration, r.connection, r.status, r.key_id, r.sealed_tokens, r.token_type, r.scope,
                     ms(r.expires_at), ms(r.created_at), ms(r.refreshed_at), r.last_error,
-                    r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, r.metadata, r.account
+                    r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, r.metadata, r.account,
+                    r.last_error_kind
                 ],
                 |x| x.get::<_, i64>(0),
             )
@@ -367,14 +373,14 @@ impl Backend for SqliteBackend {
                     "UPDATE connections SET version = version + 1, status = ?3, key_id = ?4, sealed_tokens = ?5,
                          token_type = ?6, scope = ?7, expires_at = ?8, created_at = ?9, refreshed_at = ?10,
                          last_error = ?11, last_error_at = ?12, lease_until = ?13, lease_owner = ?14,
-                         metadata = ?16, account = ?17
+                         metadata = ?16, account = ?17, last_error_kind = ?18
                      WHERE integration = ?1 AND connection = ?2 AND version = ?15
                      RETURNING version",
                     params![
                         r.integration, r.connection, r.status, r.key_id, r.sealed_tokens, r.token_type, r.scope,
                         ms(r.expires_at), ms(r.created_at), ms(r.refreshed_at), r.last_error,
                         r.last_error_at.map(ms), r.lease_until.map(ms), r.lease_owner, expected, r.metadata,
-                        r.account
+                        r.account, r.last_error_kind
                     ],
                     |x| x.get::<_, i64>(0),
                 )

@@ -306,6 +306,7 @@ pub(crate) fn connection_entity(r: &ConnectionRow) -> Map<String, Value> {
     put_time(&mut m, "RefreshedAt", Some(r.refreshed_at));
     put_str(&mut m, "LastError", r.last_error.as_deref());
     put_time(&mut m, "LastErrorAt", r.last_error_at);
+    put_str(&mut m, "LastErrorKind", r.last_error_kind.as_deref());
     put_time(&mut m, "LeaseUntil", r.lease_until);
     put_str(&mut m, "LeaseOwner", r.lease_owner.as_deref());
     put_str(&mut m, "Metadata", Some(&r.metadata));
@@ -327,6 +328,7 @@ pub(crate) fn connection_row(m: &Map<String, Value>) -> Result<ConnectionRow, St
         refreshed_at: get_time(m, "RefreshedAt")?,
         last_error: opt_str(m, "LastError"),
         last_error_at: opt_time(m, "LastErrorAt")?,
+        last_error_kind: opt_str(m, "LastErrorKind"),
         lease_until: opt_time(m, "LeaseUntil")?,
         lease_owner: opt_str(m, "LeaseOwner"),
         metadata: opt_str(m, "Metadata").unwrap_or_else(|| "{}".into()),

@@ -126,6 +126,7 @@ async fn side_rows(b: Arc<dyn Backend>) {
         refreshed_at: t(0),
         last_error: None,
         last_error_at: None,
+        last_error_kind: None,
         lease_until: None,
         lease_owner: None,
         metadata: "{}".into(),

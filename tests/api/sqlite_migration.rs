@@ -89,7 +89,11 @@ async fn a_schema_1_database_is_migrated_and_keeps_serving_its_grant() {
         .await;
     assert_eq!(show.status, 200, "{show:?}");
     assert_eq!(show.json()["account"], serde_json::Value::Null);
-    assert_eq!(version(&data), 2, "migrated to schema 2");
+    assert_eq!(
+        version(&data),
+        3,
+        "migrated to schema 3 (account, last_error_kind)"
+    );
 
     // A second start finds it done, and still serves.
     app.restart_with_integrations(&file).await;

@@ -152,6 +152,29 @@ async fn rejected_credentials_read_as_misconfigured_and_an_unreachable_vendor_as
         Some("misconfigured"),
         "{v}"
     );
+    // Read from the failure's stored kind, not its text: reworded text is still misconfigured.
+    let db = rusqlite::Connection::open(app.dir.path().join("data/broker.db")).unwrap();
+    let kind: String = db
+        .query_row(
+            "SELECT last_error_kind FROM connections WHERE connection = 'creds'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kind, "oauth:invalid_client");
+    let reworded = db
+        .execute(
+            "UPDATE connections SET last_error = 'the vendor disliked it' WHERE connection = 'creds'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(reworded, 1);
+    let v = app.get("/api/status?format=json").await.json();
+    assert_eq!(
+        status_of(&v, "creds").as_deref(),
+        Some("misconfigured"),
+        "{v}"
+    );
 
     // The right secret again (a changed configuration: the misconfigured mark ends at start),
     // and the vendor goes away.

@@ -37,6 +37,7 @@ fn row(
         refreshed_at: t(1),
         last_error: None,
         last_error_at: None,
+        last_error_kind: None,
         lease_until: None,
         lease_owner: None,
         metadata: r#"{"realmId":"123"}"#.into(),
@@ -70,6 +71,7 @@ async fn conformance(b: Arc<dyn Backend>) {
     let mut r = row("demo", "c1", "active", t(100));
     r.last_error = Some("the provider answered invalid_grant".into());
     r.last_error_at = Some(t(50));
+    r.last_error_kind = Some("oauth:invalid_grant".into());
     r.lease_until = Some(t(60));
     r.lease_owner = Some("abc".into());
     let v1 = b.upsert_connection(&r).await.unwrap();
@@ -89,6 +91,7 @@ async fn conformance(b: Arc<dyn Backend>) {
     r2.scope = "narrower".into();
     r2.last_error = None;
     r2.last_error_at = None;
+    r2.last_error_kind = None;
     let v2 = b.replace_connection(&r2, &v1).await.unwrap();
     assert_ne!(v1, v2, "a write changes the version");
     let mut r3 = r2.clone();
