@@ -143,16 +143,33 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, Malformed> {
     })
 }
 
-/// A JSON object into `T`: serde would also read a struct from an array.
+/// A JSON object into `T`: serde would also read a struct from an array, and
+/// would skip a member it ignores without checking that its text is UTF-8
+/// (RFC 8259 §8.1 requires it), so the whole text is checked first.
 fn object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Malformed> {
-    if !bytes.trim_ascii_start().starts_with(b"{") {
+    let text = std::str::from_utf8(bytes).map_err(|_| Malformed::Json)?;
+    if !text.trim_start().starts_with('{') {
         return Err(Malformed::Json);
     }
-    serde_json::from_slice(bytes).map_err(|_| Malformed::Json)
+    serde_json::from_str(text).map_err(|_| Malformed::Json)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_member_that_is_not_utf8_makes_the_json_malformed_even_where_it_is_ignored() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Only {
+            #[allow(dead_code)]
+            a: i64,
+        }
+        assert!(object::<Only>(b"{\"a\": 1, \"x\": \"ok\"}").is_ok());
+        assert!(matches!(
+            object::<Only>(b"{\"a\": 1, \"x\": \"\x8c\xb0\"}"),
+            Err(Malformed::Json)
+        ));
+    }
+
     use super::*;
 
     fn b64(s: &str) -> String {
