@@ -37,6 +37,7 @@ use crate::domain::{
 };
 use crate::refresh::{Engine, Need, Prefetched, RefreshError};
 use crate::registry::Lookup;
+use crate::store::credentials::ConnectionAndCredentialRead;
 use crate::store::{Store, StoreError};
 
 /// Longest description kept with a credential.
@@ -160,6 +161,9 @@ pub struct Credentials {
     /// started after each of them arrived (see `coalesce`): a deletion that
     /// completed before a request arrived is always seen by it.
     reads: Coalescer<ClientId, Result<Option<PipelineCredential>, StoreError>>,
+    /// The same for authentications that name their connection: its read and
+    /// the credential's, made together ([`Store::get_with_credential`]).
+    paired: Coalescer<(ClientId, IntegrationName, ConnectionId), ConnectionAndCredentialRead>,
     /// Which connection each client id was last seen to belong to (a fact that
     /// never changes for a credential; not its validity, which is read every
     /// time): the token endpoint starts that connection's read beside the
@@ -179,6 +183,7 @@ impl Credentials {
             by_source: Limiter::new(FAILURES_PER_SOURCE),
             touched: Mutex::new(HashMap::new()),
             reads: Coalescer::default(),
+            paired: Coalescer::default(),
             connection_of: Mutex::new(HashMap::new()),
         }
     }
@@ -314,6 +319,21 @@ impl Credentials {
         secret: &Secret,
         source: Option<IpAddr>,
     ) -> Result<PipelineCredential, AuthError> {
+        self.authenticate_at(client_id, secret, source, None)
+            .await
+            .map(|(c, _)| c)
+    }
+
+    /// [`Credentials::authenticate`] for a request about `home` (an integration
+    /// and connection): that connection is read together with the credential
+    /// and its read handed back, for use only if the credential covers it.
+    pub async fn authenticate_at(
+        &self,
+        client_id: &str,
+        secret: &Secret,
+        source: Option<IpAddr>,
+        home: Option<(&IntegrationName, &ConnectionId)>,
+    ) -> Result<(PipelineCredential, Option<Prefetched>), AuthError> {
         let client_key: String = client_id.chars().take(64).collect();
         let source_key = source.map(|s| s.to_string()).unwrap_or_default();
         // Only an id of the shape the broker issues is logged: a secret pasted
@@ -324,7 +344,7 @@ impl Credentials {
         // The secret is checked first, whatever the limits say: failures of
         // others (anyone can send wrong secrets for a client id, which is not
         // secret) never lock out the right one. Only failures are limited.
-        match self.check(client_id, secret).await {
+        match self.check(client_id, secret, home).await {
             Ok(c) => Ok(c),
             Err(Ok(failure)) => {
                 let retry = self
@@ -362,18 +382,30 @@ impl Credentials {
         &self,
         client_id: &str,
         secret: &Secret,
-    ) -> Result<PipelineCredential, Result<Failure, StoreError>> {
+        home: Option<(&IntegrationName, &ConnectionId)>,
+    ) -> Result<(PipelineCredential, Option<Prefetched>), Result<Failure, StoreError>> {
         let store = &self.store;
         let keys = store.keyring();
         let Some(id) = ClientId::parse(client_id) else {
             burn(keys, client_id, secret);
             return Err(Ok(Failure::Malformed));
         };
-        let read = {
-            let (store, id) = (store.clone(), id.clone());
-            move || async move { store.get_credential(&id).await }
+        let (found, prefetched) = match home {
+            None => {
+                let (store, key) = (store.clone(), id.clone());
+                let read = move || async move { store.get_credential(&key).await };
+                (self.reads.read(&id, read).await, None)
+            }
+            Some((i, c)) => {
+                let key = (id.clone(), i.clone(), c.clone());
+                let (store, (id, i, c)) = (store.clone(), key.clone());
+                let read = move || async move { store.get_with_credential(&i, &c, &id).await };
+                let (row, found) = self.paired.read(&key, read).await;
+                let (_, i, c) = key;
+                (found, Some(Prefetched::from_read(i, c, row)))
+            }
         };
-        let Some(c) = self.reads.read(&id, read).await.map_err(Err)? else {
+        let Some(c) = found.map_err(Err)? else {
             burn(keys, client_id, secret);
             return Err(Ok(Failure::Unknown));
         };
@@ -408,7 +440,7 @@ impl Credentials {
                 }
             });
         }
-        Ok(c)
+        Ok((c, prefetched))
     }
 
     /// The token endpoint's one call: authenticates the client presented by
@@ -427,18 +459,12 @@ impl Credentials {
             .unwrap_or_else(|p| p.into_inner())
             .get(client_id)
             .cloned();
-        let (credential, prefetched) = match hint {
-            // Both reads at once; the connection's is used only if the credential verifies
-            // and still names that connection.
-            Some((i, c)) => {
-                let (cred, pre) = futures::join!(
-                    self.authenticate(client_id, secret, source),
-                    self.engine.prefetch(&i, &c)
-                );
-                (cred?, Some(pre))
-            }
-            None => (self.authenticate(client_id, secret, source).await?, None),
-        };
+        // With a hint both are read together; the connection's read is used only if the
+        // credential verifies and still names that connection.
+        let home = hint.as_ref().map(|(i, c)| (i, c));
+        let (credential, prefetched) = self
+            .authenticate_at(client_id, secret, source, home)
+            .await?;
         if prefetched.is_none() {
             let mut hints = self.connection_of.lock().unwrap_or_else(|p| p.into_inner());
             if hints.len() >= CONNECTION_HINTS {

@@ -127,10 +127,25 @@ pub struct SweepSummary {
 type Key = (IntegrationName, ConnectionId);
 
 /// A connection's read, started before the caller was authenticated
-/// ([`Engine::prefetch`]); used only once the caller is allowed this connection.
+/// (beside a pipeline credential's, see `credentials`); used only once the caller is allowed
+/// this connection.
 pub struct Prefetched {
     key: Key,
     row: Result<Option<Versioned<ConnectionRecord>>, StoreError>,
+}
+
+impl Prefetched {
+    /// A read of `integration`/`connection` made elsewhere (beside a credential's).
+    pub fn from_read(
+        integration: IntegrationName,
+        connection: ConnectionId,
+        row: Result<Option<Versioned<ConnectionRecord>>, StoreError>,
+    ) -> Self {
+        Self {
+            key: (integration, connection),
+            row,
+        }
+    }
 }
 
 /// What a grant is renewed with: its refresh token, or (`renew`) an exchange
@@ -373,24 +388,7 @@ impl Engine {
         self.ensure_fresh_from(integration, first, need).await
     }
 
-    /// Starts a connection's first read (shared like `ensure_fresh`'s) ahead of
-    /// a decision to serve it, so that it overlaps the caller's authentication:
-    /// a read, never a refresh. Hand it to [`Engine::ensure_fresh_prefetched`].
-    pub async fn prefetch(
-        &self,
-        integration: &IntegrationName,
-        connection: &ConnectionId,
-    ) -> Prefetched {
-        let key = (integration.clone(), connection.clone());
-        let (store, (i, c)) = (self.store.clone(), key.clone());
-        let row = self
-            .reads
-            .read(&key, move || async move { store.get(&i, &c).await })
-            .await;
-        Prefetched { key, row }
-    }
-
-    /// `ensure_fresh` from a [`Engine::prefetch`]ed read (of this connection; any other is ignored).
+    /// `ensure_fresh` from a [`Prefetched`] read (of this connection; any other is ignored).
     pub async fn ensure_fresh_prefetched(
         &self,
         integration: &Integration,

@@ -317,28 +317,31 @@ impl TokenCaller {
     }
 }
 
-/// Verifies a Basic credential; the connection the path names is read meanwhile (both reads at
-/// once), and the handler uses that read only if the credential covers it.
+/// Verifies a Basic credential; the connection the path names is read with it (one round trip
+/// on Table Storage), and the handler uses that read only if the credential covers it.
 async fn authenticate(
     req: &ServiceRequest,
     state: &AppState,
     id: &str,
     secret: &Secret,
 ) -> Result<PipelineCredential, AuthError> {
-    let auth = state
+    let home = super::path_names(req.request()).ok();
+    let (credential, prefetched) = state
         .credentials
-        .authenticate(id, secret, source(req.request()));
-    match super::path_names(req.request()).ok() {
-        Some((i, c)) => {
-            let (verdict, pre) = futures::join!(auth, state.engine.prefetch(&i, &c));
-            req.extensions_mut()
-                .insert(PrefetchedRow(std::rc::Rc::new(std::cell::RefCell::new(
-                    Some(pre),
-                ))));
-            verdict
-        }
-        None => auth.await,
+        .authenticate_at(
+            id,
+            secret,
+            source(req.request()),
+            home.as_ref().map(|(i, c)| (i, c)),
+        )
+        .await?;
+    if let Some(pre) = prefetched {
+        req.extensions_mut()
+            .insert(PrefetchedRow(std::rc::Rc::new(std::cell::RefCell::new(
+                Some(pre),
+            ))));
     }
+    Ok(credential)
 }
 
 /// Around the token routes, in place of [`front_door::require_key`]: a

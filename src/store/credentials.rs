@@ -4,8 +4,16 @@
 
 use time::{Duration, OffsetDateTime};
 
-use super::{Store, StoreError};
-use crate::domain::{ClientId, ConnectionId, IntegrationName, PipelineCredential, SecretHash};
+use super::{Store, StoreError, Versioned};
+use crate::domain::{
+    ClientId, ConnectionId, ConnectionRecord, IntegrationName, PipelineCredential, SecretHash,
+};
+
+/// A connection's record and a credential, each read or failed on its own ([`Store::get_with_credential`]).
+pub type ConnectionAndCredentialRead = (
+    Result<Option<Versioned<ConnectionRecord>>, StoreError>,
+    Result<Option<PipelineCredential>, StoreError>,
+);
 
 /// A pipeline credential as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +91,37 @@ impl Store {
             .await?
             .map(from_row)
             .transpose()
+    }
+
+    /// The connection and the credential `client_id` (whichever connection that
+    /// credential belongs to), read together: one round trip on Table Storage.
+    pub async fn get_with_credential(
+        &self,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+        client_id: &ClientId,
+    ) -> ConnectionAndCredentialRead {
+        if let Err(e) = self.ready().await {
+            return (Err(e.clone()), Err(e));
+        }
+        let (row, credential) = self
+            .backend
+            .get_connection_and_credential(
+                integration.as_str(),
+                connection.as_str(),
+                client_id.as_str(),
+            )
+            .await;
+        let row = row.and_then(|r| {
+            r.map(|v| {
+                Ok(Versioned {
+                    value: self.open(v.value)?,
+                    version: v.version,
+                })
+            })
+            .transpose()
+        });
+        (row, credential.and_then(|c| c.map(from_row).transpose()))
     }
 
     /// The credentials of one connection, oldest first (unreadable rows are skipped and logged).

@@ -127,6 +127,13 @@ pub struct AuxRow {
     pub body: String,
 }
 
+/// A connection's row and a credential's, read together ([`Backend::get_connection_and_credential`]).
+/// Each read fails on its own (an unreadable connection row does not hide the credential).
+pub type ConnectionAndCredential = (
+    Result<Option<Versioned<ConnectionRow>>, StoreError>,
+    Result<Option<CredentialRow>, StoreError>,
+);
+
 /// One storage technology. Every method is a point operation or a filtered
 /// query; none scans all rows into memory.
 pub trait Backend: Send + Sync + 'static {
@@ -205,6 +212,23 @@ pub trait Backend: Send + Sync + 'static {
         &'a self,
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>>;
+    /// The connection `(integration, connection)` and the credential `client_id` (whichever
+    /// connection that credential belongs to): what authenticating a pipeline for a connection
+    /// needs. By default two reads at once; Table Storage keeps a credential beside its
+    /// connection and answers both with one range query.
+    fn get_connection_and_credential<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, ConnectionAndCredential> {
+        Box::pin(async move {
+            futures::join!(
+                self.get_connection(integration, connection),
+                self.get_credential(client_id)
+            )
+        })
+    }
     /// The credentials of one connection (a filtered query, following continuations).
     fn list_credentials<'a>(
         &'a self,

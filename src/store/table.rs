@@ -3,9 +3,13 @@
 //! Layout: one table; a connection is the entity (PartitionKey = integration,
 //! RowKey = connection id); a pending authorization is the entity
 //! (PartitionKey = `~pending`, RowKey = SHA-256 of its state); a pipeline
-//! credential is the entity (PartitionKey = `~credential`, RowKey = client
-//! id); event deliveries and markers are side rows in `~outbox` and
-//! `~marker`. Names are
+//! credential is two entities: its own beside its connection (PartitionKey =
+//! integration, RowKey = `<connection id>!<client id>`, so that one range
+//! query reads a connection and a credential together) and an index entry
+//! (PartitionKey = `~credential`, RowKey = client id, `Colocated = true`) that
+//! finds it by client id alone. A credential stored before that layout has
+//! only the `~credential` entity, which is then the credential itself. Event
+//! deliveries and markers are side rows in `~outbox` and `~marker`. Names are
 //! limited by `domain::ids` to characters that are safe in keys and URLs.
 //! Writes are conditional on ETags; reads are point reads; the sweep uses a
 //! server-side `$filter`. The HTTP transport is the broker's pooled reqwest
@@ -32,7 +36,7 @@ use super::{
     AuxKind, AuxRow, Backend, BoxFuture, ConnectionRow, CredentialRow, PendingRow, StoreError,
     Version, Versioned,
 };
-use crate::domain::{Secret, SecretHash};
+use crate::domain::{ConnectionId, IntegrationName, Secret, SecretHash};
 
 pub(crate) const PENDING_PARTITION: &str = "~pending";
 
@@ -44,8 +48,20 @@ pub(crate) fn aux_partition(kind: AuxKind) -> &'static str {
         AuxKind::Marker => "~marker",
     }
 }
-/// Pipeline credentials: RowKey = client id (a point read on every use).
+/// Pipeline credentials by client id: RowKey = client id.
 pub(crate) const CREDENTIAL_PARTITION: &str = "~credential";
+
+/// Between a connection id and a client id in the RowKey of a credential kept
+/// beside its connection. It sorts before every character a connection id may
+/// hold (`[A-Za-z0-9._-]`), so the keys from `<connection>` to
+/// `<connection>!<client id>` hold that connection, its credentials and nothing
+/// of any other connection.
+const BESIDE: char = '!';
+
+/// The RowKey of a credential kept beside its connection.
+pub(crate) fn beside_key(connection: &str, client_id: &str) -> String {
+    format!("{connection}{BESIDE}{client_id}")
+}
 
 /// A storage connection string the broker cannot use (never echoes it: it holds a key).
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +197,9 @@ impl TableBackend {
     ) -> Result<Vec<Versioned<ConnectionRow>>, StoreError> {
         let mut out = Vec::new();
         for m in self.query_entities(filter).await? {
+            if opt_str(&m, "RowKey").is_some_and(|k| k.contains(BESIDE)) {
+                continue; // a credential beside its connection
+            }
             match connection_row(&m) {
                 Ok(value) => out.push(Versioned {
                     value,
@@ -194,12 +213,47 @@ impl TableBackend {
         Ok(out)
     }
 
-    /// The credentials of one connection (a filter inside their partition).
-    async fn query_credentials(
+    /// The credentials of one connection: those beside it (a key range of its
+    /// partition) and those of the earlier layout (`~credential` entities that
+    /// are not index entries). An index entry whose credential is gone is not
+    /// one: nothing can authenticate with it.
+    async fn credentials_of(
         &self,
         integration: &str,
         connection: &str,
     ) -> Result<Vec<CredentialRow>, StoreError> {
+        // `"` follows `!` (BESIDE): the range holds exactly `<connection>!…`.
+        let filter = format!(
+            "PartitionKey eq {} and RowKey gt {} and RowKey lt {}",
+            odata_string(integration),
+            odata_string(&format!("{connection}{BESIDE}")),
+            odata_string(&format!("{connection}\""))
+        );
+        let mut out = Vec::new();
+        for m in self.query_entities(filter).await? {
+            let client_id = opt_str(&m, "ClientId").unwrap_or_default();
+            match beside_row(&m, integration, connection, &client_id) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable credential entity"),
+            }
+        }
+        let earlier = self.query_credentials(integration, connection).await?;
+        out.extend(
+            earlier
+                .into_iter()
+                .filter(|(_, index)| !index)
+                .map(|(r, _)| r),
+        );
+        Ok(out)
+    }
+
+    /// The `~credential` entities naming one connection (a filter inside their
+    /// partition), each with whether it is only an index entry.
+    async fn query_credentials(
+        &self,
+        integration: &str,
+        connection: &str,
+    ) -> Result<Vec<(CredentialRow, bool)>, StoreError> {
         let filter = format!(
             "PartitionKey eq '{CREDENTIAL_PARTITION}' and Integration eq {} and Connection eq {}",
             odata_string(integration),
@@ -214,7 +268,7 @@ impl TableBackend {
         while let Some(page) = pages.next().await {
             for m in page.map_err(classify)?.entities {
                 match credential_row(&m) {
-                    Ok(r) => out.push(r),
+                    Ok(r) => out.push((r, is_index(&m))),
                     Err(e) => {
                         tracing::error!(error = %e, "skipping an unreadable credential entity")
                     }
@@ -222,6 +276,33 @@ impl TableBackend {
             }
         }
         Ok(out)
+    }
+
+    /// The credential `client_id` through its `~credential` entry: the entry
+    /// itself for a credential stored before credentials were kept beside their
+    /// connections, else the entity beside the connection the entry names
+    /// (`Ok(None)` when that is gone: a deletion removes it first). `skip`: that
+    /// connection's keys were just read and the credential was not among them.
+    async fn credential_by_id(
+        &self,
+        client_id: &str,
+        skip: Option<(&str, &str)>,
+    ) -> Result<Option<CredentialRow>, StoreError> {
+        let Some((m, _)) = self.read_entity(CREDENTIAL_PARTITION, client_id).await? else {
+            return Ok(None);
+        };
+        let index = credential_row(&m)?;
+        if beside_of(&m, client_id)?.is_none() {
+            return Ok(Some(index));
+        }
+        let (i, c) = (index.integration.as_str(), index.connection.as_str());
+        if skip == Some((i, c)) {
+            return Ok(None);
+        }
+        match self.read_entity(i, &beside_key(c, client_id)).await? {
+            Some((m, _)) => beside_row(&m, i, c, client_id).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// A point read: the entity and its ETag, `Ok(None)` when it does not exist.
@@ -401,6 +482,85 @@ pub(crate) fn credential_entity(r: &CredentialRow) -> Map<String, Value> {
     put_str(&mut m, "KeyId", Some(&r.key_id));
     put_str(&mut m, "SecretHash", Some(&r.secret_hash));
     m
+}
+
+/// The `~credential` entry of a credential kept beside its connection.
+pub(crate) fn credential_index_entity(r: &CredentialRow) -> Map<String, Value> {
+    let mut m = credential_entity(r);
+    m.insert("Colocated".into(), Value::Bool(true));
+    m
+}
+
+/// True for a `~credential` entry that only points at the credential beside its connection.
+pub(crate) fn is_index(m: &Map<String, Value>) -> bool {
+    m.get("Colocated").and_then(Value::as_bool) == Some(true)
+}
+
+/// Where the credential a `~credential` entry points at is kept (PartitionKey,
+/// RowKey); `None` for an entry that is the credential itself. The entry is the
+/// table's content: its names become keys only in their own shape.
+fn beside_of(
+    index: &Map<String, Value>,
+    client_id: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    if !is_index(index) {
+        return Ok(None);
+    }
+    let (i, c) = (
+        get_str(index, "Integration")?,
+        get_str(index, "Connection")?,
+    );
+    if IntegrationName::parse(&i).is_err() || ConnectionId::parse(&c).is_err() {
+        return Err(StoreError::Corrupt(
+            "a credential index entry names no connection".into(),
+        ));
+    }
+    let beside = beside_key(&c, client_id);
+    Ok(Some((i, beside)))
+}
+
+/// A credential as kept beside its connection.
+pub(crate) fn beside_entity(r: &CredentialRow) -> Map<String, Value> {
+    let mut m = credential_entity(r);
+    put_str(&mut m, "PartitionKey", Some(&r.integration));
+    put_str(
+        &mut m,
+        "RowKey",
+        Some(&beside_key(&r.connection, &r.client_id)),
+    );
+    put_str(&mut m, "ClientId", Some(&r.client_id));
+    m
+}
+
+/// A credential kept beside its connection, read as `(integration,
+/// connection, client_id)`: an entity whose keys or properties name anything
+/// else (a table writer's edit) is corrupt, never another credential.
+pub(crate) fn beside_row(
+    m: &Map<String, Value>,
+    integration: &str,
+    connection: &str,
+    client_id: &str,
+) -> Result<CredentialRow, StoreError> {
+    let mut row = credential_row(m)?;
+    row.client_id = get_str(m, "ClientId")?;
+    let keys = (opt_str(m, "PartitionKey"), opt_str(m, "RowKey"));
+    let named = (
+        row.integration.as_str(),
+        row.connection.as_str(),
+        row.client_id.as_str(),
+    );
+    if named != (integration, connection, client_id)
+        || keys
+            != (
+                Some(integration.to_owned()),
+                Some(beside_key(connection, client_id)),
+            )
+    {
+        return Err(StoreError::Corrupt(
+            "a credential entity beside a connection names another".into(),
+        ));
+    }
+    Ok(row)
 }
 
 pub(crate) fn credential_row(m: &Map<String, Value>) -> Result<CredentialRow, StoreError> {
@@ -718,12 +878,25 @@ impl Backend for TableBackend {
         row: &'a CredentialRow,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            // The credential first, then the entry that finds it by client id: a credential is
+            // usable only once both exist, and a failure between them leaves no usable half.
             self.table
-                .insert::<_, Map<String, Value>>(credential_entity(row))
+                .insert::<_, Map<String, Value>>(beside_entity(row))
                 .map_err(classify)?
                 .await
                 .map_err(classify)?;
-            Ok(())
+            let indexed = match self
+                .table
+                .insert::<_, Map<String, Value>>(credential_index_entity(row))
+            {
+                Ok(insert) => insert.await.map(|_| ()).map_err(classify),
+                Err(e) => Err(classify(e)),
+            };
+            if indexed.is_err() {
+                let beside = beside_key(&row.connection, &row.client_id);
+                let _ = self.entity(&row.integration, &beside).delete().await;
+            }
+            indexed
         })
     }
 
@@ -731,11 +904,50 @@ impl Backend for TableBackend {
         &'a self,
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>> {
+        Box::pin(async move { self.credential_by_id(client_id, None).await })
+    }
+
+    fn get_connection_and_credential<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, super::ConnectionAndCredential> {
         Box::pin(async move {
-            self.read_entity(CREDENTIAL_PARTITION, client_id)
-                .await?
-                .map(|(m, _)| credential_row(&m))
-                .transpose()
+            // One range query within the partition: the connection's row, then its
+            // credentials up to this client id (a few at most).
+            let beside = beside_key(connection, client_id);
+            let filter = format!(
+                "PartitionKey eq {} and RowKey ge {} and RowKey le {}",
+                odata_string(integration),
+                odata_string(connection),
+                odata_string(&beside)
+            );
+            let entities = match self.query_entities(filter).await {
+                Ok(entities) => entities,
+                Err(e) => return (Err(e.clone()), Err(e)),
+            };
+            let (mut row, mut credential) = (Ok(None), Ok(None));
+            for m in entities {
+                let key = opt_str(&m, "RowKey").unwrap_or_default();
+                if key == connection {
+                    row = connection_row(&m).and_then(|value| {
+                        Ok(Some(Versioned {
+                            value,
+                            version: etag_of(&m)?,
+                        }))
+                    });
+                } else if key == beside {
+                    credential = beside_row(&m, integration, connection, client_id).map(Some);
+                }
+            }
+            if matches!(credential, Ok(None)) {
+                // Another connection's, one stored before this layout, or none.
+                credential = self
+                    .credential_by_id(client_id, Some((integration, connection)))
+                    .await;
+            }
+            (row, credential)
         })
     }
 
@@ -744,7 +956,7 @@ impl Backend for TableBackend {
         integration: &'a str,
         connection: &'a str,
     ) -> BoxFuture<'a, Result<Vec<CredentialRow>, StoreError>> {
-        Box::pin(async move { self.query_credentials(integration, connection).await })
+        Box::pin(async move { self.credentials_of(integration, connection).await })
     }
 
     fn touch_credential<'a>(
@@ -754,20 +966,29 @@ impl Backend for TableBackend {
         rehashed: Option<&'a SecretHash>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut m = Map::new();
-            put_str(&mut m, "PartitionKey", Some(CREDENTIAL_PARTITION));
-            put_str(&mut m, "RowKey", Some(client_id));
-            put_time(&mut m, "LastUsedAt", Some(last_used_at));
-            if let Some(h) = rehashed {
-                put_str(&mut m, "KeyId", Some(&h.key_id));
-                put_str(&mut m, "SecretHash", Some(&h.hash));
+            let Some((index, _)) = self.read_entity(CREDENTIAL_PARTITION, client_id).await? else {
+                return Err(StoreError::NotFound);
+            };
+            let mut targets = vec![(CREDENTIAL_PARTITION.to_owned(), client_id.to_owned())];
+            if let Some((integration, beside)) = beside_of(&index, client_id)? {
+                targets.insert(0, (integration, beside));
             }
-            // A merge with If-Match: * fails with 404 on a deleted row instead of re-creating it.
-            self.entity(CREDENTIAL_PARTITION, client_id)
-                .merge(m, IfMatchCondition::Any)
-                .map_err(classify)?
-                .await
-                .map_err(classify)?;
+            for (pk, rk) in targets {
+                let mut m = Map::new();
+                put_str(&mut m, "PartitionKey", Some(&pk));
+                put_str(&mut m, "RowKey", Some(&rk));
+                put_time(&mut m, "LastUsedAt", Some(last_used_at));
+                if let Some(h) = rehashed {
+                    put_str(&mut m, "KeyId", Some(&h.key_id));
+                    put_str(&mut m, "SecretHash", Some(&h.hash));
+                }
+                // A merge with If-Match: * fails with 404 on a deleted row instead of re-creating it.
+                self.entity(&pk, &rk)
+                    .merge(m, IfMatchCondition::Any)
+                    .map_err(classify)?
+                    .await
+                    .map_err(classify)?;
+            }
             Ok(())
         })
     }
@@ -777,6 +998,22 @@ impl Backend for TableBackend {
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
+            let Some((index, _)) = self.read_entity(CREDENTIAL_PARTITION, client_id).await? else {
+                return Ok(false);
+            };
+            // The credential beside its connection first: from then on it fails everywhere
+            // (an index entry without it authenticates nothing), whatever happens next.
+            if let Some((integration, beside)) = beside_of(&index, client_id)? {
+                match self
+                    .entity(&integration, &beside)
+                    .delete()
+                    .await
+                    .map_err(classify)
+                {
+                    Ok(_) | Err(StoreError::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
             match self
                 .entity(CREDENTIAL_PARTITION, client_id)
                 .delete()
@@ -797,7 +1034,8 @@ impl Backend for TableBackend {
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let mut removed = 0;
-            for c in self.query_credentials(integration, connection).await? {
+            // Every entry, also one whose credential is already gone.
+            for (c, _) in self.query_credentials(integration, connection).await? {
                 if self.delete_credential(&c.client_id).await? {
                     removed += 1;
                 }

@@ -1007,3 +1007,112 @@ async fn a_credential_asking_more_validity_than_a_token_lives_does_not_refresh_o
         "a fresh 60 s token satisfies the wish capped at 30 s (uncapped, every call would refresh)"
     );
 }
+
+/// A Basic call of the token route for `conn`.
+async fn basic_token_route(app: &TestApp, conn: &str, id: &str, secret: &str) -> Reply {
+    let resp = reqwest::Client::new()
+        .get(app.url(&TestApp::token_path(conn)))
+        .header("Authorization", basic(id, secret))
+        .send()
+        .await
+        .unwrap();
+    Reply::from(resp).await
+}
+
+/// On Table Storage a credential is kept beside its connection (one range query reads both) with an
+/// index entry by client id. A credential stored before that layout (only the `~credential` entity,
+/// as earlier versions wrote it) keeps working; a credential whose own entity is gone (a deletion
+/// cut off after its first write) works nowhere, though its index entry remains.
+#[tokio::test]
+async fn credentials_of_the_earlier_layout_work_and_a_half_deleted_one_fails() {
+    let app = TestApp::spawn(keyed_app(Store::Table)).await;
+    app.connect("lay").await;
+    let (legacy, legacy_secret) = create_credential(&app, "lay", None).await;
+    let (cut, cut_secret) = create_credential(&app, "lay", None).await;
+    let azurite = app.azurite.as_ref().unwrap();
+    let table = azurite
+        .service_client()
+        .table_client(app.table.as_ref().unwrap());
+    let rows = azurite.dump_all_tables().await;
+    let entity = |pk: &str, rk: &str| -> Value {
+        rows.iter()
+            .find(|(_, e)| e["PartitionKey"] == json!(pk) && e["RowKey"] == json!(rk))
+            .unwrap_or_else(|| panic!("no entity {pk}/{rk}: {rows:?}"))
+            .1
+            .clone()
+    };
+    // The layout: the credential beside its connection, an index entry pointing at it.
+    let beside = entity("demo", &format!("lay!{legacy}"));
+    assert_eq!(beside["ClientId"], json!(legacy));
+    assert!(beside["SecretHash"].is_string(), "{beside}");
+    assert_eq!(entity("~credential", &legacy)["Colocated"], json!(true));
+
+    // `legacy` back to the earlier layout: the index entry is the credential, nothing beside.
+    let delete = |pk: String, rk: String| {
+        let table = table.clone();
+        async move {
+            table
+                .partition_key_client(pk)
+                .entity_client(rk)
+                .delete()
+                .await
+                .unwrap();
+        }
+    };
+    delete("demo".into(), format!("lay!{legacy}")).await;
+    let mut earlier = entity("~credential", &legacy);
+    let earlier = earlier.as_object_mut().unwrap();
+    earlier.retain(|k, _| !k.starts_with("odata.") && k != "Timestamp" && k != "Colocated");
+    table
+        .partition_key_client("~credential")
+        .entity_client(legacy.as_str())
+        .insert_or_replace(Value::Object(earlier.clone()))
+        .unwrap()
+        .await
+        .unwrap();
+    // `cut`: its entity beside the connection deleted, its index entry left.
+    delete("demo".into(), format!("lay!{cut}")).await;
+
+    check_token_reply(
+        &basic_token_route(&app, "lay", &legacy, &legacy_secret).await,
+        "lay",
+    );
+    let token =
+        check_endpoint_success(&adf_token_request(&app.base_url(), &legacy, &legacy_secret).await);
+    assert!(works_at_the_vendor(&app, &token).await);
+
+    let reply = basic_token_route(&app, "lay", &cut, &cut_secret).await;
+    assert_eq!(reply.status, 401, "a half-deleted credential: {reply:?}");
+    check_endpoint_error(
+        &adf_token_request(&app.base_url(), &cut, &cut_secret).await,
+        401,
+        "invalid_client",
+    );
+    // It is not listed (nothing can use it), the earlier one is.
+    let list = app.get(&credentials_path("lay")).await;
+    let body = list.json();
+    let listed: Vec<&str> = body["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["client_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(listed, [legacy.as_str()], "{list:?}");
+    // Deleting the connection removes what is left of both.
+    let gone = app
+        .call(
+            Method::DELETE,
+            "/api/connections/demo/lay",
+            None,
+            Key::Configured,
+        )
+        .await;
+    assert_eq!(gone.status, 204, "{gone:?}");
+    let left = azurite.dump_all_tables().await;
+    for id in [&legacy, &cut] {
+        assert!(
+            !left.iter().any(|(_, e)| e["RowKey"] == json!(id)),
+            "{id} is gone: {left:?}"
+        );
+    }
+}

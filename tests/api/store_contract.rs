@@ -356,6 +356,50 @@ async fn credential_conformance(b: Arc<dyn Backend>) {
     assert_eq!(b.get_credential(&b1).await.unwrap(), Some(never.clone()));
     assert_eq!(b.get_credential("pc_missing").await.unwrap(), None);
 
+    // A connection and a credential read together: the credential wherever it belongs (so a
+    // caller can be told it is another connection's), each half absent on its own.
+    b.upsert_connection(&row("demo", "c", "active", t(100)))
+        .await
+        .unwrap();
+    let both = |c: &'static str, id: String| {
+        let b = b.clone();
+        async move {
+            let (row, cred) = b.get_connection_and_credential("demo", c, &id).await;
+            (row.unwrap().map(|v| v.value.connection), cred.unwrap())
+        }
+    };
+    assert_eq!(
+        both("ca", a1.clone()).await,
+        (Some("ca".into()), Some(first.clone()))
+    );
+    assert_eq!(
+        both("ca", b1.clone()).await,
+        (Some("ca".into()), Some(never.clone()))
+    );
+    assert_eq!(
+        both("c", a1.clone()).await,
+        (Some("c".into()), Some(first.clone()))
+    );
+    assert_eq!(both("cb", b1.clone()).await, (None, Some(never.clone())));
+    assert_eq!(
+        both("ca", "pc_missing".into()).await,
+        (Some("ca".into()), None)
+    );
+    let names: Vec<String> = b
+        .list_connections()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.value.connection)
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.contains('!')),
+        "credentials are not connections: {names:?}"
+    );
+    for c in ["ca", "c"] {
+        assert_eq!(names.iter().filter(|n| *n == c).count(), 1, "{names:?}");
+    }
+
     let mut listed = b.list_credentials("demo", "ca").await.unwrap();
     listed.sort_by(|x, y| x.client_id.cmp(&y.client_id));
     let ids: Vec<&str> = listed.iter().map(|c| c.client_id.as_str()).collect();
