@@ -258,7 +258,8 @@ pub async fn create_link(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (i, c) = path_names(&req)?;
-    let b: LinkBody = if body.iter().all(u8::is_ascii_whitespace) {
+    // Only a body of no bytes means the defaults: whitespace is not JSON.
+    let b: LinkBody = if body.is_empty() {
         LinkBody::default()
     } else if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::InvalidRequest(

@@ -100,7 +100,8 @@ pub async fn create(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (i, c) = path_names(&req)?;
-    let b: CreateBody = if body.iter().all(u8::is_ascii_whitespace) {
+    // Only a body of no bytes means the defaults: whitespace is not JSON.
+    let b: CreateBody = if body.is_empty() {
         CreateBody::default()
     } else if !body.trim_ascii_start().starts_with(b"{") {
         return Err(ApiError::InvalidRequest(CREATE_SHAPE.into()));

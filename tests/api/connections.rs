@@ -174,6 +174,8 @@ async fn a_consent_link_works_without_a_key_survives_a_mail_scanner_and_is_used_
         r#"{"expires_in_secs": 99999999}"#,
         "[]",
         r#"{"x":1}"#,
+        " ",
+        "\n",
     ] {
         let r = api(&app, Method::POST, &path, Some(bad)).await;
         assert_eq!(

@@ -682,6 +682,7 @@ async fn malformed_token_requests_get_the_documented_errors() {
     // The credentials routes: bad input is a 4xx and nothing is stored.
     let bad_bodies = [
         ("not JSON", "{".to_owned(), 400),
+        ("only whitespace", " ".to_owned(), 400),
         ("an array", "[]".to_owned(), 400),
         ("unknown field", json!({"scope": "x"}).to_string(), 400),
         ("zero days", json!({"expires_in_days": 0}).to_string(), 400),
