@@ -6,13 +6,20 @@
 //!   HMAC-SHA256 under a key derived from the encryption keyring (with the key
 //!   id, so hashes survive a rotation; a hash made with an older key is
 //!   rewritten under the current one on the next use).
-//! - Every authentication reads the credential from the store (a point read,
-//!   shared by concurrent callers of one client id, but only ever a read that
-//!   started after the caller arrived), so a deleted credential stops working
-//!   at once on every instance.
-//! - Unknown, deleted, expired and wrong credentials fail alike, after the
-//!   same work (a keyed hash is computed even when there is nothing to compare
-//!   it with), so client ids cannot be probed.
+//! - Every authentication reads the credential from the store (shared by
+//!   concurrent callers of one client id, but only ever a read that started
+//!   after the caller arrived), so a deleted credential stops working at once
+//!   on every instance. When the request names its connection (the token
+//!   routes, the proxy, the token endpoint once it has seen a client id), that
+//!   connection is read in the same store call: one range query on Table
+//!   Storage, where the credential is kept beside its connection (and its
+//!   index entry read too at a process's first use of it: see `store/table.rs`).
+//! - Unknown, deleted, expired and wrong credentials fail alike, with one
+//!   answer and the same secret work (a keyed hash is computed even when there
+//!   is nothing to compare it with). On Table Storage a client id in use can be
+//!   found one store read sooner than an unknown one; that tells nothing
+//!   without its secret (client ids are not secret: they sit in pipeline
+//!   configuration), and the secret is compared in constant time.
 //! - Failed authentications are counted per client id and per source address
 //!   (per instance, in a fixed window); past the limit, failures answer 429.
 //!   The secret is always checked first: a correct one is never refused for

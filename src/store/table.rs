@@ -20,7 +20,9 @@
 //! of every row kind and each operation's conditional-write rules), kept in one
 //! file so it reads side by side with `sqlite.rs`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use azure_core::error::ErrorKind;
 use azure_core::{ExponentialRetryOptions, RetryOptions, StatusCode, TransportOptions};
@@ -72,7 +74,19 @@ pub struct InvalidConnectionString {
 
 pub struct TableBackend {
     table: TableClient,
+    /// Client ids whose index entry was last seen naming the credential beside
+    /// its connection, and when (see [`TableBackend::index_confirmed`]).
+    indexed: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a seen index entry vouches for its credential beside the
+/// connection. This version deletes the credential beside first, so its
+/// deletions fail at once regardless; an earlier version deletes only the index
+/// entry, and an instance of this version running beside it takes this long at
+/// most to notice (a process of this version notices at its first use).
+const INDEX_RECHECK: Duration = Duration::from_secs(300);
+/// Bounds the memory of seen index entries (only existing credentials enter it).
+const INDEX_MEMORY: usize = 10_000;
 
 /// Maps an azure_core error to the store's taxonomy. Only the kind (status
 /// and error code) is kept: never request details.
@@ -172,6 +186,7 @@ impl TableBackend {
             ))
             .build();
         Self {
+            indexed: Mutex::new(HashMap::new()),
             table: service.table_client(table),
         }
     }
@@ -229,22 +244,99 @@ impl TableBackend {
             odata_string(&format!("{connection}{BESIDE}")),
             odata_string(&format!("{connection}\""))
         );
+        let (beside, entries) = futures::join!(
+            self.query_entities(filter),
+            self.query_credentials(integration, connection)
+        );
+        let (beside, entries) = (beside?, entries?);
+        let indexed: std::collections::HashSet<&str> = entries
+            .iter()
+            .filter(|(_, index)| *index)
+            .map(|(r, _)| r.client_id.as_str())
+            .collect();
         let mut out = Vec::new();
-        for m in self.query_entities(filter).await? {
+        for m in beside {
             let client_id = opt_str(&m, "ClientId").unwrap_or_default();
             match beside_row(&m, integration, connection, &client_id) {
-                Ok(r) => out.push(r),
+                // Without its index entry (an earlier version deleted only that) it is no credential.
+                Ok(r) if indexed.contains(r.client_id.as_str()) => out.push(r),
+                Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable credential entity"),
             }
         }
-        let earlier = self.query_credentials(integration, connection).await?;
         out.extend(
-            earlier
+            entries
                 .into_iter()
                 .filter(|(_, index)| !index)
                 .map(|(r, _)| r),
         );
         Ok(out)
+    }
+
+    /// The RowKeys of every entity kept beside one connection (credentials, whether or not they
+    /// are readable or indexed).
+    async fn beside_keys(
+        &self,
+        integration: &str,
+        connection: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let filter = format!(
+            "PartitionKey eq {} and RowKey gt {} and RowKey lt {}",
+            odata_string(integration),
+            odata_string(&format!("{connection}{BESIDE}")),
+            odata_string(&format!("{connection}\""))
+        );
+        Ok(self
+            .query_entities(filter)
+            .await?
+            .iter()
+            .filter_map(|m| opt_str(m, "RowKey"))
+            .collect())
+    }
+
+    /// Whether the credential beside `connection` still has the index entry
+    /// that names it there: read at a process's first use of the credential and
+    /// again after [`INDEX_RECHECK`]. An earlier version deletes a credential (and
+    /// a connection's credentials) by their index entries alone.
+    async fn index_confirmed(
+        &self,
+        integration: &str,
+        connection: &str,
+        client_id: &str,
+    ) -> Result<bool, StoreError> {
+        if self
+            .lock_indexed()
+            .get(client_id)
+            .is_some_and(|at| at.elapsed() < INDEX_RECHECK)
+        {
+            return Ok(true);
+        }
+        let confirmed = match self.read_entity(CREDENTIAL_PARTITION, client_id).await? {
+            Some((m, _)) => {
+                beside_of(&m, client_id)?
+                    == Some((integration.to_owned(), beside_key(connection, client_id)))
+            }
+            None => false,
+        };
+        if confirmed {
+            self.remember_indexed(client_id);
+        }
+        Ok(confirmed)
+    }
+
+    fn remember_indexed(&self, client_id: &str) {
+        let mut seen = self.lock_indexed();
+        if seen.len() >= INDEX_MEMORY {
+            seen.retain(|_, at| at.elapsed() < INDEX_RECHECK);
+            if seen.len() >= INDEX_MEMORY {
+                seen.clear();
+            }
+        }
+        seen.insert(client_id.to_owned(), Instant::now());
+    }
+
+    fn lock_indexed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.indexed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The `~credential` entities naming one connection (a filter inside their
@@ -300,7 +392,11 @@ impl TableBackend {
             return Ok(None);
         }
         match self.read_entity(i, &beside_key(c, client_id)).await? {
-            Some((m, _)) => beside_row(&m, i, c, client_id).map(Some),
+            Some((m, _)) => {
+                let row = beside_row(&m, i, c, client_id)?;
+                self.remember_indexed(client_id);
+                Ok(Some(row))
+            }
             None => Ok(None),
         }
     }
@@ -941,7 +1037,17 @@ impl Backend for TableBackend {
                     credential = beside_row(&m, integration, connection, client_id).map(Some);
                 }
             }
-            if matches!(credential, Ok(None)) {
+            if matches!(credential, Ok(Some(_))) {
+                credential = match self
+                    .index_confirmed(integration, connection, client_id)
+                    .await
+                {
+                    Ok(true) => credential,
+                    // Deleted by an earlier version, or a creation cut short before its entry.
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(e),
+                };
+            } else if matches!(credential, Ok(None)) {
                 // Another connection's, one stored before this layout, or none.
                 credential = self
                     .credential_by_id(client_id, Some((integration, connection)))
@@ -1038,6 +1144,20 @@ impl Backend for TableBackend {
             for (c, _) in self.query_credentials(integration, connection).await? {
                 if self.delete_credential(&c.client_id).await? {
                     removed += 1;
+                }
+            }
+            // And what is left beside the connection without an entry (an earlier version's
+            // deletion, a creation cut short): a connection created again under this id must
+            // not find it.
+            for key in self.beside_keys(integration, connection).await? {
+                match self
+                    .entity(integration, &key)
+                    .delete()
+                    .await
+                    .map_err(classify)
+                {
+                    Ok(_) | Err(StoreError::NotFound) => {}
+                    Err(e) => return Err(e),
                 }
             }
             Ok(removed)

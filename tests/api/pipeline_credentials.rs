@@ -1030,6 +1030,7 @@ async fn credentials_of_the_earlier_layout_work_and_a_half_deleted_one_fails() {
     app.connect("lay").await;
     let (legacy, legacy_secret) = create_credential(&app, "lay", None).await;
     let (cut, cut_secret) = create_credential(&app, "lay", None).await;
+    let (revoked, revoked_secret) = create_credential(&app, "lay", None).await;
     let azurite = app.azurite.as_ref().unwrap();
     let table = azurite
         .service_client()
@@ -1073,6 +1074,8 @@ async fn credentials_of_the_earlier_layout_work_and_a_half_deleted_one_fails() {
         .unwrap();
     // `cut`: its entity beside the connection deleted, its index entry left.
     delete("demo".into(), format!("lay!{cut}")).await;
+    // `revoked`: deleted by the earlier version, which deletes only the `~credential` entity.
+    delete("~credential".into(), revoked.clone()).await;
 
     check_token_reply(
         &basic_token_route(&app, "lay", &legacy, &legacy_secret).await,
@@ -1089,7 +1092,18 @@ async fn credentials_of_the_earlier_layout_work_and_a_half_deleted_one_fails() {
         401,
         "invalid_client",
     );
-    // It is not listed (nothing can use it), the earlier one is.
+    // (Also what a creation cut short before its index entry leaves.)
+    let reply = basic_token_route(&app, "lay", &revoked, &revoked_secret).await;
+    assert_eq!(
+        reply.status, 401,
+        "deleted by the earlier version: {reply:?}"
+    );
+    check_endpoint_error(
+        &adf_token_request(&app.base_url(), &revoked, &revoked_secret).await,
+        401,
+        "invalid_client",
+    );
+    // Neither half is listed (nothing can use them), the earlier one is.
     let list = app.get(&credentials_path("lay")).await;
     let body = list.json();
     let listed: Vec<&str> = body["credentials"]
@@ -1099,7 +1113,7 @@ async fn credentials_of_the_earlier_layout_work_and_a_half_deleted_one_fails() {
         .map(|c| c["client_id"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(listed, [legacy.as_str()], "{list:?}");
-    // Deleting the connection removes what is left of both.
+    // Deleting the connection removes what is left of each.
     let gone = app
         .call(
             Method::DELETE,
@@ -1110,9 +1124,10 @@ async fn credentials_of_the_earlier_layout_work_and_a_half_deleted_one_fails() {
         .await;
     assert_eq!(gone.status, 204, "{gone:?}");
     let left = azurite.dump_all_tables().await;
-    for id in [&legacy, &cut] {
+    for id in [&legacy, &cut, &revoked] {
         assert!(
-            !left.iter().any(|(_, e)| e["RowKey"] == json!(id)),
+            !left.iter().any(|(_, e)| e["RowKey"] == json!(id)
+                || e["RowKey"] == json!(format!("lay!{id}"))),
             "{id} is gone: {left:?}"
         );
     }
