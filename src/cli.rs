@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::config::{ConfigError, KeySource, Settings, StorageSettings};
-use crate::consent::ConsentService;
+use crate::consent::{ConsentService, LinkIssuer};
 use crate::domain::condition::Overview;
 use crate::domain::{ConnectionId, IntegrationName};
 use crate::refresh::Engine;
@@ -419,19 +419,26 @@ pub async fn consent_link(
         .await
         .map_err(|e| fail(format!("the store is not available: {e}")))?;
     let registry = Registry::of(ready);
+    let links = LinkIssuer::new(
+        Arc::clone(&registry),
+        store.clone(),
+        public_url(&settings),
+        settings.consent_link_lifetime,
+    );
+    // No events: a link made here is the operator's own act, told on the terminal.
     let engine = Arc::new(Engine::new(
         store.clone(),
         http.clone(),
         registry,
         settings.refresh.clone(),
+        None,
     ));
     let consent = ConsentService::new(
         engine,
         store,
         http,
         settings.refresh.upstream_timeout,
-        public_url(&settings),
-        settings.consent_link_lifetime,
+        links,
     );
     let lifetime = expires_in.map(|s| time::Duration::seconds(s as i64));
     let link = consent

@@ -25,7 +25,7 @@
 //!
 //! Over 600 lines only with its unit tests.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use futures::StreamExt;
@@ -55,7 +55,7 @@ const CONCURRENCY: usize = 8;
 const ANSWER_BYTES: usize = 512;
 
 /// Makes keyless consent links for `connection.reauthorization_required`
-/// (the consent service implements it; set once at start).
+/// (`consent::LinkIssuer` implements it).
 #[async_trait::async_trait]
 pub trait ConsentLinks: Send + Sync {
     async fn consent_link(
@@ -81,7 +81,8 @@ struct Inner {
     store: Store,
     http: reqwest::Client,
     settings: EventSettings,
-    links: OnceLock<Arc<dyn ConsentLinks>>,
+    /// `None`: events carry no consent link (the CLI, tests).
+    links: Option<Arc<dyn ConsentLinks>>,
     /// Integrations whose `misconfigured` marker this process has cleared
     /// since it last saw their credentials rejected (see [`Events::suspect`]).
     cleared: std::sync::Mutex<std::collections::HashSet<IntegrationName>>,
@@ -246,21 +247,22 @@ fn redact(text: &str, payload: &str) -> String {
 }
 
 impl Events {
-    pub fn new(store: Store, http: reqwest::Client, settings: EventSettings) -> Self {
+    /// `links`: where `connection.reauthorization_required` gets its consent link.
+    pub fn new(
+        store: Store,
+        http: reqwest::Client,
+        settings: EventSettings,
+        links: Option<Arc<dyn ConsentLinks>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 http,
                 settings,
-                links: OnceLock::new(),
+                links,
                 cleared: Default::default(),
             }),
         }
-    }
-
-    /// Where `connection.reauthorization_required` gets its consent link (set once, by `startup`).
-    pub fn set_consent_links(&self, links: Arc<dyn ConsentLinks>) {
-        let _ = self.inner.links.set(links);
     }
 
     /// This process saw `integration`'s credentials rejected: its next success
@@ -314,7 +316,7 @@ impl Events {
         ) && event.consent_link.is_none()
             && !receivers.is_empty()
         {
-            if let (Some(links), Some(c)) = (self.inner.links.get(), &event.connection) {
+            if let (Some(links), Some(c)) = (&self.inner.links, &event.connection) {
                 event.consent_link = links.consent_link(&event.integration, c).await;
             }
         }

@@ -854,6 +854,7 @@ fn engine() -> Arc<crate::refresh::Engine> {
             reqwest::Client::new(),
             crate::registry::Registry::of(BTreeMap::new()),
             crate::config::RefreshPolicy::default(),
+            None,
         ))
     }))
 }

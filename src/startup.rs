@@ -17,7 +17,7 @@ use actix_web::{web, App, HttpServer};
 use url::Url;
 
 use crate::config::{ApiKeySource, ConfigError, KeySource, Settings, StorageSettings};
-use crate::consent::ConsentService;
+use crate::consent::{ConsentService, LinkIssuer};
 use crate::credentials::Credentials;
 use crate::events::Events;
 use crate::refresh::Engine;
@@ -120,16 +120,6 @@ impl Application {
         }
         let store = Store::new(backend, keys);
         spawn_init(store.clone());
-        let events = Events::new(store.clone(), http.clone(), settings.events.clone());
-        let registry = Registry::new(&settings.integrations, http.clone());
-        let engine = Arc::new(Engine::new(
-            store.clone(),
-            http.clone(),
-            Arc::clone(&registry),
-            settings.refresh.clone(),
-        ));
-        engine.set_events(events.clone());
-
         let listener =
             TcpListener::bind(settings.listen).map_err(|source| StartupError::Listen {
                 addr: settings.listen,
@@ -141,18 +131,31 @@ impl Application {
                 addr: settings.listen,
                 source,
             })?;
-        let public_url = match settings.public_url.clone() {
-            Some(u) => u,
-            None => {
-                // A socket address prints an IPv6 host in brackets ([::1]:7071), as a URL needs.
-                let shown = if addr.ip().is_unspecified() {
-                    std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
-                } else {
-                    addr
-                };
-                Url::parse(&format!("http://{shown}")).expect("an IP address and port make a URL")
-            }
-        };
+        let public_url = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| local_url(addr));
+        // Built in the order they need each other, so that nothing is bound late.
+        let registry = Registry::new(&settings.integrations, http.clone());
+        let links = LinkIssuer::new(
+            Arc::clone(&registry),
+            store.clone(),
+            public_url.clone(),
+            settings.consent_link_lifetime,
+        );
+        let events = Events::new(
+            store.clone(),
+            http.clone(),
+            settings.events.clone(),
+            Some(Arc::new(links.clone())),
+        );
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            http.clone(),
+            Arc::clone(&registry),
+            settings.refresh.clone(),
+            Some(events.clone()),
+        ));
         let credentials = Arc::new(Credentials::new(Arc::clone(&engine), store.clone()));
         let entra = settings
             .entra
@@ -163,10 +166,8 @@ impl Application {
             store,
             http,
             settings.refresh.upstream_timeout,
-            public_url.clone(),
-            settings.consent_link_lifetime,
+            links,
         );
-        events.set_consent_links(Arc::new(consent.clone()));
         let redirect_uri = consent.redirect_uri().clone();
         let state = web::Data::new(AppState {
             engine: Arc::clone(&engine),
@@ -344,6 +345,18 @@ pub(crate) fn shell_word(s: &str) -> String {
 /// Creates the table in the background at start, so the first request does not
 /// pay for it; until it succeeds every store call retries it on demand, and the
 /// broker starts (its health route saying 503) during a storage outage.
+/// The URL a broker without `BROKER_PUBLIC_URL` is reached at: its socket,
+/// 127.0.0.1 when it listens on every address.
+fn local_url(addr: std::net::SocketAddr) -> Url {
+    // A socket address prints an IPv6 host in brackets ([::1]:7071), as a URL needs.
+    let shown = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    Url::parse(&format!("http://{shown}")).expect("an IP address and port make a URL")
+}
+
 fn spawn_init(store: Store) {
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(500);

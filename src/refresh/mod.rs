@@ -170,8 +170,8 @@ pub struct Engine {
     reads: Coalescer<Key, Result<Option<Versioned<ConnectionRecord>>, StoreError>>,
     /// Identifies this process in leases.
     owner: String,
-    /// Where changes of state are told (see `notify`); set once at start.
-    events: std::sync::OnceLock<crate::events::Events>,
+    /// Where changes of state are told (see `notify`); `None`: nowhere (the CLI, tests).
+    events: Option<crate::events::Events>,
     /// When each integration's client configuration last changed (see `config_change`).
     config_changed: std::sync::RwLock<HashMap<IntegrationName, OffsetDateTime>>,
 }
@@ -186,6 +186,7 @@ impl Engine {
         http: reqwest::Client,
         integrations: Arc<Registry>,
         policy: RefreshPolicy,
+        events: Option<crate::events::Events>,
     ) -> Self {
         let mut id = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut id);
@@ -197,7 +198,7 @@ impl Engine {
             inflight: Mutex::new(HashMap::new()),
             reads: Coalescer::default(),
             owner: id.iter().map(|b| format!("{b:02x}")).collect(),
-            events: std::sync::OnceLock::new(),
+            events,
             config_changed: std::sync::RwLock::new(HashMap::new()),
         }
     }

@@ -61,20 +61,15 @@ pub(super) fn failure_code(err: &TokenError) -> String {
 }
 
 impl Engine {
-    /// Events go out through `events` from now on (set once, by `startup`).
-    pub fn set_events(&self, events: Events) {
-        let _ = self.events.set(events);
-    }
-
     /// The event emitter, for other services (e.g. `connection.no_refresh_token`
     /// at consent): `engine.events().emit(events.event(...))`.
     pub fn events(&self) -> Option<&Events> {
-        self.events.get()
+        self.events.as_ref()
     }
 
     /// Emits `kind` about a connection with its `status` (for other services,
     /// e.g. `connection.no_refresh_token` from the consent checks). Waits for the
-    /// outbox write, never for a receiver; nothing happens before `set_events`.
+    /// outbox write, never for a receiver; nothing happens for an engine built without events.
     pub async fn emit_connection_event(
         &self,
         kind: EventType,
@@ -91,7 +86,7 @@ impl Engine {
         status: &str,
         error: Option<String>,
     ) {
-        let Some(events) = self.events.get() else {
+        let Some(events) = &self.events else {
             return;
         };
         let mut event = events
@@ -112,7 +107,7 @@ impl Engine {
         attempted: Option<&Account>,
         bound: Option<&Account>,
     ) {
-        let Some(events) = self.events.get() else {
+        let Some(events) = self.events.as_ref() else {
             return;
         };
         let mut event = events.event(
@@ -155,7 +150,7 @@ impl Engine {
                 }
                 let same =
                     matches!((&p.account, &record.account), (Some(a), Some(b)) if a.same_as(b));
-                let Some(events) = self.events.get() else {
+                let Some(events) = self.events.as_ref() else {
                     return;
                 };
                 // Another account (allowed by the operator), or an active grant
@@ -195,7 +190,7 @@ impl Engine {
     pub(super) async fn on_refreshed(&self, previous: &ConnectionRecord) {
         let suspect = self
             .events
-            .get()
+            .as_ref()
             .is_some_and(|e| e.take_suspect(&previous.integration));
         if previous.last_error.is_some() {
             self.clear_failure_markers(previous).await;
@@ -241,7 +236,7 @@ impl Engine {
         record: &ConnectionRecord,
         max: Option<time::Duration>,
     ) {
-        if self.events.get().is_none() || !record.grant_ending(now(), max) {
+        if self.events.as_ref().is_none() || !record.grant_ending(now(), max) {
             return;
         }
         let Some(end) = record.grant_ends_at() else {
@@ -281,7 +276,7 @@ impl Engine {
         integration: &IntegrationName,
         connection: &ConnectionId,
     ) {
-        let Some(events) = self.events.get() else {
+        let Some(events) = self.events.as_ref() else {
             return;
         };
         self.forget(&failing_key(integration, connection)).await;
@@ -310,7 +305,7 @@ impl Engine {
 
     /// `integration.misconfigured`, once: for the process that creates the marker.
     async fn misconfigured(&self, record: &ConnectionRecord, err: &TokenError) {
-        let Some(events) = self.events.get() else {
+        let Some(events) = self.events.as_ref() else {
             return;
         };
         events.suspect(&record.integration);
@@ -333,7 +328,7 @@ impl Engine {
     /// `connection.refresh_failing`, once, when transient failures have lasted
     /// longer than the configured time.
     async fn failing(&self, record: &ConnectionRecord, err: &TokenError) {
-        let Some(events) = self.events.get() else {
+        let Some(events) = self.events.as_ref() else {
             return;
         };
         let key = failing_key(&record.integration, &record.connection);

@@ -206,6 +206,7 @@ async fn a_panic_in_one_refresh_is_that_connections_failure_and_the_sweep_goes_o
             sweep_concurrency: 1,
             ..RefreshPolicy::default()
         },
+        None,
     );
     let now = OffsetDateTime::now_utc();
     // Due (inside the 900 s margin), issued an hour ago; the panicking one sorts in the middle.

@@ -1,6 +1,7 @@
 //! Consent as a service: starting an authorization (state, PKCE, browser
 //! binding), completing it at the callback (RFC 6749 §4.1.2–4.1.3), and
-//! consent links an admin can send to an account owner. Routes turn the typed
+//! using up the consent links an admin sends to an account owner (made in
+//! `links`, which the events use too). Routes turn the typed
 //! [`ConsentError`] into pages; nothing here knows about HTTP responses.
 //!
 //! State and links are stored only as their SHA-256 (base64url), so neither
@@ -32,6 +33,9 @@ use crate::refresh::{ConsentOutcome, Engine};
 use crate::registry::Lookup;
 use crate::store::{ConsentLink, Store};
 
+mod links;
+pub use links::{link_id, CreatedLink, LinkIssuer};
+
 /// How long a started consent may take.
 pub const PENDING_LIFETIME: Duration = Duration::minutes(10);
 
@@ -52,12 +56,6 @@ fn random_token() -> Secret {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     Secret::new(URL_SAFE_NO_PAD.encode(bytes))
-}
-
-/// A consent link's public id: the first 22 characters (132 bits) of its
-/// hash. It names the link for listing and ending it; it cannot open it.
-pub fn link_id(link_hash: &str) -> String {
-    format!("cl_{}", &link_hash[..22.min(link_hash.len())])
 }
 
 /// The browser-binding cookie of one started consent (one per consent, so
@@ -157,12 +155,6 @@ pub struct ReauthLinks {
 }
 
 /// A created consent link.
-#[derive(Debug)]
-pub struct CreatedLink {
-    pub url: String,
-    pub link: ConsentLink,
-}
-
 /// The callback's query, as the vendor sent it.
 pub struct Callback<'a> {
     pub params: &'a HashMap<String, String>,
@@ -178,18 +170,19 @@ pub struct ConsentService {
     upstream_timeout: std::time::Duration,
     public_url: Url,
     redirect_uri: Url,
-    link_lifetime: Duration,
+    links: LinkIssuer,
 }
 
 impl ConsentService {
+    /// `links` makes the consent links (and knows the public URL).
     pub fn new(
         engine: Arc<Engine>,
         store: Store,
         http: reqwest::Client,
         upstream_timeout: std::time::Duration,
-        public_url: Url,
-        link_lifetime: Duration,
+        links: LinkIssuer,
     ) -> Self {
+        let public_url = links.public_url().clone();
         let redirect_uri = join(&public_url, "api/auth/callback");
         Self {
             engine,
@@ -198,7 +191,7 @@ impl ConsentService {
             upstream_timeout,
             public_url,
             redirect_uri,
-            link_lifetime,
+            links,
         }
     }
 
@@ -237,14 +230,7 @@ impl ConsentService {
     }
 
     fn integration(&self, name: &IntegrationName) -> Result<Arc<Integration>, ConsentError> {
-        match self.engine.integration(name) {
-            Lookup::Ready(i) => Ok(i),
-            Lookup::Unavailable { reason } => Err(ConsentError::IntegrationUnavailable {
-                name: name.clone(),
-                reason,
-            }),
-            Lookup::Unknown => Err(ConsentError::UnknownIntegration(name.clone())),
-        }
+        ready(self.engine.integration(name), name)
     }
 
     /// Starts a consent: a fresh single-use state and PKCE pair, stored server
@@ -517,12 +503,7 @@ impl ConsentService {
         })
     }
 
-    /// A consent link that works without a function key. It is a random token
-    /// whose hash is stored, so it can be neither forged nor read back from the
-    /// store; it is used up when a consent through it completes (so a mail
-    /// scanner that opens it first does not burn it). `None` lifetime: the default.
-    /// `allow_account_change`: a consent through it may bind the connection
-    /// to another vendor account.
+    /// A keyless consent link for a connection (see [`LinkIssuer::create`]).
     pub async fn create_link(
         &self,
         integration: &IntegrationName,
@@ -530,74 +511,28 @@ impl ConsentService {
         lifetime: Option<Duration>,
         allow_account_change: bool,
     ) -> Result<CreatedLink, ConsentError> {
-        self.integration(integration)?;
-        let token = random_token();
-        let at = now();
-        let link = ConsentLink {
-            link_hash: hash(token.expose()),
-            integration: integration.clone(),
-            connection: connection.clone(),
-            expires_at: at + lifetime.unwrap_or(self.link_lifetime),
-            created_at: Some(crate::domain::clock::to_millis(at)),
-            allow_account_change,
-        };
-        self.store.insert_link(&link).await.map_err(|e| {
-            tracing::error!(error = %e, "could not store a consent link");
-            ConsentError::Store { grant_lost: false }
-        })?;
-        tracing::info!(
-            integration = integration.as_str(),
-            connection = connection.as_str(),
-            allow_account_change,
-            "consent link created"
-        );
-        let mut url = join(&self.public_url, "api/auth/link");
-        url.query_pairs_mut().append_pair("t", token.expose());
-        Ok(CreatedLink {
-            url: url.into(),
-            link,
-        })
+        self.links
+            .create(integration, connection, lifetime, allow_account_change)
+            .await
     }
 
-    /// The outstanding consent links of a connection, with the consents in
-    /// progress through each (never a token: links are stored as hashes).
+    /// The outstanding consent links of a connection (see [`LinkIssuer::list`]).
     pub async fn links(
         &self,
         integration: &IntegrationName,
         connection: &ConnectionId,
     ) -> Result<Vec<(ConsentLink, usize)>, ConsentError> {
-        self.integration(integration)?;
-        self.store
-            .links_of(integration, connection)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "could not list consent links");
-                ConsentError::Store { grant_lost: false }
-            })
+        self.links.list(integration, connection).await
     }
 
-    /// Ends the consent link `id` (see [`link_id`]) of a connection, and the
-    /// consents in progress through it; `Ok(false)` when there is no such link.
+    /// Ends a consent link of a connection (see [`LinkIssuer::end`]).
     pub async fn end_link(
         &self,
         integration: &IntegrationName,
         connection: &ConnectionId,
         id: &str,
     ) -> Result<bool, ConsentError> {
-        let links = self.links(integration, connection).await?;
-        let Some((link, _)) = links.iter().find(|(l, _)| {
-            crate::domain::secret::constant_time_eq(link_id(&l.link_hash).as_bytes(), id.as_bytes())
-        }) else {
-            return Ok(false);
-        };
-        let ended = self.store.end_link(&link.link_hash).await.map_err(|e| {
-            tracing::error!(error = %e, "could not end a consent link");
-            ConsentError::Store { grant_lost: false }
-        })?;
-        if ended {
-            tracing::info!(integration = integration.as_str(), connection = connection.as_str(), link = %id, "consent link ended");
-        }
-        Ok(ended)
+        self.links.end(integration, connection, id).await
     }
 
     /// Opens a consent link: starts a consent for its connection.
@@ -900,25 +835,6 @@ fn missing_scopes(
         .collect()
 }
 
-/// Keyless consent links for `connection.reauthorization_required` events
-/// (default lifetime, `BROKER_CONSENT_LINK_TTL_SECS`).
-#[async_trait::async_trait]
-impl crate::events::ConsentLinks for ConsentService {
-    async fn consent_link(
-        &self,
-        integration: &IntegrationName,
-        connection: &ConnectionId,
-    ) -> Option<Secret> {
-        match self.create_link(integration, connection, None, false).await {
-            Ok(created) => Some(Secret::new(created.url)),
-            Err(e) => {
-                tracing::warn!(integration = integration.as_str(), connection = connection.as_str(), error = %e, "no consent link for the event");
-                None
-            }
-        }
-    }
-}
-
 /// Whether the callback came to the browser that started the consent (its
 /// binding cookie hashes to the stored binding).
 fn bound_to_browser(cb: &Callback<'_>, state_hash: &str, pending: &PendingAuthorization) -> bool {
@@ -948,6 +864,18 @@ fn check_issuer(integration: &Integration, iss: Option<&str>) -> Result<(), Cons
 }
 
 /// `base` (the public URL, which may have a path) joined with `path`.
+/// An integration ready for consent, or why not.
+fn ready(lookup: Lookup, name: &IntegrationName) -> Result<Arc<Integration>, ConsentError> {
+    match lookup {
+        Lookup::Ready(i) => Ok(i),
+        Lookup::Unavailable { reason } => Err(ConsentError::IntegrationUnavailable {
+            name: name.clone(),
+            reason,
+        }),
+        Lookup::Unknown => Err(ConsentError::UnknownIntegration(name.clone())),
+    }
+}
+
 fn join(base: &Url, path: &str) -> Url {
     let mut u = base.clone();
     let joined = format!("{}/{path}", base.path().trim_end_matches('/'));
