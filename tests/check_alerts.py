@@ -6,7 +6,7 @@
   passes a custom handler's stdout line unparsed), selects exactly connection.reauthorization_required
   and integration.misconfigured (event types the broker defines, in src/domain/event.rs), and reads
   only fields the broker writes on its event lines (the `tracing::info!` that emits them in
-  src/events.rs); the API test tests/api/alert_query.rs runs the same query over real log lines;
+  src/events/mod.rs); the API test tests/api/alert_query.rs runs the same query over real log lines;
 - every property the two resources set exists in Azure's model of that type and API version
   (azure-mgmt-monitor 7.0.0, whose operations send exactly these API versions), with tests/arm_models.py
   as for main.bicep;
@@ -49,7 +49,7 @@ def event_types(root):
 
 def event_line_fields(root):
     """Field names of the log line every event is (the tracing call with the "event" message)."""
-    text = open(os.path.join(root, "src", "events.rs"), encoding="utf-8").read()
+    text = open(os.path.join(root, "src", "events", "mod.rs"), encoding="utf-8").read()
     m = re.search(r"tracing::info!\(\s*event = (.*?)\"event\"\s*\)", text, re.S)
     if not m:
         return set()
@@ -126,7 +126,7 @@ def check_alerts(parsed, root):
     for t in sorted(selected):
         check(t in known, f"{t} is an event type the broker emits (src/domain/event.rs)")
     fields = event_line_fields(root)
-    check("event" in fields and "integration" in fields, "the broker's event line fields are found in src/events.rs")
+    check("event" in fields and "integration" in fields, "the broker's event line fields are found in src/events/mod.rs")
     for f in sorted(set(re.findall(r"\be\.(\w+)", query))):
         check(f in fields, f"the query reads e.{f}, a field of the broker's event lines")
     readme = open(os.path.join(root, "docs", "operations.md"), encoding="utf-8").read()
