@@ -60,6 +60,17 @@ pub(crate) const CREDENTIAL_PARTITION: &str = "~credential";
 /// of any other connection.
 const BESIDE: char = '!';
 
+/// The `$filter` of every entity kept beside one connection: `"` follows `!`
+/// (BESIDE), so the range holds exactly the RowKeys `<connection>!…`.
+fn beside_range(integration: &str, connection: &str) -> String {
+    format!(
+        "PartitionKey eq {} and RowKey gt {} and RowKey lt {}",
+        odata_string(integration),
+        odata_string(&format!("{connection}{BESIDE}")),
+        odata_string(&format!("{connection}\""))
+    )
+}
+
 /// The RowKey of a credential kept beside its connection.
 pub(crate) fn beside_key(connection: &str, client_id: &str) -> String {
     format!("{connection}{BESIDE}{client_id}")
@@ -237,15 +248,8 @@ impl TableBackend {
         integration: &str,
         connection: &str,
     ) -> Result<Vec<CredentialRow>, StoreError> {
-        // `"` follows `!` (BESIDE): the range holds exactly `<connection>!…`.
-        let filter = format!(
-            "PartitionKey eq {} and RowKey gt {} and RowKey lt {}",
-            odata_string(integration),
-            odata_string(&format!("{connection}{BESIDE}")),
-            odata_string(&format!("{connection}\""))
-        );
         let (beside, entries) = futures::join!(
-            self.query_entities(filter),
+            self.query_entities(beside_range(integration, connection)),
             self.query_credentials(integration, connection)
         );
         let (beside, entries) = (beside?, entries?);
@@ -280,14 +284,8 @@ impl TableBackend {
         integration: &str,
         connection: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let filter = format!(
-            "PartitionKey eq {} and RowKey gt {} and RowKey lt {}",
-            odata_string(integration),
-            odata_string(&format!("{connection}{BESIDE}")),
-            odata_string(&format!("{connection}\""))
-        );
         Ok(self
-            .query_entities(filter)
+            .query_entities(beside_range(integration, connection))
             .await?
             .iter()
             .filter_map(|m| opt_str(m, "RowKey"))
