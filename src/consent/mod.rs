@@ -687,6 +687,7 @@ impl ConsentService {
         );
         self.revoke_unused(integration, tokens).await;
         self.engine
+            .transitions()
             .emit_account_mismatch(
                 &integration.name,
                 connection,
@@ -748,6 +749,7 @@ impl ConsentService {
     /// `"event": "connection.no_refresh_token"`, and a webhook; see `events`).
     async fn emit_no_refresh_token(&self, record: &ConnectionRecord) {
         self.engine
+            .transitions()
             .emit_connection_event(
                 crate::domain::EventType::ConnectionNoRefreshToken,
                 record,

@@ -37,9 +37,11 @@ use crate::store::{OutboxEntry, Store, StoreError, Versioned};
 
 mod format;
 mod signing;
+mod transitions;
 use format::body_for;
 pub use format::{error_code, json_body, new_event_id, slack_body, teams_body};
 pub use signing::signature;
+pub use transitions::Transitions;
 
 /// One delivery attempt's limit.
 pub const DELIVERY_TIMEOUT: StdDuration = StdDuration::from_secs(10);
@@ -133,7 +135,7 @@ impl Events {
     }
 
     /// This process saw `integration`'s credentials rejected: its next success
-    /// clears the integration's marker (see `refresh::notify`).
+    /// clears the integration's marker (see `transitions`).
     pub fn suspect(&self, integration: &IntegrationName) {
         self.cleared_set().remove(integration);
     }

@@ -110,7 +110,7 @@ impl Engine {
         if changed {
             tracing::info!(integration = %i.name, "the integration's client configuration changed: earlier refresh failures no longer hold its connections back");
             // A new breakage after this change is told again.
-            self.forget_misconfigured(&i.name).await;
+            self.notify.forget_misconfigured(&i.name).await;
         }
         if let Some(at) = changed_at {
             self.config_changed

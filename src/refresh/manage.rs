@@ -89,7 +89,7 @@ impl Engine {
     ) -> Result<bool, StoreError> {
         let deleted = self.store.delete(integration, connection).await?;
         if deleted {
-            self.on_deleted(integration, connection).await;
+            self.notify.on_deleted(integration, connection).await;
         }
         Ok(deleted)
     }
@@ -142,8 +142,8 @@ impl Engine {
         );
         // Of concurrent deletes, the one that removed the row tells.
         if deleted {
-            self.forget_grant_end(&record).await;
-            self.on_deleted(&integration.name, connection).await;
+            self.notify.forget_grant_end(&record).await;
+            self.notify.on_deleted(&integration.name, connection).await;
         }
         Ok(())
     }

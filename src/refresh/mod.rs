@@ -31,6 +31,9 @@
 //! `last_error_at`): `invalid_grant` marks the grant dead; `invalid_client` /
 //! `unauthorized_client` blame the integration, not the connection;
 //! everything else transient is retried with backoff, then cools down.
+//!
+//! Every outcome is reported to the `events::Transitions` the engine is built
+//! with, which decides what is an event (told once across instances).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,7 +44,6 @@ use time::{Duration, OffsetDateTime};
 
 mod config_change;
 mod manage;
-mod notify;
 mod sweep;
 
 use crate::coalesce::Coalescer;
@@ -170,8 +172,8 @@ pub struct Engine {
     reads: Coalescer<Key, Result<Option<Versioned<ConnectionRecord>>, StoreError>>,
     /// Identifies this process in leases.
     owner: String,
-    /// Where changes of state are told (see `notify`); `None`: nowhere (the CLI, tests).
-    events: Option<crate::events::Events>,
+    /// Where changes of state are told (see `events::Transitions`).
+    notify: crate::events::Transitions,
     /// When each integration's client configuration last changed (see `config_change`).
     config_changed: std::sync::RwLock<HashMap<IntegrationName, OffsetDateTime>>,
 }
@@ -190,6 +192,7 @@ impl Engine {
     ) -> Self {
         let mut id = [0u8; 8];
         rand::thread_rng().fill_bytes(&mut id);
+        let notify = crate::events::Transitions::new(store.clone(), events);
         Self {
             store,
             http,
@@ -198,9 +201,15 @@ impl Engine {
             inflight: Mutex::new(HashMap::new()),
             reads: Coalescer::default(),
             owner: id.iter().map(|b| format!("{b:02x}")).collect(),
-            events,
+            notify,
             config_changed: std::sync::RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Where this engine tells changes of state; other services report theirs
+    /// there too (e.g. `connection.no_refresh_token` from the consent checks).
+    pub fn transitions(&self) -> &crate::events::Transitions {
+        &self.notify
     }
 
     /// Resolves an integration by name (see `registry`).
@@ -299,7 +308,7 @@ impl Engine {
                 Err(e) => return Err(e),
             }
             let previous = previous.map(|p| p.value);
-            self.on_consent(previous.as_ref(), &record).await;
+            self.notify.on_consent(previous.as_ref(), &record).await;
             return Ok(ConsentOutcome::Stored {
                 record,
                 replaced: previous.map(Box::new),
@@ -737,8 +746,9 @@ impl Engine {
                             duration_ms,
                             "refresh"
                         );
-                        self.on_refreshed(record).await;
-                        self.check_grant_end(&next, integration.refresh_token_max)
+                        self.notify.on_refreshed(record).await;
+                        self.notify
+                            .check_grant_end(&next, integration.refresh_token_max)
                             .await;
                         Ok(next)
                     }
@@ -775,7 +785,7 @@ impl Engine {
                         false
                     }
                 };
-                self.on_failure(record, &err, recorded).await;
+                self.notify.on_failure(record, &err, recorded).await;
                 if err.is_dead_grant() {
                     Err(RefreshError::ReauthorizationRequired)
                 } else if !force && record.expires_in(now) > 0 {

@@ -52,7 +52,8 @@ impl Engine {
                     return None;
                 }
                 let integration = integrations.get(&row.value.integration)?;
-                self.check_grant_end(&row.value, integration.refresh_token_max)
+                self.notify
+                    .check_grant_end(&row.value, integration.refresh_token_max)
                     .await;
                 let need = Need {
                     refreshed_before: Some(now() - integration.keepalive),

@@ -49,7 +49,7 @@ pub async fn refresh_timer(
     // The invocation keeps the instance alive: deliver what is due (events of
     // this sweep included) before answering, inside the function timeout.
     let mut logs = Vec::new();
-    if let Some(events) = state.engine.events() {
+    if let Some(events) = state.engine.transitions().events() {
         let budget = EVENT_DRAIN_UNTIL
             .saturating_sub(started.elapsed())
             .min(EVENT_DRAIN_BUDGET);

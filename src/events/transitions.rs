@@ -1,5 +1,6 @@
-//! The engine's events: which outcome of a consent, refresh or delete is a
-//! change of state worth telling (see `events`). Each event is emitted by the
+//! The refresh engine's events: which outcome of a consent, refresh or delete
+//! is a change of state worth telling. The engine reports every outcome to its
+//! [`Transitions`]; what is told goes out through [`Events`]. Each event is emitted by the
 //! one process whose store write made the change, or, for states that are not
 //! in a connection row, by the one that wins a conditional write of a marker:
 //! - `misconfigured:<integration>`: present from the first `invalid_client`
@@ -15,14 +16,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Engine;
+use super::{error_code, Events};
 use crate::domain::clock::now;
 use crate::domain::{
     Account, ConnectionId, ConnectionRecord, ConnectionStatus, EventType, IntegrationName,
 };
-use crate::events::{error_code, Events};
 use crate::oauth::TokenError;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 #[derive(Serialize, Deserialize)]
 struct Failing {
@@ -51,7 +51,7 @@ fn failing_key(integration: &IntegrationName, connection: &ConnectionId) -> Stri
 }
 
 /// A failure as events name it: the vendor's OAuth error code, else its class.
-pub(super) fn failure_code(err: &TokenError) -> String {
+fn failure_code(err: &TokenError) -> String {
     match err {
         TokenError::Rejected { error, .. } => error_code(error.as_str()),
         TokenError::Server { status, .. } => format!("http_{status}"),
@@ -60,7 +60,19 @@ pub(super) fn failure_code(err: &TokenError) -> String {
     }
 }
 
-impl Engine {
+/// Where the refresh engine tells its outcomes. With `events` `None` (the CLI,
+/// tests) nothing is told and no marker written; markers of states that are
+/// gone are still cleared.
+pub struct Transitions {
+    store: Store,
+    events: Option<Events>,
+}
+
+impl Transitions {
+    pub fn new(store: Store, events: Option<Events>) -> Self {
+        Self { store, events }
+    }
+
     /// The event emitter, for other services (e.g. `connection.no_refresh_token`
     /// at consent): `engine.events().emit(events.event(...))`.
     pub fn events(&self) -> Option<&Events> {
@@ -130,7 +142,7 @@ impl Engine {
     }
 
     /// A consent stored `record`, replacing `previous` (if any).
-    pub(super) async fn on_consent(
+    pub(crate) async fn on_consent(
         &self,
         previous: Option<&ConnectionRecord>,
         record: &ConnectionRecord,
@@ -187,7 +199,7 @@ impl Engine {
     }
 
     /// A refresh succeeded on a connection whose previous state was `previous`.
-    pub(super) async fn on_refreshed(&self, previous: &ConnectionRecord) {
+    pub(crate) async fn on_refreshed(&self, previous: &ConnectionRecord) {
         let suspect = self
             .events
             .as_ref()
@@ -201,7 +213,7 @@ impl Engine {
 
     /// A refresh failed with `err`; `recorded`: this process's write of the
     /// outcome into the row won (it made the change of state).
-    pub(super) async fn on_failure(
+    pub(crate) async fn on_failure(
         &self,
         record: &ConnectionRecord,
         err: &TokenError,
@@ -231,7 +243,7 @@ impl Engine {
     /// `connection.refresh_token_expiring`, once per grant: when the vendor
     /// ends `record`'s grant at a fixed age within the warning window, for the
     /// process that creates the grant's marker.
-    pub(super) async fn check_grant_end(
+    pub(crate) async fn check_grant_end(
         &self,
         record: &ConnectionRecord,
         max: Option<time::Duration>,
@@ -259,7 +271,7 @@ impl Engine {
     }
 
     /// Forgets the grant-end marker of a grant that is gone (deleted or replaced).
-    pub(super) async fn forget_grant_end(&self, record: &ConnectionRecord) {
+    pub(crate) async fn forget_grant_end(&self, record: &ConnectionRecord) {
         if let Some(end) = record.grant_ends_at() {
             self.forget(&grant_ending_key(
                 &record.integration,
@@ -271,7 +283,7 @@ impl Engine {
     }
 
     /// A connection was deleted.
-    pub(super) async fn on_deleted(
+    pub(crate) async fn on_deleted(
         &self,
         integration: &IntegrationName,
         connection: &ConnectionId,
@@ -293,7 +305,7 @@ impl Engine {
     }
 
     /// Clears the integration's `integration.misconfigured` marker.
-    pub(super) async fn forget_misconfigured(&self, integration: &IntegrationName) {
+    pub(crate) async fn forget_misconfigured(&self, integration: &IntegrationName) {
         self.forget(&misconfigured_key(integration)).await;
     }
 
