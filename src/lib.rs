@@ -19,6 +19,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod connection_cap;
+pub mod connections;
 pub mod consent;
 pub mod credentials;
 pub mod crypto;

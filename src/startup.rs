@@ -161,6 +161,13 @@ impl Application {
             .entra
             .clone()
             .map(|e| crate::entra::Verifier::new(e, http.clone()));
+        let connections = crate::connections::Connections::new(
+            Arc::clone(&engine),
+            store.clone(),
+            http.clone(),
+            Arc::clone(&registry),
+            settings.refresh.upstream_timeout,
+        );
         let consent = ConsentService::new(
             Arc::clone(&engine),
             store,
@@ -171,6 +178,7 @@ impl Application {
         let redirect_uri = consent.redirect_uri().clone();
         let state = web::Data::new(AppState {
             engine: Arc::clone(&engine),
+            connections,
             consent,
             credentials,
             proxy: routes::proxy::Proxy::new(settings.proxy.clone()),

@@ -43,7 +43,6 @@ use rand::{Rng, RngCore};
 use time::{Duration, OffsetDateTime};
 
 mod config_change;
-mod manage;
 mod sweep;
 
 use crate::coalesce::Coalescer;

@@ -95,7 +95,7 @@ fn not_found() -> ApiError {
 
 /// `GET /api/connections`
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let all = state.engine.connections().await.map_err(store_err)?;
+    let all = state.connections.connections().await.map_err(store_err)?;
     Ok(no_store(HttpResponse::Ok()).json(ConnectionList {
         connections: all.iter().map(|r| ConnectionView::of(&state, r)).collect(),
     }))
@@ -104,7 +104,12 @@ pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 /// `GET /api/connections/{integration}/{connection}`
 pub async fn show(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (i, c) = path_names(&req)?;
-    match state.engine.connection(&i, &c).await.map_err(store_err)? {
+    match state
+        .connections
+        .connection(&i, &c)
+        .await
+        .map_err(store_err)?
+    {
         Some(r) => Ok(no_store(HttpResponse::Ok()).json(ConnectionView::of(&state, &r))),
         None => Err(not_found()),
     }
@@ -146,13 +151,18 @@ pub(super) async fn delete_connection(
         Lookup::Ready(_) | Lookup::Unavailable { .. } => state.integration(i)?,
         Lookup::Unknown => {
             // The integration was removed from the file: its rows can still be deleted, without revocation.
-            return match state.engine.delete_orphan(i, c).await.map_err(store_err)? {
+            return match state
+                .connections
+                .delete_orphan(i, c)
+                .await
+                .map_err(store_err)?
+            {
                 true => Ok(()),
                 false => Err(not_found()),
             };
         }
     };
-    match state.engine.delete(&integration, c, revoke).await {
+    match state.connections.delete(&integration, c, revoke).await {
         Ok(()) => Ok(()),
         Err(RefreshError::Upstream(e)) => Err(ApiError::Upstream(format!(
             "revoking the grant at the provider failed ({e}); the connection was kept. Retry, or delete with ?revoke=false"

@@ -25,7 +25,7 @@ struct Unavailable {
 
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let integrations_unavailable = state
-        .engine
+        .connections
         .unavailable_integrations()
         .into_iter()
         .map(|(name, reason)| Unavailable {
@@ -33,7 +33,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             reason,
         })
         .collect();
-    match state.engine.ping().await {
+    match state.connections.ping().await {
         Ok(()) => no_store(HttpResponse::Ok()).json(Health {
             status: "ok",
             error: None,

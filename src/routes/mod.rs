@@ -37,6 +37,8 @@ use error::ApiError;
 /// ([`front_door::require_key`]), done before a handler runs.
 pub struct AppState {
     pub engine: Arc<Engine>,
+    /// The admin views and deletion.
+    pub connections: crate::connections::Connections,
     pub consent: ConsentService,
     /// Pipeline credentials (the token endpoint, Basic on the token route).
     pub credentials: Arc<Credentials>,

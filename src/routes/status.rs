@@ -106,7 +106,7 @@ fn wants_json(req: &HttpRequest) -> bool {
 }
 
 async fn overview(state: &AppState) -> Result<Overview, ApiError> {
-    state.engine.overview().await.map_err(|e| {
+    state.connections.overview().await.map_err(|e| {
         tracing::error!(error = %e, "store failure on the status route");
         ApiError::StoreUnavailable
     })
@@ -205,7 +205,7 @@ async fn extras(state: &AppState, o: &Overview) -> html::Extras {
 
 async fn page(state: &AppState, o: &Overview, notice: Option<&Notice>) -> HttpResponse {
     let unavailable: Vec<(String, String)> = state
-        .engine
+        .connections
         .unavailable_integrations()
         .into_iter()
         .map(|(n, r)| (n.as_str().to_owned(), r))
@@ -306,7 +306,7 @@ pub async fn post(
         "refresh" => {
             let result = match state.integration(&i) {
                 Ok(integration) => state
-                    .engine
+                    .connections
                     .refresh_now(&integration, &c)
                     .await
                     .map_err(|e| ApiError::from_refresh(e, state.consent.reauth_links(&i, &c))),

@@ -1,16 +1,48 @@
-//! Connection management through the engine: the admin views, and deletion
-//! with revocation at the vendor (RFC 7009). The routes reach the store only
-//! through these.
+//! Connection management: the admin views, "Refresh now", and deletion with
+//! revocation at the vendor (RFC 7009). The routes reach the store only
+//! through these (the token path goes through the refresh engine).
+//!
+//! Depends on the store, the registry, `oauth` and the refresh engine (for
+//! refreshes, the condition the engine assesses, and the events it tells).
 
-use super::{Engine, RefreshError};
+use std::sync::Arc;
+
 use crate::config::Integration;
+use crate::domain::clock::now;
 use crate::domain::condition::Overview;
 use crate::domain::{ConnectionId, ConnectionRecord, IntegrationName, OAuthErrorCode};
 use crate::oauth;
-use crate::registry::Lookup;
-use crate::store::StoreError;
+use crate::refresh::{Engine, Need, RefreshError};
+use crate::registry::{Lookup, Registry};
+use crate::store::{Store, StoreError};
 
-impl Engine {
+/// The connections of every integration, as operators manage them.
+pub struct Connections {
+    engine: Arc<Engine>,
+    store: Store,
+    http: reqwest::Client,
+    integrations: Arc<Registry>,
+    /// The bound of a revocation call.
+    upstream_timeout: std::time::Duration,
+}
+
+impl Connections {
+    pub fn new(
+        engine: Arc<Engine>,
+        store: Store,
+        http: reqwest::Client,
+        integrations: Arc<Registry>,
+        upstream_timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            engine,
+            store,
+            http,
+            integrations,
+            upstream_timeout,
+        }
+    }
+
     /// Integrations still waiting for their issuer's metadata.
     pub fn unavailable_integrations(&self) -> Vec<(IntegrationName, String)> {
         self.integrations.unavailable()
@@ -33,7 +65,7 @@ impl Engine {
             .list()
             .await?
             .into_iter()
-            .map(|r| self.as_assessed(r))
+            .map(|r| self.engine.as_assessed(r))
             .collect();
         let configured = self
             .integrations
@@ -48,7 +80,7 @@ impl Engine {
                 Lookup::Ready(i) => (i.refresh_token_idle, i.refresh_token_max),
                 _ => (None, None),
             },
-            super::now(),
+            now(),
         ))
     }
 
@@ -59,12 +91,14 @@ impl Engine {
         integration: &Integration,
         connection: &ConnectionId,
     ) -> Result<ConnectionRecord, RefreshError> {
-        let need = super::Need {
+        let need = Need {
             force: true,
             bypass_cooldown: true,
-            ..super::Need::default()
+            ..Need::default()
         };
-        self.ensure_fresh(integration, connection, need).await
+        self.engine
+            .ensure_fresh(integration, connection, need)
+            .await
     }
 
     /// One connection, whatever its status (the admin view).
@@ -89,7 +123,10 @@ impl Engine {
     ) -> Result<bool, StoreError> {
         let deleted = self.store.delete(integration, connection).await?;
         if deleted {
-            self.notify.on_deleted(integration, connection).await;
+            self.engine
+                .transitions()
+                .on_deleted(integration, connection)
+                .await;
         }
         Ok(deleted)
     }
@@ -119,7 +156,7 @@ impl Engine {
                     access_token: &record.tokens.access_token,
                     refresh_token: record.tokens.refresh_token.as_ref(),
                 },
-                self.policy.upstream_timeout,
+                self.upstream_timeout,
             )
             .await
             {
@@ -142,8 +179,11 @@ impl Engine {
         );
         // Of concurrent deletes, the one that removed the row tells.
         if deleted {
-            self.notify.forget_grant_end(&record).await;
-            self.notify.on_deleted(&integration.name, connection).await;
+            self.engine.transitions().forget_grant_end(&record).await;
+            self.engine
+                .transitions()
+                .on_deleted(&integration.name, connection)
+                .await;
         }
         Ok(())
     }
