@@ -303,9 +303,12 @@ impl Credentials {
     ) -> Result<(), CredentialError> {
         let id = ClientId::parse(client_id).ok_or(CredentialError::NotFound)?;
         let store = &self.store;
-        match store.get_credential(&id).await? {
-            Some(c) if c.covers(integration, connection) => {}
-            _ => return Err(CredentialError::NotFound),
+        // Also what a deletion cut short left, so that it can be retried.
+        if !store
+            .credential_belongs_to(&id, integration, connection)
+            .await?
+        {
+            return Err(CredentialError::NotFound);
         }
         if !store.delete_credential(&id).await? {
             return Err(CredentialError::NotFound);

@@ -163,6 +163,21 @@ impl Store {
             .await
     }
 
+    /// Whether the credential `client_id`, or what is left of it, belongs to the connection.
+    pub async fn credential_belongs_to(
+        &self,
+        client_id: &ClientId,
+        integration: &IntegrationName,
+        connection: &ConnectionId,
+    ) -> Result<bool, StoreError> {
+        self.ready().await?;
+        Ok(self
+            .backend
+            .credential_home(client_id.as_str())
+            .await?
+            .is_some_and(|(i, c)| i == integration.as_str() && c == connection.as_str()))
+    }
+
     /// Deletes one credential; `Ok(false)` when it did not exist.
     pub async fn delete_credential(&self, client_id: &ClientId) -> Result<bool, StoreError> {
         self.ready().await?;

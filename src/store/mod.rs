@@ -212,6 +212,19 @@ pub trait Backend: Send + Sync + 'static {
         &'a self,
         client_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>>;
+    /// The integration and connection the credential `client_id` belongs to, also when only
+    /// part of it is left (what a deletion checks, so that a deletion cut short can be retried).
+    fn credential_home<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .get_credential(client_id)
+                .await?
+                .map(|c| (c.integration, c.connection)))
+        })
+    }
     /// The connection `(integration, connection)` and the credential `client_id` (whichever
     /// connection that credential belongs to): what authenticating a pipeline for a connection
     /// needs. By default two reads at once; Table Storage keeps a credential beside its

@@ -86,8 +86,8 @@ pub struct InvalidConnectionString {
 pub struct TableBackend {
     table: TableClient,
     /// Client ids whose index entry was last seen naming the credential beside
-    /// its connection, and when (see [`TableBackend::index_confirmed`]).
-    indexed: Mutex<HashMap<String, Instant>>,
+    /// a connection: which one, and when (see [`TableBackend::index_confirmed`]).
+    indexed: Mutex<HashMap<String, Indexed>>,
 }
 
 /// How long a seen index entry vouches for its credential beside the
@@ -98,6 +98,9 @@ pub struct TableBackend {
 const INDEX_RECHECK: Duration = Duration::from_secs(300);
 /// Bounds the memory of seen index entries (only existing credentials enter it).
 const INDEX_MEMORY: usize = 10_000;
+
+/// An index entry seen: the integration and connection it named, and when.
+type Indexed = (String, String, Instant);
 
 /// Maps an azure_core error to the store's taxonomy. Only the kind (status
 /// and error code) is kept: never request details.
@@ -305,7 +308,10 @@ impl TableBackend {
         if self
             .lock_indexed()
             .get(client_id)
-            .is_some_and(|at| at.elapsed() < INDEX_RECHECK)
+            .is_some_and(|(i, c, at)| {
+                (i.as_str(), c.as_str()) == (integration, connection)
+                    && at.elapsed() < INDEX_RECHECK
+            })
         {
             return Ok(true);
         }
@@ -317,23 +323,27 @@ impl TableBackend {
             None => false,
         };
         if confirmed {
-            self.remember_indexed(client_id);
+            self.remember_indexed(client_id, integration, connection);
         }
         Ok(confirmed)
     }
 
-    fn remember_indexed(&self, client_id: &str) {
+    fn remember_indexed(&self, client_id: &str, integration: &str, connection: &str) {
         let mut seen = self.lock_indexed();
         if seen.len() >= INDEX_MEMORY {
-            seen.retain(|_, at| at.elapsed() < INDEX_RECHECK);
+            seen.retain(|_, (_, _, at)| at.elapsed() < INDEX_RECHECK);
             if seen.len() >= INDEX_MEMORY {
                 seen.clear();
             }
         }
-        seen.insert(client_id.to_owned(), Instant::now());
+        let at = Instant::now();
+        seen.insert(
+            client_id.to_owned(),
+            (integration.to_owned(), connection.to_owned(), at),
+        );
     }
 
-    fn lock_indexed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    fn lock_indexed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Indexed>> {
         self.indexed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -392,7 +402,7 @@ impl TableBackend {
         match self.read_entity(i, &beside_key(c, client_id)).await? {
             Some((m, _)) => {
                 let row = beside_row(&m, i, c, client_id)?;
-                self.remember_indexed(client_id);
+                self.remember_indexed(client_id, i, c);
                 Ok(Some(row))
             }
             None => Ok(None),
@@ -1001,6 +1011,23 @@ impl Backend for TableBackend {
         Box::pin(async move { self.credential_by_id(client_id, None).await })
     }
 
+    fn credential_home<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, StoreError>> {
+        // The index entry alone: it names the connection whether or not the credential
+        // beside it is still there.
+        Box::pin(async move {
+            match self.read_entity(CREDENTIAL_PARTITION, client_id).await? {
+                Some((m, _)) => Ok(Some((
+                    get_str(&m, "Integration")?,
+                    get_str(&m, "Connection")?,
+                ))),
+                None => Ok(None),
+            }
+        })
+    }
+
     fn get_connection_and_credential<'a>(
         &'a self,
         integration: &'a str,
@@ -1008,14 +1035,15 @@ impl Backend for TableBackend {
         client_id: &'a str,
     ) -> BoxFuture<'a, super::ConnectionAndCredential> {
         Box::pin(async move {
-            // One range query within the partition: the connection's row, then its
-            // credentials up to this client id (a few at most).
+            // One query within the partition: the range from the connection's row to
+            // this credential bounds what the service scans (a connection's credentials
+            // sort between them), and the two keys bound what it answers, however many
+            // credentials the connection has (the caller is not authenticated yet).
             let beside = beside_key(connection, client_id);
+            let (c, b) = (odata_string(connection), odata_string(&beside));
             let filter = format!(
-                "PartitionKey eq {} and RowKey ge {} and RowKey le {}",
+                "PartitionKey eq {} and RowKey ge {c} and RowKey le {b} and (RowKey eq {c} or RowKey eq {b})",
                 odata_string(integration),
-                odata_string(connection),
-                odata_string(&beside)
             );
             let entities = match self.query_entities(filter).await {
                 Ok(entities) => entities,

@@ -1113,6 +1113,21 @@ async fn credentials_of_the_earlier_layout_work_and_a_half_deleted_one_fails() {
         .map(|c| c["client_id"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(listed, [legacy.as_str()], "{list:?}");
+    // A deletion cut short (the credential beside its connection gone, its index entry left) can
+    // be retried, and then it is whole.
+    let path = format!("{}/{cut}", credentials_path("lay"));
+    let retried = app.call(Method::DELETE, &path, None, Key::Configured).await;
+    assert_eq!(retried.status, 204, "{retried:?}");
+    assert!(
+        !azurite
+            .dump_all_tables()
+            .await
+            .iter()
+            .any(|(_, e)| e["RowKey"] == json!(cut)),
+        "the index entry of {cut} is gone"
+    );
+    let again = app.call(Method::DELETE, &path, None, Key::Configured).await;
+    assert_eq!(again.status, 404, "{again:?}");
     // Deleting the connection removes what is left of each.
     let gone = app
         .call(
