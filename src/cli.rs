@@ -12,10 +12,9 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::config::{ConfigError, KeySource, Settings, StorageSettings};
-use crate::consent::{ConsentService, LinkIssuer};
+use crate::consent::LinkIssuer;
 use crate::domain::condition::Overview;
 use crate::domain::{ConnectionId, IntegrationName};
-use crate::refresh::Engine;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -425,24 +424,9 @@ pub async fn consent_link(
         public_url(&settings),
         settings.consent_link_lifetime,
     );
-    // No events: a link made here is the operator's own act, told on the terminal.
-    let engine = Arc::new(Engine::new(
-        store.clone(),
-        http.clone(),
-        registry,
-        settings.refresh.clone(),
-        None,
-    ));
-    let consent = ConsentService::new(
-        engine,
-        store,
-        http,
-        settings.refresh.upstream_timeout,
-        links,
-    );
     let lifetime = expires_in.map(|s| time::Duration::seconds(s as i64));
-    let link = consent
-        .create_link(&integration, &connection, lifetime, allow_account_change)
+    let link = links
+        .create(&integration, &connection, lifetime, allow_account_change)
         .await
         .map_err(|e| fail(format!("cannot create the link: {e}")))?;
     let _ = writeln!(out, "{}", link.url);

@@ -173,13 +173,14 @@ impl Application {
             store,
             http,
             settings.refresh.upstream_timeout,
-            links,
+            public_url.clone(),
         );
         let redirect_uri = consent.redirect_uri().clone();
         let state = web::Data::new(AppState {
             engine: Arc::clone(&engine),
             connections,
             consent,
+            links,
             credentials,
             proxy: routes::proxy::Proxy::new(settings.proxy.clone()),
             entra: entra.clone(),

@@ -51,11 +51,6 @@ impl LinkIssuer {
         }
     }
 
-    /// The broker's public URL, which every link starts with.
-    pub fn public_url(&self) -> &Url {
-        &self.public_url
-    }
-
     /// A consent link that works without a function key. It is a random token
     /// whose hash is stored, so it can be neither forged nor read back from the
     /// store; it is used up when a consent through it completes (so a mail

@@ -31,7 +31,7 @@ use crate::domain::{
 use crate::oauth::{self, TokenError};
 use crate::refresh::{ConsentOutcome, Engine};
 use crate::registry::Lookup;
-use crate::store::{ConsentLink, Store};
+use crate::store::Store;
 
 mod links;
 pub use links::{link_id, CreatedLink, LinkIssuer};
@@ -170,19 +170,16 @@ pub struct ConsentService {
     upstream_timeout: std::time::Duration,
     public_url: Url,
     redirect_uri: Url,
-    links: LinkIssuer,
 }
 
 impl ConsentService {
-    /// `links` makes the consent links (and knows the public URL).
     pub fn new(
         engine: Arc<Engine>,
         store: Store,
         http: reqwest::Client,
         upstream_timeout: std::time::Duration,
-        links: LinkIssuer,
+        public_url: Url,
     ) -> Self {
-        let public_url = links.public_url().clone();
         let redirect_uri = join(&public_url, "api/auth/callback");
         Self {
             engine,
@@ -191,7 +188,6 @@ impl ConsentService {
             upstream_timeout,
             public_url,
             redirect_uri,
-            links,
         }
     }
 
@@ -501,38 +497,6 @@ impl ConsentService {
             requested_scopes: integration.scopes.clone(),
             missing_scopes,
         })
-    }
-
-    /// A keyless consent link for a connection (see [`LinkIssuer::create`]).
-    pub async fn create_link(
-        &self,
-        integration: &IntegrationName,
-        connection: &ConnectionId,
-        lifetime: Option<Duration>,
-        allow_account_change: bool,
-    ) -> Result<CreatedLink, ConsentError> {
-        self.links
-            .create(integration, connection, lifetime, allow_account_change)
-            .await
-    }
-
-    /// The outstanding consent links of a connection (see [`LinkIssuer::list`]).
-    pub async fn links(
-        &self,
-        integration: &IntegrationName,
-        connection: &ConnectionId,
-    ) -> Result<Vec<(ConsentLink, usize)>, ConsentError> {
-        self.links.list(integration, connection).await
-    }
-
-    /// Ends a consent link of a connection (see [`LinkIssuer::end`]).
-    pub async fn end_link(
-        &self,
-        integration: &IntegrationName,
-        connection: &ConnectionId,
-        id: &str,
-    ) -> Result<bool, ConsentError> {
-        self.links.end(integration, connection, id).await
     }
 
     /// Opens a consent link: starts a consent for its connection.

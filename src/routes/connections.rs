@@ -216,7 +216,7 @@ pub async fn list_links(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (i, c) = path_names(&req)?;
-    let links = state.consent.links(&i, &c).await.map_err(link_error)?;
+    let links = state.links.list(&i, &c).await.map_err(link_error)?;
     Ok(no_store(HttpResponse::Ok()).json(OutstandingLinks {
         integration: i.as_str(),
         connection: c.as_str(),
@@ -249,12 +249,7 @@ pub async fn end_link(
         // No link has such an id (ids are cl_ and base64url characters).
         return Err(ApiError::ConsentLinkNotFound);
     }
-    match state
-        .consent
-        .end_link(&i, &c, id)
-        .await
-        .map_err(link_error)?
-    {
+    match state.links.end(&i, &c, id).await.map_err(link_error)? {
         true => Ok(no_store(HttpResponse::NoContent()).finish()),
         false => Err(ApiError::ConsentLinkNotFound),
     }
@@ -293,8 +288,8 @@ pub async fn create_link(
         None => None,
     };
     let created = state
-        .consent
-        .create_link(&i, &c, lifetime, b.allow_account_change)
+        .links
+        .create(&i, &c, lifetime, b.allow_account_change)
         .await
         .map_err(|e| match e {
             ConsentError::UnknownIntegration(_) => ApiError::IntegrationNotFound(e.to_string()),

@@ -40,6 +40,8 @@ pub struct AppState {
     /// The admin views and deletion.
     pub connections: crate::connections::Connections,
     pub consent: ConsentService,
+    /// Consent links: make, list, end.
+    pub links: crate::consent::LinkIssuer,
     /// Pipeline credentials (the token endpoint, Basic on the token route).
     pub credentials: Arc<Credentials>,
     /// The proxy's client and limits.

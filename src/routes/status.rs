@@ -119,7 +119,7 @@ async fn open_links(state: &AppState, o: &Overview) -> html::OpenLinks {
     futures::stream::iter(o.connections.iter().map(|a| {
         let (i, c) = (a.record.integration.clone(), a.record.connection.clone());
         async move {
-            let links = state.consent.links(&i, &c).await.ok()?;
+            let links = state.links.list(&i, &c).await.ok()?;
             let open: Vec<html::OpenLink> = links
                 .into_iter()
                 .map(|(l, n)| html::OpenLink {
@@ -254,7 +254,7 @@ pub async fn post(
     let i = IntegrationName::parse(field("integration")).map_err(|_| bad())?;
     let c = ConnectionId::parse(field("connection")).map_err(|_| bad())?;
     let notice = match field("action") {
-        "consent_link" => match state.consent.create_link(&i, &c, None, false).await {
+        "consent_link" => match state.links.create(&i, &c, None, false).await {
             Ok(created) => Notice::LinkCreated {
                 integration: i.as_str().to_owned(),
                 connection: c.as_str().to_owned(),
@@ -269,7 +269,7 @@ pub async fn post(
                 },
             },
         },
-        "end_link" => match state.consent.end_link(&i, &c, field("link")).await {
+        "end_link" => match state.links.end(&i, &c, field("link")).await {
             Ok(true) => Notice::LinkEnded {
                 integration: i.as_str().to_owned(),
                 connection: c.as_str().to_owned(),
