@@ -4,10 +4,79 @@
 
 use time::{Duration, OffsetDateTime};
 
-use super::{Store, StoreError, Versioned};
+use super::{BoxFuture, ConnectionRow, Store, StoreError, Versioned};
 use crate::domain::{
     ClientId, ConnectionId, ConnectionRecord, IntegrationName, PipelineCredential, SecretHash,
 };
+
+/// A connection's row and a credential's, read together ([`Backend::get_connection_and_credential`]).
+/// Each read fails on its own (an unreadable connection row does not hide the credential).
+pub type ConnectionAndCredential = (
+    Result<Option<Versioned<ConnectionRow>>, StoreError>,
+    Result<Option<CredentialRow>, StoreError>,
+);
+
+/// Pipeline credential rows, by client id and by connection.
+pub trait CredentialRows: Send + Sync + 'static {
+    /// Stores a pipeline credential (`Conflict` if the client id exists).
+    fn insert_credential<'a>(
+        &'a self,
+        row: &'a CredentialRow,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// A point read by client id; `Ok(None)` when absent.
+    fn get_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>>;
+    /// The integration and connection the credential `client_id` belongs to, also when only
+    /// part of it is left (what a deletion checks, so that a deletion cut short can be retried).
+    fn credential_home<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(String, String)>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .get_credential(client_id)
+                .await?
+                .map(|c| (c.integration, c.connection)))
+        })
+    }
+    /// The connection `(integration, connection)` and the credential `client_id` (whichever
+    /// connection that credential belongs to): what authenticating a pipeline for a connection
+    /// needs. SQLite makes two reads at once; Table Storage keeps a credential beside its
+    /// connection and answers both with one range query.
+    fn get_connection_and_credential<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, ConnectionAndCredential>;
+    /// The credentials of one connection (a filtered query, following continuations).
+    fn list_credentials<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<CredentialRow>, StoreError>>;
+    /// Sets `last_used_at` (and the hash, when given) of an existing
+    /// credential; `NotFound` when it was deleted (it is never re-created).
+    fn touch_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+        last_used_at: OffsetDateTime,
+        rehashed: Option<&'a crate::domain::SecretHash>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Deletes one credential; `Ok(false)` when it did not exist.
+    fn delete_credential<'a>(
+        &'a self,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Deletes every credential of a connection; returns how many.
+    fn delete_credentials_of<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+}
 
 /// A connection's record and a credential, each read or failed on its own ([`Store::get_with_credential`]).
 pub type ConnectionAndCredentialRead = (
@@ -77,7 +146,7 @@ impl Store {
     /// Stores a new credential (`Conflict` if its client id exists).
     pub async fn insert_credential(&self, c: &PipelineCredential) -> Result<(), StoreError> {
         self.ready().await?;
-        self.backend.insert_credential(&to_row(c)).await
+        self.rows.credentials.insert_credential(&to_row(c)).await
     }
 
     /// `Ok(None)` when no credential has this client id.
@@ -86,7 +155,8 @@ impl Store {
         client_id: &ClientId,
     ) -> Result<Option<PipelineCredential>, StoreError> {
         self.ready().await?;
-        self.backend
+        self.rows
+            .credentials
             .get_credential(client_id.as_str())
             .await?
             .map(from_row)
@@ -105,7 +175,8 @@ impl Store {
             return (Err(e.clone()), Err(e));
         }
         let (row, credential) = self
-            .backend
+            .rows
+            .credentials
             .get_connection_and_credential(
                 integration.as_str(),
                 connection.as_str(),
@@ -132,7 +203,8 @@ impl Store {
     ) -> Result<Vec<PipelineCredential>, StoreError> {
         self.ready().await?;
         let rows = self
-            .backend
+            .rows
+            .credentials
             .list_credentials(integration.as_str(), connection.as_str())
             .await?;
         let mut out: Vec<PipelineCredential> = rows
@@ -158,7 +230,8 @@ impl Store {
         rehashed: Option<&SecretHash>,
     ) -> Result<(), StoreError> {
         self.ready().await?;
-        self.backend
+        self.rows
+            .credentials
             .touch_credential(client_id.as_str(), last_used_at, rehashed)
             .await
     }
@@ -172,7 +245,8 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.ready().await?;
         Ok(self
-            .backend
+            .rows
+            .credentials
             .credential_home(client_id.as_str())
             .await?
             .is_some_and(|(i, c)| i == integration.as_str() && c == connection.as_str()))
@@ -181,6 +255,9 @@ impl Store {
     /// Deletes one credential; `Ok(false)` when it did not exist.
     pub async fn delete_credential(&self, client_id: &ClientId) -> Result<bool, StoreError> {
         self.ready().await?;
-        self.backend.delete_credential(client_id.as_str()).await
+        self.rows
+            .credentials
+            .delete_credential(client_id.as_str())
+            .await
     }
 }

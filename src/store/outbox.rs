@@ -4,8 +4,73 @@
 
 use time::OffsetDateTime;
 
-use super::{millis, AuxKind, AuxRow, Store, StoreError, Version, Versioned};
+use super::{millis, BoxFuture, Store, StoreError, Version, Versioned};
 use crate::domain::Secret;
+
+/// Which kind of side row. Side rows live apart from connections: in the
+/// `~outbox` and `~marker` partitions on Table Storage, in the `aux` table on
+/// SQLite. They hold no token in clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuxKind {
+    /// Event deliveries not yet acknowledged by their receiver.
+    Outbox,
+    /// Small state records shared by every instance (which events were sent).
+    Marker,
+}
+
+impl AuxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbox => "outbox",
+            Self::Marker => "marker",
+        }
+    }
+}
+
+/// A side row: a key, the instant it is next due, and an opaque body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuxRow {
+    pub kind: AuxKind,
+    /// Characters of `[A-Za-z0-9._:-]` only.
+    pub key: String,
+    pub due_at: OffsetDateTime,
+    pub body: String,
+}
+
+/// Side rows: keyed, due at an instant, conditionally replaced (claims).
+pub trait AuxRows: Send + Sync + 'static {
+    /// Creates a side row; `Conflict` when its key exists.
+    fn insert_aux<'a>(&'a self, row: &'a AuxRow) -> BoxFuture<'a, Result<Version, StoreError>>;
+    /// `Ok(None)` when the side row does not exist.
+    fn get_aux<'a>(
+        &'a self,
+        kind: AuxKind,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Versioned<AuxRow>>, StoreError>>;
+    /// Replaces a side row only if it is still at `version` (`Conflict` /
+    /// `NotFound` as for connections): how an instance claims an outbox entry.
+    fn replace_aux<'a>(
+        &'a self,
+        row: &'a AuxRow,
+        version: &'a Version,
+    ) -> BoxFuture<'a, Result<Version, StoreError>>;
+    /// Deletes a side row (only at `version` when given: `Conflict` if it
+    /// changed); `Ok(false)` when it did not exist.
+    fn delete_aux<'a>(
+        &'a self,
+        kind: AuxKind,
+        key: &'a str,
+        version: Option<&'a Version>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Up to `limit` side rows of `kind` due at or before `before`, earliest first
+    /// where the backend can order (one page, a server-side filter).
+    fn due_aux(
+        &self,
+        kind: AuxKind,
+        before: OffsetDateTime,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<Versioned<AuxRow>>, StoreError>>;
+}
 
 /// One delivery of one event to one receiver, waiting in the outbox.
 #[derive(Debug, Clone)]
@@ -49,7 +114,7 @@ impl Store {
     /// Puts a delivery into the outbox (`Conflict` if it is there already).
     pub async fn outbox_add(&self, entry: &OutboxEntry) -> Result<Version, StoreError> {
         self.ready().await?;
-        self.backend.insert_aux(&self.seal_outbox(entry)).await
+        self.rows.aux.insert_aux(&self.seal_outbox(entry)).await
     }
 
     /// Up to `limit` deliveries due at `now`. Rows that do not open are
@@ -60,7 +125,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Versioned<OutboxEntry>>, StoreError> {
         self.ready().await?;
-        let rows = self.backend.due_aux(AuxKind::Outbox, now, limit).await?;
+        let rows = self.rows.aux.due_aux(AuxKind::Outbox, now, limit).await?;
         let mut out = Vec::with_capacity(rows.len());
         for v in rows {
             match self.open_outbox(&v.value) {
@@ -71,7 +136,8 @@ impl Store {
                 Err(e) => {
                     tracing::error!(error = %e, key = %v.value.key, "removing an outbox entry that cannot be read");
                     let _ = self
-                        .backend
+                        .rows
+                        .aux
                         .delete_aux(AuxKind::Outbox, &v.value.key, Some(&v.version))
                         .await;
                 }
@@ -87,7 +153,8 @@ impl Store {
         version: &Version,
     ) -> Result<Version, StoreError> {
         self.ready().await?;
-        self.backend
+        self.rows
+            .aux
             .replace_aux(&self.seal_outbox(entry), version)
             .await
     }
@@ -95,7 +162,8 @@ impl Store {
     /// Removes a delivered (or abandoned) entry if it is still at `version`.
     pub async fn outbox_remove(&self, key: &str, version: &Version) -> Result<(), StoreError> {
         self.ready().await?;
-        self.backend
+        self.rows
+            .aux
             .delete_aux(AuxKind::Outbox, key, Some(version))
             .await
             .map(|_| ())
@@ -147,7 +215,8 @@ impl Store {
     pub async fn marker_get(&self, key: &str) -> Result<Option<Versioned<String>>, StoreError> {
         self.ready().await?;
         Ok(self
-            .backend
+            .rows
+            .aux
             .get_aux(AuxKind::Marker, key)
             .await?
             .map(|v| Versioned {
@@ -172,14 +241,14 @@ impl Store {
             body: value.to_owned(),
         };
         match version {
-            None => self.backend.insert_aux(&row).await,
-            Some(v) => self.backend.replace_aux(&row, v).await,
+            None => self.rows.aux.insert_aux(&row).await,
+            Some(v) => self.rows.aux.replace_aux(&row, v).await,
         }
     }
 
     /// Deletes a marker; `Ok(false)` when it did not exist.
     pub async fn marker_delete(&self, key: &str) -> Result<bool, StoreError> {
         self.ready().await?;
-        self.backend.delete_aux(AuxKind::Marker, key, None).await
+        self.rows.aux.delete_aux(AuxKind::Marker, key, None).await
     }
 }

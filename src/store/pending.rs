@@ -4,8 +4,53 @@
 
 use time::OffsetDateTime;
 
-use super::{millis, PendingRow, Store, StoreError};
+use super::{millis, BoxFuture, Store, StoreError};
 use crate::domain::{ConnectionId, IntegrationName, PendingAuthorization, Secret};
+
+/// A pending authorization as stored, keyed by the SHA-256 of its `state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingRow {
+    pub state_hash: String,
+    pub integration: String,
+    pub connection: String,
+    pub key_id: String,
+    pub sealed_verifier: String,
+    pub binding_hash: String,
+    pub expires_at: OffsetDateTime,
+    /// The consent link this authorization was started from, if any.
+    pub link_hash: Option<String>,
+}
+
+/// Pending rows: started consents and consent links, each used up at most once.
+pub trait PendingRows: Send + Sync + 'static {
+    /// Stores a pending authorization (`Conflict` if the state hash exists).
+    fn insert_pending<'a>(&'a self, row: &'a PendingRow) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Reads and deletes a pending authorization atomically: of concurrent
+    /// callers at most one gets `Some`.
+    fn take_pending<'a>(
+        &'a self,
+        state_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>>;
+    /// Deletes pending authorizations that expired before `before`; returns how many.
+    fn purge_pending(&self, before: OffsetDateTime) -> BoxFuture<'_, Result<u64, StoreError>>;
+    /// Reads a pending row without using it up (`Ok(None)` when absent).
+    fn peek_pending<'a>(
+        &'a self,
+        state_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>>;
+    /// The pending authorizations started from one consent link.
+    fn pending_of_link<'a>(
+        &'a self,
+        link_hash: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>>;
+    /// Every pending row (consent links and consents in progress) of one
+    /// connection, following continuations.
+    fn pending_of_connection<'a>(
+        &'a self,
+        integration: &'a str,
+        connection: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>>;
+}
 
 /// A consent link an admin can send to an account owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +142,7 @@ impl Store {
             verifier.as_bytes().to_vec()
         };
         (row.key_id, row.sealed_verifier) = self.seal_v2(&plain, &aad_pending(&row));
-        self.backend.insert_pending(&row).await
+        self.rows.pending.insert_pending(&row).await
     }
 
     pub async fn take_pending(
@@ -105,7 +150,7 @@ impl Store {
         state_hash: &str,
     ) -> Result<Option<PendingAuthorization>, StoreError> {
         self.ready().await?;
-        let Some(row) = self.backend.take_pending(state_hash).await? else {
+        let Some(row) = self.rows.pending.take_pending(state_hash).await? else {
             return Ok(None);
         };
         self.open_pending(row).map(Some)
@@ -117,7 +162,7 @@ impl Store {
         state_hash: &str,
     ) -> Result<Option<PendingAuthorization>, StoreError> {
         self.ready().await?;
-        match self.backend.peek_pending(state_hash).await? {
+        match self.rows.pending.peek_pending(state_hash).await? {
             Some(row) => self.open_pending(row).map(Some),
             None => Ok(None),
         }
@@ -130,7 +175,8 @@ impl Store {
     ) -> Result<Vec<(String, OffsetDateTime)>, StoreError> {
         self.ready().await?;
         Ok(self
-            .backend
+            .rows
+            .pending
             .pending_of_link(link_hash)
             .await?
             .into_iter()
@@ -141,7 +187,7 @@ impl Store {
     /// Deletes a pending authorization, whatever it holds.
     pub async fn discard_pending(&self, state_hash: &str) -> Result<(), StoreError> {
         self.ready().await?;
-        self.backend.take_pending(state_hash).await.map(|_| ())
+        self.rows.pending.take_pending(state_hash).await.map(|_| ())
     }
 
     fn open_pending(&self, row: PendingRow) -> Result<PendingAuthorization, StoreError> {
@@ -196,7 +242,7 @@ impl Store {
         };
         let plain = serde_json::to_vec(&facts).expect("numbers serialize");
         (row.key_id, row.sealed_verifier) = self.seal_v2(&plain, &aad_link(&row));
-        self.backend.insert_pending(&row).await
+        self.rows.pending.insert_pending(&row).await
     }
 
     fn open_link(&self, link_hash: &str, r: PendingRow) -> Result<ConsentLink, StoreError> {
@@ -230,7 +276,8 @@ impl Store {
     /// The consent link, if it exists and has not been used up.
     pub async fn peek_link(&self, link_hash: &str) -> Result<Option<ConsentLink>, StoreError> {
         self.ready().await?;
-        self.backend
+        self.rows
+            .pending
             .peek_pending(&link_key(link_hash))
             .await?
             .map(|r| self.open_link(link_hash, r))
@@ -241,7 +288,8 @@ impl Store {
     pub async fn consume_link(&self, link_hash: &str) -> Result<bool, StoreError> {
         self.ready().await?;
         Ok(self
-            .backend
+            .rows
+            .pending
             .take_pending(&link_key(link_hash))
             .await?
             .is_some())
@@ -256,7 +304,8 @@ impl Store {
     ) -> Result<Vec<(ConsentLink, usize)>, StoreError> {
         self.ready().await?;
         let rows = self
-            .backend
+            .rows
+            .pending
             .pending_of_connection(integration.as_str(), connection.as_str())
             .await?;
         let at = crate::domain::clock::now();
@@ -287,12 +336,13 @@ impl Store {
     pub async fn end_link(&self, link_hash: &str) -> Result<bool, StoreError> {
         self.ready().await?;
         let taken = self
-            .backend
+            .rows
+            .pending
             .take_pending(&link_key(link_hash))
             .await?
             .is_some();
-        for p in self.backend.pending_of_link(link_hash).await? {
-            self.backend.take_pending(&p.state_hash).await?;
+        for p in self.rows.pending.pending_of_link(link_hash).await? {
+            self.rows.pending.take_pending(&p.state_hash).await?;
         }
         Ok(taken)
     }
@@ -304,12 +354,19 @@ impl Store {
         connection: &ConnectionId,
     ) -> Result<u64, StoreError> {
         let rows = self
-            .backend
+            .rows
+            .pending
             .pending_of_connection(integration.as_str(), connection.as_str())
             .await?;
         let mut ended = 0;
         for r in rows {
-            if self.backend.take_pending(&r.state_hash).await?.is_some() {
+            if self
+                .rows
+                .pending
+                .take_pending(&r.state_hash)
+                .await?
+                .is_some()
+            {
                 ended += 1;
             }
         }
@@ -318,6 +375,6 @@ impl Store {
 
     pub async fn purge_pending(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
         self.ready().await?;
-        self.backend.purge_pending(before).await
+        self.rows.pending.purge_pending(before).await
     }
 }

@@ -33,7 +33,7 @@ use oauth_broker::store::identity::{
     IdentityEndpoint, IdentityEndpoints, ManagedIdentityCredential, Protocol, STORAGE_RESOURCE,
 };
 use oauth_broker::store::table::TableBackend;
-use oauth_broker::store::{Backend, PendingRow, StoreError};
+use oauth_broker::store::{Lifecycle, PendingRow, PendingRows, StoreError};
 use serde_json::{json, Value};
 
 use crate::helpers::{free_port, Azurite, Broker, BrokerSpec, TestPki};

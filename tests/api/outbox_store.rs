@@ -202,6 +202,15 @@ async fn side_rows_meet_the_contract_on_sqlite() {
     sealed_outbox(b).await;
 }
 
+/// The in-memory table exists with the `fuzzing` feature (scripts/test enables it).
+#[cfg(feature = "fuzzing")]
+#[tokio::test]
+async fn side_rows_meet_the_contract_in_memory() {
+    let b: Arc<dyn Backend> = oauth_broker::store::memory::MemoryTable::new();
+    side_rows(b.clone()).await;
+    sealed_outbox(b).await;
+}
+
 #[tokio::test]
 async fn side_rows_meet_the_contract_on_azurite() {
     let azurite = Azurite::start().await;

@@ -8,7 +8,7 @@ use oauth_broker::crypto::Keyring;
 use oauth_broker::domain::Secret;
 use oauth_broker::startup::http_client;
 use oauth_broker::store::table::TableBackend;
-use oauth_broker::store::{Backend, ConnectionRow};
+use oauth_broker::store::{ConnectionRow, ConnectionRows};
 use serde_json::json;
 
 use crate::helpers::*;

@@ -1,5 +1,6 @@
-//! One conformance suite for the storage trait, run against both backends:
-//! SQLite (a fresh file) and Table Storage (real Azurite, a fresh table).
+//! One conformance suite for the storage capabilities, run against every backend:
+//! SQLite (a fresh file), Table Storage (real Azurite, a fresh table) and the
+//! in-memory table the fuzz targets and the refresh engine's unit tests use.
 
 use std::sync::Arc;
 
@@ -8,7 +9,10 @@ use oauth_broker::domain::SecretHash;
 use oauth_broker::startup::http_client;
 use oauth_broker::store::sqlite::SqliteBackend;
 use oauth_broker::store::table::TableBackend;
-use oauth_broker::store::{Backend, ConnectionRow, CredentialRow, PendingRow, StoreError, Version};
+use oauth_broker::store::{
+    Backend, ConnectionRow, ConnectionRows, CredentialRow, Lifecycle, PendingRow, StoreError,
+    Version,
+};
 use time::{Duration, OffsetDateTime};
 
 use crate::helpers::{fresh_table_name, Azurite};
@@ -264,6 +268,15 @@ async fn the_sqlite_backend_meets_the_store_contract() {
     let dir = tempfile::tempdir().unwrap();
     let b: Arc<dyn Backend> =
         Arc::new(SqliteBackend::open(&dir.path().join("nested/broker.db")).unwrap());
+    conformance(b.clone()).await;
+    credential_conformance(b).await;
+}
+
+/// The in-memory table exists with the `fuzzing` feature (scripts/test enables it).
+#[cfg(feature = "fuzzing")]
+#[tokio::test]
+async fn the_in_memory_backend_meets_the_store_contract() {
+    let b: Arc<dyn Backend> = oauth_broker::store::memory::MemoryTable::new();
     conformance(b.clone()).await;
     credential_conformance(b).await;
 }

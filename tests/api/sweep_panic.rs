@@ -10,16 +10,13 @@ use std::sync::Arc;
 use oauth_broker::config::integrations::parse;
 use oauth_broker::config::RefreshPolicy;
 use oauth_broker::crypto::Keyring;
-use oauth_broker::domain::{
-    ConnectionId, ConnectionRecord, IntegrationName, Secret, SecretHash, TokenSet,
-};
+use oauth_broker::domain::{ConnectionId, ConnectionRecord, IntegrationName, Secret, TokenSet};
 use oauth_broker::refresh::{Engine, SweepSummary};
 use oauth_broker::registry::Registry;
 use oauth_broker::startup::http_client;
 use oauth_broker::store::sqlite::SqliteBackend;
 use oauth_broker::store::{
-    AuxKind, AuxRow, Backend, BoxFuture, ConnectionRow, CredentialRow, PendingRow, Store,
-    StoreError, Version, Versioned,
+    BoxFuture, ConnectionRow, ConnectionRows, Rows, Store, StoreError, Version, Versioned,
 };
 use serde_json::json;
 use time::{Duration, OffsetDateTime};
@@ -27,16 +24,11 @@ use time::{Duration, OffsetDateTime};
 use crate::helpers::FakeVendor;
 use crate::helpers::*;
 
-/// SQLite, except that writing a lease for connection `boom` panics.
-struct PanicsOnBoom(SqliteBackend);
+/// SQLite's connection rows, except that writing a lease for connection `boom`
+/// panics. It stands in for that one capability; the store keeps SQLite for the rest.
+struct PanicsOnBoom(Arc<SqliteBackend>);
 
-impl Backend for PanicsOnBoom {
-    fn init(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.init()
-    }
-    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.ping()
-    }
+impl ConnectionRows for PanicsOnBoom {
     fn get_connection<'a>(
         &'a self,
         integration: &'a str,
@@ -65,37 +57,6 @@ impl Backend for PanicsOnBoom {
     ) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         self.0.list_due(expires_before, refreshed_before)
     }
-    fn insert_pending<'a>(&'a self, row: &'a PendingRow) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.insert_pending(row)
-    }
-    fn take_pending<'a>(
-        &'a self,
-        state_hash: &'a str,
-    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
-        self.0.take_pending(state_hash)
-    }
-    fn purge_pending(&self, before: OffsetDateTime) -> BoxFuture<'_, Result<u64, StoreError>> {
-        self.0.purge_pending(before)
-    }
-    fn peek_pending<'a>(
-        &'a self,
-        state_hash: &'a str,
-    ) -> BoxFuture<'a, Result<Option<PendingRow>, StoreError>> {
-        self.0.peek_pending(state_hash)
-    }
-    fn pending_of_link<'a>(
-        &'a self,
-        link_hash: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
-        self.0.pending_of_link(link_hash)
-    }
-    fn pending_of_connection<'a>(
-        &'a self,
-        integration: &'a str,
-        connection: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<PendingRow>, StoreError>> {
-        self.0.pending_of_connection(integration, connection)
-    }
     fn list_connections(&self) -> BoxFuture<'_, Result<Vec<Versioned<ConnectionRow>>, StoreError>> {
         self.0.list_connections()
     }
@@ -105,79 +66,6 @@ impl Backend for PanicsOnBoom {
         connection: &'a str,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         self.0.delete_connection(integration, connection)
-    }
-    fn insert_credential<'a>(
-        &'a self,
-        row: &'a CredentialRow,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.insert_credential(row)
-    }
-    fn get_credential<'a>(
-        &'a self,
-        client_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<CredentialRow>, StoreError>> {
-        self.0.get_credential(client_id)
-    }
-    fn list_credentials<'a>(
-        &'a self,
-        integration: &'a str,
-        connection: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<CredentialRow>, StoreError>> {
-        self.0.list_credentials(integration, connection)
-    }
-    fn touch_credential<'a>(
-        &'a self,
-        client_id: &'a str,
-        last_used_at: OffsetDateTime,
-        rehashed: Option<&'a SecretHash>,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.0.touch_credential(client_id, last_used_at, rehashed)
-    }
-    fn delete_credential<'a>(
-        &'a self,
-        client_id: &'a str,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.0.delete_credential(client_id)
-    }
-    fn delete_credentials_of<'a>(
-        &'a self,
-        integration: &'a str,
-        connection: &'a str,
-    ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        self.0.delete_credentials_of(integration, connection)
-    }
-    fn insert_aux<'a>(&'a self, row: &'a AuxRow) -> BoxFuture<'a, Result<Version, StoreError>> {
-        self.0.insert_aux(row)
-    }
-    fn get_aux<'a>(
-        &'a self,
-        kind: AuxKind,
-        key: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Versioned<AuxRow>>, StoreError>> {
-        self.0.get_aux(kind, key)
-    }
-    fn replace_aux<'a>(
-        &'a self,
-        row: &'a AuxRow,
-        version: &'a Version,
-    ) -> BoxFuture<'a, Result<Version, StoreError>> {
-        self.0.replace_aux(row, version)
-    }
-    fn delete_aux<'a>(
-        &'a self,
-        kind: AuxKind,
-        key: &'a str,
-        version: Option<&'a Version>,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        self.0.delete_aux(kind, key, version)
-    }
-    fn due_aux(
-        &self,
-        kind: AuxKind,
-        before: OffsetDateTime,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<Versioned<AuxRow>>, StoreError>> {
-        self.0.due_aux(kind, before, limit)
     }
 }
 
@@ -191,13 +79,15 @@ async fn a_panic_in_one_refresh_is_that_connections_failure_and_the_sweep_goes_o
         "client_id": "client", "client_secret": "secret", "scopes": ["read"]
     }}});
     let parsed = parse(&file.to_string(), Path::new("i.json"), &|_| None).unwrap();
-    let backend = PanicsOnBoom(SqliteBackend::open(&dir.path().join("b.db")).unwrap());
+    let sqlite = Arc::new(SqliteBackend::open(&dir.path().join("b.db")).unwrap());
+    let mut rows = Rows::of(sqlite.clone());
+    rows.connections = Arc::new(PanicsOnBoom(sqlite));
     let key = Keyring::parse(&Secret::new(format!(
         "k1:{}",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, random_bytes(32))
     )))
     .unwrap();
-    let store = Store::new(Arc::new(backend), key);
+    let store = Store::from_rows(rows, key);
     let engine = Engine::new(
         store.clone(),
         http_client(),
