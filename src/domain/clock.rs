@@ -3,6 +3,48 @@
 
 use time::OffsetDateTime;
 
+/// Where the refresh engine reads the time: the system's clock in the product;
+/// in unit tests a manual one, moved by the test, so that leases, cool-downs
+/// and token lifetimes are exercised without waiting for them.
+#[derive(Clone, Default)]
+pub struct Clock {
+    #[cfg(test)]
+    manual: Option<std::sync::Arc<std::sync::Mutex<OffsetDateTime>>>,
+}
+
+impl Clock {
+    /// The system's clock ([`now`]).
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// The current time at millisecond precision.
+    pub fn now(&self) -> OffsetDateTime {
+        #[cfg(test)]
+        if let Some(at) = &self.manual {
+            return *at.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        now()
+    }
+
+    /// A clock that stands at `at` until [`Clock::advance`] moves it.
+    #[cfg(test)]
+    pub fn manual(at: OffsetDateTime) -> Self {
+        Self {
+            manual: Some(std::sync::Arc::new(std::sync::Mutex::new(to_millis(at)))),
+        }
+    }
+
+    /// Moves a manual clock (and every clone of it) forward by `by`.
+    #[cfg(test)]
+    pub fn advance(&self, by: time::Duration) {
+        if let Some(at) = &self.manual {
+            let mut at = at.lock().unwrap_or_else(|p| p.into_inner());
+            *at = to_millis(*at + by);
+        }
+    }
+}
+
 /// Current time at millisecond precision.
 pub fn now() -> OffsetDateTime {
     to_millis(OffsetDateTime::now_utc())

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{now, Engine};
+use super::Engine;
 use crate::config::integrations::TokenBody;
 use crate::config::{ClientAuth, Integration};
 use crate::domain::{ConnectionRecord, IntegrationName};
@@ -90,7 +90,7 @@ impl Engine {
         };
         let (key_id, mac) = keys.mac(&data);
         let changed_at = if changed {
-            Some(now())
+            Some(self.clock.now())
         } else {
             previous_change
         };

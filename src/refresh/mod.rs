@@ -44,10 +44,13 @@ use time::{Duration, OffsetDateTime};
 
 mod config_change;
 mod sweep;
+#[cfg(test)]
+mod tests;
 
 use crate::coalesce::Coalescer;
 use crate::config::{Integration, RefreshPolicy};
 pub use crate::domain::clock::now;
+use crate::domain::clock::Clock;
 use crate::domain::grant::{consent_may_replace, refresh_threshold, GRANT_ENDS_AT};
 use crate::domain::scope;
 use crate::domain::{
@@ -175,6 +178,8 @@ pub struct Engine {
     notify: crate::events::Transitions,
     /// When each integration's client configuration last changed (see `config_change`).
     config_changed: std::sync::RwLock<HashMap<IntegrationName, OffsetDateTime>>,
+    /// Every decision's "now" (leases, cool-downs, expiry); manual in unit tests.
+    clock: Clock,
 }
 
 fn std_duration(d: Duration) -> std::time::Duration {
@@ -202,7 +207,15 @@ impl Engine {
             owner: id.iter().map(|b| format!("{b:02x}")).collect(),
             notify,
             config_changed: std::sync::RwLock::new(HashMap::new()),
+            clock: Clock::system(),
         }
+    }
+
+    /// The same engine reading its time from `clock` (unit tests).
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Where this engine tells changes of state; other services report theirs
@@ -258,7 +271,7 @@ impl Engine {
             refresh_token: resp.refresh_token,
         };
         for _ in 0..8 {
-            let now = now();
+            let now = self.clock.now();
             let previous = self.store.get(&integration.name, connection).await?;
             if let Some(p) = &previous {
                 if !consent_may_replace(&p.value, account.as_ref(), allow_account_change) {
@@ -430,7 +443,7 @@ impl Engine {
         let first = Self::usable(first?)?;
         if first.value.refreshed_at > rejected.refreshed_at
             && first.value.tokens.access_token.expose() != rejected.tokens.access_token.expose()
-            && first.value.expires_in(now()) > 0
+            && first.value.expires_in(self.clock.now()) > 0
         {
             return Ok(first.value);
         }
@@ -449,7 +462,7 @@ impl Engine {
         first: Versioned<ConnectionRecord>,
         need: Need,
     ) -> Result<ConnectionRecord, RefreshError> {
-        if !self.wants_refresh(integration, &first.value, &need, now()) {
+        if !self.wants_refresh(integration, &first.value, &need, self.clock.now()) {
             return Ok(first.value);
         }
         let connection = &first.value.connection;
@@ -465,7 +478,10 @@ impl Engine {
         // falls short of this caller's need (forced or not): the vendor just issued
         // the best token it gives, and asking again would multiply refreshes.
         let result = match last.as_ref() {
-            Some(r) if r.refreshed_at > first.value.refreshed_at && r.expires_in(now()) > 0 => {
+            Some(r)
+                if r.refreshed_at > first.value.refreshed_at
+                    && r.expires_in(self.clock.now()) > 0 =>
+            {
                 Ok(r.clone())
             }
             _ => {
@@ -535,7 +551,7 @@ impl Engine {
             + std::time::Duration::from_secs(5);
         // A row read before the gate serves only when its next step is the
         // conditional lease write; any other decision is taken on a fresh read.
-        let at = now();
+        let at = self.clock.now();
         let known = known.filter(|v| {
             let r = &v.value;
             r.refreshed_at == seen_refreshed_at
@@ -547,7 +563,7 @@ impl Engine {
             None => self.read(integration, connection).await?,
         };
         let leased = loop {
-            let now = now();
+            let now = self.clock.now();
             let rec = &current.value;
             // Someone refreshed while we queued or waited: take its token while valid
             // (see `ensure_fresh_from`).
@@ -660,8 +676,10 @@ impl Engine {
             let jitter = rand::thread_rng().gen_range(0..=delay.as_millis() as u64 / 2);
             let wait = retry_after.unwrap_or(delay + std::time::Duration::from_millis(jitter));
             // Another attempt must finish, and be stored, inside the lease.
-            let next_done =
-                now() + Duration::try_from(wait).unwrap_or_default() + timeout + WRITE_MARGIN;
+            let next_done = self.clock.now()
+                + Duration::try_from(wait).unwrap_or_default()
+                + timeout
+                + WRITE_MARGIN;
             if next_done > lease_until {
                 return (Err(err), attempt);
             }
@@ -683,17 +701,16 @@ impl Engine {
         let renewal = match (&record.tokens.refresh_token, &integration.renew) {
             (Some(rt), _) => Some(Renewal::Refresh(rt.clone())),
             // An expired token cannot be exchanged (Meta): only a new consent helps.
-            (None, Some(renew)) if record.expires_in(now()) > 0 => Some(Renewal::Exchange(
-                renew.clone(),
-                record.tokens.access_token.clone(),
-            )),
+            (None, Some(renew)) if record.expires_in(self.clock.now()) > 0 => Some(
+                Renewal::Exchange(renew.clone(), record.tokens.access_token.clone()),
+            ),
             (None, _) => None,
         };
         let Some(renewal) = renewal else {
             // Nothing to refresh with: serve what we have while it lasts (for
             // ever when it does not expire).
             self.release_lease(&leased).await;
-            if record.expires_in(now()) > 0 && (!force || record.never_expires()) {
+            if record.expires_in(self.clock.now()) > 0 && (!force || record.never_expires()) {
                 return Ok(record.clone());
             }
             tracing::warn!(
@@ -704,9 +721,9 @@ impl Engine {
             );
             return Err(RefreshError::ReauthorizationRequired);
         };
-        let lease_until = record.lease_until.unwrap_or_else(now);
+        let lease_until = record.lease_until.unwrap_or_else(|| self.clock.now());
         let (outcome, attempts) = self.call_vendor(integration, &renewal, lease_until).await;
-        let now = now();
+        let now = self.clock.now();
         let mut next = record.unleased();
         let duration_ms = started.elapsed().as_millis() as u64;
         match outcome {

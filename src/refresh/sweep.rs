@@ -10,7 +10,7 @@ use std::panic::AssertUnwindSafe;
 use futures::{FutureExt, StreamExt};
 use time::Duration;
 
-use super::{now, Engine, Need, RefreshError, SweepSummary};
+use super::{Engine, Need, RefreshError, SweepSummary};
 use crate::config::Integration;
 use crate::domain::IntegrationName;
 use crate::store::StoreError;
@@ -21,7 +21,7 @@ impl Engine {
     /// period. One failure never stops the others; concurrency is bounded, and
     /// no new refresh starts after the sweep's time budget.
     pub async fn sweep(&self) -> Result<SweepSummary, StoreError> {
-        let start = now();
+        let start = self.clock.now();
         let started = tokio::time::Instant::now();
         let integrations: BTreeMap<IntegrationName, Arc<Integration>> = self
             .integrations
@@ -56,11 +56,11 @@ impl Engine {
                     .check_grant_end(&row.value, integration.refresh_token_max)
                     .await;
                 let need = Need {
-                    refreshed_before: Some(now() - integration.keepalive),
+                    refreshed_before: Some(self.clock.now() - integration.keepalive),
                     whole_margin: true,
                     ..Need::default()
                 };
-                if !self.wants_refresh(integration, &row.value, &need, now()) {
+                if !self.wants_refresh(integration, &row.value, &need, self.clock.now()) {
                     return None;
                 }
                 let before = row.value.refreshed_at;
