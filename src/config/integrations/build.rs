@@ -1,6 +1,7 @@
 //! One integration's fields, after its template was merged, turned into an
-//! [`Integration`]: every field checked in a fixed order, and the first
-//! problem reported with the integration's name.
+//! [`Integration`]: every group of fields checked in a fixed order, and the
+//! first problem reported with the integration's name. The vendor-specific
+//! fields are read by [`super::quirks`].
 
 use std::collections::BTreeMap;
 
@@ -9,130 +10,95 @@ use serde_json::{Map, Value};
 use time::Duration;
 use url::Url;
 
+use super::super::callers::Caller;
 use super::super::error::ConfigError;
-use super::super::expand::{expand, expand_all, Ctx};
+use super::super::expand::{expand, Ctx};
+use super::super::proxy::RawProxyAuth;
+use super::quirks::{Quirks, RawPostConsent, RawRenew};
 use super::{
-    check_endpoint, parse_account, ClientAuth, Integration, PostConsent, Renew, TokenBody,
+    check_endpoint, params, parse_account, url_of, AccountConfig, ClientAuth, Integration,
+    TokenBody,
 };
 use crate::domain::{IntegrationName, Secret};
 
+/// The fields of one integration as written (after the template was merged).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawIntegration {
+pub(super) struct RawIntegration {
     #[serde(default)]
-    provider: Option<String>,
+    pub(super) provider: Option<String>,
     #[serde(default)]
-    issuer: Option<String>,
+    pub(super) issuer: Option<String>,
     #[serde(default)]
-    require_iss: Option<bool>,
-    authorization_url: String,
-    token_url: String,
+    pub(super) require_iss: Option<bool>,
+    pub(super) authorization_url: String,
+    pub(super) token_url: String,
     #[serde(default)]
-    revocation_url: Option<String>,
-    client_id: String,
-    client_secret: String,
+    pub(super) revocation_url: Option<String>,
+    pub(super) client_id: String,
+    pub(super) client_secret: String,
     #[serde(default)]
-    scopes: Vec<String>,
+    pub(super) scopes: Vec<String>,
     #[serde(default)]
-    scope_separator: Option<String>,
+    pub(super) scope_separator: Option<String>,
     #[serde(default)]
-    client_auth: Option<String>,
+    pub(super) client_auth: Option<String>,
     #[serde(default)]
-    token_body: Option<String>,
+    pub(super) token_body: Option<String>,
     #[serde(default)]
-    pkce: Option<bool>,
+    pub(super) pkce: Option<bool>,
     #[serde(default)]
-    authorization_params: BTreeMap<String, String>,
+    pub(super) authorization_params: BTreeMap<String, String>,
     #[serde(default)]
-    token_params: BTreeMap<String, String>,
+    pub(super) token_params: BTreeMap<String, String>,
     #[serde(default)]
-    refresh_margin_secs: Option<u32>,
+    pub(super) refresh_margin_secs: Option<u32>,
     #[serde(default)]
-    keepalive_hours: Option<u32>,
+    pub(super) keepalive_hours: Option<u32>,
     #[serde(default)]
-    callback_metadata: Vec<String>,
+    pub(super) callback_metadata: Vec<String>,
     #[serde(default)]
-    token_metadata: Vec<String>,
+    pub(super) token_metadata: Vec<String>,
     #[serde(default)]
-    default_expires_in_secs: Option<u32>,
+    pub(super) default_expires_in_secs: Option<u32>,
     #[serde(default)]
-    expires_in_unit: Option<String>,
+    pub(super) expires_in_unit: Option<String>,
     #[serde(default)]
-    expects_refresh_token: Option<bool>,
+    pub(super) expects_refresh_token: Option<bool>,
     #[serde(default)]
-    refresh_token_scopes: Vec<String>,
+    pub(super) refresh_token_scopes: Vec<String>,
     #[serde(default)]
-    refresh_token_idle_days: Option<u32>,
+    pub(super) refresh_token_idle_days: Option<u32>,
     #[serde(default)]
-    pipeline_scopes: Option<Vec<String>>,
+    pub(super) pipeline_scopes: Option<Vec<String>>,
     #[serde(default)]
-    pipeline_resources: Option<Vec<String>>,
+    pub(super) pipeline_resources: Option<Vec<String>>,
     #[serde(default)]
-    docs: Option<Value>,
+    pub(super) docs: Option<Value>,
     #[serde(default)]
-    api_base_url: Option<Value>,
+    pub(super) api_base_url: Option<Value>,
     #[serde(default)]
-    proxy_rewrite_links: Option<bool>,
+    pub(super) proxy_rewrite_links: Option<bool>,
     #[serde(default)]
-    proxy_auth: Option<super::super::proxy::RawProxyAuth>,
+    pub(super) proxy_auth: Option<RawProxyAuth>,
     #[serde(default)]
-    proxy_headers: BTreeMap<String, String>,
+    pub(super) proxy_headers: BTreeMap<String, String>,
     #[serde(default)]
-    expires_at_field: Option<String>,
+    pub(super) expires_at_field: Option<String>,
     #[serde(default)]
-    no_expires_in_means_never: Option<bool>,
+    pub(super) no_expires_in_means_never: Option<bool>,
     #[serde(default)]
-    refresh_url: Option<String>,
+    pub(super) refresh_url: Option<String>,
     #[serde(default)]
-    refresh_params: BTreeMap<String, String>,
+    pub(super) refresh_params: BTreeMap<String, String>,
     #[serde(default)]
-    renew: Option<RawRenew>,
+    pub(super) renew: Option<RawRenew>,
     #[serde(default)]
-    refresh_token_max_days: Option<u32>,
+    pub(super) refresh_token_max_days: Option<u32>,
     #[serde(default)]
-    post_consent: Option<RawPostConsent>,
+    pub(super) post_consent: Option<RawPostConsent>,
     #[serde(default)]
-    callers: Option<Value>,
-}
-
-/// A URL or a list of URLs (`docs`, `api_base_url`).
-fn one_or_many(ctx: &Ctx<'_>, field: &str, v: Option<Value>) -> Result<Vec<String>, ConfigError> {
-    let bad = || ctx.fail(format!("{field} must be a URL or a list of URLs"));
-    match v {
-        None => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s]),
-        Some(Value::Array(a)) => a
-            .into_iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s),
-                _ => Err(bad()),
-            })
-            .collect(),
-        Some(_) => Err(bad()),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRenew {
-    grant_type: String,
-    #[serde(default)]
-    token_param: Option<String>,
-    #[serde(default)]
-    url: Option<String>,
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default)]
-    params: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPostConsent {
-    url: String,
-    #[serde(default)]
-    auth_scheme: Option<String>,
-    metadata: BTreeMap<String, String>,
+    pub(super) callers: Option<Value>,
 }
 
 /// `NAME` of a `%NAME%` value.
@@ -143,6 +109,9 @@ fn setting_name(v: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Turns one integration's merged fields into an [`Integration`]. The groups
+/// of fields are read in a fixed order, and the first problem is the one
+/// reported.
 pub(in crate::config) fn finish(
     ctx: &Ctx<'_>,
     mut value: Map<String, Value>,
@@ -151,79 +120,128 @@ pub(in crate::config) fn finish(
     // Documentation for people (a template's reason for having no account source).
     value.remove("account_note");
     let account = parse_account(value.remove("account").as_ref()).map_err(|m| ctx.fail(m))?;
-    let r: RawIntegration =
+    let mut r: RawIntegration =
         serde_json::from_value(Value::Object(value)).map_err(|e| ctx.fail(e.to_string()))?;
-    let url_of = |field: &str, v: &str| -> Result<Url, ConfigError> {
-        let v = expand(ctx, field, v)?;
-        let u = Url::parse(&v).map_err(|e| ctx.fail(format!("{field} is not a URL: {e}")))?;
-        check_endpoint(field, &u).map_err(|m| ctx.fail(m))?;
-        if u.as_str().contains('{') || u.as_str().contains("%7B") {
-            return Err(ctx.fail(format!("{field} still has a {{placeholder}}: {u}")));
-        }
-        Ok(u)
-    };
-    let client_auth = match r
-        .client_auth
-        .as_deref()
-        .map(|v| expand(ctx, "client_auth", v))
-        .transpose()?
-        .as_deref()
-    {
-        None | Some("basic") => ClientAuth::Basic,
-        Some("post") => ClientAuth::Post,
-        Some(other) => {
-            return Err(ctx.fail(format!(
-                "client_auth is {other:?}; use \"basic\" (default) or \"post\""
-            )))
-        }
-    };
-    let token_body = match r.token_body.as_deref() {
-        None | Some("form") => TokenBody::Form,
-        Some("json") => TokenBody::Json,
-        Some(other) => {
-            return Err(ctx.fail(format!(
-                "token_body is {other:?}; use \"form\" (default) or \"json\""
-            )))
-        }
-    };
-    let expires_in_ms = match r.expires_in_unit.as_deref() {
-        None | Some("seconds") => false,
-        Some("milliseconds") => true,
-        Some(other) => {
-            return Err(ctx.fail(format!(
-                "expires_in_unit is {other:?}; use \"seconds\" or \"milliseconds\""
-            )))
-        }
-    };
-    let params =
-        |field: &str, m: &BTreeMap<String, String>| -> Result<Vec<(String, String)>, ConfigError> {
-            m.iter()
-                .map(|(k, v)| Ok((k.clone(), expand(ctx, &format!("{field}.{k}"), v)?)))
-                .collect()
-        };
+    let wire = Wire::read(ctx, &r)?;
     // Ten years at most, so every period can be subtracted from any clock reading.
     if r.keepalive_hours.is_some_and(|h| h > 87_600) {
         return Err(ctx.fail("keepalive_hours must be at most 87600 (10 years)"));
     }
-    let client_id = expand(ctx, "client_id", &r.client_id)?;
-    if client_id.is_empty() {
-        return Err(ctx.fail("client_id is empty"));
+    let consent = Consent::read(ctx, &r)?;
+    check_refresh_token_days(ctx, &r)?;
+    let quirks = Quirks::read(ctx, &mut r)?;
+    let requests = Requests::read(ctx, &r)?;
+    let callers = super::super::callers::read(ctx, r.callers.as_ref())?;
+    Ok(assemble(
+        r,
+        Checked {
+            name,
+            account,
+            wire,
+            consent,
+            quirks,
+            requests,
+            callers,
+        },
+    ))
+}
+
+/// How requests are sent and answers read.
+struct Wire {
+    client_auth: ClientAuth,
+    token_body: TokenBody,
+    expires_in_ms: bool,
+}
+
+impl Wire {
+    /// `client_auth`, `token_body` and `expires_in_unit`, in that order.
+    fn read(ctx: &Ctx<'_>, r: &RawIntegration) -> Result<Self, ConfigError> {
+        let client_auth = match r
+            .client_auth
+            .as_deref()
+            .map(|v| expand(ctx, "client_auth", v))
+            .transpose()?
+            .as_deref()
+        {
+            None | Some("basic") => ClientAuth::Basic,
+            Some("post") => ClientAuth::Post,
+            Some(other) => {
+                return Err(ctx.fail(format!(
+                    "client_auth is {other:?}; use \"basic\" (default) or \"post\""
+                )))
+            }
+        };
+        let token_body = match r.token_body.as_deref() {
+            None | Some("form") => TokenBody::Form,
+            Some("json") => TokenBody::Json,
+            Some(other) => {
+                return Err(ctx.fail(format!(
+                    "token_body is {other:?}; use \"form\" (default) or \"json\""
+                )))
+            }
+        };
+        let expires_in_ms = match r.expires_in_unit.as_deref() {
+            None | Some("seconds") => false,
+            Some("milliseconds") => true,
+            Some(other) => {
+                return Err(ctx.fail(format!(
+                    "expires_in_unit is {other:?}; use \"seconds\" or \"milliseconds\""
+                )))
+            }
+        };
+        Ok(Self {
+            client_auth,
+            token_body,
+            expires_in_ms,
+        })
     }
-    let issuer = r
-        .issuer
-        .as_deref()
-        .map(|v| expand(ctx, "issuer", v))
-        .transpose()?;
-    // An issuer identifier is an https URL (RFC 8414 §2), or loopback for local testing.
-    if let Some(i) = &issuer {
-        let u = Url::parse(i).map_err(|e| ctx.fail(format!("issuer is not a URL: {e}")))?;
-        check_endpoint("issuer", &u).map_err(|m| ctx.fail(m))?;
+}
+
+/// Who asks for consent, what it asks for, and whose answer a callback must carry.
+struct Consent {
+    client_id: String,
+    issuer: Option<String>,
+    require_iss: bool,
+    scopes: Vec<String>,
+    refresh_token_scopes: Vec<String>,
+}
+
+impl Consent {
+    /// `client_id`, `issuer`, `require_iss`, then the scopes.
+    fn read(ctx: &Ctx<'_>, r: &RawIntegration) -> Result<Self, ConfigError> {
+        let client_id = expand(ctx, "client_id", &r.client_id)?;
+        if client_id.is_empty() {
+            return Err(ctx.fail("client_id is empty"));
+        }
+        let issuer = r
+            .issuer
+            .as_deref()
+            .map(|v| expand(ctx, "issuer", v))
+            .transpose()?;
+        // An issuer identifier is an https URL (RFC 8414 §2), or loopback for local testing.
+        if let Some(i) = &issuer {
+            let u = Url::parse(i).map_err(|e| ctx.fail(format!("issuer is not a URL: {e}")))?;
+            check_endpoint("issuer", &u).map_err(|m| ctx.fail(m))?;
+        }
+        let require_iss = r.require_iss.unwrap_or(false);
+        if require_iss && issuer.is_none() {
+            return Err(ctx.fail(
+                "require_iss needs the issuer the callback's iss is compared with: set issuer",
+            ));
+        }
+        let (scopes, refresh_token_scopes) = scopes(ctx, r)?;
+        Ok(Self {
+            client_id,
+            issuer,
+            require_iss,
+            scopes,
+            refresh_token_scopes,
+        })
     }
-    let require_iss = r.require_iss.unwrap_or(false);
-    if require_iss && issuer.is_none() {
-        return Err(ctx
-            .fail("require_iss needs the issuer the callback's iss is compared with: set issuer"));
-    }
+}
+
+/// `scopes` with the `refresh_token_scopes` added that it lacks, and those.
+fn scopes(ctx: &Ctx<'_>, r: &RawIntegration) -> Result<(Vec<String>, Vec<String>), ConfigError> {
     let refresh_token_scopes: Vec<String> = r
         .refresh_token_scopes
         .iter()
@@ -240,6 +258,11 @@ pub(in crate::config) fn finish(
             scopes.push(s.clone());
         }
     }
+    Ok((scopes, refresh_token_scopes))
+}
+
+/// `refresh_token_idle_days` and `refresh_token_max_days` are within ten years.
+fn check_refresh_token_days(ctx: &Ctx<'_>, r: &RawIntegration) -> Result<(), ConfigError> {
     if r.refresh_token_idle_days
         .is_some_and(|d| !(1..=3650).contains(&d))
     {
@@ -254,151 +277,79 @@ pub(in crate::config) fn finish(
             "refresh_token_max_days must be between 1 and 3650 (leave it out when the vendor does not end grants at a fixed age)",
         ));
     }
-    let docs = one_or_many(ctx, "docs", r.docs)?
-        .iter()
-        .map(|v| url_of("docs", v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let proxy_bases = r.api_base_url.clone();
-    let api_base_url = one_or_many(ctx, "api_base_url", r.api_base_url)?
-        .into_iter()
-        // `{metadata.NAME}` bases are filled per connection and checked by the proxy.
-        .filter(|v| !v.starts_with("{metadata."))
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|v| url_of("api_base_url", v))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Some(f) = &r.expires_at_field {
-        if f.is_empty() || matches!(f.as_str(), "access_token" | "refresh_token" | "id_token") {
-            return Err(ctx.fail("expires_at_field must name the token-response field with the absolute expiry (e.g. \"expires_at\")"));
-        }
+    Ok(())
+}
+
+/// Where the OAuth requests go and what they carry.
+struct Requests {
+    authorization_url: Url,
+    token_url: Url,
+    revocation_url: Option<Url>,
+    client_secret: Secret,
+    authorization_params: Vec<(String, String)>,
+    token_params: Vec<(String, String)>,
+}
+
+impl Requests {
+    /// The endpoints, the client secret, then the extra parameters.
+    fn read(ctx: &Ctx<'_>, r: &RawIntegration) -> Result<Self, ConfigError> {
+        Ok(Self {
+            authorization_url: url_of(ctx, "authorization_url", &r.authorization_url)?,
+            token_url: url_of(ctx, "token_url", &r.token_url)?,
+            revocation_url: r
+                .revocation_url
+                .as_deref()
+                .map(|v| url_of(ctx, "revocation_url", v))
+                .transpose()?,
+            client_secret: Secret::new(expand(ctx, "client_secret", &r.client_secret)?),
+            authorization_params: params(ctx, "authorization_params", &r.authorization_params)?,
+            token_params: params(ctx, "token_params", &r.token_params)?,
+        })
     }
-    let renew = match r.renew {
-        None => None,
-        Some(n) => {
-            let name_ok = |v: &str| {
-                !v.is_empty()
-                    && v.bytes().all(|c| {
-                        c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':')
-                    })
-            };
-            if !name_ok(&n.grant_type) {
-                return Err(ctx.fail(
-                    "renew.grant_type must be a grant type name, e.g. \"fb_exchange_token\"",
-                ));
-            }
-            let token_param = n.token_param.unwrap_or_else(|| n.grant_type.clone());
-            if !name_ok(&token_param) {
-                return Err(ctx.fail("renew.token_param must be a parameter name"));
-            }
-            let get = match n.method.as_deref() {
-                None | Some("POST" | "post") => false,
-                Some("GET" | "get") => true,
-                Some(other) => {
-                    return Err(ctx.fail(format!(
-                        "renew.method is {other:?}; use \"POST\" (default) or \"GET\""
-                    )))
-                }
-            };
-            Some(Renew {
-                grant_type: n.grant_type,
-                token_param,
-                url: n
-                    .url
-                    .as_deref()
-                    .map(|v| url_of("renew.url", v))
-                    .transpose()?,
-                get,
-                params: params("renew.params", &n.params)?,
-            })
-        }
-    };
-    let post_consent = match r.post_consent {
-        None => None,
-        Some(p) => {
-            if p.metadata.is_empty() {
-                return Err(ctx.fail("post_consent.metadata must name at least one field: {\"name\": \"/json/pointer\"}"));
-            }
-            for (k, v) in &p.metadata {
-                if !(v.is_empty() || v.starts_with('/')) {
-                    return Err(ctx.fail(format!("post_consent.metadata.{k} must be a JSON pointer (\"/dc\", \"/0/tenantId\")")));
-                }
-            }
-            let auth_scheme = p.auth_scheme.unwrap_or_else(|| "Bearer".into());
-            if auth_scheme.is_empty()
-                || !auth_scheme
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
-            {
-                return Err(ctx.fail(
-                    "post_consent.auth_scheme must be an HTTP auth scheme name (Bearer, OAuth)",
-                ));
-            }
-            Some(PostConsent {
-                url: url_of("post_consent.url", &p.url)?,
-                auth_scheme,
-                metadata: p.metadata.into_iter().collect(),
-            })
-        }
-    };
-    let mut proxy_bases = proxy_bases;
-    if let Some(v) = proxy_bases.as_mut() {
-        expand_all(ctx, "api_base_url", v)?;
-    }
-    let proxy = super::super::proxy::parse(
-        proxy_bases.as_ref(),
-        r.proxy_rewrite_links,
-        r.proxy_auth,
-        &r.proxy_headers,
-    )
-    .map_err(|problems| {
-        let all = problems
-            .into_iter()
-            .map(|(at, why)| {
-                ConfigError::field(&ctx.path, format!("integrations.{}.{at}", ctx.name), why)
-            })
-            .collect();
-        ConfigError::all(all).expect("parse fails with at least one problem")
-    })?;
-    Ok(Integration {
-        proxy,
-        docs,
-        api_base_url,
+}
+
+/// What [`finish`] read and checked, before it becomes an [`Integration`].
+struct Checked {
+    name: IntegrationName,
+    account: AccountConfig,
+    wire: Wire,
+    consent: Consent,
+    quirks: Quirks,
+    requests: Requests,
+    callers: Vec<Caller>,
+}
+
+/// The integration: the checked groups, and the plain fields of `r` with their defaults.
+fn assemble(r: RawIntegration, c: Checked) -> Integration {
+    let days = |d: u32| Duration::days(i64::from(d));
+    Integration {
+        proxy: c.quirks.proxy,
+        docs: c.quirks.docs,
+        api_base_url: c.quirks.api_base_url,
         expires_at_field: r.expires_at_field,
         no_expires_in_means_never: r.no_expires_in_means_never.unwrap_or(false),
-        refresh_url: r
-            .refresh_url
-            .as_deref()
-            .map(|v| url_of("refresh_url", v))
-            .transpose()?,
-        refresh_params: params("refresh_params", &r.refresh_params)?,
-        renew,
-        refresh_token_max: r
-            .refresh_token_max_days
-            .map(|d| Duration::days(i64::from(d))),
-        post_consent,
-        issuer,
-        require_iss,
+        refresh_url: c.quirks.refresh_url,
+        refresh_params: c.quirks.refresh_params,
+        renew: c.quirks.renew,
+        refresh_token_max: r.refresh_token_max_days.map(days),
+        post_consent: c.quirks.post_consent,
+        issuer: c.consent.issuer,
+        require_iss: c.consent.require_iss,
         expects_refresh_token: r.expects_refresh_token.unwrap_or(true),
-        refresh_token_scopes,
-        refresh_token_idle: r
-            .refresh_token_idle_days
-            .map(|d| Duration::days(i64::from(d))),
-        authorization_url: url_of("authorization_url", &r.authorization_url)?,
-        token_url: url_of("token_url", &r.token_url)?,
-        revocation_url: r
-            .revocation_url
-            .as_deref()
-            .map(|v| url_of("revocation_url", v))
-            .transpose()?,
-        client_id,
-        client_secret: Secret::new(expand(ctx, "client_secret", &r.client_secret)?),
-        scopes,
+        refresh_token_scopes: c.consent.refresh_token_scopes,
+        refresh_token_idle: r.refresh_token_idle_days.map(days),
+        authorization_url: c.requests.authorization_url,
+        token_url: c.requests.token_url,
+        revocation_url: c.requests.revocation_url,
+        client_id: c.consent.client_id,
+        client_secret: c.requests.client_secret,
+        scopes: c.consent.scopes,
         scope_separator: r.scope_separator.unwrap_or_else(|| " ".into()),
-        client_auth,
-        token_body,
+        client_auth: c.wire.client_auth,
+        token_body: c.wire.token_body,
         pkce: r.pkce.unwrap_or(true),
-        authorization_params: params("authorization_params", &r.authorization_params)?,
-        token_params: params("token_params", &r.token_params)?,
+        authorization_params: c.requests.authorization_params,
+        token_params: c.requests.token_params,
         refresh_margin: Duration::seconds(i64::from(r.refresh_margin_secs.unwrap_or(900))),
         keepalive: Duration::hours(i64::from(r.keepalive_hours.unwrap_or(24).max(1))),
         callback_metadata: r.callback_metadata,
@@ -406,16 +357,16 @@ pub(in crate::config) fn finish(
         default_expires_in: Duration::seconds(i64::from(
             r.default_expires_in_secs.unwrap_or(3600).max(1),
         )),
-        expires_in_ms,
+        expires_in_ms: c.wire.expires_in_ms,
         pipeline_scopes: r.pipeline_scopes,
         pipeline_resources: r.pipeline_resources,
         client_id_setting: setting_name(&r.client_id),
         client_secret_setting: setting_name(&r.client_secret),
         provider: r.provider,
-        callers: super::super::callers::read(ctx, r.callers.as_ref())?,
-        account,
-        name,
-    })
+        callers: c.callers,
+        account: c.account,
+        name: c.name,
+    }
 }
 
 #[cfg(test)]
@@ -505,139 +456,5 @@ mod tests {
         assert!(parse(&text, Path::new("i.json"), &env(&[])).is_err());
         let text = text.replace("3651", "3650");
         assert!(parse(&text, Path::new("i.json"), &env(&[])).is_ok());
-    }
-
-    #[test]
-    fn proxy_fields_are_read_and_every_problem_is_named_by_its_path() {
-        let base = |extra: &str| {
-            format!(
-                r#"{{"integrations": {{"a": {{"authorization_url": "https://a.example/auth", "token_url": "https://a.example/token", "client_id": "x", "client_secret": "y"{extra}}}}}}}"#
-            )
-        };
-        let i = one(
-            &base(
-                r#", "api_base_url": ["https://api.a.example/v1/", "{metadata.api_domain}/crm"], "proxy_rewrite_links": false,
-                "proxy_auth": {"header": "X-Token", "scheme": ""}, "proxy_headers": {"X-Tenant": "{metadata.tenant}"}"#,
-            ),
-            &env(&[]),
-        )
-        .unwrap();
-        assert_eq!(
-            i.proxy.api_base_url,
-            ["https://api.a.example/v1", "{metadata.api_domain}/crm"]
-        );
-        assert!(!i.proxy.rewrite_links);
-        assert_eq!(i.proxy.auth.header, "X-Token");
-        assert_eq!(i.proxy.auth.scheme.as_deref(), Some(""));
-        assert_eq!(
-            i.proxy.headers,
-            vec![("X-Tenant".into(), "{metadata.tenant}".into())]
-        );
-        let err = one(
-            &base(
-                r#", "proxy_auth": {"header": "X Token", "scheme": "two words"}, "proxy_headers": {"Bad Name": "v"}"#,
-            ),
-            &env(&[]),
-        )
-        .unwrap_err()
-        .to_string();
-        for at in [
-            "integrations.a.proxy_auth.header",
-            "integrations.a.proxy_auth.scheme",
-            "integrations.a.proxy_headers.Bad Name",
-        ] {
-            assert!(err.contains(at), "{at} in {err}");
-        }
-        let err = one(&base(r#", "proxy_rewrite_links": "no""#), &env(&[]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("integrations.a.proxy_rewrite_links: expected true or false"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn quirk_fields_are_parsed_and_validated() {
-        let base = |extra: &str| {
-            format!(
-                r#"{{"integrations": {{"a": {{"authorization_url": "https://a.example/auth", "token_url": "https://a.example/token", "client_id": "x", "client_secret": "y"{extra}}}}}}}"#
-            )
-        };
-        let i = one(
-            &base(
-                r#", "docs": "https://a.example/docs", "api_base_url": ["https://api.a.example", "http://127.0.0.1:9/api"],
-                "expires_at_field": "expires_at", "no_expires_in_means_never": true,
-                "refresh_url": "https://a.example/refresh", "refresh_params": {"k": "v"},
-                "renew": {"grant_type": "fb_exchange_token", "method": "GET", "params": {"p": "q"}},
-                "refresh_token_max_days": 365,
-                "post_consent": {"url": "https://a.example/meta", "auth_scheme": "OAuth", "metadata": {"dc": "/dc", "tenant": "/0/tenantId"}}"#,
-            ),
-            &env(&[]),
-        )
-        .unwrap();
-        assert_eq!(i.docs[0].as_str(), "https://a.example/docs");
-        assert_eq!(i.api_base_url.len(), 2);
-        assert_eq!(i.expires_at_field.as_deref(), Some("expires_at"));
-        assert!(i.no_expires_in_means_never);
-        assert_eq!(i.refresh_url.unwrap().as_str(), "https://a.example/refresh");
-        assert_eq!(i.refresh_params, vec![("k".into(), "v".into())]);
-        let r = i.renew.unwrap();
-        assert_eq!(
-            (r.grant_type.as_str(), r.token_param.as_str(), r.get),
-            ("fb_exchange_token", "fb_exchange_token", true)
-        );
-        assert_eq!(r.params, vec![("p".into(), "q".into())]);
-        assert_eq!(i.refresh_token_max, Some(Duration::days(365)));
-        let pc = i.post_consent.unwrap();
-        assert_eq!(pc.auth_scheme, "OAuth");
-        assert_eq!(pc.metadata.len(), 2);
-        for (bad, field) in [
-            (r#", "docs": "http://a.example/docs""#, "docs"),
-            (r#", "docs": 5"#, "docs"),
-            (r#", "api_base_url": "ftp://a.example""#, "api_base_url"),
-            (
-                r#", "api_base_url": ["https://ok.example", "http://evil.example"]"#,
-                "api_base_url",
-            ),
-            (r#", "refresh_url": "http://a.example/r""#, "refresh_url"),
-            (r#", "refresh_token_max_days": 0"#, "refresh_token_max_days"),
-            (r#", "renew": {"grant_type": "a b"}"#, "renew.grant_type"),
-            (
-                r#", "renew": {"grant_type": "x", "method": "PUT"}"#,
-                "renew.method",
-            ),
-            (
-                r#", "renew": {"grant_type": "x", "url": "http://a.example"}"#,
-                "renew.url",
-            ),
-            (r#", "renew": {"grant_type": "x", "extra": 1}"#, "extra"),
-            (
-                r#", "post_consent": {"url": "http://a.example/m", "metadata": {"dc": "/dc"}}"#,
-                "post_consent.url",
-            ),
-            (
-                r#", "post_consent": {"url": "https://a.example/m", "metadata": {}}"#,
-                "post_consent.metadata",
-            ),
-            (
-                r#", "post_consent": {"url": "https://a.example/m", "metadata": {"dc": "dc"}}"#,
-                "pointer",
-            ),
-            (
-                r#", "post_consent": {"url": "https://a.example/m", "auth_scheme": "Bearer x", "metadata": {"dc": "/dc"}}"#,
-                "auth_scheme",
-            ),
-            (
-                r#", "expires_at_field": "refresh_token""#,
-                "expires_at_field",
-            ),
-        ] {
-            let err = parse(&base(bad), Path::new("i.json"), &env(&[]))
-                .map(|_| ())
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(field), "{bad}: {err}");
-        }
     }
 }

@@ -7,16 +7,23 @@
 //! This module holds the typed result ([`Integration`]) and the rules shared
 //! by every part of it (endpoint URLs, token lifetimes); reading the file is
 //! in [`file`], turning one integration's fields into an [`Integration`] in
-//! [`build`], and the `account` field in [`account`].
+//! [`build`], the vendor-specific fields in [`quirks`], and the `account`
+//! field in [`account`].
 
 mod account;
 mod build;
 #[cfg(test)]
 mod catalogue_tests;
 mod file;
+mod quirks;
+
+use std::collections::BTreeMap;
 
 use time::Duration;
 use url::Url;
+
+use super::error::ConfigError;
+use super::expand::{expand, Ctx};
 
 pub use super::templates::catalogue;
 use crate::domain::{IntegrationName, Secret};
@@ -215,6 +222,29 @@ pub fn check_endpoint(field: &str, url: &Url) -> Result<(), String> {
             "{field} must be an https URL (http only on a loopback host: 127.0.0.0/8, ::1, localhost); it is {url}"
         )),
     }
+}
+
+/// A URL field: its `%NAME%` read, an endpoint (see [`check_endpoint`]) with
+/// no `{placeholder}` left.
+fn url_of(ctx: &Ctx<'_>, field: &str, v: &str) -> Result<Url, ConfigError> {
+    let v = expand(ctx, field, v)?;
+    let u = Url::parse(&v).map_err(|e| ctx.fail(format!("{field} is not a URL: {e}")))?;
+    check_endpoint(field, &u).map_err(|m| ctx.fail(m))?;
+    if u.as_str().contains('{') || u.as_str().contains("%7B") {
+        return Err(ctx.fail(format!("{field} still has a {{placeholder}}: {u}")));
+    }
+    Ok(u)
+}
+
+/// Extra request parameters (`token_params`, …), each value's `%NAME%` read.
+fn params(
+    ctx: &Ctx<'_>,
+    field: &str,
+    m: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    m.iter()
+        .map(|(k, v)| Ok((k.clone(), expand(ctx, &format!("{field}.{k}"), v)?)))
+        .collect()
 }
 
 #[cfg(test)]
