@@ -2,7 +2,7 @@
 //! (an id_token, a token-response field, a callback parameter or a user-info
 //! call), read after the template was merged.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use url::Url;
 
 use super::check_endpoint;
@@ -47,37 +47,27 @@ pub(in crate::config) fn parse_account(v: Option<&Value>) -> Result<AccountConfi
             )
         }
     };
-    let text = |k: &str| -> Result<Option<String>, String> {
-        match obj.get(k) {
-            None => Ok(None),
-            Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
-            Some(_) => Err(format!("account.{k} must be a non-empty string")),
-        }
-    };
-    let need = |k: &str| -> Result<String, String> {
-        text(k)?.ok_or_else(|| format!("account.{k} is missing"))
-    };
-    let pointer = || -> Result<String, String> {
-        let p = need("pointer")?;
-        if !p.starts_with('/') {
-            return Err(format!(
-                "account.pointer must be a JSON pointer starting with '/' (RFC 6901); it is {p:?}"
-            ));
-        }
-        // Never a token or secret as an account id (a pointer at
-        // `/authed_user/access_token` would store a token in clear).
-        if p.split('/').any(|seg| {
-            let seg = seg.to_ascii_lowercase();
-            seg.contains("token") || seg.contains("secret") || seg.contains("password")
-        }) {
-            return Err(format!(
-                "account.pointer must not point at a token or secret; it is {p:?}"
-            ));
-        }
-        Ok(p)
-    };
-    let from = need("from")?;
-    let allowed: &[&str] = match from.as_str() {
+    let from = need(obj, "from")?;
+    let allowed = allowed_fields(&from)?;
+    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!(
+            "account.{k} is not a field of an account from {from}"
+        ));
+    }
+    text(obj, "docs")?;
+    Ok(match from.as_str() {
+        "id_token" => AccountConfig::IdToken,
+        "token_field" => AccountConfig::TokenField {
+            pointer: pointer(obj)?,
+        },
+        "callback_param" => callback_param(obj)?,
+        _ => userinfo(obj)?,
+    })
+}
+
+/// The fields an account from `from` may have; an unknown source is refused.
+fn allowed_fields(from: &str) -> Result<&'static [&'static str], String> {
+    Ok(match from {
         "id_token" => &["from", "docs"],
         "token_field" => &["from", "pointer", "docs"],
         "callback_param" => &["from", "name", "docs"],
@@ -87,39 +77,66 @@ pub(in crate::config) fn parse_account(v: Option<&Value>) -> Result<AccountConfi
                 "account.from is {other:?}; use \"id_token\", \"token_field\", \"callback_param\" or \"userinfo\""
             ))
         }
-    };
-    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+    })
+}
+
+/// The field `k`, when present: a non-empty string.
+fn text(obj: &Map<String, Value>, k: &str) -> Result<Option<String>, String> {
+    match obj.get(k) {
+        None => Ok(None),
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.clone())),
+        Some(_) => Err(format!("account.{k} must be a non-empty string")),
+    }
+}
+
+/// The field `k`, which must be present: a non-empty string.
+fn need(obj: &Map<String, Value>, k: &str) -> Result<String, String> {
+    text(obj, k)?.ok_or_else(|| format!("account.{k} is missing"))
+}
+
+/// `pointer`: a JSON pointer, never at a token or secret.
+fn pointer(obj: &Map<String, Value>) -> Result<String, String> {
+    let p = need(obj, "pointer")?;
+    if !p.starts_with('/') {
         return Err(format!(
-            "account.{k} is not a field of an account from {from}"
+            "account.pointer must be a JSON pointer starting with '/' (RFC 6901); it is {p:?}"
         ));
     }
-    text("docs")?;
-    Ok(match from.as_str() {
-        "id_token" => AccountConfig::IdToken,
-        "token_field" => AccountConfig::TokenField {
-            pointer: pointer()?,
-        },
-        "callback_param" => {
-            let name = need("name")?;
-            if matches!(
-                name.as_str(),
-                "code" | "state" | "iss" | "error" | "error_description" | "error_uri"
-            ) {
-                return Err(format!(
-                    "account.name {name:?} is an OAuth parameter, not an account"
-                ));
-            }
-            AccountConfig::CallbackParam { name }
-        }
-        _ => {
-            let url = need("url")?;
-            let url = Url::parse(&url).map_err(|e| format!("account.url is not a URL: {e}"))?;
-            check_endpoint("account.url", &url)?;
-            AccountConfig::Userinfo {
-                url,
-                pointer: pointer()?,
-            }
-        }
+    // Never a token or secret as an account id (a pointer at
+    // `/authed_user/access_token` would store a token in clear).
+    if p.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase();
+        seg.contains("token") || seg.contains("secret") || seg.contains("password")
+    }) {
+        return Err(format!(
+            "account.pointer must not point at a token or secret; it is {p:?}"
+        ));
+    }
+    Ok(p)
+}
+
+/// `{"from": "callback_param", "name": …}`: any parameter but OAuth's own.
+fn callback_param(obj: &Map<String, Value>) -> Result<AccountConfig, String> {
+    let name = need(obj, "name")?;
+    if matches!(
+        name.as_str(),
+        "code" | "state" | "iss" | "error" | "error_description" | "error_uri"
+    ) {
+        return Err(format!(
+            "account.name {name:?} is an OAuth parameter, not an account"
+        ));
+    }
+    Ok(AccountConfig::CallbackParam { name })
+}
+
+/// `{"from": "userinfo", "url": …, "pointer": …}`: an endpoint, then the pointer.
+fn userinfo(obj: &Map<String, Value>) -> Result<AccountConfig, String> {
+    let url = need(obj, "url")?;
+    let url = Url::parse(&url).map_err(|e| format!("account.url is not a URL: {e}"))?;
+    check_endpoint("account.url", &url)?;
+    Ok(AccountConfig::Userinfo {
+        url,
+        pointer: pointer(obj)?,
     })
 }
 
