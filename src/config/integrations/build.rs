@@ -1,7 +1,7 @@
 //! One integration's fields, after its template was merged, turned into an
 //! [`Integration`]: every group of fields checked in a fixed order, and the
 //! first problem reported with the integration's name. The vendor-specific
-//! fields are read by [`super::quirks`].
+//! fields are read by `quirks`.
 
 use std::collections::BTreeMap;
 

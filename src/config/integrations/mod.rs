@@ -6,9 +6,9 @@
 //!
 //! This module holds the typed result ([`Integration`]) and the rules shared
 //! by every part of it (endpoint URLs, token lifetimes); reading the file is
-//! in [`file`], turning one integration's fields into an [`Integration`] in
-//! [`build`], the vendor-specific fields in [`quirks`], and the `account`
-//! field in [`account`].
+//! in `file`, turning one integration's fields into an [`Integration`] in
+//! `build`, the vendor-specific fields in `quirks`, and the `account`
+//! field in `account`.
 
 mod account;
 mod build;
