@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::error::ConfigError;
 use super::expand::Ctx;
@@ -29,7 +29,33 @@ pub async fn discover(
             .collect(),
     };
     let base = d.issuer.as_str().trim_end_matches('/');
-    let mut meta = None;
+    let meta = fetch_metadata(http, base).await.ok_or_else(|| fail(&format!("no authorization server metadata at {base}/.well-known/oauth-authorization-server or /.well-known/openid-configuration")))?;
+    if meta
+        .get("issuer")
+        .and_then(Value::as_str)
+        .map(|i| i.trim_end_matches('/'))
+        != Some(base)
+    {
+        return Err(fail(
+            "the metadata's issuer does not match the configured issuer (RFC 8414 §3.3)",
+        ));
+    }
+    let mut value = d.value;
+    adopt_issuer(&mut value, &meta);
+    adopt_endpoints(&mut value, &meta, &d.issuer, &fail)?;
+    adopt_preferences(&mut value, &meta);
+    let no_settings = |_: &str| None;
+    let ctx = Ctx {
+        path: path.display().to_string(),
+        name: d.name.as_str().to_owned(),
+        get: &no_settings,
+    };
+    finish(&ctx, value)
+}
+
+/// The first metadata document found (RFC 8414 §3, then OpenID Connect
+/// Discovery) that is a JSON object.
+async fn fetch_metadata(http: &reqwest::Client, base: &str) -> Option<Map<String, Value>> {
     for well_known in [
         "/.well-known/oauth-authorization-server",
         "/.well-known/openid-configuration",
@@ -47,25 +73,18 @@ pub async fn discover(
                     .map_err(|_| ())
                     .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|_| ()))
                 {
-                    meta = Some(m);
-                    break;
+                    return Some(m);
                 }
             }
             _ => continue,
         }
     }
-    let meta = meta.ok_or_else(|| fail(&format!("no authorization server metadata at {base}/.well-known/oauth-authorization-server or /.well-known/openid-configuration")))?;
-    if meta
-        .get("issuer")
-        .and_then(Value::as_str)
-        .map(|i| i.trim_end_matches('/'))
-        != Some(base)
-    {
-        return Err(fail(
-            "the metadata's issuer does not match the configured issuer (RFC 8414 §3.3)",
-        ));
-    }
-    let mut value = d.value;
+    None
+}
+
+/// The issuer as the metadata states it, and `require_iss` when the server
+/// says it sends `iss` (unless the file set it).
+fn adopt_issuer(value: &mut Map<String, Value>, meta: &Map<String, Value>) {
     // RFC 9207: the callback's iss is compared with the issuer as the metadata states it.
     if let Some(declared) = meta.get("issuer").and_then(Value::as_str) {
         value.insert("issuer".into(), Value::String(declared.to_owned()));
@@ -75,6 +94,15 @@ pub async fn discover(
     {
         value.insert("require_iss".into(), Value::Bool(true));
     }
+}
+
+/// The endpoints the file did not set, each checked to be on the issuer's host.
+fn adopt_endpoints(
+    value: &mut Map<String, Value>,
+    meta: &Map<String, Value>,
+    issuer: &url::Url,
+    fail: &dyn Fn(&str) -> ConfigError,
+) -> Result<(), ConfigError> {
     for (field, key) in [
         ("authorization_url", "authorization_endpoint"),
         ("token_url", "token_endpoint"),
@@ -89,17 +117,23 @@ pub async fn discover(
             let url = url::Url::parse(v)
                 .map_err(|_| fail(&format!("the discovered {key} is not a URL")))?;
             check_endpoint(&format!("the discovered {key}"), &url).map_err(|m| fail(&m))?;
-            if url.host_str() != d.issuer.host_str()
-                || url.port_or_known_default() != d.issuer.port_or_known_default()
+            if url.host_str() != issuer.host_str()
+                || url.port_or_known_default() != issuer.port_or_known_default()
             {
                 return Err(fail(&format!(
                     "the discovered {key} {url} is not on the issuer's host {}; set {field} explicitly to use it",
-                    d.issuer.host_str().unwrap_or_default()
+                    issuer.host_str().unwrap_or_default()
                 )));
             }
             value.insert(field.into(), Value::String(v.to_owned()));
         }
     }
+    Ok(())
+}
+
+/// What the server supports, where the file did not choose: `client_auth`
+/// post when it takes no Basic, no PKCE without S256, and `offline_access`.
+fn adopt_preferences(value: &mut Map<String, Value>, meta: &Map<String, Value>) {
     let methods = |k: &str| -> Vec<String> {
         meta.get(k)
             .and_then(Value::as_array)
@@ -139,11 +173,4 @@ pub async fn discover(
             Value::Array(vec![Value::String("offline_access".into())]),
         );
     }
-    let no_settings = |_: &str| None;
-    let ctx = Ctx {
-        path: path.display().to_string(),
-        name: d.name.as_str().to_owned(),
-        get: &no_settings,
-    };
-    finish(&ctx, value)
 }
