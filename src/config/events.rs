@@ -128,8 +128,8 @@ fn receiver(raw: &str) -> Result<WebhookReceiver, ConfigError> {
 }
 
 impl EventSettings {
+    /// Reads the event settings; the first problem found is the error.
     pub(super) fn load(env: &Env<'_>) -> Result<Self, ConfigError> {
-        let mut receivers: Vec<WebhookReceiver> = Vec::new();
         let entries: Vec<String> = env
             .get("BROKER_WEBHOOK_URL")
             .map(|list| {
@@ -141,87 +141,12 @@ impl EventSettings {
             })
             .unwrap_or_default();
         let single = env.get("BROKER_WEBHOOK_SECRET").map(Secret::new);
-        // BROKER_WEBHOOK_SECRETS: one secret per BROKER_WEBHOOK_URL entry, same order,
-        // comma-separated; an entry may be empty for a Teams or Slack receiver.
-        let per: Option<Vec<String>> = env
-            .get("BROKER_WEBHOOK_SECRETS")
-            .map(|list| list.split(',').map(|s| s.trim().to_owned()).collect());
-        if per.is_some() && single.is_some() {
-            return Err(ConfigError::setting(
-                "BROKER_WEBHOOK_SECRETS",
-                "is set together with BROKER_WEBHOOK_SECRET: set one of them (BROKER_WEBHOOK_SECRETS gives each receiver its own)",
-            ));
-        }
-        if let Some(per) = &per {
-            if per.len() != entries.len() {
-                return Err(ConfigError::setting(
-                    "BROKER_WEBHOOK_SECRETS",
-                    format!(
-                        "has {} entries and BROKER_WEBHOOK_URL {}: give one secret per receiver, in the same order (empty for a Teams or Slack receiver)",
-                        per.len(),
-                        entries.len()
-                    ),
-                ));
-            }
-        }
-        let short = |name: &'static str| {
-            ConfigError::setting(
-                name,
-                "each secret must be at least 16 characters; generate one with openssl rand -hex 32",
-            )
-        };
-        for (n, raw) in entries.iter().enumerate() {
-            let mut r = receiver(raw)?;
-            r.secret = match (&per, &single) {
-                (Some(per), _) => Some(per[n].clone())
-                    .filter(|s| !s.is_empty())
-                    .map(Secret::new),
-                (None, Some(s)) if r.format == WebhookFormat::Json => Some(s.clone()),
-                _ => None,
-            };
-            if r.secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
-                return Err(short(if per.is_some() {
-                    "BROKER_WEBHOOK_SECRETS"
-                } else {
-                    "BROKER_WEBHOOK_SECRET"
-                }));
-            }
-            if !receivers.iter().any(|x| x.id == r.id) {
-                receivers.push(r);
-            }
-        }
+        let per = secrets_per_receiver(env, single.is_some(), entries.len())?;
+        let receivers = receivers(&entries, per.as_deref(), single.as_ref())?;
         if single.as_ref().is_some_and(|s| s.expose().len() < 16) {
-            return Err(short("BROKER_WEBHOOK_SECRET"));
+            return Err(short_secret("BROKER_WEBHOOK_SECRET"));
         }
-        if let Some(r) = receivers
-            .iter()
-            .find(|r| r.format == WebhookFormat::Json && r.secret.is_none())
-        {
-            return Err(ConfigError::setting(
-                if per.is_some() { "BROKER_WEBHOOK_SECRETS" } else { "BROKER_WEBHOOK_SECRET" },
-                format!("is required for the JSON receiver on {}: every delivery to it is signed (X-Broker-Signature). Generate one with openssl rand -hex 32 and give it to the receiver", r.host),
-            ));
-        }
-        let json: Vec<&WebhookReceiver> = receivers
-            .iter()
-            .filter(|r| r.format == WebhookFormat::Json)
-            .collect();
-        if per.is_none() && json.len() > 1 {
-            return Err(ConfigError::setting(
-                "BROKER_WEBHOOK_SECRET",
-                "signs for one JSON receiver only: with one secret for several, each receiver could sign events for the others. Give each its own in BROKER_WEBHOOK_SECRETS (one per BROKER_WEBHOOK_URL entry, same order)",
-            ));
-        }
-        for (i, a) in json.iter().enumerate() {
-            if json[i + 1..].iter().any(|b| {
-                a.secret.as_ref().map(Secret::expose) == b.secret.as_ref().map(Secret::expose)
-            }) {
-                return Err(ConfigError::setting(
-                    "BROKER_WEBHOOK_SECRETS",
-                    "gives two JSON receivers the same secret: each could sign events for the other; give each its own",
-                ));
-            }
-        }
+        check_json_secrets(&receivers, per.is_some())?;
         let retry = env.seconds("BROKER_WEBHOOK_RETRY_SECS", 10, 1..=3600)?;
         let failing = env.seconds("BROKER_REFRESH_FAILING_SECS", 21_600, 1..=2_592_000)?;
         Ok(Self {
@@ -230,6 +155,111 @@ impl EventSettings {
             refresh_failing_after: super::seconds(failing),
         })
     }
+}
+
+/// BROKER_WEBHOOK_SECRETS: one secret per BROKER_WEBHOOK_URL entry, same order,
+/// comma-separated; an entry may be empty for a Teams or Slack receiver.
+fn secrets_per_receiver(
+    env: &Env<'_>,
+    single: bool,
+    entries: usize,
+) -> Result<Option<Vec<String>>, ConfigError> {
+    let per: Option<Vec<String>> = env
+        .get("BROKER_WEBHOOK_SECRETS")
+        .map(|list| list.split(',').map(|s| s.trim().to_owned()).collect());
+    if per.is_some() && single {
+        return Err(ConfigError::setting(
+            "BROKER_WEBHOOK_SECRETS",
+            "is set together with BROKER_WEBHOOK_SECRET: set one of them (BROKER_WEBHOOK_SECRETS gives each receiver its own)",
+        ));
+    }
+    if let Some(per) = &per {
+        if per.len() != entries {
+            return Err(ConfigError::setting(
+                "BROKER_WEBHOOK_SECRETS",
+                format!(
+                    "has {} entries and BROKER_WEBHOOK_URL {}: give one secret per receiver, in the same order (empty for a Teams or Slack receiver)",
+                    per.len(),
+                    entries
+                ),
+            ));
+        }
+    }
+    Ok(per)
+}
+
+/// A webhook secret that is too short, in the setting `name`.
+fn short_secret(name: &'static str) -> ConfigError {
+    ConfigError::setting(
+        name,
+        "each secret must be at least 16 characters; generate one with openssl rand -hex 32",
+    )
+}
+
+/// The receivers of `entries`, each with its secret (its own from `per`, or
+/// the `single` one for a JSON receiver); a repeated receiver is kept once.
+fn receivers(
+    entries: &[String],
+    per: Option<&[String]>,
+    single: Option<&Secret>,
+) -> Result<Vec<WebhookReceiver>, ConfigError> {
+    let mut receivers: Vec<WebhookReceiver> = Vec::new();
+    for (n, raw) in entries.iter().enumerate() {
+        let mut r = receiver(raw)?;
+        r.secret = match (per, single) {
+            (Some(per), _) => Some(per[n].clone())
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            (None, Some(s)) if r.format == WebhookFormat::Json => Some(s.clone()),
+            _ => None,
+        };
+        if r.secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return Err(short_secret(if per.is_some() {
+                "BROKER_WEBHOOK_SECRETS"
+            } else {
+                "BROKER_WEBHOOK_SECRET"
+            }));
+        }
+        if !receivers.iter().any(|x| x.id == r.id) {
+            receivers.push(r);
+        }
+    }
+    Ok(receivers)
+}
+
+/// Every JSON receiver has a secret, and one nobody else has.
+fn check_json_secrets(receivers: &[WebhookReceiver], per: bool) -> Result<(), ConfigError> {
+    if let Some(r) = receivers
+        .iter()
+        .find(|r| r.format == WebhookFormat::Json && r.secret.is_none())
+    {
+        return Err(ConfigError::setting(
+            if per { "BROKER_WEBHOOK_SECRETS" } else { "BROKER_WEBHOOK_SECRET" },
+            format!("is required for the JSON receiver on {}: every delivery to it is signed (X-Broker-Signature). Generate one with openssl rand -hex 32 and give it to the receiver", r.host),
+        ));
+    }
+    let json: Vec<&WebhookReceiver> = receivers
+        .iter()
+        .filter(|r| r.format == WebhookFormat::Json)
+        .collect();
+    if !per && json.len() > 1 {
+        return Err(ConfigError::setting(
+            "BROKER_WEBHOOK_SECRET",
+            "signs for one JSON receiver only: with one secret for several, each receiver could sign events for the others. Give each its own in BROKER_WEBHOOK_SECRETS (one per BROKER_WEBHOOK_URL entry, same order)",
+        ));
+    }
+    for (i, a) in json.iter().enumerate() {
+        if json[i + 1..]
+            .iter()
+            .any(|b| a.secret.as_ref().map(Secret::expose) == b.secret.as_ref().map(Secret::expose))
+        {
+            return Err(ConfigError::setting(
+                "BROKER_WEBHOOK_SECRETS",
+                "gives two JSON receivers the same secret: each could sign events for the other; give each its own",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
