@@ -110,8 +110,25 @@ pub(super) fn parse(
     headers: &BTreeMap<String, String>,
 ) -> Result<ProxyConfig, Vec<Problem>> {
     let mut problems: Vec<Problem> = Vec::new();
+    let raw = raw_bases(api_base_url, &mut problems);
+    let bases = bases(raw, &mut problems);
+    let auth = proxy_auth(auth, &mut problems);
+    let hs = proxy_headers(headers, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ProxyConfig {
+        api_base_url: bases,
+        rewrite_links: rewrite.unwrap_or(true),
+        auth,
+        headers: hs,
+    })
+}
+
+/// `api_base_url` as (path, text) pairs: one URL or a non-empty list.
+fn raw_bases(api_base_url: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<(String, String)> {
     let mut fail = |at: String, why: String| problems.push((at, why));
-    let raw: Vec<(String, String)> = match api_base_url {
+    match api_base_url {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![("api_base_url".to_owned(), s.clone())],
         Some(Value::Array(a)) if !a.is_empty() => a
@@ -135,7 +152,13 @@ pub(super) fn parse(
             );
             Vec::new()
         }
-    };
+    }
+}
+
+/// The bases checked: a `{metadata.NAME}` start followed by a path, or an
+/// endpoint URL (see [`check_base`]); trailing `/` removed.
+fn bases(raw: Vec<(String, String)>, problems: &mut Vec<Problem>) -> Vec<String> {
+    let mut fail = |at: String, why: String| problems.push((at, why));
     let mut bases = Vec::new();
     for (at, b) in raw {
         if let Some(after) = b.strip_prefix(METADATA) {
@@ -158,7 +181,13 @@ pub(super) fn parse(
             }
         }
     }
-    let auth = match auth {
+    bases
+}
+
+/// `proxy_auth`: a header name and a one-word scheme (default `Authorization`, the token type).
+fn proxy_auth(auth: Option<RawProxyAuth>, problems: &mut Vec<Problem>) -> ProxyAuth {
+    let mut fail = |at: String, why: String| problems.push((at, why));
+    match auth {
         None => ProxyAuth::default(),
         Some(a) => {
             let header = a.header.unwrap_or_else(|| "Authorization".into());
@@ -183,25 +212,24 @@ pub(super) fn parse(
                 scheme: a.scheme,
             }
         }
-    };
+    }
+}
+
+/// `proxy_headers`: valid header names and values (templates are filled per request).
+fn proxy_headers(
+    headers: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<(String, String)> {
     let mut hs = Vec::new();
     for (k, v) in headers {
         if actix_web::http::header::HeaderName::from_bytes(k.as_bytes()).is_err()
             || actix_web::http::header::HeaderValue::from_str(v).is_err()
         {
-            fail(format!("proxy_headers.{k}"), "is not a valid header".into());
+            problems.push((format!("proxy_headers.{k}"), "is not a valid header".into()));
         }
         hs.push((k.clone(), v.clone()));
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(ProxyConfig {
-        api_base_url: bases,
-        rewrite_links: rewrite.unwrap_or(true),
-        auth,
-        headers: hs,
-    })
+    hs
 }
 
 #[cfg(test)]
