@@ -50,85 +50,50 @@ pub fn allows(callers: &[Caller], object_id: &str, connection: &ConnectionId) ->
         .any(|c| c.object_id.eq_ignore_ascii_case(object_id) && c.covers(connection))
 }
 
+/// The shape `callers` must have, said when it has another.
+const SHAPE: &str = "expected an array of {\"object_id\": \"<guid>\", \"connections\": [\"<connection>\", …] or \"*\"}";
+
+/// The path of a field under this integration's `callers` (`rest` is `[0].object_id` …).
+fn at(ctx: &Ctx<'_>, rest: &str) -> String {
+    format!("integrations.{}.callers{rest}", ctx.name)
+}
+
+/// A problem at `rest` under `callers`.
+fn fail(ctx: &Ctx<'_>, rest: &str, problem: String) -> ConfigError {
+    ConfigError::field(&ctx.path, at(ctx, rest), problem)
+}
+
 /// Reads `callers` (absent: nobody). `%NAME%` values are read from settings.
 pub(super) fn read(ctx: &Ctx<'_>, value: Option<&Value>) -> Result<Vec<Caller>, ConfigError> {
     let Some(value) = value else {
         return Ok(Vec::new());
     };
-    let at = |rest: &str| format!("integrations.{}.callers{rest}", ctx.name);
-    let fail = |rest: &str, problem: String| ConfigError::field(&ctx.path, at(rest), problem);
-    let shape = "expected an array of {\"object_id\": \"<guid>\", \"connections\": [\"<connection>\", …] or \"*\"}";
     let Value::Array(entries) = value else {
-        return Err(fail("", shape.into()));
+        return Err(fail(ctx, "", SHAPE.into()));
     };
     let mut out: Vec<Caller> = Vec::new();
     let mut problems = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let here = format!("[{i}]");
         let Value::Object(m) = entry else {
-            problems.push(fail(&here, shape.into()));
+            problems.push(fail(ctx, &here, SHAPE.into()));
             continue;
         };
         for key in m.keys() {
             if !matches!(key.as_str(), "object_id" | "connections" | "description") {
                 problems.push(fail(
+                    ctx,
                     &format!("{here}.{key}"),
                     "unknown field; the fields are: object_id, connections, description".into(),
                 ));
             }
         }
-        let object_id = match m.get("object_id") {
-            Some(Value::String(s)) => match expand(ctx, &at(&format!("{here}.object_id")), s) {
-                Ok(v) if is_guid(v.trim()) => Some(v.trim().to_ascii_lowercase()),
-                Ok(_) => {
-                    problems.push(fail(
-                        &format!("{here}.object_id"),
-                        "must be the identity's object id, a GUID (for Data Factory: az datafactory show --query identity.principalId)".into(),
-                    ));
-                    None
-                }
-                Err(e) => {
-                    problems.push(e);
-                    None
-                }
-            },
-            _ => {
-                problems.push(fail(
-                    &format!("{here}.object_id"),
-                    "is required: the identity's object id (a GUID)".into(),
-                ));
-                None
-            }
-        };
-        let connections = match m.get("connections") {
-            Some(Value::String(s)) if s == "*" => Some(Connections::All),
-            Some(Value::Array(list)) if !list.is_empty() => {
-                let mut ids = Vec::new();
-                for (j, c) in list.iter().enumerate() {
-                    match c.as_str().map(ConnectionId::parse) {
-                        Some(Ok(id)) => ids.push(id),
-                        Some(Err(e)) => {
-                            problems.push(fail(&format!("{here}.connections[{j}]"), e.to_string()))
-                        }
-                        None => problems.push(fail(
-                            &format!("{here}.connections[{j}]"),
-                            "expected a connection id (a string)".into(),
-                        )),
-                    }
-                }
-                Some(Connections::Only(ids))
-            }
-            _ => {
-                problems.push(fail(
-                    &format!("{here}.connections"),
-                    "is required: a non-empty array of connection ids, or \"*\" for every connection".into(),
-                ));
-                None
-            }
-        };
+        let object_id = object_id(ctx, &here, m.get("object_id"), &mut problems);
+        let connections = connections(ctx, &here, m.get("connections"), &mut problems);
         if let (Some(object_id), Some(connections)) = (object_id, connections) {
             if out.iter().any(|c| c.object_id == object_id) {
                 problems.push(fail(
+                    ctx,
                     &format!("{here}.object_id"),
                     format!(
                         "{object_id} is listed twice: give it one entry with all its connections"
@@ -145,6 +110,81 @@ pub(super) fn read(ctx: &Ctx<'_>, value: Option<&Value>) -> Result<Vec<Caller>, 
     match ConfigError::all(problems) {
         Some(e) => Err(e),
         None => Ok(out),
+    }
+}
+
+/// The entry's `object_id`, a GUID in lower case; `None` with the problem kept.
+fn object_id(
+    ctx: &Ctx<'_>,
+    here: &str,
+    value: Option<&Value>,
+    problems: &mut Vec<ConfigError>,
+) -> Option<String> {
+    match value {
+        Some(Value::String(s)) => match expand(ctx, &at(ctx, &format!("{here}.object_id")), s) {
+            Ok(v) if is_guid(v.trim()) => Some(v.trim().to_ascii_lowercase()),
+            Ok(_) => {
+                problems.push(fail(
+                    ctx,
+                    &format!("{here}.object_id"),
+                    "must be the identity's object id, a GUID (for Data Factory: az datafactory show --query identity.principalId)".into(),
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        },
+        _ => {
+            problems.push(fail(
+                ctx,
+                &format!("{here}.object_id"),
+                "is required: the identity's object id (a GUID)".into(),
+            ));
+            None
+        }
+    }
+}
+
+/// The entry's `connections`: `"*"` or a non-empty list of connection ids;
+/// `None` with the problem kept (a bad id is a problem, the others are kept).
+fn connections(
+    ctx: &Ctx<'_>,
+    here: &str,
+    value: Option<&Value>,
+    problems: &mut Vec<ConfigError>,
+) -> Option<Connections> {
+    match value {
+        Some(Value::String(s)) if s == "*" => Some(Connections::All),
+        Some(Value::Array(list)) if !list.is_empty() => {
+            let mut ids = Vec::new();
+            for (j, c) in list.iter().enumerate() {
+                match c.as_str().map(ConnectionId::parse) {
+                    Some(Ok(id)) => ids.push(id),
+                    Some(Err(e)) => problems.push(fail(
+                        ctx,
+                        &format!("{here}.connections[{j}]"),
+                        e.to_string(),
+                    )),
+                    None => problems.push(fail(
+                        ctx,
+                        &format!("{here}.connections[{j}]"),
+                        "expected a connection id (a string)".into(),
+                    )),
+                }
+            }
+            Some(Connections::Only(ids))
+        }
+        _ => {
+            problems.push(fail(
+                ctx,
+                &format!("{here}.connections"),
+                "is required: a non-empty array of connection ids, or \"*\" for every connection"
+                    .into(),
+            ));
+            None
+        }
     }
 }
 
