@@ -35,7 +35,18 @@ pub(super) fn apply_template(
         }
         return Ok(own);
     };
-    let Some(Value::Object(template)) = catalogue().get(&provider) else {
+    let mut template = template_of(ctx, &provider)?;
+    let requires = strings(template.remove("requires").as_ref());
+    let defaults = template.remove("defaults");
+    let values = placeholder_values(ctx, &provider, &requires, defaults, placeholders)?;
+    fill(&mut template, &values);
+    merge(&mut template, own);
+    Ok(template)
+}
+
+/// A copy of the catalogue's template `provider`, without its documentation-only fields.
+fn template_of(ctx: &Ctx<'_>, provider: &str) -> Result<Map<String, Value>, ConfigError> {
+    let Some(Value::Object(template)) = catalogue().get(provider) else {
         let known: Vec<&str> = catalogue().keys().map(String::as_str).collect();
         return Err(ctx.fail(format!(
             "provider {provider:?} is not in the catalogue; known: {}",
@@ -47,8 +58,20 @@ pub(super) fn apply_template(
     template.remove("notes");
     template.remove("token_rate_limit");
     template.remove("rotates_refresh_token");
-    let requires = strings(template.remove("requires").as_ref());
-    let mut values: BTreeMap<String, String> = match template.remove("defaults") {
+    Ok(template)
+}
+
+/// The placeholder values: the template's `defaults`, then the integration's
+/// `placeholders` (each one the template takes, a host name part); every
+/// placeholder the template `requires` must have one.
+fn placeholder_values(
+    ctx: &Ctx<'_>,
+    provider: &str,
+    requires: &[String],
+    defaults: Option<Value>,
+    placeholders: Option<Value>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut values: BTreeMap<String, String> = match defaults {
         Some(Value::Object(m)) => m
             .into_iter()
             .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
@@ -85,12 +108,16 @@ pub(super) fn apply_template(
             ))
         }
     }
-    for r in &requires {
+    for r in requires {
         if !values.contains_key(r) {
             return Err(ctx.fail(format!("provider {provider} needs the placeholder {{{r}}}: add \"placeholders\": {{\"{r}\": \"...\"}}")));
         }
     }
-    fill(&mut template, &values);
+    Ok(values)
+}
+
+/// The integration's own fields over the template's; objects named `*_params` are merged.
+fn merge(template: &mut Map<String, Value>, own: Map<String, Value>) {
     for (k, v) in own {
         match (template.get_mut(&k), v) {
             (Some(Value::Object(base)), Value::Object(over)) if k.ends_with("_params") => {
@@ -101,7 +128,6 @@ pub(super) fn apply_template(
             }
         }
     }
-    Ok(template)
 }
 
 fn fill(m: &mut Map<String, Value>, values: &BTreeMap<String, String>) {
@@ -140,68 +166,78 @@ pub fn vendors_markdown() -> String {
     out.push_str("\n## The templates\n");
     for (name, t) in catalogue() {
         let Some(t) = t.as_object() else { continue };
-        out.push_str(&format!("\n### {name}\n\n"));
-        if let Some(n) = t.get("notes").and_then(Value::as_str) {
-            out.push_str(&format!("{}\n\n", capitalise(n)));
-        }
-        let field = |k: &str| t.get(k).and_then(Value::as_str);
-        for (label, k) in [
-            ("Authorization", "authorization_url"),
-            ("Token", "token_url"),
-            ("Refresh", "refresh_url"),
-            ("Revocation", "revocation_url"),
-        ] {
-            if let Some(u) = field(k) {
-                out.push_str(&format!("- {label} endpoint: `{u}`\n"));
-            }
-        }
-        let bases = strings(t.get("api_base_url"));
-        if !bases.is_empty() {
-            let list: Vec<String> = bases.iter().map(|b| format!("`{b}`")).collect();
-            out.push_str(&format!("- API base: {}\n", list.join(", ")));
-        }
-        if let Some(Value::Object(a)) = t.get("proxy_auth") {
-            let header = a
-                .get("header")
-                .and_then(Value::as_str)
-                .unwrap_or("Authorization");
-            let value = match a.get("scheme").and_then(Value::as_str) {
-                Some("") => "<token>".to_owned(),
-                Some(s) => format!("{s} <token>"),
-                None => "<token_type> <token>".to_owned(),
-            };
-            out.push_str(&format!("- Proxy sends the token as `{header}: {value}`\n"));
-        }
-        if let Some(Value::Object(h)) = t.get("proxy_headers") {
-            for (k, v) in h {
-                if let Some(v) = v.as_str() {
-                    out.push_str(&format!(
-                        "- Proxy adds `{k}: {v}` when the caller sends no `{k}`\n"
-                    ));
-                }
-            }
-        }
-        out.push_str(&format!("- Placeholders: {}\n", placeholders(t)));
-        out.push_str(&format!("- Refresh: {}\n", refresh_summary(t)));
-        for q in quirks(t) {
-            out.push_str(&format!("- {q}\n"));
-        }
-        if let Some(limit) = field("token_rate_limit") {
-            out.push_str(&format!("- Token endpoint limit: {limit}\n"));
-        }
-        match (t.get("account"), field("account_note")) {
-            (Some(Value::Object(a)), _) => out.push_str(&format!("- Account: {}\n", account(a))),
-            (_, Some(note)) => out.push_str(&format!("- Account: none documented ({note})\n")),
-            _ => {}
-        }
-        let docs: Vec<String> = strings(t.get("docs"))
-            .iter()
-            .map(|d| format!("<{d}>"))
-            .collect();
-        out.push_str(&format!("- Source: {}\n", docs.join(", ")));
+        template_section(&mut out, name, t);
     }
     out.push_str(VENDORS_TAIL);
     out
+}
+
+/// One template's section of `docs/vendors.md`.
+fn template_section(out: &mut String, name: &str, t: &Map<String, Value>) {
+    out.push_str(&format!("\n### {name}\n\n"));
+    if let Some(n) = t.get("notes").and_then(Value::as_str) {
+        out.push_str(&format!("{}\n\n", capitalise(n)));
+    }
+    let field = |k: &str| t.get(k).and_then(Value::as_str);
+    for (label, k) in [
+        ("Authorization", "authorization_url"),
+        ("Token", "token_url"),
+        ("Refresh", "refresh_url"),
+        ("Revocation", "revocation_url"),
+    ] {
+        if let Some(u) = field(k) {
+            out.push_str(&format!("- {label} endpoint: `{u}`\n"));
+        }
+    }
+    proxy_lines(out, t);
+    out.push_str(&format!("- Placeholders: {}\n", placeholders(t)));
+    out.push_str(&format!("- Refresh: {}\n", refresh_summary(t)));
+    for q in quirks(t) {
+        out.push_str(&format!("- {q}\n"));
+    }
+    if let Some(limit) = field("token_rate_limit") {
+        out.push_str(&format!("- Token endpoint limit: {limit}\n"));
+    }
+    match (t.get("account"), field("account_note")) {
+        (Some(Value::Object(a)), _) => out.push_str(&format!("- Account: {}\n", account(a))),
+        (_, Some(note)) => out.push_str(&format!("- Account: none documented ({note})\n")),
+        _ => {}
+    }
+    let docs: Vec<String> = strings(t.get("docs"))
+        .iter()
+        .map(|d| format!("<{d}>"))
+        .collect();
+    out.push_str(&format!("- Source: {}\n", docs.join(", ")));
+}
+
+/// The API base and how the proxy presents the token and fills headers.
+fn proxy_lines(out: &mut String, t: &Map<String, Value>) {
+    let bases = strings(t.get("api_base_url"));
+    if !bases.is_empty() {
+        let list: Vec<String> = bases.iter().map(|b| format!("`{b}`")).collect();
+        out.push_str(&format!("- API base: {}\n", list.join(", ")));
+    }
+    if let Some(Value::Object(a)) = t.get("proxy_auth") {
+        let header = a
+            .get("header")
+            .and_then(Value::as_str)
+            .unwrap_or("Authorization");
+        let value = match a.get("scheme").and_then(Value::as_str) {
+            Some("") => "<token>".to_owned(),
+            Some(s) => format!("{s} <token>"),
+            None => "<token_type> <token>".to_owned(),
+        };
+        out.push_str(&format!("- Proxy sends the token as `{header}: {value}`\n"));
+    }
+    if let Some(Value::Object(h)) = t.get("proxy_headers") {
+        for (k, v) in h {
+            if let Some(v) = v.as_str() {
+                out.push_str(&format!(
+                    "- Proxy adds `{k}: {v}` when the caller sends no `{k}`\n"
+                ));
+            }
+        }
+    }
 }
 
 const VENDORS_HEAD: &str = "# Vendor templates
