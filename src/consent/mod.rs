@@ -3,6 +3,9 @@
 //! using up the consent links an admin sends to an account owner (made in
 //! `links`, which the events use too). Routes turn the typed
 //! [`ConsentError`] into pages; nothing here knows about HTTP responses.
+//! Here: starting a consent and opening a link; the callback's checks and the
+//! grant's storing are in `callback`, the vendor account and the revocation
+//! of tokens that are not kept in `account`.
 //!
 //! State and links are stored only as their SHA-256 (base64url), so neither
 //! can be read back from storage; the PKCE verifier is stored sealed.
@@ -10,7 +13,7 @@
 //! Depends on `domain`, `config`, `oauth`, `store`, `registry` and `refresh`
 //! (which stores the grant).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -20,20 +23,23 @@ use sha2::{Digest, Sha256};
 use time::Duration;
 use url::Url;
 
-use crate::config::AccountConfig;
 use crate::config::Integration;
-use crate::domain::account::{self as account, IdTokenError};
+use crate::domain::account::IdTokenError;
 use crate::domain::clock::now;
 use crate::domain::{
-    Account, AccountSourceKind, ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName,
-    PendingAuthorization, Secret,
+    ConnectionId, ConnectionRecord, IntegrationName, PendingAuthorization, Secret,
 };
 use crate::oauth::{self, TokenError};
-use crate::refresh::{ConsentOutcome, Engine};
+use crate::refresh::Engine;
 use crate::registry::Lookup;
 use crate::store::Store;
 
+mod account;
+mod callback;
 mod links;
+// For the fuzzing entry points (`crate::fuzzing`), the only caller outside `account`.
+#[cfg(feature = "fuzzing")]
+pub(crate) use account::callback_account;
 pub use links::{link_id, CreatedLink, LinkIssuer};
 
 /// How long a started consent may take.
@@ -154,7 +160,6 @@ pub struct ReauthLinks {
     pub authorize_url: String,
 }
 
-/// A created consent link.
 /// The callback's query, as the vendor sent it.
 pub struct Callback<'a> {
     pub params: &'a HashMap<String, String>,
@@ -277,228 +282,6 @@ impl ConsentService {
         })
     }
 
-    /// Completes a consent at the callback: checks the state and the browser
-    /// binding, exchanges the code, uses up the consent link (if any) and
-    /// stores the grant.
-    pub async fn complete(&self, cb: Callback<'_>) -> Result<Completed, ConsentError> {
-        let params = cb.params;
-        let state_hash = params
-            .get("state")
-            .filter(|s| !s.is_empty())
-            .map(|s| hash(Secret::new(s.clone()).expose()));
-
-        if let Some(error) = params.get("error") {
-            // The vendor sent the person back without a code (RFC 6749 §4.1.2.1).
-            // Use the state up so it cannot be replayed, but only from the
-            // browser that started the consent: someone who merely learnt the
-            // state cannot cancel it.
-            if let Some(h) = &state_hash {
-                if let Ok(Some(p)) = self.store.peek_pending(h).await {
-                    if !bound_to_browser(&cb, h, &p) {
-                        tracing::warn!(integration = %p.integration, connection = %p.connection, "an error callback without the browser binding cookie; the consent stays open");
-                        return Err(ConsentError::OtherBrowser);
-                    }
-                    let _ = self.store.take_pending(h).await;
-                }
-            }
-            let error = oauth::sanitize(error, 64);
-            tracing::info!(error = %error, "consent refused at the provider");
-            return Err(ConsentError::Refused {
-                error,
-                description: params
-                    .get("error_description")
-                    .map(|d| oauth::sanitize(d, oauth::MAX_DESCRIPTION))
-                    .filter(|d| !d.trim().is_empty()),
-            });
-        }
-
-        let (Some(state_hash), Some(code)) =
-            (state_hash, params.get("code").filter(|c| !c.is_empty()))
-        else {
-            return Err(ConsentError::Incomplete);
-        };
-        let code = Secret::new(code.clone());
-        let store_failed = |e: crate::store::StoreError| {
-            tracing::error!(error = %e, "could not read a pending authorization");
-            ConsentError::Store { grant_lost: false }
-        };
-        // Look up, check the browser binding, and only then use the state up:
-        // someone who learns a state cannot cancel the consent.
-        let pending = match self.store.peek_pending(&state_hash).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return Err(ConsentError::NotFound),
-            Err(e) => return Err(store_failed(e)),
-        };
-        if pending.expires_at < now() {
-            return Err(ConsentError::Expired);
-        }
-        let cookie = cookie_name(&state_hash);
-        if !bound_to_browser(&cb, &state_hash, &pending) {
-            tracing::warn!(integration = %pending.integration, connection = %pending.connection, "callback without the browser binding cookie");
-            return Err(ConsentError::OtherBrowser);
-        }
-        // Single use under races: of concurrent callbacks one takes it.
-        let pending = match self.store.take_pending(&state_hash).await {
-            Ok(Some(p)) => p,
-            Ok(None) => return Err(ConsentError::NotFound),
-            Err(e) => return Err(store_failed(e)),
-        };
-        let integration = match self.engine.integration(&pending.integration) {
-            Lookup::Ready(i) => i,
-            _ => return Err(ConsentError::IntegrationGone(pending.integration)),
-        };
-        check_issuer(&integration, params.get("iss").map(String::as_str))?;
-        // A consent link must still be usable when its consent comes back.
-        if let Some(link) = &pending.link_hash {
-            match self.store.peek_link(link).await {
-                Ok(Some(l)) if l.expires_at >= now() => {}
-                Ok(Some(_)) => return Err(ConsentError::LinkUnusable),
-                // Used up by another consent (or deleted).
-                Ok(None) => return Err(ConsentError::NotFound),
-                Err(e) => return Err(store_failed(e)),
-            }
-        }
-
-        let tokens = oauth::exchange_code(
-            &self.http,
-            &integration,
-            &code,
-            pending.pkce_verifier.as_ref(),
-            &self.redirect_uri,
-            self.upstream_timeout,
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(integration = %pending.integration, connection = %pending.connection, error = %e, "code exchange failed");
-            ConsentError::Exchange(e)
-        })?;
-        let account = match self.account_of(&integration, &tokens, params).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(integration = %pending.integration, connection = %pending.connection, error = %e, "the token response's id_token cannot be accepted; revoking this consent's tokens");
-                self.revoke_unused(&integration, tokens).await;
-                return Err(ConsentError::AccountUnverifiable(e));
-            }
-        };
-        // Before the link is used up: a refused consent leaves it usable for
-        // the account owner it was meant for.
-        match self
-            .engine
-            .check_consent_account(
-                &pending.integration,
-                &pending.connection,
-                account.as_ref(),
-                pending.allow_account_change,
-            )
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(bound)) => {
-                return Err(self
-                    .refuse_account(&integration, &pending.connection, tokens, account, &bound)
-                    .await)
-            }
-            Err(e) => return Err(store_failed(e)),
-        }
-        if let Some(link) = &pending.link_hash {
-            match self.store.consume_link(link).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    // Another browser completed a consent through this link first:
-                    // these tokens are not kept, so they are revoked, not just dropped.
-                    tracing::warn!(integration = %pending.integration, connection = %pending.connection, "a consent link was used up by another consent; revoking this consent's tokens");
-                    self.revoke_unused(&integration, tokens).await;
-                    return Err(ConsentError::NotFound);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "could not use up a consent link");
-                    self.revoke_unused(&integration, tokens).await;
-                    return Err(ConsentError::Store { grant_lost: true });
-                }
-            }
-        }
-        let mut captured: BTreeMap<String, String> = integration
-            .callback_metadata
-            .iter()
-            .filter_map(|k| Some((k.clone(), oauth::sanitize(params.get(k)?, 500))))
-            .collect();
-        if integration.post_consent.is_some() {
-            // The grant is kept whatever this call gives: losing it would be worse
-            // than missing metadata (a new consent fetches it again).
-            match oauth::post_consent(
-                &self.http,
-                &integration,
-                &tokens.access_token,
-                self.upstream_timeout,
-            )
-            .await
-            {
-                Ok(found) => captured.extend(found),
-                Err(reason) => {
-                    tracing::warn!(integration = %pending.integration, connection = %pending.connection, reason = %reason, "the post-consent metadata call failed; the grant is stored without that metadata")
-                }
-            }
-        }
-        let missing_scopes = tokens
-            .scope
-            .as_deref()
-            .map(|granted| missing_scopes(&integration, granted, tokens.refresh_token.is_some()));
-        // Kept for a refusal found only at the write (the row changed meanwhile).
-        let unkept = oauth::TokenResponse {
-            access_token: tokens.access_token.clone(),
-            refresh_token: tokens.refresh_token.clone(),
-            token_type: String::new(),
-            expires_in: None,
-            expires_at: None,
-            scope: None,
-            metadata: BTreeMap::new(),
-            id_token: None,
-            account_field: None,
-        };
-        let outcome = self
-            .engine
-            .store_consent(
-                &integration,
-                &pending.connection,
-                tokens,
-                captured,
-                account.clone(),
-                pending.allow_account_change,
-            )
-            .await
-            .map_err(|e| {
-                tracing::error!(integration = %pending.integration, connection = %pending.connection, error = %e, "could not store a new grant");
-                ConsentError::Store { grant_lost: true }
-            })?;
-        let (record, replaced) = match outcome {
-            ConsentOutcome::Stored { record, replaced } => (record, replaced),
-            ConsentOutcome::Refused { bound } => {
-                return Err(self
-                    .refuse_account(&integration, &pending.connection, unkept, account, &bound)
-                    .await)
-            }
-        };
-        tracing::info!(
-            integration = %pending.integration,
-            connection = %pending.connection,
-            status = record.status.as_str(),
-            account = record.account.as_ref().map(|a| a.id.as_str()),
-            "consent completed"
-        );
-        if let Some(previous) = &replaced {
-            self.revoke_replaced(&integration, previous, &record).await;
-        }
-        if record.status == ConnectionStatus::NoRefreshToken {
-            self.emit_no_refresh_token(&record).await;
-        }
-        Ok(Completed {
-            record,
-            cookie_name: cookie,
-            requested_scopes: integration.scopes.clone(),
-            missing_scopes,
-        })
-    }
-
     /// Opens a consent link: starts a consent for its connection.
     pub async fn open_link(&self, token: &str) -> Result<Started, ConsentError> {
         if token.is_empty() || token.len() > 128 {
@@ -556,172 +339,6 @@ impl ConsentService {
         Ok(())
     }
 
-    /// Revokes tokens the broker will not keep (RFC 7009), when the vendor has
-    /// a revocation endpoint; failures are logged, never shown.
-    async fn revoke_unused(&self, integration: &Integration, tokens: oauth::TokenResponse) {
-        let Some(url) = &integration.revocation_url else {
-            return;
-        };
-
-        if let Err(e) = oauth::revoke(
-            &self.http,
-            integration,
-            url,
-            oauth::Grant {
-                access_token: &tokens.access_token,
-                refresh_token: tokens.refresh_token.as_ref(),
-            },
-            self.upstream_timeout,
-        )
-        .await
-        {
-            tracing::warn!(integration = %integration.name, error = %e, "could not revoke tokens that were not kept");
-        }
-    }
-
-    /// The vendor account behind a consent's tokens: an id_token's `iss` +
-    /// `sub` whenever one arrives (unless the integration opted out), else the
-    /// integration's source. `Ok(None)` when there is no source or it gave
-    /// nothing (logged); `Err` only for an id_token not meant for this client.
-    async fn account_of(
-        &self,
-        integration: &Integration,
-        tokens: &oauth::TokenResponse,
-        params: &HashMap<String, String>,
-    ) -> Result<Option<Account>, IdTokenError> {
-        if integration.account == AccountConfig::OptOut {
-            return Ok(None);
-        }
-        if let Some(jwt) = &tokens.id_token {
-            return account::from_id_token(
-                jwt.expose(),
-                integration.issuer.as_deref(),
-                &integration.client_id,
-            )
-            .map(Some);
-        }
-        let found = match &integration.account {
-            AccountConfig::Default | AccountConfig::OptOut => return Ok(None),
-            AccountConfig::IdToken => None,
-            AccountConfig::TokenField { .. } => tokens
-                .account_field
-                .clone()
-                .map(|id| Account::new(id, AccountSourceKind::TokenField)),
-            AccountConfig::CallbackParam { name } => callback_account(params, name),
-            AccountConfig::Userinfo { url, pointer } => {
-                match oauth::userinfo_account(
-                    &self.http,
-                    url,
-                    &tokens.access_token,
-                    pointer,
-                    self.upstream_timeout,
-                )
-                .await
-                {
-                    Ok(id) => id.map(|id| Account::new(id, AccountSourceKind::Userinfo)),
-                    Err(reason) => {
-                        tracing::warn!(integration = %integration.name, reason = %reason, "the user-info request for the consent's account failed");
-                        None
-                    }
-                }
-            }
-        };
-        if found.is_none() {
-            tracing::warn!(integration = %integration.name, "the consent's vendor account could not be determined from the integration's account source");
-        }
-        Ok(found)
-    }
-
-    /// A consent the connection's account binding refuses: the new tokens are
-    /// revoked, `connection.account_mismatch` is emitted, the grant stays.
-    async fn refuse_account(
-        &self,
-        integration: &Integration,
-        connection: &ConnectionId,
-        tokens: oauth::TokenResponse,
-        attempted: Option<Account>,
-        bound: &ConnectionRecord,
-    ) -> ConsentError {
-        tracing::warn!(
-            integration = %integration.name,
-            connection = %connection,
-            account = attempted.as_ref().map(|a| a.id.as_str()),
-            bound_account = bound.account.as_ref().map(|a| a.id.as_str()),
-            "a consent by another vendor account was refused; the connection keeps its grant and the new tokens are revoked"
-        );
-        self.revoke_unused(integration, tokens).await;
-        self.engine
-            .transitions()
-            .emit_account_mismatch(
-                &integration.name,
-                connection,
-                Some(bound.status.as_str()),
-                attempted.as_ref(),
-                bound.account.as_ref(),
-            )
-            .await;
-        ConsentError::AccountMismatch {
-            integration: integration.name.clone(),
-            connection: connection.clone(),
-            unknown: bound.account.is_none() || attempted.is_none(),
-        }
-    }
-
-    /// After an allowed account change stored `record` over `previous`: the
-    /// previous account's refresh token is revoked (RFC 7009). Never after a
-    /// consent by the same account (or when either account is unknown): at
-    /// several vendors (Google) revoking any token of a user's grant ends the
-    /// app's whole authorization for that user, the new tokens included.
-    async fn revoke_replaced(
-        &self,
-        integration: &Integration,
-        previous: &ConnectionRecord,
-        record: &ConnectionRecord,
-    ) {
-        let (Some(before), Some(now)) = (&previous.account, &record.account) else {
-            return;
-        };
-        if before.same_as(now) {
-            return;
-        }
-        let Some(url) = &integration.revocation_url else {
-            return;
-        };
-        let result = oauth::revoke(
-            &self.http,
-            integration,
-            url,
-            oauth::Grant {
-                access_token: &previous.tokens.access_token,
-                refresh_token: previous.tokens.refresh_token.as_ref(),
-            },
-            self.upstream_timeout,
-        )
-        .await;
-        match result {
-            Ok(()) => {
-                tracing::info!(integration = %integration.name, connection = %record.connection, "the previous account's grant was revoked after an account change")
-            }
-            Err(e) => {
-                tracing::warn!(integration = %integration.name, connection = %record.connection, error = %e, "could not revoke the previous account's grant after an account change")
-            }
-        }
-    }
-
-    /// The `connection.no_refresh_token` event: a consent returned no refresh
-    /// token for an integration that expects one (a log line with
-    /// `"event": "connection.no_refresh_token"`, and a webhook; see `events`).
-    async fn emit_no_refresh_token(&self, record: &ConnectionRecord) {
-        self.engine
-            .transitions()
-            .emit_connection_event(
-                crate::domain::EventType::ConnectionNoRefreshToken,
-                record,
-                record.status.as_str(),
-            )
-            .await;
-    }
-
     /// Notes the host a consent was started on when it is not the public URL's
     /// (the browser keeps the binding cookie there), so the callback's page can
     /// name both if the cookie is missing. A small side row, best effort.
@@ -760,14 +377,6 @@ impl ConsentService {
     }
 }
 
-/// The account named by the callback parameter `name` (QuickBooks' `realmId`).
-pub(crate) fn callback_account(params: &HashMap<String, String>, name: &str) -> Option<Account> {
-    params
-        .get(name)
-        .and_then(|v| account::id_from_value(&serde_json::Value::String(v.clone())))
-        .map(|id| Account::new(id, AccountSourceKind::CallbackParam))
-}
-
 fn start_host_key(state_hash: &str) -> String {
     format!("consent-start-host:{state_hash}")
 }
@@ -781,55 +390,6 @@ pub fn authority_of(url: &Url) -> String {
     }
 }
 
-/// Requested scopes the vendor did not grant (`granted` as the vendor sent it).
-fn missing_scopes(
-    integration: &Integration,
-    granted: &str,
-    got_refresh_token: bool,
-) -> Vec<String> {
-    let granted = crate::domain::scope::normalize(granted);
-    let granted: Vec<&str> = granted.split_whitespace().collect();
-    integration
-        .scopes
-        .iter()
-        .filter(|s| !granted.contains(&s.as_str()))
-        .filter(|s| {
-            !(got_refresh_token
-                && (integration.refresh_token_scopes.contains(s) || s.as_str() == "offline_access"))
-        })
-        .cloned()
-        .collect()
-}
-
-/// Whether the callback came to the browser that started the consent (its
-/// binding cookie hashes to the stored binding).
-fn bound_to_browser(cb: &Callback<'_>, state_hash: &str, pending: &PendingAuthorization) -> bool {
-    (cb.cookie)(&cookie_name(state_hash)).is_some_and(|value| {
-        crate::domain::secret::constant_time_eq(
-            hash(&value).as_bytes(),
-            pending.binding_hash.as_bytes(),
-        )
-    })
-}
-
-/// RFC 9207 §2.4: when the integration knows its issuer, a callback's `iss`
-/// must equal it exactly; when the server always sends `iss`, it must be there.
-fn check_issuer(integration: &Integration, iss: Option<&str>) -> Result<(), ConsentError> {
-    match (&integration.issuer, iss) {
-        (Some(expected), Some(got)) if expected == got => Ok(()),
-        (Some(_), Some(_)) => {
-            tracing::warn!(integration = %integration.name, "the callback's iss is not the integration's issuer; no code exchange (RFC 9207)");
-            Err(ConsentError::IssuerMismatch)
-        }
-        (_, None) if integration.require_iss => {
-            tracing::warn!(integration = %integration.name, "the callback lacks iss, which this issuer always sends; no code exchange (RFC 9207)");
-            Err(ConsentError::IssuerMismatch)
-        }
-        _ => Ok(()),
-    }
-}
-
-/// `base` (the public URL, which may have a path) joined with `path`.
 /// An integration ready for consent, or why not.
 fn ready(lookup: Lookup, name: &IntegrationName) -> Result<Arc<Integration>, ConsentError> {
     match lookup {
@@ -842,6 +402,7 @@ fn ready(lookup: Lookup, name: &IntegrationName) -> Result<Arc<Integration>, Con
     }
 }
 
+/// `base` (the public URL, which may have a path) joined with `path`.
 fn join(base: &Url, path: &str) -> Url {
     let mut u = base.clone();
     let joined = format!("{}/{path}", base.path().trim_end_matches('/'));
