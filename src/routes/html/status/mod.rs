@@ -4,16 +4,23 @@
 //! confirmation). No script: the forms have no `action`, so they post back to
 //! the page's own URL, function key (`?code=`) included, and the key never
 //! appears in the page.
+//!
+//! Here: the page's model and its sections; a connection's card is in `card`,
+//! how times are written in `times`.
 
 use std::collections::BTreeMap;
 
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+
+mod card;
+mod times;
 
 use super::pages::shown;
 use super::{Html, Page};
 use crate::domain::condition::{Assessed, Overview};
 use crate::domain::Condition;
+use card::card;
+use times::when;
 
 /// The outcome of an action, shown above the overview.
 #[derive(Debug)]
@@ -90,65 +97,6 @@ pub struct Extras {
     pub links: OpenLinks,
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
-/// "3 h ago", "in 12 min": a rough distance for people, beside the exact time.
-fn relative(t: OffsetDateTime, now: OffsetDateTime) -> String {
-    let secs = (t - now).whole_seconds();
-    let n = secs.unsigned_abs();
-    let amount = match n {
-        0..=59 => format!("{n} s"),
-        60..=3599 => format!("{} min", n / 60),
-        3600..=172_799 => format!("{} h", n / 3600),
-        _ => format!("{} days", n / 86_400),
-    };
-    if secs < 0 {
-        format!("{amount} ago")
-    } else {
-        format!("in {amount}")
-    }
-}
-
-/// "2026-11-30 18:24:03 UTC": to the second, for people.
-fn readable(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
-fn when(t: OffsetDateTime, now: OffsetDateTime) -> Html {
-    Html::new()
-        .markup("<time datetime=\"")
-        .text(rfc3339(t))
-        .markup("\">")
-        .text(readable(t))
-        .markup("</time> (")
-        .text(relative(t, now))
-        .markup(")")
-}
-
-/// What the condition means, for people.
-fn meaning(c: Condition) -> &'static str {
-    match c {
-        Condition::ReauthorizationRequired => "Dead: the vendor no longer accepts the grant (invalid_grant). Pipelines get 409 until someone consents again.",
-        Condition::Misconfigured => "The vendor rejects the integration's client credentials: check its client_id, client_secret and client_auth. The connection itself may be fine.",
-        Condition::Failing => "The last refresh failed. The broker retries and serves the stored token while it is valid; if this persists, check the vendor.",
-        Condition::NoRefreshToken => "The consent returned no refresh token: pipelines get the access token until it expires, then someone must consent again (add offline_access, or Google's prompt=consent).",
-        Condition::RefreshTokenExpiring => "The refresh token has not been used for more than half of the time after which the vendor drops unused ones (check that the refresh timer runs), or the vendor ends this grant at a fixed age within 30 days (see \u{201c}Grant ends at the vendor\u{201d}): consent again before then.",
-        Condition::Unknown => "The stored status is one this version does not know (written by a newer version?). The grant is used as if active.",
-        Condition::Active => "Working: the broker keeps the grant fresh.",
-    }
-}
-
 fn hidden(name: &'static str, value: &str) -> Html {
     Html::new()
         .markup("<input type=\"hidden\" name=\"")
@@ -156,180 +104,6 @@ fn hidden(name: &'static str, value: &str) -> Html {
         .markup("\" value=\"")
         .text(value)
         .markup("\">")
-}
-
-fn open_links(i: &str, c: &str, links: &[OpenLink], now: OffsetDateTime) -> Html {
-    let mut out = Html::new()
-        .markup("<details><summary>Open consent links (")
-        .text(links.len())
-        .markup(")</summary>\n<ul>\n");
-    for l in links {
-        out = out
-            .markup("<li>")
-            .code(&l.id)
-            .text(if l.expires_at < now {
-                ", expired "
-            } else {
-                ", valid until "
-            })
-            .then(when(l.expires_at, now))
-            .text(format!(
-                ", {} consent{} in progress{}",
-                l.consents_in_progress,
-                if l.consents_in_progress == 1 { "" } else { "s" },
-                if l.allow_account_change {
-                    ", may change the account"
-                } else {
-                    ""
-                }
-            ))
-            .markup(" <form method=\"post\" class=\"inline\">")
-            .then(hidden("action", "end_link"))
-            .then(hidden("integration", i))
-            .then(hidden("connection", c))
-            .then(hidden("link", &l.id))
-            .markup("<button type=\"submit\">End this link</button></form></li>\n");
-    }
-    out.markup("</ul>\n</details>\n")
-}
-
-fn button(action: &'static str, i: &str, c: &str, label: &str) -> Html {
-    Html::new()
-        .markup("<form method=\"post\">")
-        .then(hidden("action", action))
-        .then(hidden("integration", i))
-        .then(hidden("connection", c))
-        .markup("<button type=\"submit\">")
-        .text(label)
-        .markup("</button></form>\n")
-}
-
-fn credentials_list(i: &str, c: &str, creds: &[CredentialRow], now: OffsetDateTime) -> Html {
-    if creds.is_empty() {
-        return Html::new();
-    }
-    let mut out = Html::new()
-        .markup("<details class=\"creds\" open><summary class=\"plain\">Pipeline credentials (");
-    out = out.text(creds.len()).markup(")</summary>\n<table>\n<thead><tr><th scope=\"col\">Client id</th><th scope=\"col\">Description</th><th scope=\"col\">Created</th><th scope=\"col\">Last used</th><th scope=\"col\">Expires</th><th scope=\"col\"></th></tr></thead>\n<tbody>\n");
-    for k in creds {
-        out = out
-            .markup("<tr><td>")
-            .code(k.client_id.as_str())
-            .markup("</td><td>")
-            .text(shown(&k.description))
-            .markup("</td><td>")
-            .then(when(k.created_at, now))
-            .markup("</td><td>")
-            .then(match k.last_used_at {
-                Some(t) => when(t, now),
-                None => Html::of("never"),
-            })
-            .markup("</td><td>")
-            .then(match k.expires_at {
-                Some(t) => when(t, now),
-                None => Html::of("never"),
-            })
-            .markup("</td><td><form method=\"post\">")
-            .then(hidden("action", "delete_credential"))
-            .then(hidden("integration", i))
-            .then(hidden("connection", c))
-            .then(hidden("client_id", &k.client_id))
-            .markup("<button type=\"submit\" class=\"danger\">Delete</button></form></td></tr>\n");
-    }
-    out.markup("</tbody>\n</table>\n</details>\n")
-}
-
-fn card(a: &Assessed, now: OffsetDateTime, creds: &[CredentialRow], links: &OpenLinks) -> Html {
-    let r = &a.record;
-    let (i, c) = (r.integration.as_str(), r.connection.as_str());
-    let own_links = links
-        .get(&(i.to_owned(), c.to_owned()))
-        .filter(|l| !l.is_empty());
-    let dead = a.condition == Condition::ReauthorizationRequired;
-    let rejected = a.condition == Condition::Misconfigured;
-    let mut facts = Html::new()
-        .markup("<dl>\n<dt>Last refresh</dt><dd>")
-        .then(when(r.refreshed_at, now))
-        .markup("</dd>\n");
-    // A dead grant's access token is of no use: its expiry would only mislead.
-    if !dead {
-        facts = facts.markup("<dt>Access token expires</dt><dd>");
-        facts = if r.never_expires() {
-            facts.markup("never (the vendor's tokens do not expire)")
-        } else {
-            facts.then(when(r.expires_at, now))
-        }
-        .markup("</dd>\n");
-    }
-    facts = facts
-        .markup("<dt>Vendor account</dt><dd>")
-        .then(match &r.account {
-            Some(acc) => Html::new()
-                .code(crate::oauth::sanitize(&acc.id, 200))
-                .text(format!(" ({})", acc.source)),
-            None => Html::of("not recorded (it is at the next consent)"),
-        })
-        .markup("</dd>\n");
-    if let Some(end) = r.grant_ends_at() {
-        facts = facts
-            .markup("<dt>Grant ends at the vendor</dt><dd>")
-            .then(when(end, now))
-            .markup("</dd>\n");
-    }
-    if let Some(e) = r.last_error.as_deref() {
-        facts = facts
-            .markup("<dt>Last error</dt><dd>")
-            .text(crate::oauth::sanitize(e, 300))
-            .markup("</dd>\n");
-        if let Some(at) = r.last_error_at {
-            facts = facts
-                .markup("<dt>Failed at</dt><dd>")
-                .then(when(at, now))
-                .markup("</dd>\n");
-        }
-    }
-    facts = facts.markup("</dl>\n");
-    let section = if a.condition.needs_attention() {
-        "<section class=\"conn attention\">\n<h3>"
-    } else {
-        "<section class=\"conn\">\n<h3>"
-    };
-    let mut actions = Html::new().markup("<div class=\"actions\">\n");
-    if !dead {
-        actions = actions.then(button("refresh", i, c, "Refresh now"));
-    }
-    if rejected {
-        // Neither a consent nor a deletion fixes a rejected client: the banner above says what does.
-        actions = actions.markup("<p>Affected by the integration's rejected client credentials (see above); a new consent does not help.</p>\n");
-    } else {
-        actions = actions
-            .then(button("consent_link", i, c, "Create consent link"))
-            .markup("<details><summary>Revoke and delete\u{2026}</summary>\n<p>This revokes the grant at the vendor and deletes the connection ")
-            .code(format!("{i}/{c}"))
-            .markup(". Pipelines using it fail until someone consents again. This cannot be undone.</p>\n<form method=\"post\">")
-            .then(hidden("action", "delete"))
-            .then(hidden("integration", i))
-            .then(hidden("connection", c))
-            .markup("<button type=\"submit\" class=\"danger\">Yes, revoke and delete ")
-            .text(format!("{i}/{c}"))
-            .markup("</button></form>\n</details>\n");
-    }
-    actions = actions.markup("</div>\n");
-    Html::new()
-        .markup(section)
-        .text(i)
-        .markup(" / ")
-        .text(c)
-        .markup(" <span class=\"badge\">")
-        .text(a.condition.as_str())
-        .markup("</span></h3>\n<p>")
-        .text(meaning(a.condition))
-        .markup("</p>\n")
-        .then(facts)
-        .then(own_links.map_or_else(Html::new, |l| open_links(i, c, l, now)))
-        .then(actions)
-        .then(credentials_list(i, c, creds, now))
-        .markup("</section>\n")
 }
 
 fn banner(r: &RejectedClient) -> Html {
@@ -501,66 +275,11 @@ pub fn status_page(
     for r in &extras.rejected {
         page = page.block(banner(r));
     }
-    let total = o.connections.len();
-    page = page.lead(if attention.is_empty() {
-        Html::of(total).text(if total == 1 {
-            " connection, all working."
-        } else {
-            " connections, all working."
-        })
-    } else {
-        Html::of(attention.len())
-            .text(" of ")
-            .text(total)
-            .text(if total == 1 {
-                " connection"
-            } else {
-                " connections"
-            })
-            .text(if attention.len() == 1 {
-                " needs attention."
-            } else {
-                " need attention."
-            })
-    });
-    let mut table = Html::new().markup(
-        "<table>\n<thead><tr><th scope=\"col\">Integration</th><th scope=\"col\">Connections by status</th></tr></thead>\n<tbody>\n",
-    );
-    for (name, per) in &o.by_integration {
-        table = table
-            .markup("<tr><td>")
-            .code(name.as_str())
-            .markup("</td><td>")
-            .then(counts_line(per))
-            .markup("</td></tr>\n");
-    }
-    table = table.markup("</tbody>\n</table>\n");
-    page = page.heading("By integration").block(table);
-    let empty: Vec<&str> = o
-        .by_integration
-        .iter()
-        .filter(|(_, per)| per.is_empty())
-        .map(|(n, _)| n.as_str())
-        .collect();
-    if !empty.is_empty() {
-        page = page.heading("Connect a first account").para(Html::of(
-            "These integrations have no connection yet. Name the connection (one per vendor account) and create a consent link to send to the account's owner.",
-        ));
-        for name in empty {
-            page = page.block(first_connection_form(name));
-        }
-    }
+    page = page.lead(lead(attention.len(), o.connections.len()));
+    page = page.heading("By integration").block(by_integration(o));
+    page = first_accounts(page, o);
     if !unavailable.is_empty() {
-        let items = unavailable
-            .iter()
-            .map(|(name, reason)| {
-                Html::new()
-                    .code(shown(name))
-                    .text(": unavailable, ")
-                    .text(shown_reason(reason))
-            })
-            .collect();
-        page = page.list(false, items);
+        page = page.list(false, unavailable_items(unavailable));
     }
     if !attention.is_empty() {
         page = page.heading("Needs attention");
@@ -582,6 +301,80 @@ pub fn status_page(
             .text(" to the query. Times are UTC."),
     )
     .into_response()
+}
+
+/// The page's lead: how many of the `total` connections need attention.
+fn lead(attention: usize, total: usize) -> Html {
+    if attention == 0 {
+        Html::of(total).text(if total == 1 {
+            " connection, all working."
+        } else {
+            " connections, all working."
+        })
+    } else {
+        Html::of(attention)
+            .text(" of ")
+            .text(total)
+            .text(if total == 1 {
+                " connection"
+            } else {
+                " connections"
+            })
+            .text(if attention == 1 {
+                " needs attention."
+            } else {
+                " need attention."
+            })
+    }
+}
+
+/// The table of connection counts by status, one row per integration.
+fn by_integration(o: &Overview) -> Html {
+    let mut table = Html::new().markup(
+        "<table>\n<thead><tr><th scope=\"col\">Integration</th><th scope=\"col\">Connections by status</th></tr></thead>\n<tbody>\n",
+    );
+    for (name, per) in &o.by_integration {
+        table = table
+            .markup("<tr><td>")
+            .code(name.as_str())
+            .markup("</td><td>")
+            .then(counts_line(per))
+            .markup("</td></tr>\n");
+    }
+    table.markup("</tbody>\n</table>\n")
+}
+
+/// For integrations without a connection: a form each to create a first
+/// consent link (nothing when every integration has one).
+fn first_accounts(mut page: Page, o: &Overview) -> Page {
+    let empty: Vec<&str> = o
+        .by_integration
+        .iter()
+        .filter(|(_, per)| per.is_empty())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !empty.is_empty() {
+        page = page.heading("Connect a first account").para(Html::of(
+            "These integrations have no connection yet. Name the connection (one per vendor account) and create a consent link to send to the account's owner.",
+        ));
+        for name in empty {
+            page = page.block(first_connection_form(name));
+        }
+    }
+    page
+}
+
+/// The integrations that are not available, each with its reason.
+fn unavailable_items(unavailable: &[(String, String)]) -> Vec<Html> {
+    unavailable
+        .iter()
+        .map(|(name, reason)| {
+            Html::new()
+                .code(shown(name))
+                .text(": unavailable, ")
+                .text(shown_reason(reason))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -659,16 +452,5 @@ mod tests {
             );
             assert!(html.contains("<details>"), "{html}");
         }
-    }
-
-    #[test]
-    fn relative_times_read_naturally() {
-        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        let d = time::Duration::seconds;
-        assert_eq!(relative(now - d(30), now), "30 s ago");
-        assert_eq!(relative(now + d(600), now), "in 10 min");
-        assert_eq!(relative(now - d(7200), now), "2 h ago");
-        assert_eq!(relative(now - d(86_400 * 40), now), "40 days ago");
-        assert_eq!(readable(now), "2023-11-14 22:13:20 UTC");
     }
 }
