@@ -13,7 +13,7 @@ use url::Url;
 
 use crate::config::{ConfigError, KeySource, Settings, StorageSettings};
 use crate::consent::LinkIssuer;
-use crate::domain::condition::Overview;
+use crate::domain::condition::{Assessed, Overview};
 use crate::domain::{ConnectionId, IntegrationName};
 use crate::registry::Registry;
 use crate::store::Store;
@@ -114,25 +114,11 @@ pub async fn check(discover: bool, out: &mut dyn Write) -> Result<(), Failure> {
             )));
         }
     };
-    let mut problems = Vec::new();
-    if discover {
-        let http = crate::startup::http_client();
-        for d in &settings.integrations.parsed.discover {
-            let name = d.name.as_str().to_owned();
-            match crate::config::discovery::discover(&http, d.clone(), &settings.integrations.path)
-                .await
-            {
-                Ok(i) => {
-                    let _ = writeln!(
-                        out,
-                        "discovered {name}: authorization {}, token {}",
-                        i.authorization_url, i.token_url
-                    );
-                }
-                Err(e) => problems.push(format!("  - {e}")),
-            }
-        }
-    }
+    let problems = if discover {
+        discover_all(&settings, out).await
+    } else {
+        Vec::new()
+    };
     for w in &settings.warnings {
         let _ = writeln!(out, "warning: {w}");
     }
@@ -144,8 +130,37 @@ pub async fn check(discover: bool, out: &mut dyn Write) -> Result<(), Failure> {
             problems.join("\n")
         )));
     }
+    summary(&settings, discover, out);
+    Ok(())
+}
+
+/// `check --discover`: fetches the metadata of every issuer-only integration,
+/// printing what was found; the problems, one line each.
+async fn discover_all(settings: &Settings, out: &mut dyn Write) -> Vec<String> {
+    let mut problems = Vec::new();
+    let http = crate::startup::http_client();
+    for d in &settings.integrations.parsed.discover {
+        let name = d.name.as_str().to_owned();
+        match crate::config::discovery::discover(&http, d.clone(), &settings.integrations.path)
+            .await
+        {
+            Ok(i) => {
+                let _ = writeln!(
+                    out,
+                    "discovered {name}: authorization {}, token {}",
+                    i.authorization_url, i.token_url
+                );
+            }
+            Err(e) => problems.push(format!("  - {e}")),
+        }
+    }
+    problems
+}
+
+/// What a valid configuration amounts to: integrations, store, redirect URI.
+fn summary(settings: &Settings, discover: bool, out: &mut dyn Write) {
     let names = settings.integrations.names();
-    let public = public_url(&settings);
+    let public = public_url(settings);
     let _ = writeln!(out, "the configuration is valid");
     if settings.integrations.found {
         let _ = writeln!(
@@ -178,7 +193,6 @@ pub async fn check(discover: bool, out: &mut dyn Write) -> Result<(), Failure> {
             settings.integrations.parsed.discover.len()
         );
     }
-    Ok(())
 }
 
 fn describe_storage(s: &StorageSettings) -> String {
@@ -277,42 +291,7 @@ pub async fn connections(json: bool, out: &mut dyn Write) -> Result<(), Failure>
             .cmp(&(&b.record.integration, &b.record.connection))
     });
     if json {
-        let integrations: Vec<serde_json::Value> = overview
-            .by_integration
-            .iter()
-            .map(|(name, counts)| {
-                serde_json::json!({
-                    "integration": name.as_str(),
-                    "configured": configured.contains(name),
-                    "connections": counts.values().sum::<usize>(),
-                })
-            })
-            .collect();
-        let conns: Vec<serde_json::Value> = connections
-            .iter()
-            .map(|a| {
-                let r = &a.record;
-                serde_json::json!({
-                    "integration": r.integration.as_str(),
-                    "connection": r.connection.as_str(),
-                    "status": r.status.as_str(),
-                    "condition": a.condition.as_str(),
-                    "expires_at": rfc3339(r.expires_at),
-                    "refreshed_at": rfc3339(r.refreshed_at),
-                    "created_at": rfc3339(r.created_at),
-                    "last_error": r.last_error,
-                    "last_error_at": r.last_error_at.map(rfc3339),
-                    "scope": r.scope,
-                    "metadata": r.metadata,
-                })
-            })
-            .collect();
-        let doc = serde_json::json!({"integrations": integrations, "connections": conns});
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&doc).unwrap_or_default()
-        );
+        connections_json(&overview, &configured, &connections, out);
         return Ok(());
     }
     if overview.by_integration.is_empty() {
@@ -323,6 +302,63 @@ pub async fn connections(json: bool, out: &mut dyn Write) -> Result<(), Failure>
         );
         return Ok(());
     }
+    connections_table(&overview, &configured, &connections, out);
+    Ok(())
+}
+
+/// `connections --json`: the integrations with their counts, then every
+/// connection (sorted) with its condition.
+fn connections_json(
+    overview: &Overview,
+    configured: &[IntegrationName],
+    connections: &[Assessed],
+    out: &mut dyn Write,
+) {
+    let integrations: Vec<serde_json::Value> = overview
+        .by_integration
+        .iter()
+        .map(|(name, counts)| {
+            serde_json::json!({
+                "integration": name.as_str(),
+                "configured": configured.contains(name),
+                "connections": counts.values().sum::<usize>(),
+            })
+        })
+        .collect();
+    let conns: Vec<serde_json::Value> = connections
+        .iter()
+        .map(|a| {
+            let r = &a.record;
+            serde_json::json!({
+                "integration": r.integration.as_str(),
+                "connection": r.connection.as_str(),
+                "status": r.status.as_str(),
+                "condition": a.condition.as_str(),
+                "expires_at": rfc3339(r.expires_at),
+                "refreshed_at": rfc3339(r.refreshed_at),
+                "created_at": rfc3339(r.created_at),
+                "last_error": r.last_error,
+                "last_error_at": r.last_error_at.map(rfc3339),
+                "scope": r.scope,
+                "metadata": r.metadata,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({"integrations": integrations, "connections": conns});
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    );
+}
+
+/// `connections`: per integration its count, then a line per connection.
+fn connections_table(
+    overview: &Overview,
+    configured: &[IntegrationName],
+    connections: &[Assessed],
+    out: &mut dyn Write,
+) {
     for (name, counts) in &overview.by_integration {
         let n: usize = counts.values().sum();
         let note = if configured.contains(name) {
@@ -362,7 +398,6 @@ pub async fn connections(json: bool, out: &mut dyn Write) -> Result<(), Failure>
             );
         }
     }
-    Ok(())
 }
 
 /// `oauth-broker consent-link <integration> <connection> [--expires-in SECS] [--allow-account-change]`.
