@@ -230,6 +230,32 @@ pub async fn post(
     Body(body): Body<JSON_BODY_LIMIT>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    refuse_other_sites(&req)?;
+    let form: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    let bad = || {
+        ApiError::InvalidRequest(
+            "expected the form of a status page button: action (consent_link, refresh, delete, delete_credential or end_link), integration, connection (and client_id or link)"
+                .into(),
+        )
+    };
+    let i = IntegrationName::parse(field("integration")).map_err(|_| bad())?;
+    let c = ConnectionId::parse(field("connection")).map_err(|_| bad())?;
+    let notice = match field("action") {
+        "consent_link" => create_link(&state, &i, &c).await,
+        "end_link" => end_link(&state, &i, &c, field("link")).await,
+        "delete" => delete(&state, &i, &c).await,
+        "refresh" => refresh(&state, &i, &c).await,
+        "delete_credential" => delete_credential(&state, &i, &c, field("client_id")).await,
+        _ => return Err(bad()),
+    };
+    let o = overview(&state).await?;
+    Ok(page(&state, &o, Some(&notice)).await)
+}
+
+/// A POST that the browser marks as coming from another site
+/// (`Sec-Fetch-Site` other than `same-origin` or `none`) is refused.
+fn refuse_other_sites(req: &HttpRequest) -> Result<(), ApiError> {
     let site = req
         .headers()
         .get("sec-fetch-site")
@@ -243,103 +269,109 @@ pub async fn post(
             "status page actions are only accepted from the status page itself".into(),
         ));
     }
-    let form: BTreeMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
-    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
-    let bad = || {
-        ApiError::InvalidRequest(
-            "expected the form of a status page button: action (consent_link, refresh, delete, delete_credential or end_link), integration, connection (and client_id or link)"
-                .into(),
-        )
-    };
-    let i = IntegrationName::parse(field("integration")).map_err(|_| bad())?;
-    let c = ConnectionId::parse(field("connection")).map_err(|_| bad())?;
-    let notice = match field("action") {
-        "consent_link" => match state.links.create(&i, &c, None, false).await {
-            Ok(created) => Notice::LinkCreated {
-                integration: i.as_str().to_owned(),
-                connection: c.as_str().to_owned(),
-                url: created.url,
-                expires_at: created.link.expires_at,
-            },
-            Err(e) => Notice::Failed {
-                what: "No consent link was created:",
-                reason: match e {
-                    ConsentError::Store { .. } => ApiError::StoreUnavailable.to_string(),
-                    other => other.to_string(),
-                },
-            },
+    Ok(())
+}
+
+/// A consent link failure as the page says it (a store failure as the API does).
+fn link_failure(e: ConsentError) -> String {
+    match e {
+        ConsentError::Store { .. } => ApiError::StoreUnavailable.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `action=consent_link`: a new consent link for the connection.
+async fn create_link(state: &AppState, i: &IntegrationName, c: &ConnectionId) -> Notice {
+    match state.links.create(i, c, None, false).await {
+        Ok(created) => Notice::LinkCreated {
+            integration: i.as_str().to_owned(),
+            connection: c.as_str().to_owned(),
+            url: created.url,
+            expires_at: created.link.expires_at,
         },
-        "end_link" => match state.links.end(&i, &c, field("link")).await {
-            Ok(true) => Notice::LinkEnded {
-                integration: i.as_str().to_owned(),
-                connection: c.as_str().to_owned(),
-            },
-            Ok(false) => Notice::Failed {
-                what: "No consent link was ended:",
-                reason: ApiError::ConsentLinkNotFound.to_string(),
-            },
-            Err(e) => Notice::Failed {
-                what: "No consent link was ended:",
-                reason: match e {
-                    ConsentError::Store { .. } => ApiError::StoreUnavailable.to_string(),
-                    other => other.to_string(),
-                },
-            },
+        Err(e) => Notice::Failed {
+            what: "No consent link was created:",
+            reason: link_failure(e),
         },
-        "delete" => {
-            let revocable = matches!(
-                state.engine.integration(&i),
-                Lookup::Ready(ref integ) if integ.revocation_url.is_some()
-            );
-            match delete_connection(&state, &i, &c, true).await {
-                Ok(()) => Notice::Deleted {
-                    integration: i.as_str().to_owned(),
-                    connection: c.as_str().to_owned(),
-                    revoked: revocable,
-                },
-                Err(e) => Notice::Failed {
-                    what: "The connection was not deleted:",
-                    reason: e.to_string(),
-                },
-            }
-        }
-        "refresh" => {
-            let result = match state.integration(&i) {
-                Ok(integration) => state
-                    .connections
-                    .refresh_now(&integration, &c)
-                    .await
-                    .map_err(|e| ApiError::from_refresh(e, state.consent.reauth_links(&i, &c))),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(record) => Notice::Refreshed {
-                    integration: i.as_str().to_owned(),
-                    connection: c.as_str().to_owned(),
-                    expires_at: record.expires_at,
-                },
-                Err(e) => Notice::Failed {
-                    what: "The refresh failed:",
-                    reason: e.to_string(),
-                },
-            }
-        }
-        "delete_credential" => {
-            let client_id = field("client_id");
-            match state.credentials.delete(&i, &c, client_id).await {
-                Ok(()) => Notice::CredentialDeleted {
-                    integration: i.as_str().to_owned(),
-                    connection: c.as_str().to_owned(),
-                    client_id: client_id.to_owned(),
-                },
-                Err(e) => Notice::Failed {
-                    what: "The pipeline credential was not deleted:",
-                    reason: e.to_string(),
-                },
-            }
-        }
-        _ => return Err(bad()),
+    }
+}
+
+/// `action=end_link`: ends the connection's consent link `link`.
+async fn end_link(state: &AppState, i: &IntegrationName, c: &ConnectionId, link: &str) -> Notice {
+    match state.links.end(i, c, link).await {
+        Ok(true) => Notice::LinkEnded {
+            integration: i.as_str().to_owned(),
+            connection: c.as_str().to_owned(),
+        },
+        Ok(false) => Notice::Failed {
+            what: "No consent link was ended:",
+            reason: ApiError::ConsentLinkNotFound.to_string(),
+        },
+        Err(e) => Notice::Failed {
+            what: "No consent link was ended:",
+            reason: link_failure(e),
+        },
+    }
+}
+
+/// `action=delete`: revokes (where the integration can) and deletes the connection.
+async fn delete(state: &AppState, i: &IntegrationName, c: &ConnectionId) -> Notice {
+    let revocable = matches!(
+        state.engine.integration(i),
+        Lookup::Ready(ref integ) if integ.revocation_url.is_some()
+    );
+    match delete_connection(state, i, c, true).await {
+        Ok(()) => Notice::Deleted {
+            integration: i.as_str().to_owned(),
+            connection: c.as_str().to_owned(),
+            revoked: revocable,
+        },
+        Err(e) => Notice::Failed {
+            what: "The connection was not deleted:",
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// `action=refresh`: refreshes the connection now.
+async fn refresh(state: &AppState, i: &IntegrationName, c: &ConnectionId) -> Notice {
+    let result = match state.integration(i) {
+        Ok(integration) => state
+            .connections
+            .refresh_now(&integration, c)
+            .await
+            .map_err(|e| ApiError::from_refresh(e, state.consent.reauth_links(i, c))),
+        Err(e) => Err(e),
     };
-    let o = overview(&state).await?;
-    Ok(page(&state, &o, Some(&notice)).await)
+    match result {
+        Ok(record) => Notice::Refreshed {
+            integration: i.as_str().to_owned(),
+            connection: c.as_str().to_owned(),
+            expires_at: record.expires_at,
+        },
+        Err(e) => Notice::Failed {
+            what: "The refresh failed:",
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// `action=delete_credential`: deletes the connection's pipeline credential `client_id`.
+async fn delete_credential(
+    state: &AppState,
+    i: &IntegrationName,
+    c: &ConnectionId,
+    client_id: &str,
+) -> Notice {
+    match state.credentials.delete(i, c, client_id).await {
+        Ok(()) => Notice::CredentialDeleted {
+            integration: i.as_str().to_owned(),
+            connection: c.as_str().to_owned(),
+            client_id: client_id.to_owned(),
+        },
+        Err(e) => Notice::Failed {
+            what: "The pipeline credential was not deleted:",
+            reason: e.to_string(),
+        },
+    }
 }
