@@ -138,6 +138,9 @@ pub fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpRespons
 /// by the handler in both modes: they are anonymous at the host); the
 /// anonymous ones (health, the API description, the callback the vendor sends
 /// the browser to, consent links, the token endpoint) are not.
+///
+/// Long: it is the route table, one entry per path with its guard; split up,
+/// the paths and the guards that protect them could no longer be read together.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Routes the Functions host protects with a function key (and standalone, the admin key).
     let key = || from_fn(front_door::require_key);
