@@ -3,6 +3,7 @@
 //! using up the consent links an admin sends to an account owner (made in
 //! `links`, which the events use too). Routes turn the typed
 //! [`ConsentError`] into pages; nothing here knows about HTTP responses.
+//!
 //! Here: starting a consent and opening a link; the callback's checks and the
 //! grant's storing are in `callback`, the vendor account and the revocation
 //! of tokens that are not kept in `account`.
