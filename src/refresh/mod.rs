@@ -34,47 +34,38 @@
 //!
 //! Every outcome is reported to the `events::Transitions` the engine is built
 //! with, which decides what is an event (told once across instances).
+//!
+//! Files: this one decides (due, gate, lease); `upstream.rs` calls the vendor
+//! under the lease and stores the outcome; `consent.rs` stores a completed
+//! consent's grant; `sweep.rs` is the timer's pass; `config_change.rs` what a
+//! changed client configuration means. Every "now" is the engine's `Clock`
+//! (manual in `tests/`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use std::sync::{Arc, Mutex};
 
-use rand::{Rng, RngCore};
+use rand::RngCore;
 use time::{Duration, OffsetDateTime};
 
 mod config_change;
+mod consent;
 mod sweep;
 #[cfg(test)]
 mod tests;
+mod upstream;
+
+pub use consent::ConsentOutcome;
 
 use crate::coalesce::Coalescer;
 use crate::config::{Integration, RefreshPolicy};
 pub use crate::domain::clock::now;
 use crate::domain::clock::Clock;
-use crate::domain::grant::{consent_may_replace, refresh_threshold, GRANT_ENDS_AT};
-use crate::domain::scope;
-use crate::domain::{
-    Account, ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName, TokenSet,
-};
-use crate::oauth::{self, TokenError, TokenResponse};
+use crate::domain::grant::refresh_threshold;
+use crate::domain::{ConnectionId, ConnectionRecord, ConnectionStatus, IntegrationName};
+use crate::oauth::TokenError;
 use crate::registry::{Lookup, Registry};
 use crate::store::{Store, StoreError, Versioned};
-
-/// What became of a completed consent's grant.
-#[derive(Debug)]
-pub enum ConsentOutcome {
-    /// Stored; `replaced` is the grant it replaced, if any.
-    Stored {
-        record: ConnectionRecord,
-        replaced: Option<Box<ConnectionRecord>>,
-    },
-    /// Not stored: the connection's grant (`bound`, unchanged) belongs to
-    /// another vendor account, or has none and is active.
-    Refused { bound: ConnectionRecord },
-}
-
-/// Time kept in hand after the last upstream call for the final store write.
-const WRITE_MARGIN: Duration = Duration::seconds(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -152,13 +143,6 @@ impl Prefetched {
     }
 }
 
-/// What a grant is renewed with: its refresh token, or (`renew`) an exchange
-/// of its current access token.
-enum Renewal {
-    Refresh(crate::domain::Secret),
-    Exchange(crate::config::integrations::Renew, crate::domain::Secret),
-}
-
 /// One per connection while anyone in this process wants to refresh it. It
 /// holds the record the last holder obtained, so callers queued behind a
 /// refresh take its result without another store read.
@@ -227,106 +211,6 @@ impl Engine {
     /// Resolves an integration by name (see `registry`).
     pub fn integration(&self, name: &IntegrationName) -> Lookup {
         self.integrations.get(name)
-    }
-
-    /// Whether a consent by `account` may replace the connection's grant now:
-    /// `Err(bound)` (the account the connection is bound to, if any, and its
-    /// status) when it may not. Checked before a consent link is used up, and
-    /// again, conditionally, when the grant is stored.
-    pub async fn check_consent_account(
-        &self,
-        integration: &IntegrationName,
-        connection: &ConnectionId,
-        account: Option<&Account>,
-        allow_account_change: bool,
-    ) -> Result<Result<(), ConnectionRecord>, StoreError> {
-        Ok(match self.store.get(integration, connection).await? {
-            Some(p) if !consent_may_replace(&p.value, account, allow_account_change) => {
-                Err(p.value)
-            }
-            _ => Ok(()),
-        })
-    }
-
-    /// Stores the grant of a completed consent, unless the connection's grant
-    /// belongs to another vendor account (see [`consent_may_replace`]): the
-    /// decision and the write are one conditional step (the row's version), so
-    /// a change between them is decided again on a fresh read.
-    pub async fn store_consent(
-        &self,
-        integration: &Integration,
-        connection: &ConnectionId,
-        resp: TokenResponse,
-        mut metadata: BTreeMap<String, String>,
-        account: Option<Account>,
-        allow_account_change: bool,
-    ) -> Result<ConsentOutcome, StoreError> {
-        metadata.extend(resp.metadata);
-        let scope = resp
-            .scope
-            .map(|s| scope::normalize(&s))
-            .unwrap_or_else(|| scope::join(&integration.scopes));
-        let tokens = TokenSet {
-            access_token: resp.access_token,
-            refresh_token: resp.refresh_token,
-        };
-        for _ in 0..8 {
-            let now = self.clock.now();
-            let previous = self.store.get(&integration.name, connection).await?;
-            if let Some(p) = &previous {
-                if !consent_may_replace(&p.value, account.as_ref(), allow_account_change) {
-                    return Ok(ConsentOutcome::Refused {
-                        bound: p.value.clone(),
-                    });
-                }
-            }
-            let expires_at =
-                now.saturating_add(integration.lifetime_at(resp.expires_in, resp.expires_at, now));
-            let mut record_metadata = metadata.clone();
-            if let Some(max) = integration.refresh_token_max {
-                // The vendor's clock for the grant starts now, whatever an earlier grant said.
-                record_metadata.insert(
-                    GRANT_ENDS_AT.into(),
-                    crate::domain::clock::rfc3339(now.saturating_add(max)),
-                );
-            }
-            let mut record = ConnectionRecord::new_grant(
-                integration.name.clone(),
-                connection.clone(),
-                tokens.clone(),
-                resp.token_type.clone(),
-                scope.clone(),
-                expires_at,
-                now,
-            );
-            record.created_at = previous.as_ref().map_or(now, |p| p.value.created_at);
-            record.metadata = record_metadata;
-            record.account = account.clone();
-            // A grant renewed by exchange (`renew`) needs no refresh token.
-            if record.tokens.refresh_token.is_none()
-                && integration.expects_refresh_token
-                && integration.renew.is_none()
-            {
-                record.status = ConnectionStatus::NoRefreshToken;
-            }
-            let written = match &previous {
-                None => self.store.upsert(&record).await,
-                Some(p) => self.store.replace(&record, &p.version).await,
-            };
-            match written {
-                Ok(_) => {}
-                // Changed or deleted since the read (a refresh, another consent): decide again.
-                Err(StoreError::Conflict | StoreError::NotFound) => continue,
-                Err(e) => return Err(e),
-            }
-            let previous = previous.map(|p| p.value);
-            self.notify.on_consent(previous.as_ref(), &record).await;
-            return Ok(ConsentOutcome::Stored {
-                record,
-                replaced: previous.map(Box::new),
-            });
-        }
-        Err(StoreError::Conflict)
     }
 
     /// True when `record` does not satisfy `need` at `now`.
@@ -631,200 +515,5 @@ impl Engine {
             last_error: rec.last_error.clone().unwrap_or_default(),
             seconds_ago: (now - at).whole_seconds(),
         })
-    }
-
-    /// Calls the token endpoint, retrying transient failures with exponential
-    /// backoff and jitter while the lease leaves room for another attempt.
-    async fn call_vendor(
-        &self,
-        integration: &Integration,
-        with: &Renewal,
-        lease_until: OffsetDateTime,
-    ) -> (Result<TokenResponse, TokenError>, u32) {
-        let timeout =
-            Duration::try_from(self.policy.upstream_timeout).unwrap_or(Duration::seconds(15));
-        let mut attempt = 0;
-        let mut delay = self.policy.backoff;
-        loop {
-            attempt += 1;
-            let result = match with {
-                Renewal::Refresh(rt) => {
-                    oauth::refresh(&self.http, integration, rt, self.policy.upstream_timeout).await
-                }
-                Renewal::Exchange(renew, at) => {
-                    oauth::renew(
-                        &self.http,
-                        integration,
-                        renew,
-                        at,
-                        self.policy.upstream_timeout,
-                    )
-                    .await
-                }
-            };
-            let err = match result {
-                Err(e) if e.is_transient() && attempt < self.policy.max_attempts => e,
-                other => return (other, attempt),
-            };
-            let retry_after = match &err {
-                TokenError::Server {
-                    retry_after: Some(s),
-                    ..
-                } => Some(std::time::Duration::from_secs(*s).min(self.policy.retry_after_cap)),
-                _ => None,
-            };
-            let jitter = rand::thread_rng().gen_range(0..=delay.as_millis() as u64 / 2);
-            let wait = retry_after.unwrap_or(delay + std::time::Duration::from_millis(jitter));
-            // Another attempt must finish, and be stored, inside the lease.
-            let next_done = self.clock.now()
-                + Duration::try_from(wait).unwrap_or_default()
-                + timeout
-                + WRITE_MARGIN;
-            if next_done > lease_until {
-                return (Err(err), attempt);
-            }
-            tracing::info!(integration = integration.name.as_str(), attempt, error = %err, wait_ms = wait.as_millis() as u64, "transient refresh failure; retrying");
-            tokio::time::sleep(wait).await;
-            delay *= 2;
-        }
-    }
-
-    async fn refresh_leased(
-        &self,
-        integration: &Integration,
-        leased: Versioned<ConnectionRecord>,
-        force: bool,
-    ) -> Result<ConnectionRecord, RefreshError> {
-        let started = std::time::Instant::now();
-        let record = &leased.value;
-        let (iname, cid) = (record.integration.as_str(), record.connection.as_str());
-        let renewal = match (&record.tokens.refresh_token, &integration.renew) {
-            (Some(rt), _) => Some(Renewal::Refresh(rt.clone())),
-            // An expired token cannot be exchanged (Meta): only a new consent helps.
-            (None, Some(renew)) if record.expires_in(self.clock.now()) > 0 => Some(
-                Renewal::Exchange(renew.clone(), record.tokens.access_token.clone()),
-            ),
-            (None, _) => None,
-        };
-        let Some(renewal) = renewal else {
-            // Nothing to refresh with: serve what we have while it lasts (for
-            // ever when it does not expire).
-            self.release_lease(&leased).await;
-            if record.expires_in(self.clock.now()) > 0 && (!force || record.never_expires()) {
-                return Ok(record.clone());
-            }
-            tracing::warn!(
-                integration = iname,
-                connection = cid,
-                outcome = "no_refresh_token",
-                "the grant has no refresh token and its access token expired"
-            );
-            return Err(RefreshError::ReauthorizationRequired);
-        };
-        let lease_until = record.lease_until.unwrap_or_else(|| self.clock.now());
-        let (outcome, attempts) = self.call_vendor(integration, &renewal, lease_until).await;
-        let now = self.clock.now();
-        let mut next = record.unleased();
-        let duration_ms = started.elapsed().as_millis() as u64;
-        match outcome {
-            Ok(resp) => {
-                let kept = match renewal {
-                    Renewal::Refresh(rt) => Some(rt),
-                    Renewal::Exchange(..) => None,
-                };
-                next.tokens = TokenSet {
-                    access_token: resp.access_token,
-                    refresh_token: resp.refresh_token.or(kept),
-                };
-                next.expires_at = now.saturating_add(integration.lifetime_at(
-                    resp.expires_in,
-                    resp.expires_at,
-                    now,
-                ));
-                next.metadata.extend(resp.metadata);
-                if let Some(scope) = resp.scope {
-                    next.scope = scope::normalize(&scope);
-                }
-                next.token_type = resp.token_type;
-                // A refresh that worked proves the grant alive (an unknown status included).
-                next.status = ConnectionStatus::Active;
-                next.refreshed_at = now;
-                next.last_error = None;
-                next.last_error_at = None;
-                next.last_error_kind = None;
-                match self.store.replace(&next, &leased.version).await {
-                    Ok(_) => {
-                        tracing::info!(
-                            integration = iname,
-                            connection = cid,
-                            outcome = "refreshed",
-                            attempts,
-                            duration_ms,
-                            "refresh"
-                        );
-                        self.notify.on_refreshed(record).await;
-                        self.notify
-                            .check_grant_end(&next, integration.refresh_token_max)
-                            .await;
-                        Ok(next)
-                    }
-                    Err(StoreError::Conflict) => {
-                        // Fenced: our lease lapsed and someone else wrote. Theirs stands.
-                        tracing::error!(integration = iname, connection = cid, outcome = "fenced", attempts, duration_ms, "refresh finished after its lease was taken over; the newer grant in the store is kept");
-                        Ok(self.read(integration, &record.connection).await?.value)
-                    }
-                    Err(StoreError::NotFound) => Err(RefreshError::NotFound),
-                    Err(e) => {
-                        tracing::error!(integration = iname, connection = cid, outcome = "store_failed", attempts, duration_ms, error = %e, "the refreshed grant could not be stored");
-                        Err(e.into())
-                    }
-                }
-            }
-            Err(err) => {
-                next.last_error = Some(oauth::sanitize(&err.to_string(), 300));
-                next.last_error_at = Some(now);
-                next.last_error_kind = Some(err.kind());
-                let outcome = if err.is_dead_grant() {
-                    next.status = ConnectionStatus::ReauthorizationRequired;
-                    "reauthorization_required"
-                } else if err.is_misconfigured() {
-                    "integration_misconfigured"
-                } else {
-                    "failed"
-                };
-                tracing::warn!(integration = iname, connection = cid, outcome, attempts, duration_ms, error = %err, "refresh");
-                let recorded = match self.store.replace(&next, &leased.version).await {
-                    Ok(_) => true,
-                    Err(StoreError::Conflict) => false,
-                    Err(e) => {
-                        tracing::error!(integration = iname, connection = cid, error = %e, "the refresh failure could not be recorded");
-                        false
-                    }
-                };
-                self.notify.on_failure(record, &err, recorded).await;
-                if err.is_dead_grant() {
-                    Err(RefreshError::ReauthorizationRequired)
-                } else if !force && record.expires_in(now) > 0 {
-                    tracing::warn!(
-                        integration = iname,
-                        connection = cid,
-                        outcome = "served_stale",
-                        "serving the stored access token, still valid, after a failed refresh"
-                    );
-                    Ok(next)
-                } else if err.is_misconfigured() {
-                    Err(RefreshError::Misconfigured(err))
-                } else {
-                    Err(RefreshError::Upstream(err))
-                }
-            }
-        }
-    }
-
-    async fn release_lease(&self, leased: &Versioned<ConnectionRecord>) {
-        let r = leased.value.unleased();
-        if let Err(e) = self.store.replace(&r, &leased.version).await {
-            tracing::warn!(error = %e, "could not release a lease; it lapses by itself");
-        }
     }
 }
