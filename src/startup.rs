@@ -93,21 +93,26 @@ pub(crate) fn backend(
     })
 }
 
+/// The admin API key and, when it was generated into a file, that file's path.
+type ApiKey = Option<(crate::domain::Secret, Option<std::path::PathBuf>)>;
+
+/// What the routes need, and the pieces the background work starts from.
+struct Services {
+    state: web::Data<AppState>,
+    engine: Arc<Engine>,
+    registry: Arc<Registry>,
+    events: Events,
+    entra: Option<Arc<crate::entra::Verifier>>,
+    redirect_uri: String,
+}
+
 impl Application {
+    /// Starts the broker in the order start-up needs: secrets and store, the
+    /// port, the services (each built with what it needs, nothing bound late),
+    /// the server, then the slow background work, and last the `listening` line.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let http = http_client();
-        let keys = match &settings.keys {
-            KeySource::Configured(k) => k.clone(),
-            KeySource::File(path) => crate::keyfile::load_or_create_keyring(path)?,
-        };
-        let api_key = match &settings.api_key {
-            None => None,
-            Some(ApiKeySource::Configured(k)) => Some((k.clone(), None)),
-            Some(ApiKeySource::File(path)) => Some((
-                crate::keyfile::load_or_create_api_key(path)?,
-                Some(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
-            )),
-        };
+        let (keys, api_key) = secrets(&settings)?;
         let backend = backend(&settings.storage, &http)?;
         for warning in &settings.warnings {
             tracing::warn!("{warning}");
@@ -120,75 +125,12 @@ impl Application {
         }
         let store = Store::new(backend, keys);
         spawn_init(store.clone());
-        let listener =
-            TcpListener::bind(settings.listen).map_err(|source| StartupError::Listen {
-                addr: settings.listen,
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartupError::Listen {
-                addr: settings.listen,
-                source,
-            })?;
+        let (listener, addr) = bind(&settings)?;
         let public_url = settings
             .public_url
             .clone()
             .unwrap_or_else(|| local_url(addr));
-        // Built in the order they need each other, so that nothing is bound late.
-        let registry = Registry::new(&settings.integrations, http.clone());
-        let links = LinkIssuer::new(
-            Arc::clone(&registry),
-            store.clone(),
-            public_url.clone(),
-            settings.consent_link_lifetime,
-        );
-        let events = Events::new(
-            store.clone(),
-            http.clone(),
-            settings.events.clone(),
-            Some(Arc::new(links.clone())),
-        );
-        let engine = Arc::new(Engine::new(
-            store.clone(),
-            http.clone(),
-            Arc::clone(&registry),
-            settings.refresh.clone(),
-            Some(events.clone()),
-        ));
-        let credentials = Arc::new(Credentials::new(Arc::clone(&engine), store.clone()));
-        let entra = settings
-            .entra
-            .clone()
-            .map(|e| crate::entra::Verifier::new(e, http.clone()));
-        let connections = crate::connections::Connections::new(
-            Arc::clone(&engine),
-            store.clone(),
-            http.clone(),
-            Arc::clone(&registry),
-            settings.refresh.upstream_timeout,
-        );
-        let consent = ConsentService::new(
-            Arc::clone(&engine),
-            store,
-            http,
-            settings.refresh.upstream_timeout,
-            public_url.clone(),
-        );
-        let redirect_uri = consent.redirect_uri().clone();
-        let state = web::Data::new(AppState {
-            engine: Arc::clone(&engine),
-            connections,
-            consent,
-            links,
-            credentials,
-            proxy: routes::proxy::Proxy::new(settings.proxy.clone()),
-            entra: entra.clone(),
-            source_rule: Arc::new(crate::domain::source::SourceRule {
-                trusted_proxies: settings.trusted_proxies.clone(),
-                functions_host: settings.host_mode,
-            }),
-        });
+        let services = services(&settings, store, http, &public_url);
         let front_door = web::Data::new(match (&api_key, settings.host_mode) {
             (Some((key, _)), false) => FrontDoor::standalone(
                 &public_url,
@@ -201,116 +143,257 @@ impl Application {
                 settings.token_keys.clone(),
             ),
         });
-        let hsts = public_url.scheme() == "https";
-        let workers = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(settings.max_connections);
-        // Standalone only: under the Functions host every request comes from the host.
-        let cap = (!settings.host_mode).then(|| {
-            crate::connection_cap::ConnectionCap::new(
-                settings.max_connections_per_source,
-                settings.trusted_proxies.clone(),
-            )
-        });
-        let server = HttpServer::new(move || {
-            let mut headers = DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff"));
-            if hsts {
-                headers = headers.add(("Strict-Transport-Security", "max-age=31536000"));
-            }
-            App::new()
-                .app_data(state.clone())
-                .app_data(front_door.clone())
-                .configure(routes::configure)
-                .wrap(from_fn(routes::front_door::admit))
-                .wrap(headers)
-        })
-        // The cap is per worker: split it so the total stays within the setting.
-        .workers(workers)
-        .max_connections(settings.max_connections / workers)
-        .client_request_timeout(Duration::from_secs(5))
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .on_connect(move |io, ext| {
-            if let Some(cap) = &cap {
-                cap.on_connect(io, ext);
-            }
-        })
-        .listen(listener)
-        .map_err(|source| StartupError::Listen {
-            addr: settings.listen,
-            source,
-        })?
-        .shutdown_timeout(10)
-        .run();
-
-        // Bound: now the slow work.
-        registry.spawn_discovery();
-        if let Some(entra) = &entra {
-            tracing::info!(tenant = %entra.settings().tenant, audiences = ?entra.settings().audiences, metadata = %entra.settings().metadata_url(), "Entra ID callers accepted");
-            entra.spawn_prefetch();
-        }
-        // Before `listening`, so the first call after a fixed configuration already
-        // retries; bounded, so a slow store cannot hold the start (it then ends in
-        // the background).
-        {
-            let engine = Arc::clone(&engine);
-            let note = tokio::spawn(async move { engine.note_configuration().await });
-            let _ = tokio::time::timeout(Duration::from_secs(2), note).await;
-        }
-        events.spawn_dispatcher();
-        if let Some(every) = settings.sweep_interval {
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    // Each sweep is its own task: whatever happens in one, the next runs.
-                    let engine = Arc::clone(&engine);
-                    match tokio::spawn(async move { engine.sweep().await }).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => tracing::error!(error = %e, "scheduled sweep failed"),
-                        // The payload is not logged: it could quote a value.
-                        Err(e) if e.is_panic() => tracing::error!(
-                            outcome = "panicked",
-                            "a scheduled sweep panicked; the next one runs on schedule"
-                        ),
-                        Err(_) => tracing::error!("a scheduled sweep was cancelled"),
-                    }
-                }
-            });
-        }
-        let names = settings.integrations.names();
-        // Before `listening`: whoever waits for that line has read the key file's name by then.
-        if let Some((_, file)) = &api_key {
-            how_to_call(
-                &public_url,
-                file.as_deref(),
-                names.first().map(String::as_str),
-            );
-        }
-        tracing::info!(
-            addr = %addr,
-            host_mode = settings.host_mode,
-            public_url = %public_url.as_str().trim_end_matches('/'),
-            redirect_uri = %redirect_uri,
-            integrations = names.len(),
-            integration_names = %names.join(", "),
-            max_connections = settings.max_connections / workers * workers,
-            "listening"
+        let (server, workers) = serve(
+            &settings,
+            listener,
+            services.state.clone(),
+            front_door,
+            public_url.scheme() == "https",
+        )?;
+        start_background(&settings, &services).await;
+        announce(
+            &settings,
+            &api_key,
+            &public_url,
+            addr,
+            &services.redirect_uri,
+            workers,
         );
-        if !names.is_empty() {
-            tracing::info!(
-                "serving {} integration{}: {}; register the redirect URI {redirect_uri} at each vendor",
-                names.len(),
-                if names.len() == 1 { "" } else { "s" },
-                names.join(", "),
-            );
-        }
         Ok(Self { server })
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// The store's keyring and the admin API key, read or (standalone) created.
+fn secrets(settings: &Settings) -> Result<(crate::crypto::Keyring, ApiKey), StartupError> {
+    let keys = match &settings.keys {
+        KeySource::Configured(k) => k.clone(),
+        KeySource::File(path) => crate::keyfile::load_or_create_keyring(path)?,
+    };
+    let api_key = match &settings.api_key {
+        None => None,
+        Some(ApiKeySource::Configured(k)) => Some((k.clone(), None)),
+        Some(ApiKeySource::File(path)) => Some((
+            crate::keyfile::load_or_create_api_key(path)?,
+            Some(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
+        )),
+    };
+    Ok((keys, api_key))
+}
+
+/// The listening socket and the address it got (port 0 picks one).
+fn bind(settings: &Settings) -> Result<(TcpListener, std::net::SocketAddr), StartupError> {
+    let failed = |source| StartupError::Listen {
+        addr: settings.listen,
+        source,
+    };
+    let listener = TcpListener::bind(settings.listen).map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    Ok((listener, addr))
+}
+
+/// Every service, built in the order they need each other.
+fn services(
+    settings: &Settings,
+    store: Store,
+    http: reqwest::Client,
+    public_url: &Url,
+) -> Services {
+    let registry = Registry::new(&settings.integrations, http.clone());
+    let links = LinkIssuer::new(
+        Arc::clone(&registry),
+        store.clone(),
+        public_url.clone(),
+        settings.consent_link_lifetime,
+    );
+    let events = Events::new(
+        store.clone(),
+        http.clone(),
+        settings.events.clone(),
+        Some(Arc::new(links.clone())),
+    );
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        http.clone(),
+        Arc::clone(&registry),
+        settings.refresh.clone(),
+        Some(events.clone()),
+    ));
+    let credentials = Arc::new(Credentials::new(Arc::clone(&engine), store.clone()));
+    let entra = settings
+        .entra
+        .clone()
+        .map(|e| crate::entra::Verifier::new(e, http.clone()));
+    let connections = crate::connections::Connections::new(
+        Arc::clone(&engine),
+        store.clone(),
+        http.clone(),
+        Arc::clone(&registry),
+        settings.refresh.upstream_timeout,
+    );
+    let consent = ConsentService::new(
+        Arc::clone(&engine),
+        store,
+        http,
+        settings.refresh.upstream_timeout,
+        public_url.clone(),
+    );
+    let redirect_uri = consent.redirect_uri().to_string();
+    let state = web::Data::new(AppState {
+        engine: Arc::clone(&engine),
+        connections,
+        consent,
+        links,
+        credentials,
+        proxy: routes::proxy::Proxy::new(settings.proxy.clone()),
+        entra: entra.clone(),
+        source_rule: Arc::new(crate::domain::source::SourceRule {
+            trusted_proxies: settings.trusted_proxies.clone(),
+            functions_host: settings.host_mode,
+        }),
+    });
+    Services {
+        state,
+        engine,
+        registry,
+        events,
+        entra,
+        redirect_uri,
+    }
+}
+
+/// The HTTP server on `listener`, and its worker count.
+fn serve(
+    settings: &Settings,
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    front_door: web::Data<FrontDoor>,
+    hsts: bool,
+) -> Result<(actix_web::dev::Server, usize), StartupError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(settings.max_connections);
+    // Standalone only: under the Functions host every request comes from the host.
+    let cap = (!settings.host_mode).then(|| {
+        crate::connection_cap::ConnectionCap::new(
+            settings.max_connections_per_source,
+            settings.trusted_proxies.clone(),
+        )
+    });
+    let server = HttpServer::new(move || {
+        let mut headers = DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff"));
+        if hsts {
+            headers = headers.add(("Strict-Transport-Security", "max-age=31536000"));
+        }
+        App::new()
+            .app_data(state.clone())
+            .app_data(front_door.clone())
+            .configure(routes::configure)
+            .wrap(from_fn(routes::front_door::admit))
+            .wrap(headers)
+    })
+    // The cap is per worker: split it so the total stays within the setting.
+    .workers(workers)
+    .max_connections(settings.max_connections / workers)
+    .client_request_timeout(Duration::from_secs(5))
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .on_connect(move |io, ext| {
+        if let Some(cap) = &cap {
+            cap.on_connect(io, ext);
+        }
+    })
+    .listen(listener)
+    .map_err(|source| StartupError::Listen {
+        addr: settings.listen,
+        source,
+    })?
+    .shutdown_timeout(10)
+    .run();
+    Ok((server, workers))
+}
+
+/// Bound: now the slow work (discovery, Entra keys, the configuration note,
+/// the events dispatcher, the standalone sweep).
+async fn start_background(settings: &Settings, services: &Services) {
+    services.registry.spawn_discovery();
+    if let Some(entra) = &services.entra {
+        tracing::info!(tenant = %entra.settings().tenant, audiences = ?entra.settings().audiences, metadata = %entra.settings().metadata_url(), "Entra ID callers accepted");
+        entra.spawn_prefetch();
+    }
+    // Before `listening`, so the first call after a fixed configuration already
+    // retries; bounded, so a slow store cannot hold the start (it then ends in
+    // the background).
+    {
+        let engine = Arc::clone(&services.engine);
+        let note = tokio::spawn(async move { engine.note_configuration().await });
+        let _ = tokio::time::timeout(Duration::from_secs(2), note).await;
+    }
+    services.events.spawn_dispatcher();
+    if let Some(every) = settings.sweep_interval {
+        tokio::spawn(sweep_every(every, Arc::clone(&services.engine)));
+    }
+}
+
+/// The standalone sweep: one every `every`, each its own task, so that
+/// whatever happens in one, the next runs.
+async fn sweep_every(every: Duration, engine: Arc<Engine>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let engine = Arc::clone(&engine);
+        match tokio::spawn(async move { engine.sweep().await }).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "scheduled sweep failed"),
+            // The payload is not logged: it could quote a value.
+            Err(e) if e.is_panic() => tracing::error!(
+                outcome = "panicked",
+                "a scheduled sweep panicked; the next one runs on schedule"
+            ),
+            Err(_) => tracing::error!("a scheduled sweep was cancelled"),
+        }
+    }
+}
+
+/// The start-up lines: how to call (standalone), then `listening`, then what is served.
+fn announce(
+    settings: &Settings,
+    api_key: &ApiKey,
+    public_url: &Url,
+    addr: std::net::SocketAddr,
+    redirect_uri: &str,
+    workers: usize,
+) {
+    let names = settings.integrations.names();
+    // Before `listening`: whoever waits for that line has read the key file's name by then.
+    if let Some((_, file)) = api_key {
+        how_to_call(
+            public_url,
+            file.as_deref(),
+            names.first().map(String::as_str),
+        );
+    }
+    tracing::info!(
+        addr = %addr,
+        host_mode = settings.host_mode,
+        public_url = %public_url.as_str().trim_end_matches('/'),
+        redirect_uri = %redirect_uri,
+        integrations = names.len(),
+        integration_names = %names.join(", "),
+        max_connections = settings.max_connections / workers * workers,
+        "listening"
+    );
+    if !names.is_empty() {
+        tracing::info!(
+            "serving {} integration{}: {}; register the redirect URI {redirect_uri} at each vendor",
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", "),
+        );
     }
 }
 
