@@ -13,7 +13,7 @@
 //!   routes, the proxy, the token endpoint once it has seen a client id), that
 //!   connection is read in the same store call: one range query on Table
 //!   Storage, where the credential is kept beside its connection (and its
-//!   index entry read too at a process's first use of it: see `store/table.rs`).
+//!   index entry read too at a process's first use of it: see `store/table/credentials.rs`).
 //! - Unknown, deleted, expired and wrong credentials fail alike, with one
 //!   answer and the same secret work (a keyed hash is computed even when there
 //!   is nothing to compare it with). On Table Storage a client id in use can be
