@@ -24,6 +24,9 @@ use super::{
 /// entity mapping (`store::table`) and every read decodes through it, with
 /// Table Storage's conditional-write rules. Hostile table contents are
 /// planted with [`MemoryTable::plant`] and edited with [`MemoryTable::edit`].
+/// Pipeline credentials are kept in the earlier layout (the `~credential`
+/// entity alone): the layout beside the connection is Table Storage's own
+/// (`table/credentials.rs`), tested on Azurite.
 #[derive(Default)]
 pub struct MemoryTable {
     rows: Mutex<Entities>,

@@ -76,7 +76,9 @@ pub trait Lifecycle: Send + Sync + 'static {
 }
 
 /// One storage technology: every capability. Implemented for any type that
-/// has them all; [`Rows::of`] splits one into its capabilities.
+/// has them all; [`Rows::of`] splits one into its capabilities. Every method of
+/// a real backend is a point operation or a filtered query; none scans all rows
+/// into memory.
 pub trait Backend: Lifecycle + ConnectionRows + PendingRows + CredentialRows + AuxRows {}
 
 impl<T: Lifecycle + ConnectionRows + PendingRows + CredentialRows + AuxRows + ?Sized> Backend
