@@ -434,6 +434,38 @@ async fn a_429_with_a_short_retry_after_is_waited_for_and_a_long_one_passed_thro
     assert_eq!(s.api.requests(), 1, "not retried");
 }
 
+#[tokio::test]
+async fn a_429_after_a_streamed_body_is_passed_back_not_sent_again_without_its_body() {
+    // A body over the replay limit is streamed to the vendor once: it cannot be sent again, so
+    // a 429 is the caller's to retry, whatever the method (a GET with a body included).
+    let s = setup(
+        Store::Sqlite,
+        &[("BROKER_PROXY_RETRY_MAX_SECS", "5")],
+        json!({}),
+    )
+    .await;
+    let body = vec![b'x'; 2 * 1024 * 1024];
+    for method in [Method::GET, Method::POST] {
+        s.api.clear();
+        s.api.script([Fault::RetryAfter {
+            status: 429,
+            secs: 1,
+        }]);
+        let r = s
+            .send(s.req(method.clone(), "/echo").body(body.clone()))
+            .await;
+        assert_eq!(r.status, 429, "{method}: {r:?}");
+        assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{method}");
+        let seen = s.api.seen();
+        assert_eq!(seen.len(), 1, "{method}: not sent again");
+        assert_eq!(
+            seen[0].body_len,
+            body.len(),
+            "{method}: the whole body, once"
+        );
+    }
+}
+
 /// Sends a request line exactly as written (HTTP clients normalise `..` and `%2e`).
 fn raw_get(base: &str, target: &str, auth: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://").to_owned();

@@ -208,18 +208,16 @@ impl Exchange<'_> {
     /// After a 429/503: how long to wait before the next attempt, when the
     /// answer's `Retry-After` says so, the wait is within `retry_max` and ends
     /// before the deadline, retries are left, and the request can be sent
-    /// again (a GET or HEAD, or a body that was kept).
+    /// again: it has no body, or its body was kept. A streamed body is gone
+    /// once sent, whatever the method (a GET may carry one too), so that 429
+    /// is the caller's to retry.
     fn rate_wait(
         &self,
         resp: &reqwest::Response,
         status: u16,
         rate_retries: u32,
     ) -> Option<Duration> {
-        if !(matches!(status, 429 | 503)
-            && rate_retries < RATE_RETRIES
-            && (matches!(self.method, reqwest::Method::GET | reqwest::Method::HEAD)
-                || self.body.replayable()))
-        {
+        if !(matches!(status, 429 | 503) && rate_retries < RATE_RETRIES && self.body.replayable()) {
             return None;
         }
         let wait = resp
