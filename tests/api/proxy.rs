@@ -466,6 +466,37 @@ async fn a_429_after_a_streamed_body_is_passed_back_not_sent_again_without_its_b
     }
 }
 
+#[tokio::test]
+async fn a_json_answer_that_stalls_while_it_is_rewritten_is_one_504_and_one_log_line() {
+    // The body is read whole to rewrite its links; it stops past the proxy's timeout.
+    let s = setup(
+        Store::Sqlite,
+        &[("BROKER_PROXY_TIMEOUT_SECS", "2")],
+        json!({}),
+    )
+    .await;
+    let r = s.get("/stall?ms=5000").await;
+    broker_error(&r, 504, "upstream_timeout");
+    let log = s
+        .app
+        .broker()
+        .process()
+        .text_when(|l| l.contains("\"error\":\"upstream_timeout\""));
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("proxied request"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for the one request: {lines:#?}");
+    for field in [
+        "\"status\":504",
+        "\"error\":\"upstream_timeout\"",
+        "\"integration\":\"demo\"",
+        "\"connection\":\"main\"",
+    ] {
+        assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+    }
+}
+
 /// Sends a request line exactly as written (HTTP clients normalise `..` and `%2e`).
 fn raw_get(base: &str, target: &str, auth: &str) -> (u16, String) {
     let addr = base.trim_start_matches("http://").to_owned();

@@ -100,6 +100,9 @@ struct Outcome {
     bytes_out: u64,
     retries: u32,
     error: Option<&'static str>,
+    /// This request's line is written by the answer's body, which holds the
+    /// real outcome (see `relay`): this one is a placeholder, never logged.
+    handed_over: bool,
 }
 
 impl Outcome {
@@ -185,13 +188,16 @@ pub async fn handle(
         bytes_out: 0,
         retries: 0,
         error: None,
+        handed_over: false,
     };
     match serve(&req, payload, &state, &mut outcome, started).await {
         Ok(resp) => resp,
         Err(e) => {
             outcome.status = e.status_code().as_u16();
             outcome.error = Some(e.code());
-            outcome.log();
+            if !outcome.handed_over {
+                outcome.log();
+            }
             e.error_response()
         }
     }
@@ -311,6 +317,7 @@ async fn fresh(
     fresh.map_err(|e| ApiError::from_refresh(e, state.consent.reauth_links(i, c)))
 }
 
+/// What stays in the handler once the real outcome went to the answer's body.
 fn blank() -> Outcome {
     Outcome {
         method: Method::GET,
@@ -322,5 +329,6 @@ fn blank() -> Outcome {
         bytes_out: 0,
         retries: 0,
         error: None,
+        handed_over: true,
     }
 }

@@ -139,9 +139,16 @@ async fn rewritten(
     length: Option<u64>,
     settings: &ProxySettings,
     deadline: tokio::time::Instant,
-    log: LogOnDrop,
+    mut log: LogOnDrop,
 ) -> Result<HttpResponse, ApiError> {
-    let (buf, over) = read_up_to(&mut upstream, settings.rewrite_max_bytes, deadline).await?;
+    let (buf, over) = match read_up_to(&mut upstream, settings.rewrite_max_bytes, deadline).await {
+        Ok(read) => read,
+        Err(e) => {
+            // The caller gets this error, not the vendor's status: the line says so.
+            log.fail(&e);
+            return Err(e);
+        }
+    };
     if !over {
         let out = r
             .json(&buf)
@@ -221,6 +228,16 @@ fn idle_bounded(upstream: Upstream, idle: Duration) -> Chunks {
 
 /// Writes the request's log line once its answer is done (or abandoned).
 struct LogOnDrop(Option<Outcome>);
+
+impl LogOnDrop {
+    /// The answer became the broker's error `e` after all.
+    fn fail(&mut self, e: &ApiError) {
+        if let Some(o) = &mut self.0 {
+            o.status = actix_web::ResponseError::status_code(e).as_u16();
+            o.error = Some(e.code());
+        }
+    }
+}
 
 impl Drop for LogOnDrop {
     fn drop(&mut self) {

@@ -12,6 +12,7 @@
 //! - `GET …/large?bytes=N`: N bytes streamed in 64 KiB chunks (`&length=1` adds a Content-Length,
 //!   `&ms=M` answers after M ms);
 //! - `GET …/slow?ms=N`: answers after N ms.
+//! - `GET …/stall?ms=N`: a JSON answer whose body stops after its first bytes for N ms.
 //!
 //! Every request is recorded (method, path and query, headers, body length); [`TestApi::script`]
 //! makes the next requests answer 401 or 429/503 with `Retry-After` once each.
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures::StreamExt;
 use serde_json::{json, Value};
 
 /// One scripted answer, taken by the next authenticated request.
@@ -255,6 +257,19 @@ async fn handle(
             let ms: u64 = query(&req, "ms").and_then(|b| b.parse().ok()).unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             HttpResponse::Ok().json(json!({"slept_ms": ms}))
+        }
+        "stall" => {
+            let ms: u64 = query(&req, "ms").and_then(|b| b.parse().ok()).unwrap_or(0);
+            let first = futures::stream::once(async {
+                Ok::<_, std::io::Error>(web::Bytes::from_static(b"{\"items\": ["))
+            });
+            let rest = futures::stream::once(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, std::io::Error>(web::Bytes::from_static(b"]}"))
+            });
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .streaming(first.chain(rest))
         }
         _ => HttpResponse::NotFound().json(json!({"error": "no_such_resource"})),
     }
