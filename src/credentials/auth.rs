@@ -183,8 +183,6 @@ impl Credentials {
     }
 }
 
-/// The same keyed hash a real check computes, for a request with nothing to
-/// compare against: unknown and known client ids cost the same.
 /// The work of checking a secret when there is nothing to check it against
 /// (an unknown, malformed or unverifiable client id): the same hash input
 /// and the same constant-time verification as a known credential, so the

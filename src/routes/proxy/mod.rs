@@ -4,10 +4,12 @@
 //! both bodies streamed. See `crate::proxy` for the rules (paths, headers,
 //! link rewriting) and docs/data-factory.md for what a pipeline sees.
 //!
-//! Who may call: a pipeline credential of this connection as HTTP Basic
-//! ([`require_credential`]), or, standalone only, the API key. The function is
-//! `anonymous` at the Functions host, which cannot tell the handler which key
-//! matched, so under the host only a pipeline credential opens it.
+//! Who may call ([`require_credential`]): a pipeline credential of this
+//! connection as HTTP Basic, an Entra ID identity the integration's `callers`
+//! list for it, or a key the broker verifies itself (`BROKER_API_KEY`, a token
+//! key of `BROKER_TOKEN_KEYS`). The function is `anonymous` at the Functions
+//! host, which cannot tell the handler which function key matched, so a
+//! function key alone never opens it.
 //!
 //! Here: the names and path checked, the caller let in, the connection made
 //! fresh and the upstream URL built ([`upstream_url`]); then `upload` reads the
