@@ -4,7 +4,7 @@
 
 use time::{Duration, OffsetDateTime};
 
-use super::{BoxFuture, ConnectionRow, Store, StoreError, Versioned};
+use super::{BoxFuture, ConnectionRow, ConnectionRows, Store, StoreError, Versioned};
 use crate::domain::{
     ClientId, ConnectionId, ConnectionRecord, IntegrationName, PipelineCredential, SecretHash,
 };
@@ -15,6 +15,22 @@ pub type ConnectionAndCredential = (
     Result<Option<Versioned<ConnectionRow>>, StoreError>,
     Result<Option<CredentialRow>, StoreError>,
 );
+
+/// [`CredentialRows::get_connection_and_credential`] as two reads at once: for
+/// a backend that cannot read both in one query (SQLite, the memory table).
+pub(crate) fn two_reads<'a, B: ConnectionRows + CredentialRows + ?Sized>(
+    backend: &'a B,
+    integration: &'a str,
+    connection: &'a str,
+    client_id: &'a str,
+) -> BoxFuture<'a, ConnectionAndCredential> {
+    Box::pin(async move {
+        futures::join!(
+            backend.get_connection(integration, connection),
+            backend.get_credential(client_id)
+        )
+    })
+}
 
 /// Pipeline credential rows, by client id and by connection.
 pub trait CredentialRows: Send + Sync + 'static {

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::credentials::two_reads;
 use super::table;
 use super::{
     AuxKind, AuxRow, AuxRows, BoxFuture, ConnectionAndCredential, ConnectionRow, ConnectionRows,
@@ -439,12 +440,7 @@ impl CredentialRows for MemoryTable {
         connection: &'a str,
         client_id: &'a str,
     ) -> BoxFuture<'a, ConnectionAndCredential> {
-        Box::pin(async move {
-            futures::join!(
-                self.get_connection(integration, connection),
-                self.get_credential(client_id)
-            )
-        })
+        two_reads(self, integration, connection, client_id)
     }
 }
 

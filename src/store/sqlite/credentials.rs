@@ -6,9 +6,8 @@ use time::OffsetDateTime;
 
 use super::{from_ms, inserted, ms, opt_ms, unavailable, SqliteBackend};
 use crate::domain::SecretHash;
-use crate::store::{
-    BoxFuture, ConnectionAndCredential, ConnectionRows, CredentialRow, CredentialRows, StoreError,
-};
+use crate::store::credentials::two_reads;
+use crate::store::{BoxFuture, ConnectionAndCredential, CredentialRow, CredentialRows, StoreError};
 
 const CRED_COLUMNS: &str = "client_id, integration, connection, description, created_at, \
      expires_at, last_used_at, min_validity_secs, key_id, secret_hash";
@@ -140,11 +139,6 @@ impl CredentialRows for SqliteBackend {
         connection: &'a str,
         client_id: &'a str,
     ) -> BoxFuture<'a, ConnectionAndCredential> {
-        Box::pin(async move {
-            futures::join!(
-                self.get_connection(integration, connection),
-                self.get_credential(client_id)
-            )
-        })
+        two_reads(self, integration, connection, client_id)
     }
 }
