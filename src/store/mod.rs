@@ -113,7 +113,8 @@ impl Rows {
 /// The store the rest of the crate uses: the rows plus sealing.
 #[derive(Clone)]
 pub struct Store {
-    rows: Rows,
+    /// Behind one `Arc`: a store is cloned on the token path, once per clone.
+    rows: Arc<Rows>,
     keys: Keyring,
     /// Set once `init` has succeeded; every operation first makes sure of it,
     /// so a store that comes up after the broker is used as soon as it answers.
@@ -135,7 +136,7 @@ impl Store {
     /// A store over capabilities that need not all be one backend's.
     pub fn from_rows(rows: Rows, keys: Keyring) -> Self {
         Self {
-            rows,
+            rows: Arc::new(rows),
             keys,
             ready: Arc::new(tokio::sync::OnceCell::new()),
         }
